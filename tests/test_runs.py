@@ -1,0 +1,73 @@
+"""Typed configs, unknown-parameter rejection and run folders (heartbeit_lib.runs)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import yaml
+
+from heartbeit_lib import runs
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cfg(runs.TypedConfig):
+    task: str = "mi"
+    fraction: float = 1.0
+    epochs: int = 3
+    flag: bool = False
+    models: tuple[str, ...] = ("heartbeit",)
+    choices = {"task": ("mi", "stemi", "hcm")}
+
+
+def test_coercion_of_papermill_strings():
+    cfg = _Cfg(task="stemi", fraction="0.1", epochs="5", flag="false", models="a,b")
+    assert cfg.fraction == 0.1 and cfg.epochs == 5 and cfg.flag is False and cfg.models == ("a", "b")
+    assert _Cfg(flag="True").flag is True
+    assert _Cfg(fraction=1).fraction == 1.0 and isinstance(_Cfg(fraction=1).fraction, float)
+
+
+@pytest.mark.parametrize("kw", [dict(epochs="x"), dict(epochs=2.5), dict(flag="maybe"), dict(task="xyz"),
+                                dict(fraction=True)])
+def test_bad_values_raise(kw):
+    with pytest.raises(runs.ConfigError, match=next(iter(kw))):
+        _Cfg(**kw)
+
+
+def test_unknown_names_rejected():
+    with pytest.raises(runs.UnknownParameterError, match="fracton"):
+        _Cfg.from_dict({"fracton": 0.1})
+    ns = {"task": "mi", "fracton": 0.1, "runs": runs, "_hidden": 1, "In": [], "print": print}
+    with pytest.raises(runs.UnknownParameterError, match="fracton"):
+        runs.config_from_globals(_Cfg, ns)
+    ns.pop("fracton")
+    assert runs.config_from_globals(_Cfg, ns).task == "mi"
+
+
+def test_run_folder(tmp_path):
+    cfg = _Cfg(epochs=2)
+    run_dir = runs.start_run("03_finetune", cfg, run_id="r1", out_root=tmp_path)
+    assert run_dir == tmp_path / "03_finetune" / "r1"
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["epochs"] == 2
+    assert not runs.is_complete(run_dir)
+    f = tmp_path / "data.bin"
+    f.write_bytes(b"abc")
+    runs.finish_run(run_dir, metrics={"auroc": 0.5}, data_hashes=runs.hash_files([f], root=tmp_path))
+    info = json.loads((run_dir / "run.json").read_text())
+    # oracle: sha256("abc") from FIPS 180-2 test vectors
+    assert info["data_hashes"]["data.bin"] == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert runs.is_complete(run_dir) and json.loads((run_dir / "metrics.json").read_text()) == {"auroc": 0.5}
+    runs.append_jsonl(run_dir / "log.jsonl", {"epoch": 0})
+    runs.append_jsonl(run_dir / "log.jsonl", {"epoch": 1})
+    assert [r["epoch"] for r in runs.read_jsonl(run_dir / "log.jsonl")] == [0, 1]
+
+
+def test_parameter_files_layer(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("epochs: 3\ntask: mi\n")
+    b.write_text("epochs: 5\n")
+    assert runs.load_parameter_files(a, b) == {"epochs": 5, "task": "mi"}
+    a.write_text("- 1\n")
+    with pytest.raises(runs.ConfigError, match="a.yaml"):
+        runs.load_parameter_files(a)
