@@ -1,0 +1,267 @@
+"""Fine-tuning: config, schedule, splits from the store, per-epoch artefacts, best-epoch selection.
+
+Oracles: the cohort store's own ``indices`` (splits are read, never re-drawn), hand-built training
+logs for the selection rule, ``sklearn.metrics.roc_auc_score`` for the logged AUROC (to 1e-12),
+the identity AUROC(1 - y) = 1 - AUROC(y) for the flipped-test-label run, and a re-run of the saved
+best weights against the stored predictions of that epoch (to 1e-6).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from heartbeit_lib import cohorts, finetune, models, runs
+
+TASK = "toy"
+
+
+def toy_signals(n: int = 120, seed: int = 0, effect: float = 400.0):
+    """(n, 8, 2500) float32 microvolts: a 3 Hz wave whose amplitude is 600 + effect * label +- 300 uV
+    (a weak, learnable cue), 2 ECGs per patient, the last n/6 from site B (external)."""
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, 2, n)
+    t = np.arange(2500) / 500
+    amp = 600 + effect * label + rng.normal(0, 300, n)
+    phase = rng.uniform(0, 2 * np.pi, n)
+    x = amp[:, None, None] * np.sin(2 * np.pi * 3 * t[None, None, :] + phase[:, None, None]) * np.ones((1, 8, 1))
+    x = (x + rng.normal(0, 100, (n, 8, 2500))).astype(np.float32)
+    meta = pd.DataFrame({"record_id": [f"r{i:04d}" for i in range(n)], "patient_id": [f"p{i // 2}" for i in range(n)],
+                         "site": ["A"] * (n - n // 6) + ["B"] * (n // 6), "label": label})
+    return x, meta
+
+
+def make_toy_store(out_root, n: int = 120, task: str = TASK):
+    """A cohort store at ``<out_root>/01_preprocess/<task>`` (the notebook's default cohort_run)."""
+    x, meta = toy_signals(n)
+    tc = cohorts.TaskConfig(name=task, external_site="B", val_size=0.25)
+    return cohorts.build_store_from_arrays(out_root / "01_preprocess" / task, x, meta, task=tc, seed=0)
+
+
+def tiny_cfg(out_root, **kw) -> finetune.FinetuneConfig:
+    base = dict(task=TASK, model="resnet152_scratch", model_size="micro", epochs=1, batch_size=16,
+                image_size=32, out_root=str(out_root), device="cpu", cache_images=True)
+    base.update(kw)
+    return finetune.FinetuneConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def toy_root(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("ft")
+    make_toy_store(root)
+    return root
+
+
+class FlippedTestLabels:
+    """Duck-typed store: the wrapped store with the labels of the ``test`` split inverted."""
+
+    def __init__(self, store):
+        self._s, self.root, self.task = store, store.root, store.task
+        m = store.manifest.copy()
+        t = m["split"] == "test"
+        m.loc[t, "label"] = 1 - m.loc[t, "label"]
+        self.manifest = m
+
+    def __len__(self):
+        return len(self._s)
+
+    def signals(self, idx):
+        return self._s.signals(idx)
+
+    def indices(self, split, fraction=1.0):
+        return self._s.indices(split, fraction)
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_config_defaults_and_validation(tmp_path):
+    cfg = finetune.FinetuneConfig()
+    assert (cfg.epochs, cfg.lr, cfg.lr_start, cfg.select_on, cfg.image_size) == (30, 1e-3, 3e-4, "val", 0)
+    assert cfg.run_id == "hcm-heartbeit-f1.0-s0"
+    assert finetune.FinetuneConfig(task="mi", model="vit_b16", fraction="0.1", seed="2").run_id == "mi-vit_b16-f0.1-s2"
+    assert finetune.FinetuneConfig(amp="false").amp is False  # papermill -p amp false arrives as a string
+    for bad, match in ((dict(select_on="train"), "select_on"), (dict(fraction=0.0), "fraction"),
+                       (dict(model="vit_b61"), "vit_b61"), (dict(lr_start=0.01), "lr_start"),
+                       (dict(model="vit_b16", model_size="huge"), "model_size"), (dict(device="gpu"), "device")):
+        with pytest.raises(ValueError, match=match):
+            finetune.FinetuneConfig(**bad)
+    with pytest.raises(runs.UnknownParameterError, match="fracton"):
+        finetune.FinetuneConfig.from_dict({"fracton": 0.1})
+
+
+def test_onecycle_goes_from_lr_start_to_lr():
+    """Oracle: the paper's "OneCycle between 3e-4 and 1e-3" - first step 3e-4, peak 1e-3 at 30 %."""
+    cfg = finetune.FinetuneConfig()
+    opt, sched = finetune.make_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))], total_steps=100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert isinstance(opt, torch.optim.Adam)
+    assert lrs[0] == pytest.approx(3e-4, rel=1e-9)
+    assert max(lrs) == pytest.approx(1e-3, rel=1e-6) and int(np.argmax(lrs)) in (29, 30)
+    assert lrs[-1] < 1e-5
+
+
+def test_missing_cohort_and_pretrain_runs_give_clear_errors(tmp_path, toy_root):
+    with pytest.raises(finetune.CohortNotFoundError, match=r"01_preprocess.*-p task hcm"):
+        finetune.resolve_inputs(finetune.FinetuneConfig(task="hcm", out_root=str(tmp_path)))
+    with pytest.raises(finetune.CohortNotFoundError, match="nowhere"):
+        finetune.resolve_inputs(finetune.FinetuneConfig(cohort_run=str(tmp_path / "nowhere")))
+    (tmp_path / "half").mkdir()
+    with pytest.raises(finetune.CohortNotFoundError, match="no manifest.parquet"):
+        finetune.resolve_inputs(finetune.FinetuneConfig(cohort_run=str(tmp_path / "half")))
+    cfg = finetune.resolve_inputs(tiny_cfg(toy_root))  # default cohort_run found and recorded
+    assert cfg.cohort_run == str(toy_root / "01_preprocess" / TASK)
+    assert finetune.resolve_inputs(tiny_cfg(toy_root, image_size=0)).image_size == 224  # the paper's size
+    with pytest.raises(runs.ConfigError, match="resolve_inputs"):
+        finetune.build_model(tiny_cfg(toy_root, image_size=0))
+    with pytest.raises(finetune.PretrainRunNotFoundError, match="02_pretrain"):
+        finetune.resolve_inputs(tiny_cfg(toy_root, model="heartbeit"))
+    with pytest.raises(runs.ConfigError, match="holds task 'toy'"):
+        finetune.open_store(dataclasses.replace(cfg, task="hcm"))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_corrupt_pretrain_checkpoint_names_the_file(tmp_path, toy_root):
+    ck = tmp_path / "02_pretrain" / "bad" / "checkpoints" / "last.pt"
+    ck.parent.mkdir(parents=True)
+    ck.write_bytes(b"\x80\x04garbage")
+    cfg = finetune.resolve_inputs(tiny_cfg(toy_root, model="heartbeit", pretrain_run=str(ck.parents[1])))
+    with pytest.raises(models.CorruptWeightsError, match=str(ck)):
+        finetune.build_model(cfg)
+
+
+# ---------------------------------------------------------------- splits
+
+
+def test_splits_come_from_the_store_and_fractions_are_nested(toy_root):
+    store = cohorts.CohortStore(toy_root / "01_preprocess" / TASK)
+    prev = None
+    for f in (1.0, 0.5, 0.25, 0.1, 0.01):
+        sp = finetune.make_splits(store, f)
+        np.testing.assert_array_equal(sp["train"].indices, store.indices("train", f))
+        for s in finetune.EVAL_SPLITS:  # evaluation splits never depend on the fraction
+            np.testing.assert_array_equal(sp[s].indices, store.indices(s))
+        assert set(sp["train"].label) == {0, 1}  # stratified: both classes even at 1 %
+        if prev is not None:
+            assert set(sp["train"].record_id) < prev  # nested, strictly smaller
+        prev = set(sp["train"].record_id)
+        pats = {s: set(sp[s].patient_hash) for s in sp}
+        assert not pats["train"] & (pats["val"] | pats["test"] | pats["external"])  # patient-disjoint
+
+
+def test_best_epoch_rule_reads_only_the_named_split():
+    """A log where validation peaks at epoch 2 and test at epoch 4 (they disagree)."""
+    log = [{"epoch": 1, "val_auroc": 0.70, "test_auroc": 0.60},
+           {"epoch": 2, "val_auroc": 0.80, "test_auroc": 0.65},
+           {"epoch": 3, "val_auroc": 0.80, "test_auroc": 0.70},  # ties on val: the earlier epoch wins
+           {"epoch": 4, "val_auroc": float("nan"), "test_auroc": 0.90}]  # NaN never wins
+    assert finetune.select_best_epoch(log) == 2
+    assert finetune.select_best_epoch(log, "val") == 2
+    assert finetune.select_best_epoch(log, "test") == 4
+    # changing test scores cannot move the default choice
+    assert finetune.select_best_epoch([dict(r, test_auroc=1 - r["test_auroc"]) for r in log]) == 2
+    with pytest.raises(ValueError, match="select_on"):
+        finetune.select_best_epoch(log, "external")
+    with pytest.raises(ValueError, match="NaN in every epoch"):
+        finetune.select_best_epoch([{"epoch": 1, "val_auroc": float("nan")}])
+
+
+# ---------------------------------------------------------------- training
+
+
+def _fit(root, store, **kw):
+    cfg = tiny_cfg(root, **kw)
+    cfg = finetune.resolve_inputs(cfg)
+    run_dir = runs.start_run("03_finetune", cfg)
+    model, norm = finetune.build_model(cfg)
+    res = finetune.fit(cfg, model, store, finetune.make_splits(store, cfg.fraction), run_dir, normalization=norm)
+    return cfg, res
+
+
+def test_fit_writes_per_epoch_artefacts_and_selects_on_val(toy_root):
+    from sklearn.metrics import roc_auc_score
+
+    store = cohorts.CohortStore(toy_root / "01_preprocess" / TASK)
+    epochs = 5
+    cfg, res = _fit(toy_root, store, epochs=epochs, seed=1, run_id="sel-val")
+    d = res.run_dir
+    log = runs.read_jsonl(d / "log.jsonl")
+    assert [r["epoch"] for r in log] == list(range(1, epochs + 1))
+    for r in log:
+        assert {"train_loss", "lr", "val_auroc", "val_auprc", "test_auroc", "test_auprc",
+                "external_auroc", "external_auprc"} <= set(r)
+    pred = pd.read_parquet(d / "predictions.parquet")
+    assert list(pred.columns) == ["record_id", "patient_hash", "split", "epoch", "label", "score"]
+    assert all(pd.api.types.is_string_dtype(pred[c]) for c in ("record_id", "patient_hash", "split"))
+    assert pred["epoch"].dtype == np.int64 and pred["label"].dtype == np.int64 and pred["score"].dtype == np.float64
+    sp = finetune.make_splits(store, 1.0)
+    assert len(pred) == epochs * sum(len(sp[s]) for s in finetune.EVAL_SPLITS)
+    for r in log:  # logged metrics = sklearn on the saved predictions
+        for s in finetune.EVAL_SPLITS:
+            p = pred[(pred.epoch == r["epoch"]) & (pred.split == s)]
+            assert list(p.record_id) == list(sp[s].record_id)
+            assert r[f"{s}_auroc"] == pytest.approx(roc_auc_score(p.label, p.score), abs=1e-12)
+    best = res.metrics["best_epoch"]
+    assert best == finetune.select_best_epoch(log, "val")
+    assert res.metrics["select_on"] == "val"
+    assert res.metrics["test_auroc"] == pytest.approx(log[best - 1]["test_auroc"])
+
+    # the saved weights are the chosen epoch's: re-scoring val reproduces that epoch's predictions
+    model, norm = finetune.build_model(cfg)
+    model.load_state_dict(finetune.load_best_weights(d))
+    ds = finetune.default_dataset_factory(store, sp["val"].indices, cfg.image_size, cfg.layout)
+    loader = torch.utils.data.DataLoader(ds, batch_size=64)
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in norm)
+    score = finetune.predict(model, loader, mean, std, torch.device("cpu"))
+    saved = pred[(pred.epoch == best) & (pred.split == "val")].score.to_numpy()
+    np.testing.assert_allclose(score, saved, atol=1e-6)
+
+    # deterministic given the seed: an identical second run logs identical losses and scores
+    _, res2 = _fit(toy_root, store, epochs=epochs, seed=1, run_id="sel-val-again")
+    assert [r["train_loss"] for r in res2.log] == [r["train_loss"] for r in log]
+    pd.testing.assert_frame_equal(pd.read_parquet(res2.run_dir / "predictions.parquet"), pred)
+
+    # flipping the test labels: the val-selected epoch does not move; select_on=test follows the test split
+    flipped = FlippedTestLabels(store)
+    _, res_f = _fit(toy_root, flipped, epochs=epochs, seed=1, run_id="sel-val-flipped")
+    assert res_f.best_epoch == best
+    for a, b in zip(res_f.log, log):
+        assert a["val_auroc"] == b["val_auroc"]
+        assert a["test_auroc"] == pytest.approx(1 - b["test_auroc"], abs=1e-12)
+    _, res_t = _fit(toy_root, flipped, epochs=epochs, seed=1, select_on="test", run_id="sel-test-flipped")
+    assert res_t.best_epoch == finetune.select_best_epoch(res_t.log, "test")
+    assert res_t.metrics["test_auroc"] == max(r["test_auroc"] for r in res_t.log)
+    assert res_t.best_epoch != best  # in this constructed case the two rules disagree
+    assert res_t.metrics["test_auroc"] > res_f.metrics["test_auroc"]  # picking on test is optimistic
+
+
+def test_run_finetune_writes_a_complete_run_folder(toy_root):
+    res = finetune.run_finetune(tiny_cfg(toy_root, model="vit_b16_scratch", fraction=0.25, epochs=2,
+                                         cache_images=False))  # the default: rendered on the fly
+    d = res.run_dir
+    assert d.name == "toy-vit_b16_scratch-f0.25-s0" and d.parent.name == "03_finetune"
+    assert runs.is_complete(d)
+    for f in ("config.yaml", "run.json", "log.jsonl", "predictions.parquet", "metrics.json",
+              "model_best.pt", "learning_curves.png"):
+        assert (d / f).is_file(), f
+    m = json.loads((d / "metrics.json").read_text())
+    for k in ("best_epoch", "select_on", "val_auroc", "val_auprc", "test_auroc", "test_auprc",
+              "external_auroc", "external_auprc"):
+        assert k in m and (isinstance(m[k], str) or math.isfinite(m[k])), k
+    assert m["n_train"] == len(cohorts.CohortStore(toy_root / "01_preprocess" / TASK).indices("train", 0.25))
+    info = json.loads((d / "run.json").read_text())
+    assert "split_train_records" in info["data_hashes"]
+    import yaml
+
+    assert yaml.safe_load((d / "config.yaml").read_text())["cohort_run"] == str(toy_root / "01_preprocess" / TASK)
