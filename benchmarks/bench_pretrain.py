@@ -1,0 +1,171 @@
+"""Benchmark: BEiT MIM training step vs a plain timm BEiT step, and the data pipeline vs the step rate.
+
+Measured side by side in one run, on the same batch:
+
+* ``plain``: timm BEiT (``models.create_backbone(..., num_classes=2)``) forward, cross-entropy on 2
+  classes, backward, AdamW step - the reference cost of the transformer itself;
+* ``mim``: :class:`heartbeit_lib.pretrain.MIMModel` forward with a block mask (mask token, LayerNorm,
+  linear head over the vocabulary on the masked patches only), cross-entropy, backward, AdamW step.
+  Target: MIM overhead <= 10% over ``plain``;
+* ``data``: the pretraining data pipeline for one batch in one process - read signals, render images
+  (``render.RenderedECGDataset``), look up cached tokens, draw block masks (:class:`MIMDataset`).
+  Target: >= 3x the MIM step's images/s (per loader worker);
+* ``tokenize``: the k-means tokenizer on rendered images (run once per store, then cached).
+
+Timings alternate plain/mim repetitions and report medians (the machine may be shared).
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_pretrain.py                       # CPU, tiny model, 112 px
+    .venv/bin/python benchmarks/bench_pretrain.py --size base --image-size 224 --batch 256 \\
+        --device cuda --amp --vocab 8192 --steps 20                      # GPU, paper size, bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from heartbeit_lib import masking, models, pretrain, render, tokenizers
+
+
+class ArrayStore:
+    """In-memory stand-in for ``cohorts.CohortStore``: ``signals(idx)`` and ``manifest``."""
+
+    def __init__(self, x: np.ndarray):
+        self.x = x
+        self.manifest = pd.DataFrame({"label": np.full(len(x), -1)})
+        self.root = None
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def signals(self, idx) -> np.ndarray:
+        return self.x[np.asarray(idx)]
+
+
+def ecg_like(n: int, seed: int = 0) -> np.ndarray:
+    """float32 (n, 8, 2500) microvolts: QRS-like spikes and T waves at 40-100 bpm, 500 Hz."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(2500) / 500
+    ph = (t[None] * rng.uniform(0.7, 1.7, (n, 1)) + rng.uniform(0, 1, (n, 1))) % 1
+    amp_r = rng.uniform(300, 1500, (n, 8, 1))
+    amp_t = rng.uniform(50, 400, (n, 8, 1))
+    x = amp_r * np.exp(-((ph[:, None] - 0.3) / 0.012) ** 2) + amp_t * np.exp(-((ph[:, None] - 0.6) / 0.06) ** 2)
+    return (x + rng.normal(0, 10, x.shape)).astype(np.float32)
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", default="tiny", choices=sorted(models.BEIT_SIZES))
+    ap.add_argument("--image-size", type=int, default=112)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--vocab", type=int, default=8192)
+    ap.add_argument("--steps", type=int, default=5, help="timed repetitions of each step kind")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    s, b = args.image_size, args.batch
+    grid = (s // 16, s // 16)
+    k = masking.num_masked_for(grid)
+    min_block = max(1, round(16 * grid[0] * grid[1] / 196))
+    amp = args.amp and dev.type == "cuda"
+    print(f"device {dev} ({torch.get_num_threads()} CPU threads), BEiT-{args.size}, {s}px, batch {b}, "
+          f"vocab {args.vocab}, {k} of {grid[0] * grid[1]} patches masked, bf16={amp}, compile={args.compile}")
+
+    # ---- data: render + tokens + masks, one batch at a time in this process
+    store = ArrayStore(ecg_like(max(4 * b, 256)))
+    imgs_fit = render.render_ecg(store.signals(np.arange(64)), size=s)
+    tok = tokenizers.fit_kmeans_tokenizer(imgs_fit, vocab_size=min(args.vocab, 512), seed=0, max_patches=20_000)
+    all_imgs = render.render_ecg(store.signals(np.arange(len(store))), size=s)
+    t0 = time.perf_counter()
+    tokens = tok.tokenize(all_imgs)
+    tok_rate = len(all_imgs) / (time.perf_counter() - t0)
+    ds = pretrain.MIMDataset(render.RenderedECGDataset(store, np.arange(len(store)), size=s), tokens, k, min_block)
+    data_times = []
+    for r in range(args.steps + 1):
+        keys = [(int(i), r) for i in np.random.default_rng(r).choice(len(ds), b, replace=False)]
+        t0 = time.perf_counter()
+        batch = ds.get_batch(keys)
+        data_times.append(time.perf_counter() - t0)
+    data_rate = b / statistics.median(data_times[1:])
+    images, toks, mask = (t.to(dev) for t in batch)
+    images = pretrain._normalize(images)
+
+    # ---- models
+    torch.manual_seed(0)
+    plain = models.create_backbone(args.size, img_size=s, num_classes=2, drop_path_rate=0.0).to(dev)
+    torch.manual_seed(0)
+    mim = pretrain.MIMModel(models.create_backbone(args.size, img_size=s, drop_path_rate=0.0), args.vocab).to(dev)
+    labels = torch.randint(0, 2, (b,), device=dev)
+    mtoks = torch.randint(0, args.vocab, toks.shape, device=dev)  # full-vocab targets: the real head cost
+    fused = {"fused": True} if dev.type == "cuda" else {}
+    opt_p = torch.optim.AdamW(plain.parameters(), lr=1e-4, **fused)
+    opt_m = torch.optim.AdamW([p for p in mim.parameters() if p.requires_grad], lr=1e-4, **fused)
+    f_plain = torch.compile(plain) if args.compile else plain
+    f_mim = torch.compile(mim) if args.compile else mim
+
+    def step_plain():
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            out = f_plain(images)
+        loss = F.cross_entropy(out.float(), labels)
+        opt_p.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_p.step()
+
+    def step_mim():
+        target = pretrain.mim_targets(mtoks, mask, k)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            out = f_mim(images, mask, k)
+        loss = F.cross_entropy(out.float(), target)
+        opt_m.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_m.step()
+
+    for fn in (step_plain, step_mim, step_plain, step_mim):  # warm-up (and compilation)
+        fn()
+    _sync(dev)
+    tp, tm = [], []
+    for _ in range(args.steps):
+        for fn, acc in ((step_plain, tp), (step_mim, tm)):
+            _sync(dev)
+            t0 = time.perf_counter()
+            fn()
+            _sync(dev)
+            acc.append(time.perf_counter() - t0)
+    plain_rate, mim_rate = b / statistics.median(tp), b / statistics.median(tm)
+    overhead = plain_rate / mim_rate - 1
+
+    # what the FLOPs predict: linear layers of the blocks + attention vs the MIM head on k tokens
+    d, depth, n = mim.backbone.embed_dim, mim.num_layers, grid[0] * grid[1] + 1
+    backbone_macs = depth * (12 * n * d * d + 2 * n * n * d)
+    head_macs = k * d * args.vocab
+
+    print(f"{'what':<44}{'images/s':>12}")
+    print(f"{'plain timm BEiT fwd+bwd+AdamW (reference)':<44}{plain_rate:>12.2f}")
+    print(f"{'MIM step fwd+bwd+AdamW':<44}{mim_rate:>12.2f}")
+    print(f"{'data: read+render+tokens+masks (1 process)':<44}{data_rate:>12.1f}")
+    print(f"{'k-means tokenizer (once per store, cached)':<44}{tok_rate:>12.1f}")
+    print(f"MIM overhead over plain step: {100 * overhead:+.1f}% (target <= +10%); the MIM head's FLOPs are "
+          f"{100 * head_macs / backbone_macs:.1f}% of the backbone's")
+    print(f"data pipeline / MIM step rate: {data_rate / mim_rate:.1f}x per loader process (target >= 3x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""notebooks/02_pretrain.ipynb run headlessly with papermill on a tiny cohort store.
+
+Oracles: the configuration we pass (epochs, sizes) and the checkpoint contract with fine-tuning
+(``models.create_backbone`` loads ``backbone`` with every key matched).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from heartbeit_lib import cohorts, models, pretrain, runs
+
+pytestmark = pytest.mark.notebooks
+
+
+def _store(path, n=24):
+    rng = np.random.default_rng(0)
+    t = np.arange(2500) / 500
+    x = np.zeros((n, 8, 2500), np.float32)
+    for i in range(n):
+        ph = (t * rng.uniform(0.8, 1.6) + rng.uniform()) % 1
+        for lead in range(8):
+            x[i, lead] = (rng.uniform(300, 1200) * np.exp(-((ph - 0.3) / 0.015) ** 2)
+                          + rng.uniform(50, 300) * np.exp(-((ph - 0.6) / 0.06) ** 2))
+    meta = pd.DataFrame({"record_id": [f"r{i}" for i in range(n)], "patient_id": [f"p{i}" for i in range(n)],
+                         "site": "a", "label": -1})
+    return cohorts.build_store_from_arrays(path, x, meta, task="unlabelled")
+
+
+def test_notebook_parameters_match_config_and_yaml_files():
+    declared = runs.notebook_parameters(runs.resolve_notebook("02_pretrain"))
+    fields = {f.name for f in dataclasses.fields(pretrain.PretrainConfig)}
+    assert set(declared) == fields
+    files = sorted((runs.PARAMETERS_DIR / "02_pretrain").glob("*.yaml"))
+    assert {f.stem for f in files} >= {"demo", "paper"}
+    for f in files:
+        params = runs.load_parameter_files(f)
+        assert set(params) <= fields, f.name
+        pretrain.PretrainConfig.from_dict(params)  # types and ranges valid
+
+
+def test_tiny_pretraining_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernel inherits it: no thread contention on small CPUs
+    store = _store(tmp_path / "store")
+    run_dir = tmp_path / "02_pretrain" / "tiny"
+    params = {"cohort_run": str(store.root), "model_size": "micro", "image_size": 32, "epochs": 2,
+              "batch_size": 8, "num_masked": 2, "min_block": 1, "vocab_size": 16, "tokenizer_fit_images": 16,
+              "warmup_epochs": 1.0, "lr": 1e-3, "device": "cpu", "progress": False, "save_every": 1,
+              "val_fraction": 0.2, "threads": 1, "out_root": str(tmp_path), "run_id": "tiny"}
+    runs.execute_notebook("02_pretrain", params, run_dir, html=False)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs_done"] == 2 and metrics["n_train"] + metrics["n_val"] == 24
+    assert 0 <= metrics["final_val_acc"] <= 1 and "baseline_majority_acc" in metrics
+    assert metrics["tokenizer_codes_used"] >= 2
+    for name in ("config.yaml", "run.json", "log.jsonl", "pretrain_curve.png", "examples.png",
+                 "tokenizer.pt", "tokenizer_report.json", "checkpoints/last.pt", "checkpoints/epoch-0002.pt",
+                 "02_pretrain.ipynb"):
+        assert (run_dir / name).exists(), name
+    assert len(runs.read_jsonl(run_dir / "log.jsonl")) == 2
+    assert runs.is_complete(run_dir)
+    assert list((store.root / "tokens").glob("*.npy"))  # token cache next to the store
+    ck = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    bb = models.create_backbone(ck["backbone_config"]["size"], ck["backbone_config"]["img_size"])
+    res = bb.load_state_dict(ck["backbone"], strict=True)
+    assert not res.missing_keys and not res.unexpected_keys

@@ -1,0 +1,265 @@
+"""MIM model, optimiser set-up, schedule, checkpoints/resume and the store -> tokens -> training pipeline.
+
+Oracles: timm's ``Beit.forward_features`` (our masked encoder with nothing masked must equal it),
+``torch.nn.functional.cross_entropy`` on hand-gathered masked tokens, the closed-form warmup/cosine
+schedule, an uninterrupted run (a killed-and-resumed run must repeat its losses exactly: same
+process-local CPU arithmetic, tolerance 0), and ``models.create_backbone`` / ``models.create_model``
+loading the checkpoint with every key matched (strict loading).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from heartbeit_lib import models, pretrain as P
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _tiny_cfg(**kw) -> P.PretrainConfig:
+    base = dict(model_size="micro", image_size=32, epochs=3, batch_size=8, num_masked=2, min_block=1,
+                warmup_epochs=1, lr=1e-3, min_lr=1e-5, device="cpu", progress=False, save_every=1)
+    base.update(kw)
+    return P.PretrainConfig(**base)
+
+
+def _tiny_data(n=40, size=32, vocab=16, seed=0, n_val=8) -> P.MIMData:
+    g = torch.Generator().manual_seed(seed)
+    # each image has one brightness level, each 16-px patch deviates slightly; the token is the patch's
+    # brightness bin, so a masked patch's token is predictable from the visible patches
+    level = torch.rand(n, 1, 1, 1, generator=g)
+    patch = (level + 0.03 * torch.randn(n, 1, size // 16, size // 16, generator=g)).clamp(0, 0.999)
+    images = patch.repeat_interleave(16, 2).repeat_interleave(16, 3).expand(-1, 3, -1, -1)
+    images = (images + 0.02 * torch.randn(n, 3, size, size, generator=g)).clamp(0, 1)
+    tokens = (patch[:, 0] * vocab).long().clamp(0, vocab - 1).numpy()
+    k = 2
+    return P.MIMData(P.MIMDataset(images[: n - n_val], tokens[: n - n_val], k, 1, seed, P.TRAIN_STREAM),
+                     P.MIMDataset(images[n - n_val:], tokens[n - n_val:], k, 1, seed, P.VAL_STREAM),
+                     vocab, {"kind": "test", "fingerprint": "abc", "vocab_size": vocab})
+
+
+def _micro_model(vocab=16, size=32, drop_path=0.0) -> P.MIMModel:
+    torch.manual_seed(0)
+    return P.MIMModel(models.create_backbone("micro", img_size=size, drop_path_rate=drop_path), vocab).eval()
+
+
+def test_encoder_without_mask_equals_timm_forward_features():
+    model = _micro_model(size=64)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ours = model.encode(x, torch.zeros(2, 4, 4, dtype=torch.bool))
+        ref = model.backbone.forward_features(x)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=0)
+
+
+def test_masked_patches_leak_nothing_and_paths_agree():
+    model = _micro_model(size=64)
+    rng = np.random.default_rng(0)
+    from heartbeit_lib import masking
+
+    mask = torch.from_numpy(np.stack([masking.block_mask(rng, (4, 4), 6, min_block=2) for _ in range(3)]))
+    x = torch.randn(3, 3, 64, 64)
+    # change pixels inside masked patches only: masked embeddings are replaced, so no output may change
+    pix = mask.repeat_interleave(16, 1).repeat_interleave(16, 2)[:, None].expand(-1, 3, -1, -1)
+    x2 = torch.where(pix, torch.randn_like(x) * 5, x)
+    with torch.no_grad():
+        a = model(x, mask, 6)
+        b = model(x2, mask, 6)
+        c = model(x, mask)  # boolean-indexing path
+    assert a.shape == (18, 16)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(a, c, rtol=0, atol=0)
+    # unmasking one patch whose pixels changed does change the output
+    with torch.no_grad():
+        assert not torch.equal(model.encode(x, torch.zeros_like(mask)), model.encode(x2, torch.zeros_like(mask)))
+
+
+def test_targets_and_loss_are_masked_positions_only():
+    tokens = torch.arange(2 * 9).reshape(2, 3, 3)
+    mask = torch.zeros(2, 3, 3, dtype=torch.bool)
+    mask[0, 0, 1] = mask[0, 2, 2] = mask[1, 1, 0] = mask[1, 1, 1] = True
+    t = P.mim_targets(tokens, mask, 2)
+    assert t.tolist() == [1, 8, 12, 13]
+    assert P.mim_targets(tokens, mask).tolist() == [1, 8, 12, 13]
+    logits = torch.randn(4, 20)
+    ref = -torch.log_softmax(logits, -1)[torch.arange(4), t].mean()
+    torch.testing.assert_close(F.cross_entropy(logits, t), ref)
+
+
+def test_param_groups_decay_and_layer_scales():
+    model = _micro_model()
+    groups = P.param_groups(model, 0.05, layer_decay=0.5)
+    seen = [id(p) for g in groups for p in g["params"]]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert len(seen) == len(set(seen)) == len(trainable)
+    assert not model.backbone.fc_norm.weight.requires_grad  # unused by MIM, frozen
+    names = {id(p): n for n, p in model.named_parameters()}
+    for g in groups:
+        for p in g["params"]:
+            n = names[id(p)]
+            no_decay = p.ndim <= 1 or n.endswith(("cls_token", "mask_token")) or "relative_position" in n
+            assert g["weight_decay"] == (0.0 if no_decay else 0.05), n
+    scale = {names[id(p)]: g["lr_scale"] for g in groups for p in g["params"]}
+    L = model.num_layers  # 2 for micro
+    assert scale["head.weight"] == 1.0
+    assert scale["backbone.blocks.1.mlp.fc1.weight"] == 0.5 ** (L - 1)
+    assert scale["backbone.blocks.0.mlp.fc1.weight"] == 0.5 ** L
+    assert scale["backbone.patch_embed.proj.weight"] == scale["mask_token"] == 0.5 ** (L + 1)
+
+
+def test_lr_schedule_closed_form():
+    total, warm, r = 100, 10, 0.02
+    f = [P.lr_factor(s, total, warm, r) for s in range(total + 1)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert f[10] == pytest.approx(1.0)
+    assert f[55] == pytest.approx(r + (1 - r) * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert f[100] == pytest.approx(r)
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+
+
+def test_sampler_shards_union_equals_single_process_batches():
+    single = list(P.EpochSampler(37, 8, seed=3))
+    assert len(single) == 32
+    ranks = [list(P.EpochSampler(37, 8, seed=3, rank=r, world=2)) for r in range(2)]
+    for j in range(4):  # global batch j = union of the ranks' batch j (4 items each)
+        glob = {k[0] for k in single[8 * j: 8 * j + 8]}
+        assert glob == {k[0] for r in range(2) for k in ranks[r][4 * j: 4 * j + 4]}
+    s = P.EpochSampler(37, 8, seed=3)
+    s.set_epoch(1)
+    assert [k[0] for k in s] != [k[0] for k in single] and all(k[1] == 1 for k in s)
+
+
+def test_masks_depend_only_on_seed_stream_epoch_row():
+    d = _tiny_data()
+    a = d.train[(5, 2)][2]
+    assert torch.equal(a, d.train[(5, 2)][2]) and int(a.sum()) == 2
+    assert any(not torch.equal(a, d.train[(5, e)][2]) for e in range(3, 10))
+    assert np.array_equal(d.train.mask(5, 2), a.numpy())
+
+
+def test_resume_after_kill_repeats_losses_and_checkpoint_contract(tmp_path):
+    data = _tiny_data()
+    cfg = _tiny_cfg(drop_path=0.1)  # drop-path consumes torch RNG: exercises the RNG restore
+    ref = P.train(cfg, data, tmp_path / "ref", record_steps=True)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first(epoch, line):
+        if epoch == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        P.train(cfg, data, tmp_path / "run", record_steps=True, on_epoch_end=kill_after_first)
+    torch.manual_seed(12345)  # a fresh process would have a different RNG state: resume must restore it
+    res = P.train(cfg, data, tmp_path / "run", record_steps=True)
+    assert res["resumed_from"] == 1
+    got = [h["step_losses"] for h in res["history"][1:]]
+    exp = [h["step_losses"] for h in ref["history"][1:]]
+    assert got == exp  # exact: same arithmetic on the same CPU
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
+        assert [h[key] for h in res["history"]] == [h[key] for h in ref["history"]], key
+    a = torch.load(tmp_path / "ref/checkpoints/last.pt", weights_only=True)
+    b = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)
+    for k, v in a["backbone"].items():
+        assert torch.equal(v, b["backbone"][k]), k
+    log = [line for line in (tmp_path / "run/log.jsonl").read_text().splitlines() if line]
+    assert len(log) == 3
+
+    # contract: weights_only checkpoint, backbone loads into models.create_backbone with all keys matched
+    bc = b["backbone_config"]
+    assert bc == {"size": "micro", "img_size": 32, "patch_size": 16}
+    assert b["normalize"] == {"mean": [0.5] * 3, "std": [0.5] * 3}
+    bb = models.create_backbone(bc["size"], bc["img_size"], bc["patch_size"])
+    result = bb.load_state_dict(b["backbone"], strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    assert set(b["backbone"]) == set(bb.state_dict())
+    assert (tmp_path / "run/checkpoints/epoch-0001.pt").exists()
+
+    # the fine-tuning entry point takes the run folder and reproduces the pretrained features
+    clf = models.create_model("heartbeit", num_classes=2, weights=tmp_path / "run", img_size=32).eval()
+    mim = P.load_mim_model(tmp_path / "run/checkpoints/last.pt")
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(clf.forward_features(x), mim.encode(x), rtol=0, atol=0)
+
+    # resuming with a different trajectory setting is refused, naming the field
+    with pytest.raises(P.ResumeError, match="lr"):
+        P.train(_tiny_cfg(drop_path=0.1, lr=2e-3, epochs=4), data, tmp_path / "run")
+
+
+def test_training_learns_image_dependent_tokens(tmp_path):
+    """Tokens = patch brightness bins: the MIM model must beat the majority token on held-out images."""
+    data = _tiny_data(n=320, vocab=8, seed=1, n_val=64)
+    cfg = _tiny_cfg(epochs=4, batch_size=32, lr=3e-3, warmup_epochs=0.5, num_masked=2, drop_path=0.0,
+                    save_every=100)
+    res = P.train(cfg, data, tmp_path)
+    base = P.token_baselines(data)
+    hist = res["history"]
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    # measured on this seed: val_acc 0.26 vs majority 0.11 and per-position majority 0.09
+    assert hist[-1]["val_acc"] > 1.5 * max(base["majority_acc"], base["position_majority_acc"])
+    P.plot_curve(tmp_path / "log.jsonl", tmp_path / "curve.png", base)
+    assert (tmp_path / "curve.png").stat().st_size > 1000
+
+
+def _smooth_ecgs(n: int, seed: int = 0) -> np.ndarray:
+    """float32 (n, 8, 2500) microvolts: periodic QRS-like spikes and T-like waves at 500 Hz."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(2500) / 500
+    x = np.zeros((n, 8, 2500), np.float32)
+    for i in range(n):
+        ph = (t * rng.uniform(0.8, 1.6) + rng.uniform()) % 1
+        for lead in range(8):
+            x[i, lead] = (rng.uniform(300, 1200) * np.exp(-((ph - 0.3) / 0.015) ** 2)
+                          + rng.uniform(50, 300) * np.exp(-((ph - 0.6) / 0.06) ** 2))
+    return x
+
+
+def test_store_pipeline_tokens_match_training_images(tmp_path):
+    """cohort store -> split -> fitted k-means tokenizer -> cached tokens -> rendered MIM batches."""
+    from heartbeit_lib import cohorts, tokenizers
+
+    n = 30
+    meta = pd.DataFrame({"record_id": [f"r{i}" for i in range(n)], "patient_id": [f"p{i // 2}" for i in range(n)],
+                         "site": "a", "label": -1})
+    store = cohorts.build_store_from_arrays(tmp_path / "store", _smooth_ecgs(n), meta, task="unlabelled")
+    cfg = _tiny_cfg(cohort_run=str(store.root), image_size=64, num_masked=6, min_block=2, vocab_size=16,
+                    tokenizer_fit_images=20, epochs=1, val_fraction=0.2)
+    rows = P.split_rows(cfg, store)
+    assert rows["held_out"] != "split" and len(rows["val"]) > 0
+    pat = store.manifest["patient_hash"].to_numpy()
+    assert not set(pat[rows["train"]]) & set(pat[rows["val"]])  # patient-disjoint hold-out
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    tok, report = P.prepare_tokenizer(cfg, store, rows, run_dir)
+    assert (run_dir / "tokenizer.pt").exists() and report["codes_used"] >= 2
+    data = P.build_data(cfg, store, tok, rows)
+    cache = tokenizers.token_cache_path(store.root, tok, 64)
+    assert cache.exists()
+    img, toks, mask = data.train[(0, 0)]
+    assert img.shape == (3, 64, 64) and toks.shape == (4, 4) and int(mask.sum()) == 6
+    # the cached tokens are the tokens of exactly the image the model is trained on
+    np.testing.assert_array_equal(tok.tokenize(img[None]).numpy()[0], toks.numpy())
+    # the token cache stays a memmap and travels to loader workers by file name, not by value
+    assert isinstance(data.train.tokens, np.memmap)
+    clone = pickle.loads(pickle.dumps(data.train))
+    assert isinstance(clone.tokens, np.memmap) and os.path.samefile(clone.tokens.filename, cache)
+    np.testing.assert_array_equal(clone.token_grid(3), data.train.token_grid(3))
+    res = P.train(dataclasses.replace(cfg, num_workers=1), data, run_dir)
+    assert res["history"][0]["epoch"] == 1 and "val_acc" in res["history"][0]
