@@ -134,7 +134,8 @@ def list_runs(sweep_dir: str | os.PathLike) -> pd.DataFrame:
     DataFrame, one row per folder whose ``config.yaml`` names ``task, model, fraction, seed``:
     ``run_dir, task, model, fraction, seed, complete`` (all of config.yaml, predictions.parquet and
     metrics.json present), ``missing`` (files absent), and from ``metrics.json`` ``best_epoch,
-    select_on``, ``reported_<split>_auroc/auprc`` and ``n_train, prevalence_train`` when present.
+    select_on``, ``reported_<split>_auroc/auprc`` and ``n_train, prevalence_train`` when present, and from
+    ``config.yaml`` ``model_size`` (default ``base``) and ``image_size`` (default 224 px).
 
     Raises
     ------
@@ -154,7 +155,9 @@ def list_runs(sweep_dir: str | os.PathLike) -> pd.DataFrame:
         missing = [f for f in RUN_FILES if not (d / f).is_file()]
         row: dict[str, Any] = {"run_dir": str(d), "task": str(cfg["task"]), "model": str(cfg["model"]),
                                "fraction": float(cfg["fraction"]), "seed": int(cfg["seed"]),
-                               "complete": not missing, "missing": ",".join(missing)}
+                               "complete": not missing, "missing": ",".join(missing),
+                               "model_size": str(cfg.get("model_size") or "base"),
+                               "image_size": int(cfg.get("image_size") or 224)}
         if not missing:
             try:
                 met = json.loads((d / "metrics.json").read_text())
@@ -642,6 +645,13 @@ def report_notes(results: pd.DataFrame, run_table: pd.DataFrame) -> list[str]:
         if "reported_auroc" in results.columns and results["reported_auroc"].notna().any():
             gap = float((results["auroc"] - results["reported_auroc"]).abs().max())
             notes.append(f"Largest |recomputed - reported| AUROC over runs: {gap:.1e}.")
+    if len(run_table) and "model_size" in run_table.columns:
+        arch = (run_table.groupby("model")[["model_size", "image_size"]]
+                .agg(lambda v: "/".join(sorted({str(x) for x in v}))))
+        if ((arch["model_size"] != "base") | (arch["image_size"] != "224")).any():
+            notes.append("Architectures differ from the paper's base models at 224 px (labels name the model family): "
+                         + "; ".join(f"{m}: size {r.model_size}, {r.image_size} px" for m, r in arch.iterrows())
+                         + ".")
     bad = run_table[~run_table["complete"]] if len(run_table) else run_table
     if len(bad):
         notes.append(f"{len(bad)} incomplete run folder(s) skipped: "

@@ -129,6 +129,19 @@ def test_collect_runs_reads_best_epoch_and_skips_incomplete(sweep):
     assert set(preds.loc[preds["task"] == "stemi", "split"]) == {"val", "test"}
 
 
+def test_report_notes_name_non_paper_architectures(tmp_path, evaluated):
+    """A micro model must not pass for BEiT-B/16 in the report: the notes name size and image size."""
+    _, res, _ = evaluated
+    d = write_fake_run(tmp_path, "hcm", "beit_b16_scratch", 1.0)
+    cfg = yaml.safe_load((d / "config.yaml").read_text())
+    assert plots.list_runs(tmp_path)["model_size"].tolist() == ["base"]  # default: the paper's size
+    assert not any("Architectures" in n for n in plots.report_notes(res, plots.list_runs(tmp_path)))
+    (d / "config.yaml").write_text(yaml.safe_dump({**cfg, "model_size": "micro", "image_size": 112}))
+    notes = [n for n in plots.report_notes(res, plots.list_runs(tmp_path)) if "Architectures" in n]
+    assert notes == ["Architectures differ from the paper's base models at 224 px (labels name the model family): "
+                     "beit_b16_scratch: size micro, 112 px."]
+
+
 def test_model_labels_and_order():
     assert plots.model_label("beit_b16_scratch") == "BEiT-B/16 (scratch)"
     assert plots.model_label("my_net") == "my_net"
