@@ -329,3 +329,26 @@ def test_wfdb_folder_unlabelled(shared_data, tmp_path):
     assert len(store) + len(store.rejects) == 25
     assert set(store.manifest["split"]) == {"unassigned"} and (store.manifest["label"] == -1).all()
     assert len(src.data_hashes()) == 1  # one combined hash over the .hea + .mat files
+
+
+def test_pretraining_mix_copies_only_training_ecgs_plus_synthetic(tmp_path):
+    """The mix holds the cohort's train ECGs (bit-identical, oracle: the source store) and the
+    synthetic ECGs (oracle: synthetic.generate_ecgs + signals.preprocess), never val/test ECGs."""
+    from heartbeit_lib import signals, synthetic
+
+    x, meta = _stored(30), _meta(30)
+    src = cohorts.build_store_from_arrays(tmp_path / "src", x, meta, seed=0, shard_size=8, salt="s")
+    train = src.indices("train")
+    assert 0 < len(train) < 30
+    mix = cohorts.build_pretraining_mix(tmp_path / "src", tmp_path / "mix", n_synthetic=3, synthetic_seed=5)
+    m = mix.manifest
+    assert len(mix) == len(train) + 3 and mix.task == "unlabelled" and (m["label"] == -1).all()
+    sm = src.manifest.iloc[train]
+    assert m["record_id"].tolist()[: len(train)] == [f"{s}_{r}" for s, r in zip(sm["site"], sm["record_id"])]
+    assert m["record_id"].tolist()[len(train):] == ["df000000", "df000001", "df000002"]
+    np.testing.assert_array_equal(mix.signals(np.arange(len(train))), src.signals(train))
+    ref = signals.preprocess(synthetic.generate_ecgs(3, seed=5), synthetic.DEEPFAKE_FS, synthetic.DEEPFAKE_LEADS)
+    np.testing.assert_array_equal(mix.signals(np.arange(len(train), len(mix))),
+                                  ref.astype(np.float16).astype(np.float32))
+    with pytest.raises(cohorts.CohortError, match="no ECGs"):
+        cohorts.build_pretraining_mix(tmp_path / "src", tmp_path / "none", splits=())
