@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -812,7 +813,8 @@ def split_rows(cfg: PretrainConfig, store: Any) -> dict[str, np.ndarray]:
     """Store rows for pretraining (``train``) and held-out evaluation (``val``), sorted int64.
 
     ``val`` is ``store.indices(cfg.val_split)``; when that is empty, a seeded ``val_fraction`` of the
-    training patients (``patient_hash``) is held out instead.  ``max_train``/``max_val`` cap the
+    training patients is held out instead (drawn on patients in order of first appearance, so two
+    builds of the same inputs with different salts hold out the same ECGs).  ``max_train``/``max_val`` cap the
     counts by a seeded subsample.
     """
     splits = [s.strip() for s in cfg.train_splits.split(",") if s.strip()]
@@ -823,11 +825,11 @@ def split_rows(cfg: PretrainConfig, store: Any) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(cfg.seed)
     held_out = "split"
     if len(val) == 0 and cfg.val_fraction > 0 and len(train) > 1:
-        patients = store.manifest["patient_hash"].to_numpy()[train]
-        uniq = np.unique(patients)
+        # patients in order of first appearance (not the salted hashes), so the held-out set
+        # depends on the seed only, not on the salt of the store build
+        codes, uniq = pd.factorize(store.manifest["patient_hash"].to_numpy()[train], sort=False)
         n_val = max(1, int(round(cfg.val_fraction * len(uniq))))
-        chosen = set(rng.permutation(uniq)[:n_val].tolist())
-        is_val = np.array([p in chosen for p in patients])
+        is_val = np.isin(codes, rng.permutation(len(uniq))[:n_val])
         val, train = train[is_val], train[~is_val]
         held_out = f"{cfg.val_fraction:.0%} of training patients"
     if cfg.max_train and len(train) > cfg.max_train:

@@ -263,3 +263,23 @@ def test_store_pipeline_tokens_match_training_images(tmp_path):
     np.testing.assert_array_equal(clone.token_grid(3), data.train.token_grid(3))
     res = P.train(dataclasses.replace(cfg, num_workers=1), data, run_dir)
     assert res["history"][0]["epoch"] == 1 and "val_acc" in res["history"][0]
+
+
+def test_held_out_patients_do_not_depend_on_the_salt(tmp_path):
+    """Two builds of the same ECGs with different salts hold out the same rows (seed decides, not the salt);
+    another seed holds out other rows."""
+    from heartbeit_lib import cohorts
+
+    n = 40
+    meta = pd.DataFrame({"record_id": [f"r{i}" for i in range(n)], "patient_id": [f"p{i // 2}" for i in range(n)],
+                         "site": "a", "label": -1})
+    x = _smooth_ecgs(n)
+    held = {}
+    for salt in ("salt-one", "salt-two"):
+        store = cohorts.build_store_from_arrays(tmp_path / salt, x, meta, task="unlabelled", salt=salt)
+        for seed in (0, 1):
+            rows = P.split_rows(_tiny_cfg(cohort_run=str(store.root), val_fraction=0.25, seed=seed), store)
+            held[salt, seed] = rows["val"].tolist()
+            assert len(rows["val"]) == 10 and len(rows["train"]) == 30  # 5 of 20 patients, 2 ECGs each
+    assert held["salt-one", 0] == held["salt-two", 0] and held["salt-one", 1] == held["salt-two", 1]
+    assert held["salt-one", 0] != held["salt-one", 1]
