@@ -4,7 +4,7 @@ Two measurements, fast path and reference side by side in the same run, ratio pr
 
 (a) read + preprocess + store on the PTB-XL subset in ``../shared/data/ptbxl`` (150 records at
     500 Hz from ``records500`` and 840 at 100 Hz from ``records100``): every record is read
-    with ``heartbeit_lib.io.read_ecg`` (``wfdb.rdrecord`` if ``io`` is missing), preprocessed
+    with ``heartbeit_lib.io.read_ecg``, preprocessed
     to float32 (N, 8, 2500) and written as one float16 ``.npy`` shard into a temporary folder.
     Fast: read all, one ``signals.preprocess`` call per sampling rate, one shard write.
     Naive: read, run the per-record scipy chain, append; same shard write. The file cache is
@@ -32,7 +32,7 @@ import numpy as np
 import scipy.ndimage
 import scipy.signal
 
-from heartbeit_lib import signals
+from heartbeit_lib import io as hio, signals
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PTBXL = REPO_ROOT.parent / "shared" / "data" / "ptbxl"
@@ -41,17 +41,8 @@ LEADS12 = ("I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", 
 
 def read_record(path: Path) -> tuple[np.ndarray, float, tuple[str, ...]]:
     """(leads, samples) float32 microvolts, fs, lead names."""
-    try:
-        from heartbeit_lib import io as hio
-    except ImportError:
-        hio = None
-    if hio is not None:
-        rec = hio.read_ecg(path)
-        return rec.signal, float(rec.fs), tuple(rec.leads)
-    import wfdb
-
-    rec = wfdb.rdrecord(str(path.with_suffix("")))
-    return (rec.p_signal.T * 1000).astype(np.float32), float(rec.fs), tuple(n.upper() for n in rec.sig_name)
+    rec = hio.read_ecg(path)
+    return rec.signal, float(rec.fs), tuple(rec.leads)
 
 
 def naive_one(rec: np.ndarray, fs: float, leads: tuple[str, ...]) -> np.ndarray:
@@ -127,8 +118,9 @@ def bench_ptbxl(root: Path) -> None:
 def bench_memory(n: int, root: Path, repeats: int) -> None:
     files = sorted((root / "records500").glob("*/*_hr.hea"))
     if files:
-        base = np.stack([read_record(f)[0] for f in files[:150]])
-        leads = read_record(files[0])[2]
+        recs = [read_record(f) for f in files[:150]]
+        base = np.stack([r[0] for r in recs])
+        leads = recs[0][2]
         src = f"{len(base)} real PTB-XL 500 Hz records tiled"
     else:
         base = np.random.default_rng(0).normal(0, 300, size=(150, 12, 5000)).astype(np.float32)

@@ -355,29 +355,15 @@ class ArrayReader:
 
 def _rejectable() -> tuple[type[BaseException], ...]:
     """Exception types that make an input a reject; anything else propagates (a bug)."""
-    out: list[type[BaseException]] = [RecordError]
-    try:
-        from . import io as hio
+    from . import io as hio, signals  # deferred: signals imports scipy.signal
 
-        out.append(hio.ECGReadError)
-    except ImportError:  # io.py not installed: only in-memory builds are possible
-        pass
-    try:
-        from . import signals
-
-        out.append(signals.SignalError)
-    except ImportError:
-        pass
-    return tuple(out)
+    return (RecordError, hio.ECGReadError, signals.SignalError)
 
 
 def _output_leads() -> tuple[str, ...]:
-    try:
-        from .signals import OUTPUT_LEADS
+    from .signals import OUTPUT_LEADS
 
-        return tuple(OUTPUT_LEADS)
-    except ImportError:
-        return ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6")
+    return tuple(OUTPUT_LEADS)
 
 
 # ====================================================================== building
@@ -1038,13 +1024,13 @@ def build_pretraining_mix(cohort_run: str | os.PathLike, run_dir: str | os.PathL
         raise CohortError(f"{cohort_run}: no ECGs in splits {list(splits)} and n_synthetic = {n_synthetic}")
     idx = np.sort(idx)
     m = src.manifest.iloc[idx]
-    xs = [src.signals(idx).astype(np.float32)] if len(idx) else []
+    xs = [src.signals(idx)] if len(idx) else []  # float32 already
     meta = [pd.DataFrame({"record_id": (m["site"].astype(str) + "_" + m["record_id"].astype(str)).to_numpy(),
                           "patient_id": (m["site"].astype(str) + "_" + m["patient_hash"].astype(str)).to_numpy(),
                           "site": m["site"].astype(str).to_numpy(), "label": -1})]
     if n_synthetic > 0:
         xd = synthetic.generate_ecgs(int(n_synthetic), seed=synthetic_seed)
-        xs.append(signals.preprocess(xd, synthetic.DEEPFAKE_FS, synthetic.DEEPFAKE_LEADS).astype(np.float32))
+        xs.append(signals.preprocess(xd, synthetic.DEEPFAKE_FS, synthetic.DEEPFAKE_LEADS))  # float32
         meta.append(pd.DataFrame({"record_id": [f"df{i:06d}" for i in range(n_synthetic)],
                                   "patient_id": [f"dfP{i:06d}" for i in range(n_synthetic)],
                                   "site": "deepfake", "label": -1}))

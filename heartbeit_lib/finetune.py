@@ -148,7 +148,8 @@ def resolve_inputs(cfg: FinetuneConfig) -> FinetuneConfig:
       ``01_preprocess`` run whose config has this task.
     - ``pretrain_run`` "" (only for ``model="heartbeit"`` without ``weights``) -> the latest complete
       ``02_pretrain`` run.
-    - ``image_size`` 0 -> the checkpoint's ``img_size`` for ``heartbeit``, else 224.
+    - ``image_size`` 0 -> the checkpoint's ``img_size`` for ``heartbeit``, else 224; ``model_size`` "" ->
+      the checkpoint's ``size`` for ``heartbeit`` (so ``config.yaml`` names the architecture).
 
     Raises
     ------
@@ -184,12 +185,14 @@ def resolve_inputs(cfg: FinetuneConfig) -> FinetuneConfig:
             pretrain = str(found)
         if not (Path(pretrain) / "checkpoints" / "last.pt").is_file() and not Path(pretrain).is_file():
             raise PretrainRunNotFoundError(f"parameter 'pretrain_run': {pretrain} holds no checkpoints/last.pt")
-    image_size = cfg.image_size
-    if image_size == 0:  # heartbeit fine-tunes at its pretraining size; everything else at the paper's 224
-        w = model_weights(dataclasses.replace(cfg, pretrain_run=pretrain))
-        image_size = (int(models.load_pretrain_checkpoint(w, mmap=True)["backbone_config"]["img_size"])
-                      if models.model_spec(cfg.model).source == "pretrain_checkpoint" else DEFAULT_IMAGE_SIZE)
-    return dataclasses.replace(cfg, cohort_run=cohort, pretrain_run=pretrain, image_size=image_size)
+    image_size, model_size = cfg.image_size, cfg.model_size
+    if models.model_spec(cfg.model).source == "pretrain_checkpoint" and not (image_size and model_size):
+        # heartbeit fine-tunes at its pretraining size and architecture: record both in config.yaml
+        bc = models.load_pretrain_checkpoint(model_weights(dataclasses.replace(cfg, pretrain_run=pretrain)),
+                                             mmap=True)["backbone_config"]
+        image_size, model_size = image_size or int(bc["img_size"]), model_size or str(bc["size"])
+    return dataclasses.replace(cfg, cohort_run=cohort, pretrain_run=pretrain,
+                               image_size=image_size or DEFAULT_IMAGE_SIZE, model_size=model_size)
 
 
 def model_weights(cfg: FinetuneConfig) -> str | None:

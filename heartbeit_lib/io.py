@@ -40,6 +40,7 @@ import shutil
 import tempfile
 import zlib
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 from xml.etree.ElementTree import Element, ParseError
@@ -285,19 +286,15 @@ def derive_limb_leads(signal: np.ndarray, leads: Sequence[str]) -> tuple[np.ndar
     -------
     signal : (L + k, T) float64, leads : tuple of names, derived : list of the k names added.
     """
+    from .signals import derive_limb_leads as limb_leads  # deferred: signals imports scipy.signal
+
     leads = tuple(leads)
     x = np.asarray(signal, dtype=np.float64)
-    lead_i, lead_ii = x[leads.index("I")], x[leads.index("II")]
-    formulas = {
-        "III": lambda: lead_ii - lead_i,
-        "AVR": lambda: -(lead_i + lead_ii) / 2.0,
-        "AVL": lambda: lead_i - lead_ii / 2.0,
-        "AVF": lambda: lead_ii - lead_i / 2.0,
-    }
     derived = [n for n in _DERIVABLE if n not in leads]
     if not derived:
         return x, leads, []
-    extra = np.stack([formulas[n]() for n in derived])
+    limb = limb_leads(x[leads.index("I")], x[leads.index("II")])
+    extra = np.stack([getattr(limb, n) for n in derived])
     return np.concatenate([x, extra]), leads + tuple(derived), derived
 
 
@@ -1175,9 +1172,9 @@ def read_numpy_table(
         raise UnsupportedFormatError(npy_path, f"not a readable .npy array: {e}") from None
     if arr.ndim != 3:
         raise LeadMismatchError(npy_path, f"expected an (N, leads, samples) array, got shape {arr.shape}")
-    _read_bytes(table_csv, "metadata table")
+    data = _read_bytes(table_csv, "metadata table")
     try:
-        table = pd.read_csv(table_csv, dtype={"record_id": str, "patient_id": str, "site": str})
+        table = pd.read_csv(BytesIO(data), dtype={"record_id": str, "patient_id": str, "site": str})
     except Exception as e:
         raise MetadataError(table_csv, f"cannot parse the table: {type(e).__name__}: {e}") from None
     if len(table) != arr.shape[0]:
@@ -1228,9 +1225,9 @@ def load_ptbxl(root: str | os.PathLike, sampling_rate: int = 500, database: str 
         raise ValueError(f"sampling_rate must be 100 or 500 Hz, got {sampling_rate!r}")
     root = Path(root).resolve()
     csv = root / database
-    _read_bytes(csv, "PTB-XL database table")
+    data = _read_bytes(csv, "PTB-XL database table")
     try:
-        df = pd.read_csv(csv, index_col="ecg_id")
+        df = pd.read_csv(BytesIO(data), index_col="ecg_id")
     except Exception as e:
         raise MetadataError(csv, f"cannot read the table: {type(e).__name__}: {e}") from None
     col = "filename_hr" if sampling_rate == 500 else "filename_lr"
@@ -1255,8 +1252,7 @@ def load_ptbxl(root: str | os.PathLike, sampling_rate: int = 500, database: str 
 def load_scp_statements(root: str | os.PathLike) -> pd.DataFrame:
     """PTB-XL ``scp_statements.csv`` indexed by statement code (``diagnostic``, ``diagnostic_class``...)."""
     csv = Path(root) / "scp_statements.csv"
-    _read_bytes(csv, "scp_statements table")
-    return pd.read_csv(csv, index_col=0)
+    return pd.read_csv(BytesIO(_read_bytes(csv, "scp_statements table")), index_col=0)
 
 
 def ptbxl_superclasses(scp_codes: pd.Series, statements: pd.DataFrame, min_likelihood: float = 0.0) -> pd.Series:

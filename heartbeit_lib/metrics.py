@@ -858,7 +858,6 @@ def evaluate_predictions(preds, n_boot: int = 500, seed: int = 0, alpha: float =
         ref_ids = ref_labels = None
         ref_run = None
         stats: dict[tuple, BootstrapStats] = {}
-        meta: dict[tuple, dict] = {}
         for key, run in sub.groupby(["model", "fraction", "seed"], sort=True):
             run = run.sort_values("record_id", kind="stable")
             ids = run["record_id"].astype(str).to_numpy()
@@ -890,7 +889,6 @@ def evaluate_predictions(preds, n_boot: int = 500, seed: int = 0, alpha: float =
             for col in ("auroc", "auprc"):
                 if f"reported_{col}" in run.columns:
                     row[f"reported_{col}"] = first[f"reported_{col}"]
-            meta[key] = row
             results.append(row)
         for (model, fraction, fseed), st_ref in stats.items():
             if model != reference_model:

@@ -149,10 +149,6 @@ class ModelSpec:
     tag: str | None = None
     description: str = ""
 
-    @property
-    def pretrained(self) -> bool:
-        return self.source is not None
-
 
 _PRETRAINED = [
     ModelSpec("heartbeit", "beit", "pretrain_checkpoint", None,

@@ -67,9 +67,10 @@ def model_label(name: str) -> str:
     """``resnet152`` -> ``ResNet-152``; ``resnet152_scratch`` -> ``ResNet-152 (scratch)``."""
     if name in MODEL_LABELS:
         return MODEL_LABELS[name]
-    if name.endswith("_scratch") and name[: -len("_scratch")] in MODEL_LABELS:
+    base = name.removesuffix("_scratch")
+    if base != name and base in MODEL_LABELS:
         # the architecture only: "(IN-22k)" names pretrained weights that a scratch model does not have
-        return f"{MODEL_LABELS[name[: -len('_scratch')]].split(' (')[0]} (scratch)"
+        return f"{MODEL_LABELS[base].split(' (')[0]} (scratch)"
     return name
 
 
@@ -82,7 +83,7 @@ def split_label(name: str) -> str:
 
 
 def model_sort_key(name: str) -> tuple:
-    base = name[: -len("_scratch")] if name.endswith("_scratch") else name
+    base = name.removesuffix("_scratch")
     rank = MODEL_ORDER.index(base) if base in MODEL_ORDER else len(MODEL_ORDER)
     return (rank, name.endswith("_scratch"), name)
 
@@ -101,14 +102,13 @@ def model_colors(models: Sequence[str]) -> dict[str, Any]:
     from matplotlib import colormaps
 
     cmap = colormaps["tab10"]
-    known = list(MODEL_ORDER)
     out, extra = {}, 0
     for m in order_models(models):
-        base = m[: -len("_scratch")] if m.endswith("_scratch") else m
-        if base in known:
-            out[m] = cmap(known.index(base))
+        base = m.removesuffix("_scratch")
+        if base in MODEL_ORDER:
+            out[m] = cmap(MODEL_ORDER.index(base))
         else:
-            out[m] = cmap((len(known) + extra) % 10)
+            out[m] = cmap((len(MODEL_ORDER) + extra) % 10)
             extra += 1
     return out
 
@@ -177,7 +177,7 @@ def list_runs(sweep_dir: str | os.PathLike) -> pd.DataFrame:
         rows.append(row)
     cols = ["run_dir", "task", "model", "fraction", "seed", "complete", "missing"]
     df = pd.DataFrame(rows, columns=cols + sorted({k for r in rows for k in r} - set(cols)))
-    return df.sort_values(["task", "model", "fraction", "seed"], key=None).reset_index(drop=True)
+    return df.sort_values(["task", "model", "fraction", "seed"]).reset_index(drop=True)
 
 
 def collect_runs(sweep_dir: str | os.PathLike, splits: Sequence[str] | None = None) -> pd.DataFrame:
@@ -612,8 +612,8 @@ def write_report(run_dir: str | os.PathLike, tables: Mapping[str, Mapping[str, A
     for name in ("table1", "table2_auroc", "table3_auprc"):
         if name in tables:
             parts.append(tables[name]["html"])
-    groups = {"roc_pr": "ROC and precision-recall curves", "fraction": "Performance versus training data"}
-    for prefix, heading in (("fraction", groups["fraction"]), ("roc_pr", groups["roc_pr"])):
+    for prefix, heading in (("fraction", "Performance versus training data"),
+                            ("roc_pr", "ROC and precision-recall curves")):
         figs = [Path(p) for p in figures if Path(p).name.startswith(prefix + "_")]
         if figs:
             parts.append(f"<h2>{heading}</h2>")
@@ -645,8 +645,8 @@ def report_notes(results: pd.DataFrame, run_table: pd.DataFrame) -> list[str]:
         if "reported_auroc" in results.columns and results["reported_auroc"].notna().any():
             gap = float((results["auroc"] - results["reported_auroc"]).abs().max())
             notes.append(f"Largest |recomputed - reported| AUROC over runs: {gap:.1e}.")
-    if len(run_table) and "model_size" in run_table.columns:
-        arch = (run_table.groupby("model")[["model_size", "image_size"]]
+    if len(run_table) and "model_size" in run_table.columns:  # the runs reported: complete ones
+        arch = (run_table[run_table["complete"]].groupby("model")[["model_size", "image_size"]]
                 .agg(lambda v: "/".join(sorted({str(x) for x in v}))))
         if ((arch["model_size"] != "base") | (arch["image_size"] != "224")).any():
             notes.append("Architectures differ from the paper's base models at 224 px (labels name the model family): "

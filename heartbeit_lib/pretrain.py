@@ -338,13 +338,16 @@ class MIMDataset(Dataset):
 
     def token_grid(self, i: int) -> np.ndarray:
         """int64 (h, w) tokens of item ``i``."""
-        return np.asarray(self.tokens[i if self.rows is None else self.rows[i]], np.int64)
+        return self._tokens_at(np.array([i]))[0]
+
+    def _tokens_at(self, pos: np.ndarray) -> np.ndarray:
+        """int64 (len(pos), h, w) tokens of items ``pos``: one fancy-index read of the (memmapped) cache."""
+        return np.asarray(self.tokens[pos if self.rows is None else self.rows[pos]], np.int64)
 
     def all_tokens(self, limit: int | None = None) -> np.ndarray:
         """int64 (n, h, w) tokens of the first ``limit`` items (all by default)."""
         n = len(self) if limit is None else min(limit, len(self))
-        idx = np.arange(n) if self.rows is None else self.rows[:n]
-        return np.asarray(self.tokens[idx], np.int64)
+        return self._tokens_at(np.arange(n))
 
     def mask(self, i: int, epoch: int = 0) -> np.ndarray:
         rng = np.random.default_rng((self.seed, self.stream, epoch, int(i)))
@@ -366,8 +369,9 @@ class MIMDataset(Dataset):
     def get_batch(self, keys: Sequence) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One batch: images float32 (B, C, H, W) in [0, 1], tokens int64 (B, h, w), masks bool (B, h, w)."""
         ks = [self._key(k) for k in keys]
-        images = self._images([i for i, _ in ks])
-        tokens = torch.from_numpy(np.stack([self.token_grid(i) for i, _ in ks]))
+        pos = [i for i, _ in ks]
+        images = self._images(pos)
+        tokens = torch.from_numpy(self._tokens_at(np.asarray(pos, np.int64)))
         masks = torch.from_numpy(np.stack([self.mask(i, e) for i, e in ks]))
         return images, tokens, masks
 
@@ -534,12 +538,6 @@ def _atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
-
-
-def _unwrap(model: nn.Module) -> MIMModel:
-    model = getattr(model, "_orig_mod", model)
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
 
 
 def _loader(ds: Dataset, sampler: EpochSampler, per_rank: int, workers: int, device: torch.device,
@@ -786,26 +784,6 @@ def load_mim_model(checkpoint: str | os.PathLike, device: str | torch.device = "
     return model.to(device).eval()
 
 
-def evaluate_checkpoint(checkpoint: str | os.PathLike, store: Any, rows: np.ndarray, tokenizer: Any,
-                        num_masked: int, min_block: int = 16, seed: int = 0, layout: str = "stack8",
-                        batch_size: int = 64, device: str = "cpu") -> dict:
-    """Masked-token loss/accuracy of a pretraining checkpoint on any store's rows (fixed masks).
-
-    Images are rendered at the checkpoint's ``img_size``; tokens come from (and go to) the store's
-    token cache.  Masks use the held-out stream, so two checkpoints are scored on the same masks.
-    """
-    from . import render
-
-    model = load_mim_model(checkpoint, device)
-    size = int(model.backbone.patch_embed.img_size[0])
-    tokens = tokenizers.precompute_tokens(store, tokenizer, size, layout)
-    ds = MIMDataset(render.RenderedECGDataset(store, rows, size=size, layout=layout), tokens, num_masked,
-                    min_block, seed, VAL_STREAM, rows=rows)
-    loader = _loader(ds, EpochSampler(len(ds), 1, seed, shuffle=False, drop_last=False), batch_size, 0,
-                     torch.device(device), drop_last=False)
-    return evaluate(model, loader, torch.device(device), num_masked, amp=False)
-
-
 # ============================================================================ pipeline (notebook)
 
 
@@ -1028,18 +1006,23 @@ def summarize(result: dict, data: MIMData, tokenizer_report: dict, baselines: di
 
 
 def run(cfg: PretrainConfig, run_dir: str | os.PathLike, device: str = "cpu") -> dict:
-    """The whole pipeline (what the notebook does), for ``torchrun -m heartbeit_lib.pretrain``."""
+    """The whole pipeline (what the notebook does, finishing the run folder on rank 0), for
+    ``torchrun -m heartbeit_lib.pretrain``."""
     from .cohorts import CohortStore
 
+    run_dir = Path(run_dir)
     store = CohortStore(cfg.cohort_run)
     rows = split_rows(cfg, store)
     tok, tok_report = prepare_tokenizer(cfg, store, rows, run_dir, device=device)
     data = build_data(cfg, store, tok, rows, progress=cfg.progress)
     baselines = token_baselines(data)
+    if dist_info()[0] == 0:
+        plot_examples(data, run_dir / "examples.png")
     result = train(cfg, data, run_dir)
     metrics = summarize(result, data, tok_report, baselines)
     if dist_info()[0] == 0:
-        plot_curve(result["history"], Path(run_dir) / "pretrain_curve.png", baselines)
+        plot_curve(result["history"], run_dir / "pretrain_curve.png", baselines)
+        runs.finish_run(run_dir, metrics=metrics, data_hashes=data_hashes(store, run_dir, cfg))
     return metrics
 
 
@@ -1064,7 +1047,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     dev = str(resolve_device(cfg.device, local_rank))
     metrics = run(cfg, run_dir, device=dev)
     if rank == 0:
-        runs.finish_run(run_dir, metrics=metrics)
         print(json.dumps(metrics, indent=1, default=str))
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -90,6 +90,9 @@ import numpy as np
 LEADS: tuple[str, ...] = ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6")
 LAYOUTS: tuple[str, ...] = ("stack8", "grid4x2", "clinical3x4")
 RESAMPLE_FILTERS: tuple[str, ...] = ("bilinear", "bicubic", "box", "lanczos", "nearest")
+#: Version of the pixels the renderers produce: part of the token cache key
+#: (``tokenizers.token_cache_key``); bump it when a change alters the rendered images.
+RENDER_VERSION = "1"
 
 _PAPER_MM_PER_S = 25.0  # ECG paper: 25 mm/s, 10 mm/mV
 _PAPER_MM_PER_MV = 10.0
@@ -213,6 +216,7 @@ class _Group:
     t0: int
     t1: int
     sources: np.ndarray   # (G,) source signal of each panel
+    identity: bool        # panels = all source signals in order over all samples (the group reads them as is)
     bands: np.ndarray     # (G,) band of each panel
     ppu: np.ndarray       # (G, 1) float32 pixels per microvolt
     c_a: np.ndarray       # (G, 1) float32: span top a = clip(c_a - max * ppu, 0, lim_a)  (block rows)
@@ -246,6 +250,7 @@ class _Layout:
     ylims: tuple[tuple[float, float], ...]  # (lo, hi) mV per band
     panels: tuple[tuple[int, int, int, int, int, int], ...]  # (source, band, x0, x1, t0, t1)
     groups: tuple[_Group, ...]
+    single_group: bool              # one group whose panels are the bands in order (stack8): no scatter
     background: np.ndarray | None   # (H, W) uint16 grey levels or None (white)
     oversample: int
     full: np.ndarray                # (s,) uint8 coverage units of a fully covered sub-column (sum 255)
@@ -361,6 +366,7 @@ def _get_layout(name: str, h: int, w: int, n: int, style: RenderStyle) -> _Layou
         built.append(_Group(
             x0=x0, x1=x1, t0=t0, t1=t1,
             sources=_ro(np.asarray([p[0] for p in ps], dtype=np.int64)), bands=_ro(np.asarray(bk, dtype=np.int64)),
+            identity=t0 == 0 and t1 == n and [p[0] for p in ps] == list(range(len(sources))),
             ppu=col(ppu), c_a=col([hp - r + off for hp, off in zip(hi_px, offset)]),
             lim_a=col([hk - r if style.clip else lim for hk, lim in zip(hk_, limit)]),
             c_b=col([hp + r + off for hp, off in zip(hi_px, offset)]),
@@ -378,8 +384,9 @@ def _get_layout(name: str, h: int, w: int, n: int, style: RenderStyle) -> _Layou
     full = _ro(np.asarray([255 // s + (j < 255 % s) for j in range(s)], dtype=np.uint8))
     grid = style.grid if style.grid is not None else name == "clinical3x4"
     background = _paper_grid(h, w, px_per_mm) if grid else None
-    return _Layout(name, h, w, n, tuple(sources), mix, bands, ylims, panels, tuple(built), background, s, full, r,
-                   style.clip, block_h, row_index)
+    single_group = len(built) == 1 and built[0].bands.tolist() == list(range(nb))
+    return _Layout(name, h, w, n, tuple(sources), mix, bands, ylims, panels, tuple(built), single_group, background,
+                   s, full, r, style.clip, block_h, row_index)
 
 
 def layout_geometry(layout: str = "stack8", size: int | Sequence[int] = 224, n_samples: int = 2500,
@@ -472,11 +479,7 @@ def _sparse_levels_np(v: np.ndarray, g: _Group) -> tuple[np.ndarray, np.ndarray]
 
 def _spans_np(src: np.ndarray, g: _Group) -> tuple[np.ndarray, np.ndarray]:
     """Vertical spans [a, b] (block rows) of every window of every panel of ``g``: (n, G, s * Wp) each."""
-    full_range = g.t0 == 0 and g.t1 == src.shape[2]
-    if full_range and g.sources.size == src.shape[1] and (g.sources == np.arange(src.shape[1])).all():
-        v = src                                                        # stack8: no copy
-    else:
-        v = src[:, g.sources, g.t0:g.t1]                               # (n, G, nt) microvolts
+    v = src if g.identity else src[:, g.sources, g.t0:g.t1]           # (n, G, nt) microvolts; stack8: no copy
     lmin, lmax = _sparse_levels_np(v, g)
     es = v[..., g.s_i0] * g.s_w0 + v[..., g.s_i0 + 1] * g.s_w1       # polyline at the window ends
     ee = v[..., g.e_i0] * g.e_w0 + v[..., g.e_i0 + 1] * g.e_w1
@@ -556,9 +559,8 @@ def _render_chunk_np(sig: np.ndarray, lay: _Layout) -> np.ndarray:
         la, ca, lb, cb = lay.mix
         src = sig[:, la] * ca + sig[:, lb] * cb
     n, nb, s, w = sig.shape[0], len(lay.bands), lay.oversample, lay.width
-    g0 = lay.groups[0]
-    if len(lay.groups) == 1 and g0.bands.tolist() == list(range(nb)):
-        a, b = _spans_np(src, g0)                                       # stack8: one group, bands in order
+    if lay.single_group:
+        a, b = _spans_np(src, lay.groups[0])                            # stack8: one group, bands in order
         a, b = a.reshape(n, nb, s, w), b.reshape(n, nb, s, w)
     else:
         a = np.empty((n, nb, s, w), np.float32)
@@ -611,8 +613,6 @@ def _torch_consts(lay: _Layout, device: str) -> dict:
                for f in dataclasses.fields(g)} for g in lay.groups]
     for gd, g in zip(groups, lay.groups):
         gd["s_i1"], gd["e_i1"] = t(g.s_i0 + 1), t(g.e_i0 + 1)
-        gd["identity"] = (g.t0 == 0 and g.t1 == lay.n_samples and g.sources.size == len(lay.sources)
-                          and bool((g.sources == np.arange(len(lay.sources))).all()))
     return dict(
         groups=groups,
         mix=None if lay.mix is None else tuple(t(m) for m in lay.mix),
@@ -752,7 +752,7 @@ def render_ecg_torch(x: Any, size: int | Sequence[int] = 224, layout: str = "sta
         src = sig[:, la] * ca + sig[:, lb] * cb
     n, nb, s = sig.shape[0], len(lay.bands), lay.oversample
     groups = consts["groups"]
-    if len(groups) == 1 and lay.groups[0].bands.tolist() == list(range(nb)):
+    if lay.single_group:
         a, b = _spans_torch(src, groups[0])
         a, b = a.reshape(n, nb, s, w), b.reshape(n, nb, s, w)
     else:
@@ -833,17 +833,6 @@ def render_ecg_reference(x: Any, size: int | Sequence[int] = 224, layout: str = 
 # ----------------------------------------------------------------------------- parity and figures
 
 
-def _dilate3(mask: np.ndarray) -> np.ndarray:
-    """3x3 binary dilation of (..., H, W) masks (pixels outside the image count as False)."""
-    m = np.pad(mask, [(0, 0)] * (mask.ndim - 2) + [(1, 1), (1, 1)])
-    out = np.zeros_like(mask)
-    hh, ww = mask.shape[-2:]
-    for dy in range(3):
-        for dx in range(3):
-            out |= m[..., dy:dy + hh, dx:dx + ww]
-    return out
-
-
 def parity_metrics(reference: np.ndarray, fast: np.ndarray, dark: int = 128) -> dict[str, np.ndarray]:
     """Per-image agreement of two renderings (the issue's parity criteria).
 
@@ -863,8 +852,11 @@ def parity_metrics(reference: np.ndarray, fast: np.ndarray, dark: int = 128) -> 
         raise RenderError(f"parity_metrics: shapes differ, reference {a.shape} vs fast {b.shape}")
     if a.ndim == 2:
         a, b = a[None], b[None]
+    from scipy.ndimage import binary_dilation
+
     diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
-    ma, mb = _dilate3(a < dark), _dilate3(b < dark)
+    square = np.ones((1, 3, 3), bool)                                   # 3x3 per image; outside = False
+    ma, mb = binary_dilation(a < dark, square), binary_dilation(b < dark, square)
     inter = (ma & mb).sum(axis=(1, 2))
     union = (ma | mb).sum(axis=(1, 2))
     iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
@@ -1132,7 +1124,10 @@ def export_pngs(cohort_run: str | os.PathLike, out_dir: str | os.PathLike, size:
 
     store = cohorts.CohortStore(cohort_run)
     man = store.manifest
-    available = list(dict.fromkeys(man["split"].astype(str)))
+    split_of = man["split"].astype(str).to_numpy()
+    labels = man["label"].to_numpy()
+    record_ids = man["record_id"].astype(str).to_numpy()
+    available = list(dict.fromkeys(split_of))
     wanted = available if not splits else list(splits)
     bad = [s for s in wanted if s not in available]
     if bad:
@@ -1141,20 +1136,20 @@ def export_pngs(cohort_run: str | os.PathLike, out_dir: str | os.PathLike, size:
     out.mkdir(parents=True, exist_ok=True)
     records, used = [], set()
     for split in wanted:
-        rows = np.flatnonzero(man["split"].astype(str).to_numpy() == split)
+        rows = np.flatnonzero(split_of == split)
         for k in range(0, rows.size, batch_size):
             chunk = rows[k:k + batch_size]
             imgs = render_ecg(store.signals(chunk), size, layout, **style)
             for row, img in zip(chunk, imgs):
-                label = int(man["label"].iloc[row])
+                label = int(labels[row])
                 folder = out / split / (str(label) if label >= 0 else "unlabelled")
                 folder.mkdir(parents=True, exist_ok=True)
-                rel = folder.relative_to(out) / f"{_safe_name(man['record_id'].iloc[row])}.png"
+                rel = folder.relative_to(out) / f"{_safe_name(record_ids[row])}.png"
                 if str(rel) in used:  # duplicate record ids stay distinct files
                     rel = rel.with_name(f"{rel.stem}-row{row}.png")
                 used.add(str(rel))
                 Image.fromarray(img).save(out / rel)
-                records.append(dict(record_id=str(man["record_id"].iloc[row]), split=split, label=label,
+                records.append(dict(record_id=record_ids[row], split=split, label=label,
                                     path=str(rel), row=int(row)))
     index = out / "index.csv"
     pd.DataFrame(records, columns=["record_id", "split", "label", "path", "row"]).to_csv(index, index=False)

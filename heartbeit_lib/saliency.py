@@ -304,11 +304,11 @@ def saliency_maps(model: nn.Module, images: Any, method: str = "fullgrad", targe
         return rng.random((x.shape[0],) + tuple(x.shape[2:])).astype(np.float32)
     if method not in METHODS:
         raise SaliencyError(f"method={method!r}: choose one of {list(METHODS) + ['random']}")
+    if batch_size < 1:
+        raise SaliencyError(f"batch_size={batch_size}: must be >= 1")
     if method == "rollout":
         return attention_rollout(model, x, normalization=normalization, batch_size=batch_size,
                                  head_fusion=head_fusion)
-    if batch_size < 1:
-        raise SaliencyError(f"batch_size={batch_size}: must be >= 1")
 
     device = _device(model)
     norm = _normalizer(normalization, device)
@@ -591,8 +591,8 @@ def segment_codes(r_peaks: np.ndarray, n_samples: int, fs: float = FS,
     unknown = set(windows) - set(SEGMENTS[:-1])
     if unknown:
         raise SaliencyError(f"windows: unknown segment(s) {sorted(unknown)}; use {list(SEGMENTS[:-1])}")
-    codes = np.full(int(n_samples), SEGMENTS.index("other"), np.int8)
-    t = np.arange(int(n_samples))
+    n = int(n_samples)
+    codes = np.full(n, SEGMENTS.index("other"), np.int8)
     for seg in SEGMENT_PRIORITY:
         if seg not in windows:
             continue
@@ -600,7 +600,7 @@ def segment_codes(r_peaks: np.ndarray, n_samples: int, fs: float = FS,
         for r in np.asarray(r_peaks, np.int64):
             lo = int(math.ceil(r + lo_ms / 1000.0 * fs - 1e-9))
             hi = int(math.ceil(r + hi_ms / 1000.0 * fs - 1e-9))
-            codes[max(lo, 0):max(min(hi, t.size), 0)] = SEGMENTS.index(seg)
+            codes[max(lo, 0):max(min(hi, n), 0)] = SEGMENTS.index(seg)
     return codes
 
 
@@ -761,8 +761,9 @@ def find_finetune_runs(finetune_runs: str | Sequence[str]) -> pd.DataFrame:
     Returns
     -------
     DataFrame, one row per complete run with ``model_best.pt``: ``run_dir, task, model, fraction,
-    seed, best_epoch, reported_test_auroc`` (when present), ``model_size, image_size, layout,
-    cohort_run``; sorted by task, fraction, model (the paper's model order), seed.
+    seed, best_epoch, reported_test_auroc`` (when present), ``model_size, image_size`` (as
+    ``plots.list_runs``: defaults ``base``, 224), ``layout, cohort_run``; sorted by task, fraction, model
+    (the paper's model order), seed.
 
     Raises
     ------
@@ -794,11 +795,10 @@ def find_finetune_runs(finetune_runs: str | Sequence[str]) -> pd.DataFrame:
     if ok.empty:
         raise FinetuneRunError(f"parameter 'finetune_runs': none of the {len(table)} run folder(s) under {entries} is "
                                "finished with model_best.pt (run notebooks/03_finetune.ipynb to completion)")
-    extra = []
+    extra = []  # list_runs already gives model_size and image_size; adding them again duplicated the columns
     for d in ok["run_dir"]:
         cfg = yaml.safe_load((Path(d) / "config.yaml").read_text()) or {}
-        extra.append({"model_size": str(cfg.get("model_size") or ""), "image_size": int(cfg.get("image_size") or 0),
-                      "layout": str(cfg.get("layout") or "stack8"), "cohort_run": str(cfg.get("cohort_run") or "")})
+        extra.append({"layout": str(cfg.get("layout") or "stack8"), "cohort_run": str(cfg.get("cohort_run") or "")})
     ok = pd.concat([ok.reset_index(drop=True), pd.DataFrame(extra)], axis=1)
     order = {m: i for i, m in enumerate(plots.order_models(ok["model"]))}
     ok["_m"] = ok["model"].map(order)

@@ -220,15 +220,6 @@ def _padlen(sos: np.ndarray) -> int:
     return 3 * ntaps
 
 
-def _sosfiltfilt_rows(sos: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """``scipy.signal.sosfiltfilt(sos, x, axis=-1)`` for a 2-D ``x`` (rows, samples), float64."""
-    rows, n = x.shape
-    p = _padlen(sos)
-    ext = np.empty((rows, n + 2 * p), dtype=np.float64)
-    ext[:, p:p + n] = x
-    return _sosfiltfilt_ext(sos, ext, p)
-
-
 def _sosfiltfilt_ext(sos: np.ndarray, ext: np.ndarray, p: int) -> np.ndarray:
     """Zero-phase filtering of the rows of ``ext[:, p:-p]``; ``ext`` (rows, n + 2p) float64 is a
     work buffer whose ``p`` samples at each end are overwritten. Returns (rows, n) float64.
@@ -268,11 +259,11 @@ def bandpass(x: np.ndarray, fs: float, band: tuple[float, float] = BAND, order: 
     """
     x = np.asarray(x, dtype=np.float64)
     sos = butter_sos(_check_fs(fs, "fs"), tuple(band), order)
-    if x.ndim == 0 or x.shape[-1] <= _padlen(sos):
-        raise SignalTooShortError(f"x: band-pass needs more than {_padlen(sos)} samples along the last axis, "
+    p = _padlen(sos)
+    if x.ndim == 0 or x.shape[-1] <= p:
+        raise SignalTooShortError(f"x: band-pass needs more than {p} samples along the last axis, "
                                   f"got shape {x.shape}")
-    flat = x.reshape(-1, x.shape[-1])
-    return _sosfiltfilt_rows(sos, flat).reshape(x.shape)
+    return scipy.signal.sosfiltfilt(sos, x, axis=-1)
 
 
 def _check_kernel(kernel: int) -> int:
@@ -439,14 +430,14 @@ def preprocess(x: np.ndarray, fs: float, leads: Sequence[str], *,
         raise SignalTooShortError(
             f"x: record has {n_res} samples at {target_fs:g} Hz ({n_in} at {fs:g} Hz), fewer than "
             f"start + n_samples = {start} + {n_samples} = {stop}; pass pad=True to zero-pad")
-    if n_res <= max(start, _padlen(sos)):
+    p = _padlen(sos)
+    if n_res <= max(start, p):
         raise SignalTooShortError(
             f"x: record has {n_res} samples at {target_fs:g} Hz, nothing to keep from start={start} "
-            f"(the band-pass also needs > {_padlen(sos)} samples)")
+            f"(the band-pass also needs > {p} samples)")
     keep = min(stop, n_res) - start
 
     out = np.zeros((n_rec, len(idx), n_samples), dtype=np.float32)
-    p = _padlen(sos)
     for c0 in range(0, n_rec, chunk_size):
         chunk = arr[c0:c0 + chunk_size]
         nc = chunk.shape[0]

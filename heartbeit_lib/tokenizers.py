@@ -310,15 +310,18 @@ _dalle_pickle.Unpickler = _DalleUnpickler  # type: ignore[attr-defined]
 _dalle_pickle.load = lambda f, **kw: _DalleUnpickler(f, **kw).load()  # type: ignore[attr-defined]
 
 
+_HOW_TO_PROVIDE = {
+    "dalle": "download OpenAI's DALL-E dVAE encoder (https://cdn.openai.com/dall-e/encoder.pkl) on a "
+             "machine with network access, copy it here and pass its path (tokenizer_path=...); "
+             "convert it once with tokenizers.convert_dalle_pickle(src, dst) to a weights-only state dict",
+    "ecg_kmeans": "fit one with tokenizers.fit_kmeans_tokenizer(images, vocab_size, seed) and save it "
+                  "with .save(path), or leave tokenizer_path empty in 02_pretrain to fit it there",
+}
+
+
 def _missing(path: Path, kind: str) -> TokenizerFileNotFoundError:
-    how = {
-        "dalle": "download OpenAI's DALL-E dVAE encoder (https://cdn.openai.com/dall-e/encoder.pkl) on a "
-                 "machine with network access, copy it here and pass its path (tokenizer_path=...); "
-                 "convert it once with tokenizers.convert_dalle_pickle(src, dst) to a weights-only state dict",
-        "ecg_kmeans": "fit one with tokenizers.fit_kmeans_tokenizer(images, vocab_size, seed) and save it "
-                      "with .save(path), or leave tokenizer_path empty in 02_pretrain to fit it there",
-    }[kind]
-    return TokenizerFileNotFoundError(f"{kind} tokenizer weights {str(path)!r} do not exist; to provide them: {how}")
+    return TokenizerFileNotFoundError(f"{kind} tokenizer weights {str(path)!r} do not exist; "
+                                      f"to provide them: {_HOW_TO_PROVIDE[kind]}")
 
 
 def _load_dalle_state(path: Path, trust_pickle: bool) -> tuple[dict[str, torch.Tensor], str]:
@@ -387,7 +390,7 @@ class KMeansTokenizer:
 
     def __init__(self, centroids: torch.Tensor | np.ndarray, patch_size: int = 16, pool: int = 2,
                  device: str | torch.device = "cpu", batch_size: int = 256, info: dict | None = None):
-        c = torch.as_tensor(np.asarray(centroids) if not isinstance(centroids, torch.Tensor) else centroids)
+        c = torch.as_tensor(centroids)
         if patch_size % pool:
             raise TokenizerError(f"pool {pool} must divide patch_size {patch_size}")
         if c.ndim != 2 or c.shape[1] != (patch_size // pool) ** 2:
@@ -428,17 +431,6 @@ class KMeansTokenizer:
         if not out:
             raise TokenizerError("images: empty batch")
         return _as_output(torch.cat(out).long(), images)
-
-    @torch.no_grad()
-    def reconstruction_mse(self, images: Any) -> float:
-        """Mean squared error between patch features and their centroids (grey levels^2, [0, 1] scale)."""
-        se, n = 0.0, 0
-        for i in range(0, len(images), self.batch_size):
-            f = self.features(images[i:i + self.batch_size])
-            t = self._assign(f)
-            se += float(((f - self.centroids[t]) ** 2).sum())
-            n += f.numel()
-        return se / max(n, 1)
 
     def state(self) -> dict:
         """Plain dict (tensors, numbers, strings) that ``torch.load(weights_only=True)`` reads back."""
@@ -534,12 +526,18 @@ def codebook_usage(tokens: Any, vocab_size: int) -> dict:
 def codebook_report(tokenizer: Any, images: Any) -> dict:
     """:func:`codebook_usage` of ``tokenizer`` on ``images``, plus (k-means) reconstruction MSE and the
     MSE of the all-patches-mean baseline, whose ratio is the unexplained share of patch variance."""
-    rep = codebook_usage(tokenizer.tokenize(images), tokenizer.vocab_size)
-    if isinstance(tokenizer, KMeansTokenizer):
-        f = tokenizer.features(images).reshape(-1, tokenizer.centroids.shape[1])
-        rep["recon_mse"] = tokenizer.reconstruction_mse(images)
+    if not isinstance(tokenizer, KMeansTokenizer):
+        return codebook_usage(tokenizer.tokenize(images), tokenizer.vocab_size)
+    if len(images) == 0:
+        raise TokenizerError("images: empty batch")
+    with torch.no_grad():  # features and their tokens once, for the usage and both errors
+        f = tokenizer.features(images)
+        t = tokenizer._assign(f)
+        f = f.reshape(-1, f.shape[-1])
+        rep = codebook_usage(t, tokenizer.vocab_size)
+        rep["recon_mse"] = float(((f - tokenizer.centroids[t.reshape(-1)]) ** 2).mean())  # grey levels^2, [0, 1]
         rep["mean_patch_mse"] = float(((f - f.mean(0)) ** 2).mean())
-        rep["recon_mse_ratio"] = rep["recon_mse"] / max(rep["mean_patch_mse"], 1e-12)
+    rep["recon_mse_ratio"] = rep["recon_mse"] / max(rep["mean_patch_mse"], 1e-12)
     return rep
 
 
@@ -562,8 +560,7 @@ def load_tokenizer(kind: str, path: str | os.PathLike | None = None, *, trust_pi
     if kind not in KINDS:
         raise TokenizerError(f"tokenizer kind {kind!r} is unknown; choose one of {list(KINDS)}")
     if path is None or str(path) == "":
-        raise TokenizerError(f"{kind} tokenizer: no weights path given; "
-                             + str(_missing(Path("<none>"), kind)).split("; ", 1)[1])
+        raise TokenizerError(f"{kind} tokenizer: no weights path given; to provide them: {_HOW_TO_PROVIDE[kind]}")
     path = Path(path).expanduser()
     if not path.exists():
         raise _missing(path, kind)
@@ -578,11 +575,9 @@ def load_tokenizer(kind: str, path: str | os.PathLike | None = None, *, trust_pi
 
 
 def _render_version() -> str:
-    try:
-        from heartbeit_lib import render
-    except ImportError:  # pragma: no cover - render is part of the package
-        return "none"
-    return str(getattr(render, "RENDER_VERSION", getattr(render, "__version__", "1")))
+    from heartbeit_lib import render
+
+    return render.RENDER_VERSION
 
 
 def token_cache_key(tokenizer: Any, size: int, layout: str, style: dict | None = None) -> str:

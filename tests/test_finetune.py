@@ -131,6 +131,19 @@ def test_missing_cohort_and_pretrain_runs_give_clear_errors(tmp_path, toy_root):
         finetune.open_store(dataclasses.replace(cfg, task="hcm"))
 
 
+def test_heartbeit_size_and_image_size_come_from_the_checkpoint(tmp_path, toy_root):
+    """config.yaml must name the architecture actually fine-tuned (the 04 report reads it)."""
+    from test_models import fake_pretrain_checkpoint
+
+    ck = tmp_path / "02_pretrain" / "pt" / "checkpoints" / "last.pt"
+    ck.parent.mkdir(parents=True)
+    fake_pretrain_checkpoint(ck, size="micro", img_size=48)
+    cfg = finetune.resolve_inputs(tiny_cfg(toy_root, model="heartbeit", model_size="", image_size=0,
+                                           pretrain_run=str(ck.parents[1])))
+    assert (cfg.model_size, cfg.image_size) == ("micro", 48)
+    assert finetune.resolve_inputs(tiny_cfg(toy_root)).model_size == "micro"  # explicit sizes are kept
+
+
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_corrupt_pretrain_checkpoint_names_the_file(tmp_path, toy_root):
     ck = tmp_path / "02_pretrain" / "bad" / "checkpoints" / "last.pt"

@@ -162,6 +162,7 @@ def test_read_numpy_table(tmp_path):
     np.testing.assert_array_equal(records[2].lead("V1"), x[3, 2])
     assert rejects.to_dict("records") == [{"row": 2, "record_id": "c", "error": "NonFiniteError", "reason": rejects.reason[0]}]
     assert "V2" in rejects.reason[0]
+    assert rejects.reason[0].startswith("non-finite samples") and "{'V2': 1}" in rejects.reason[0]
     with pytest.raises(io.NonFiniteError, match=r"x\.npy\[2\]"):
         io.read_numpy_table(tmp_path / "x.npy", tmp_path / "t.csv", fs=500)
     table.iloc[:3].to_csv(tmp_path / "short.csv", index=False)

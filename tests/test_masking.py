@@ -61,38 +61,53 @@ def test_determinism_and_independent_streams():
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
-def _beit_reference_counts(rng, n):
+def _beit_reference_mask(rng):
     """BEiT's MaskingGenerator loop (unilm/beit/masking_generator.py), RNG swapped for ``rng``."""
-    counts = []
     lo, hi = math.log(0.3), math.log(1 / 0.3)
-    for _ in range(n):
-        mask = np.zeros((14, 14), bool)
-        count = 0
-        while count < 75:
-            budget = 75 - count
-            delta = 0
-            for _attempt in range(10):
-                area = 16 + (budget - 16) * rng.random()
-                r = math.exp(rng.uniform(lo, hi))
-                h, w = int(round(math.sqrt(area * r))), int(round(math.sqrt(area / r)))
-                if w < 14 and h < 14:
-                    top, left = rng.integers(0, 14 - h + 1), rng.integers(0, 14 - w + 1)
-                    new = h * w - mask[top:top + h, left:left + w].sum()
-                    if 0 < new <= budget:
-                        mask[top:top + h, left:left + w] = True
-                        delta = new
-                if delta > 0:
-                    break
-            if delta == 0:
+    mask = np.zeros((14, 14), bool)
+    count = 0
+    while count < 75:
+        budget = 75 - count
+        delta = 0
+        for _attempt in range(10):
+            area = 16 + (budget - 16) * rng.random()
+            r = math.exp(rng.uniform(lo, hi))
+            h, w = int(round(math.sqrt(area * r))), int(round(math.sqrt(area / r)))
+            if w < 14 and h < 14:
+                top, left = rng.integers(0, 14 - h + 1), rng.integers(0, 14 - w + 1)
+                new = h * w - mask[top:top + h, left:left + w].sum()
+                if 0 < new <= budget:
+                    mask[top:top + h, left:left + w] = True
+                    delta = new
+            if delta > 0:
                 break
-            count += delta
-        counts.append(count)
-    return np.array(counts)
+        if delta == 0:
+            break
+        count += delta
+    return mask
+
+
+def _beit_reference_counts(rng, n):
+    return np.array([_beit_reference_mask(rng).sum() for _ in range(n)])
 
 
 def test_beit_loop_alone_stops_short():
     counts = _beit_reference_counts(np.random.default_rng(4), 400)
     assert counts.max() == 75 and counts.min() < 75 and (counts < 75).mean() > 0.1
+
+
+def test_block_mask_is_the_beit_mask_plus_grown_patches():
+    """Oracle: BEiT's loop on the same random stream; block_mask keeps its blocks and only adds patches."""
+    grown = 0
+    for seed in range(200):
+        ref = _beit_reference_mask(np.random.default_rng(seed))
+        got = masking.block_mask(np.random.default_rng(seed))
+        assert got.sum() == 75 and (got | ref == got).all(), seed   # ref is a subset of got
+        if ref.sum() < 75:
+            grown += 1
+            # the added patches touch the BEiT blocks (4-neighbours), they are not isolated holes
+            assert ndimage.label(got)[1] <= ndimage.label(ref)[1], seed
+    assert grown > 10                                               # the growing step was exercised
 
 
 def test_invalid_parameters():

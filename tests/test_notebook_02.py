@@ -9,10 +9,10 @@ from __future__ import annotations
 import dataclasses
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_pretrain import _smooth_ecgs
 
 from heartbeit_lib import cohorts, models, pretrain, runs
 
@@ -20,17 +20,9 @@ pytestmark = pytest.mark.notebooks
 
 
 def _store(path, n=24):
-    rng = np.random.default_rng(0)
-    t = np.arange(2500) / 500
-    x = np.zeros((n, 8, 2500), np.float32)
-    for i in range(n):
-        ph = (t * rng.uniform(0.8, 1.6) + rng.uniform()) % 1
-        for lead in range(8):
-            x[i, lead] = (rng.uniform(300, 1200) * np.exp(-((ph - 0.3) / 0.015) ** 2)
-                          + rng.uniform(50, 300) * np.exp(-((ph - 0.6) / 0.06) ** 2))
     meta = pd.DataFrame({"record_id": [f"r{i}" for i in range(n)], "patient_id": [f"p{i}" for i in range(n)],
                          "site": "a", "label": -1})
-    return cohorts.build_store_from_arrays(path, x, meta, task="unlabelled")
+    return cohorts.build_store_from_arrays(path, _smooth_ecgs(n), meta, task="unlabelled")
 
 
 def test_notebook_parameters_match_config_and_yaml_files():

@@ -140,6 +140,10 @@ def test_report_notes_name_non_paper_architectures(tmp_path, evaluated):
     notes = [n for n in plots.report_notes(res, plots.list_runs(tmp_path)) if "Architectures" in n]
     assert notes == ["Architectures differ from the paper's base models at 224 px (labels name the model family): "
                      "beit_b16_scratch: size micro, 112 px."]
+    # an incomplete run is not in the report: its architecture is not noted
+    (d / "metrics.json").unlink()
+    assert plots.list_runs(tmp_path)["complete"].tolist() == [False]
+    assert not any("Architectures" in n for n in plots.report_notes(res, plots.list_runs(tmp_path)))
 
 
 def test_model_labels_and_order():

@@ -261,6 +261,10 @@ def test_store_pipeline_tokens_match_training_images(tmp_path):
     clone = pickle.loads(pickle.dumps(data.train))
     assert isinstance(clone.tokens, np.memmap) and os.path.samefile(clone.tokens.filename, cache)
     np.testing.assert_array_equal(clone.token_grid(3), data.train.token_grid(3))
+    # a batch holds the tokens of its items in key order (repeats allowed); oracle: the tokenizer on its images
+    img_b, toks_b, _ = data.train.get_batch([(3, 0), (0, 1), (3, 2)])
+    np.testing.assert_array_equal(toks_b.numpy(), tok.tokenize(img_b).numpy())
+    np.testing.assert_array_equal(toks_b[0].numpy(), toks_b[2].numpy())
     res = P.train(dataclasses.replace(cfg, num_workers=1), data, run_dir)
     assert res["history"][0]["epoch"] == 1 and "val_acc" in res["history"][0]
 

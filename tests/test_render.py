@@ -1,13 +1,14 @@
 """Tests of heartbeit_lib.render.
 
 Oracles:
-- parity: the matplotlib reference (``render_ecg_reference``: Agg at 4x, PIL bilinear resize) on real
+- parity: the matplotlib reference (``render_ecg_reference``: Agg at 4x, PIL bicubic resize) on real
   PTB-XL 500 Hz records (``../shared/data/ptbxl``, read with ``io.read_ecg``, preprocessed with
   ``signals.preprocess``); thresholds from the issue: mean |difference| <= 8 grey levels per image
   and IoU >= 0.8 of the dark masks (< 128) after a 3x3 dilation.
 - numpy vs torch: equal to within 1 grey level (the same float32 operations, integer coverage).
 - geometry: the darkness centroid of a constant signal sits where the layout's scale puts it
-  (``y0 + (hi - v) / mv_per_px``), to 0.05 px for the fast renderer, 0.15 px for matplotlib.
+  (``y0 + (hi - v) / mv_per_px``), to 0.05 px for the fast renderer, 0.15 px for matplotlib; the
+  clinical paper grid's 5-mm lines sit every 0.2 s (100 samples) at 25 mm/s.
 """
 
 from __future__ import annotations
@@ -203,13 +204,26 @@ def test_clinical_layout_derives_limb_leads_from_i_and_ii():
 
 def test_paper_grid_only_on_clinical_and_under_the_trace():
     x = np.zeros((1, 8, 2500), np.float32)
-    assert (render.render_ecg(x, 224, "stack8")[0] >= 0).all()
+    stack8 = render.render_ecg(x, 224, "stack8")[0]
+    assert np.array_equal(stack8, render.render_ecg(x, 224, "stack8", grid=False)[0])   # no grid by default
+    assert not np.array_equal(stack8, render.render_ecg(x, 224, "stack8", grid=True)[0])
     clinical = render.render_ecg(x, 224, "clinical3x4")[0]
     no_grid = render.render_ecg(x, 224, "clinical3x4", grid=False)[0]
     assert set(np.unique(no_grid[no_grid > 250])) == {255}
     assert (clinical < 255).mean() > 0.1                         # grid lines every 5 mm = 8.96 px
     trace = no_grid < 128
     assert (clinical[trace] <= no_grid[trace] + 1).all()         # the trace stays dark over the grid
+    # 5-mm lines every 100 samples = 8.96 px, 1 px wide; 1-mm lines (1.79 px apart) are not drawn.
+    # Row 4 lies between the horizontal lines at y = 0 and 8.96 and far from the band-0 trace (y = 28).
+    centres = np.arange(26) * 100 * 224 / 2500
+    x_mid = np.arange(224) + 0.5
+    dark = 255.0 - clinical[4]
+    near = (np.abs(x_mid[:, None] - centres[None]) < 1).any(axis=1)
+    assert (dark[~near] == 0).all()
+    for c in centres[1:-1]:
+        sel = np.abs(x_mid - c) < 1
+        assert abs((x_mid[sel] * dark[sel]).sum() / dark[sel].sum() - c) < 0.05, c
+        assert abs(dark[sel].sum() - (255 - 200)) <= 2            # one pixel's worth of grey-200 ink
 
 
 # ------------------------------------------------------------------------------------ API behaviour

@@ -150,6 +150,9 @@ def test_bad_inputs_are_rejected():
         saliency.saliency_maps(m, torch.rand(3, 32, 32))
     with pytest.raises(saliency.SaliencyError, match="rng"):
         saliency.saliency_maps(m, torch.rand(1, 3, 32, 32), "random")
+    for method, model in (("gradcam", m), ("rollout", micro("vit"))):
+        with pytest.raises(saliency.SaliencyError, match="batch_size=0"):
+            saliency.saliency_maps(model, torch.rand(1, 3, 32, 32), method, batch_size=0)
 
 
 # ---------------------------------------------------------------- ViT tokens and attention
@@ -470,6 +473,7 @@ def test_rebuilt_models_reproduce_the_runs_predictions(ft_root):
     """Oracle: each run's predictions.parquet (test split, best epoch) from the rebuilt model, to 1e-5."""
     table = saliency.find_finetune_runs(str(ft_root / "03_finetune"))
     assert set(table["model"]) == {"efficientnet_b4_scratch", "heartbeit"}
+    assert table.columns.is_unique  # list_runs' model_size/image_size are not added a second time
     store = cohorts.CohortStore(ft_root / "01_preprocess" / "toy")
     for r in table.itertuples():
         model, norm, cfg = saliency.load_finetune_model(r.run_dir)

@@ -213,8 +213,10 @@ def test_missing_and_bad_files(tmp_path):
         T.load_tokenizer("ecg_kmeans", tmp_path / "nope.pt")
     with pytest.raises(T.TokenizerError, match="unknown"):
         T.load_tokenizer("vqgan", tmp_path / "x")
-    with pytest.raises(T.TokenizerError, match="no weights path"):
+    with pytest.raises(T.TokenizerError, match="no weights path given; to provide them: download"):
         T.load_tokenizer("dalle", None)
+    with pytest.raises(T.TokenizerError, match="no weights path given; to provide them: fit one"):
+        T.load_tokenizer("ecg_kmeans", "")
     torch.save({"foo": torch.zeros(3)}, tmp_path / "other.pt")
     with pytest.raises(T.TokenizerError, match="not a DALL-E encoder state dict"):
         T.load_tokenizer("dalle", tmp_path / "other.pt")
@@ -247,6 +249,11 @@ def test_kmeans_fit_tokenize_save_load(tmp_path):
 
     rep = T.codebook_report(tok, imgs[20:])
     assert 1 <= rep["codes_used"] <= 32 and 1.0 <= rep["perplexity"] <= rep["codes_used"]
+    # oracle: the same report from scikit-learn's assignment and numpy (float64)
+    labels = km.predict(feats)
+    assert rep["codes_used"] == len(np.unique(labels))
+    assert rep["recon_mse"] == pytest.approx(((feats - km.cluster_centers_[labels]) ** 2).mean(), rel=1e-5)
+    assert rep["mean_patch_mse"] == pytest.approx(((feats - feats.mean(0)) ** 2).mean(), rel=1e-5)
     # k-means must explain patch variance much better than the mean patch
     assert rep["recon_mse"] < 0.5 * rep["mean_patch_mse"]
     # deterministic given the seed
