@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m heartbeit_lib.demo
+	$(PY) -m heartbeit_lib.pipeline.demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider --timeout=900

@@ -1,4 +1,4 @@
-"""Bootstrap AUROC + AUPRC: heartbeit_lib.metrics against a loop of scikit-learn calls.
+"""Bootstrap AUROC + AUPRC: heartbeit_lib.analysis.metrics against a loop of scikit-learn calls.
 
 The paper's LVEF internal test set: 128,687 predictions at 18.6% prevalence, 500 resamples.
 Both sides use the same resample indices in the same run; the script prints both times, the
@@ -18,7 +18,7 @@ import time
 import numpy as np
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
 
-from heartbeit_lib import metrics
+from heartbeit_lib.analysis import metrics
 
 
 def synthetic(n: int, prevalence: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     d_auroc = np.abs(st.boot_auroc[:k] - ref[:, 0]).max()
     d_auprc = np.abs(st.boot_auprc[:k] - ref[:, 1]).max()
     print(f"draw indices ({args.n_boot} x {args.n:,} int32):        {t_idx:8.3f} s")
-    print(f"heartbeit_lib.metrics.bootstrap_metrics (best of {len(times)}): {t_ours:8.3f} s  "
+    print(f"heartbeit_lib.analysis.metrics.bootstrap_metrics (best of {len(times)}): {t_ours:8.3f} s  "
           f"(with drawing the indices: {t_ours + t_idx:.3f} s)")
     extra = "" if k == args.n_boot else f"  (measured {t_sk:.2f} s on {k} resamples, extrapolated)"
     print(f"sklearn loop roc_auc_score + {'average_precision_score' if args.auprc_method == 'ap' else 'auc(pr curve)'}: "

@@ -32,7 +32,8 @@ import numpy as np
 import scipy.ndimage
 import scipy.signal
 
-from heartbeit_lib import io as hio, signals
+from heartbeit_lib import io as hio
+from heartbeit_lib import signals
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PTBXL = REPO_ROOT.parent / "shared" / "data" / "ptbxl"

@@ -48,7 +48,9 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from heartbeit_lib import io, render, signals  # noqa: E402
+from heartbeit_lib import io  # noqa: E402
+from heartbeit_lib import render
+from heartbeit_lib import signals
 
 REPO = Path(__file__).resolve().parents[1]
 PTBXL = REPO.parent / "shared" / "data" / "ptbxl"

@@ -1,6 +1,6 @@
 """Benchmark: the paper's 3 x 10^6-pair Wasserstein computation (Supplementary Figure 9).
 
-Fast path: ``heartbeit_lib.wasserstein.paper_distance_matrices`` (per-image 256-level histograms,
+Fast path: ``heartbeit_lib.analysis.wasserstein.paper_distance_matrices`` (per-image 256-level histograms,
 exact integer CDF differences, L1 by scipy ``cdist``/``pdist``) on 1,000 ECG images and 1,000
 ImageNet images, i.e. 10^6 pairs for each of ECG-ECG, ImageNet-ImageNet and ECG-ImageNet.
 Reference: ``scipy.stats.wasserstein_distance(a.ravel(), b.ravel())`` on a random sample of those
@@ -30,7 +30,7 @@ import numpy as np
 from scipy.stats import wasserstein_distance
 
 from heartbeit_lib import cohorts
-from heartbeit_lib import wasserstein as W
+from heartbeit_lib.analysis import wasserstein as W
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"

@@ -334,7 +334,8 @@ def test_wfdb_folder_unlabelled(shared_data, tmp_path):
 def test_pretraining_mix_copies_only_training_ecgs_plus_synthetic(tmp_path):
     """The mix holds the cohort's train ECGs (bit-identical, oracle: the source store) and the
     synthetic ECGs (oracle: synthetic.generate_ecgs + signals.preprocess), never val/test ECGs."""
-    from heartbeit_lib import signals, synthetic
+    from heartbeit_lib import signals
+    from heartbeit_lib.cohorts import synthetic
 
     x, meta = _stored(30), _meta(30)
     src = cohorts.build_store_from_arrays(tmp_path / "src", x, meta, seed=0, shard_size=8, salt="s")

@@ -17,7 +17,10 @@ import pandas as pd
 import pytest
 import torch
 
-from heartbeit_lib import cohorts, finetune, models, runs
+from heartbeit_lib import cohorts
+from heartbeit_lib.classify import finetune
+from heartbeit_lib.classify import registry as models
+from heartbeit_lib.pipeline import runs
 
 TASK = "toy"
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from heartbeit_lib import masking
+from heartbeit_lib.mim import masking
 
 
 def test_exact_count_and_dtype_many_draws():

@@ -1,4 +1,4 @@
-"""Vectorised bootstrap AUROC / AUPRC and confidence intervals (heartbeit_lib.metrics).
+"""Vectorised bootstrap AUROC / AUPRC and confidence intervals (heartbeit_lib.analysis.metrics).
 
 Oracles:
 - ``sklearn.metrics.roc_auc_score``, ``average_precision_score`` and
@@ -20,8 +20,8 @@ import pytest
 import scipy
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
 
-from heartbeit_lib import metrics as M
-from heartbeit_lib import runs
+from heartbeit_lib.analysis import metrics as M
+from heartbeit_lib.pipeline import runs
 
 TOL = 1e-12
 

@@ -12,7 +12,7 @@ import pickle
 import pytest
 import torch
 
-from heartbeit_lib import models
+from heartbeit_lib.classify import registry as models
 
 IMG = 32
 

@@ -12,7 +12,8 @@ import pandas as pd
 import papermill
 import pytest
 
-from heartbeit_lib import cohorts, runs
+from heartbeit_lib import cohorts
+from heartbeit_lib.pipeline import runs
 
 pytestmark = pytest.mark.notebooks
 

@@ -14,7 +14,10 @@ import pytest
 import torch
 from test_pretrain import _smooth_ecgs
 
-from heartbeit_lib import cohorts, models, pretrain, runs
+from heartbeit_lib import cohorts
+from heartbeit_lib.classify import registry as models
+from heartbeit_lib.mim import pretrain
+from heartbeit_lib.pipeline import runs
 
 pytestmark = pytest.mark.notebooks
 

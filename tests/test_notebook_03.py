@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from heartbeit_lib import runs
+from heartbeit_lib.pipeline import runs
 from test_finetune import TASK, make_toy_store
 from test_models import fake_pretrain_checkpoint
 
@@ -71,7 +71,7 @@ def test_sweep_cli_runs_the_notebook_with_html(nb_root, tmp_path):
                        "image_size": 32, "epochs": 1, "device": "cpu"}}
     path = tmp_path / "nb.yaml"
     path.write_text(yaml.safe_dump(spec))
-    r = subprocess.run([sys.executable, "-m", "heartbeit_lib.sweep", str(path), "--no-progress"],
+    r = subprocess.run([sys.executable, "-m", "heartbeit_lib.pipeline.sweep", str(path), "--no-progress"],
                        capture_output=True, text=True, env=ENV, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "1 ran" in r.stdout

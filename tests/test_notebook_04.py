@@ -18,7 +18,8 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 from test_plots import FRACTIONS, MODELS, make_fake_sweep
 
-from heartbeit_lib import metrics, runs
+from heartbeit_lib.analysis import metrics
+from heartbeit_lib.pipeline import runs
 
 SIZES = (60, 150, 120)  # val, test, external
 

@@ -13,8 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from heartbeit_lib import cohorts, render, runs
-from heartbeit_lib import wasserstein as W
+from heartbeit_lib import cohorts
+from heartbeit_lib import render
+from heartbeit_lib.pipeline import runs
+from heartbeit_lib.analysis import wasserstein as W
 
 
 def _tiny_cohort(run_dir, n=20, seed=0):

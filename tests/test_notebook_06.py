@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from heartbeit_lib import runs
+from heartbeit_lib.pipeline import runs
 from test_saliency import tiny_run, toy_store
 
 pytestmark = pytest.mark.notebooks

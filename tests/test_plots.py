@@ -1,4 +1,4 @@
-"""Collecting 03_finetune runs, Tables 1-3, figures and the HTML report (heartbeit_lib.plots).
+"""Collecting 03_finetune runs, Tables 1-3, figures and the HTML report (heartbeit_lib.report.plots).
 
 The fixtures are fake 03_finetune run folders that follow the cross-team contract
 (``config.yaml``, ``run.json``, ``log.jsonl``, ``predictions.parquet``, ``metrics.json``) with
@@ -20,7 +20,8 @@ import pytest
 import yaml
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from heartbeit_lib import metrics, plots
+from heartbeit_lib.analysis import metrics
+from heartbeit_lib.report import plots
 
 FRACTIONS = (0.01, 0.1, 0.25, 0.5, 1.0)
 MODELS = ("vit_b16", "efficientnet_b4", "resnet152", "heartbeit")

@@ -20,7 +20,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from heartbeit_lib import models, pretrain as P
+from heartbeit_lib.classify import registry as models
+from heartbeit_lib.mim import pretrain as P
 
 
 @pytest.fixture(autouse=True)
@@ -70,7 +71,7 @@ def test_encoder_without_mask_equals_timm_forward_features():
 def test_masked_patches_leak_nothing_and_paths_agree():
     model = _micro_model(size=64)
     rng = np.random.default_rng(0)
-    from heartbeit_lib import masking
+    from heartbeit_lib.mim import masking
 
     mask = torch.from_numpy(np.stack([masking.block_mask(rng, (4, 4), 6, min_block=2) for _ in range(3)]))
     x = torch.randn(3, 3, 64, 64)
@@ -233,7 +234,8 @@ def _smooth_ecgs(n: int, seed: int = 0) -> np.ndarray:
 
 def test_store_pipeline_tokens_match_training_images(tmp_path):
     """cohort store -> split -> fitted k-means tokenizer -> cached tokens -> rendered MIM batches."""
-    from heartbeit_lib import cohorts, tokenizers
+    from heartbeit_lib import cohorts
+    from heartbeit_lib.mim import tokenizers
 
     n = 30
     meta = pd.DataFrame({"record_id": [f"r{i}" for i in range(n)], "patient_id": [f"p{i // 2}" for i in range(n)],

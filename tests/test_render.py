@@ -29,7 +29,8 @@ IOU_MIN = 0.8
 @pytest.fixture(scope="module")
 def ptbxl_x(ptbxl_root) -> np.ndarray:
     """(20, 8, 2500) float32 microvolts: the first 20 PTB-XL 500 Hz records, paper preprocessing."""
-    from heartbeit_lib import io, signals
+    from heartbeit_lib import io
+    from heartbeit_lib import signals
 
     db = io.load_ptbxl(ptbxl_root, 500)
     out = []
@@ -278,7 +279,7 @@ def toy_store(tmp_path_factory):
 
 
 def test_dataset_feeds_a_model_forward_backward(toy_store):
-    from heartbeit_lib.models import create_backbone
+    from heartbeit_lib.classify.registry import create_backbone
 
     torch.manual_seed(0)
     idx = toy_store.indices("train")

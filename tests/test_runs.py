@@ -1,4 +1,4 @@
-"""Typed configs, unknown-parameter rejection and run folders (heartbeit_lib.runs)."""
+"""Typed configs, unknown-parameter rejection and run folders (heartbeit_lib.pipeline.runs)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from heartbeit_lib import runs
+from heartbeit_lib.pipeline import runs
 
 
 @dataclasses.dataclass(frozen=True)

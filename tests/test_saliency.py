@@ -1,4 +1,4 @@
-"""Saliency maps, lead/segment attribution and faithfulness (heartbeit_lib.saliency).
+"""Saliency maps, lead/segment attribution and faithfulness (heartbeit_lib.analysis.saliency).
 
 Oracles:
 - pytorch-grad-cam itself: its FullGrad's hooked layers (``FullGrad(model, []).target_layers``) and its
@@ -23,7 +23,11 @@ import pandas as pd
 import pytest
 import torch
 
-from heartbeit_lib import cohorts, finetune, models, render, saliency
+from heartbeit_lib import cohorts
+from heartbeit_lib.classify import finetune
+from heartbeit_lib.classify import registry as models
+from heartbeit_lib import render
+from heartbeit_lib.analysis import saliency
 
 NORM = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 FAMILIES = {"vit": "vit_b16_scratch", "beit": "beit_b16_scratch", "efficientnet": "efficientnet_b4_scratch",
@@ -233,7 +237,7 @@ def test_r_peak_detector_finds_known_peaks():
 
 def test_r_peaks_agree_with_the_demo_qrs_detector():
     """DeepFake ECGs: same beat count as ``synthetic.detect_qrs`` and within 30 ms of its QRS centres."""
-    from heartbeit_lib import synthetic
+    from heartbeit_lib.cohorts import synthetic
 
     x = synthetic.generate_ecgs(6, seed=0)[:, :, :2500]
     for a, b in zip(saliency.detect_r_peaks(x), synthetic.detect_qrs(x)):
@@ -432,7 +436,7 @@ def test_deletion_insertion_endpoints_and_road(marker):
 def toy_store(root, n: int = 96, task: str = "toy"):
     """A cohort store from synthetic ECGs; positives get +300 uV ST elevation in V1-V4
     (``synthetic.inject_st_elevation``), 2 ECGs per patient, the last sixth from site B (external)."""
-    from heartbeit_lib import synthetic
+    from heartbeit_lib.cohorts import synthetic
 
     rng = np.random.default_rng(0)
     x, _ = synth_ecgs(n, rng)
@@ -513,7 +517,7 @@ def test_config_validation():
 
 def test_parameter_files_are_valid_for_the_notebook():
     """Every parameters/06_saliency/*.yaml names only notebook parameters and builds a valid config."""
-    from heartbeit_lib import runs
+    from heartbeit_lib.pipeline import runs
 
     files = sorted((runs.PARAMETERS_DIR / "06_saliency").glob("*.yaml"))
     assert {f.stem for f in files} >= {"demo", "cpu_small", "paper"}

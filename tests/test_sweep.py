@@ -16,7 +16,11 @@ import pytest
 import torch
 import yaml
 
-from heartbeit_lib import cohorts, finetune, models, runs, sweep
+from heartbeit_lib import cohorts
+from heartbeit_lib.classify import finetune
+from heartbeit_lib.classify import registry as models
+from heartbeit_lib.pipeline import runs
+from heartbeit_lib.pipeline import sweep
 from test_finetune import TASK, make_toy_store
 from test_models import fake_pretrain_checkpoint
 

@@ -1,4 +1,4 @@
-"""Tests for heartbeit_lib.synthetic (DeepFake ECG demo data and the synthetic ST task).
+"""Tests for heartbeit_lib.cohorts.synthetic (DeepFake ECG demo data and the synthetic ST task).
 
 Oracles: the injected marker is measured back on the signal with ``st_deviation`` (ST segment
 q+80..160 ms minus PR segment q-100..-60 ms around each detected QRS) and compared with the
@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from heartbeit_lib import signals, synthetic as Y
+from heartbeit_lib import signals
+from heartbeit_lib.cohorts import synthetic as Y
 
 N = 16
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from heartbeit_lib import tokenizers as T
+from heartbeit_lib.mim import tokenizers as T
 
 @pytest.fixture(autouse=True)
 def _one_thread():

@@ -1,4 +1,4 @@
-"""Tests of heartbeit_lib.wasserstein.
+"""Tests of heartbeit_lib.analysis.wasserstein.
 
 Oracles: ``scipy.stats.wasserstein_distance`` (1-D grey-level distance, relative 1e-9),
 Pillow ``Image.convert("L")`` (greyscale, exact on all 2^24 colours), explicit index resampling
@@ -17,8 +17,8 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 from scipy.stats import wasserstein_distance
 
-from heartbeit_lib import runs
-from heartbeit_lib import wasserstein as W
+from heartbeit_lib.pipeline import runs
+from heartbeit_lib.analysis import wasserstein as W
 
 
 def _rel(a, b):

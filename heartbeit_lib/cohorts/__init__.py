@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from . import runs
+from heartbeit_lib.pipeline import runs
 
 TASKS_DIR = runs.PARAMETERS_DIR / "tasks"
 STORE_FORMAT = "heartbeit-cohort-store"
@@ -355,13 +355,14 @@ class ArrayReader:
 
 def _rejectable() -> tuple[type[BaseException], ...]:
     """Exception types that make an input a reject; anything else propagates (a bug)."""
-    from . import io as hio, signals  # deferred: signals imports scipy.signal
+    from heartbeit_lib import io as hio  # deferred: signals imports scipy.signal
+    from heartbeit_lib import signals
 
     return (RecordError, hio.ECGReadError, signals.SignalError)
 
 
 def _output_leads() -> tuple[str, ...]:
-    from .signals import OUTPUT_LEADS
+    from heartbeit_lib.signals import OUTPUT_LEADS
 
     return tuple(OUTPUT_LEADS)
 
@@ -410,7 +411,7 @@ def _preprocess_group(x: np.ndarray, fs: float, leads: tuple[str, ...], preproce
             raise StoredShapeError(f"signal given as preprocessed must be ({N_LEADS}, {N_SAMPLES}), "
                                    f"got {x.shape[1:]}")
         return np.asarray(x, np.float32)
-    from . import signals
+    from heartbeit_lib import signals
 
     return np.asarray(signals.preprocess(x, fs, list(leads), **dict(preprocess_kw)), np.float32)
 
@@ -1016,7 +1017,8 @@ def build_pretraining_mix(cohort_run: str | os.PathLike, run_dir: str | os.PathL
     splits : cohort splits to copy
     synthetic_seed : seed of :func:`synthetic.generate_ecgs`
     """
-    from . import signals, synthetic  # deferred: the generator checkpoint loads only when asked for
+    from heartbeit_lib import signals  # deferred: the generator checkpoint loads only when asked for
+    from heartbeit_lib.cohorts import synthetic
 
     src = CohortStore(cohort_run)
     idx = np.concatenate([src.indices(s) for s in splits]) if splits else np.zeros(0, np.int64)
@@ -1157,7 +1159,7 @@ def ptbxl_source(root: str | os.PathLike, task: TaskConfig, database: str = "ptb
     Carried columns: ``ecg_id``, ``strat_fold``, ``scp_codes`` (text), ``infarction_stadium1/2``,
     ``age``, ``sex``.
     """
-    from . import io as hio
+    from heartbeit_lib import io as hio
 
     if task.label_rule not in ("ptbxl_scp", "none"):
         raise TaskError(f"task {task.name!r} (label_rule {task.label_rule}) cannot label PTB-XL; "
@@ -1240,7 +1242,7 @@ def _csv_source(kind: str, root: str | os.PathLike, task: TaskConfig, labels_csv
                                "record_id": [str(p.relative_to(root).with_suffix("")) for p in found],
                                "patient_id": "", "site": "", "label": -1})
         files = tuple(_record_files(inputs["source_path"]))
-    from . import io as hio
+    from heartbeit_lib import io as hio
 
     return Source(kind, inputs, hio.read_ecg, str(root), tuple(files))
 
@@ -1257,10 +1259,10 @@ def wfdb_source(root: str | os.PathLike, task: TaskConfig, labels_csv: str = "")
 
 
 def demo_source(n: int, seed: int, prevalence: float, n_unlabelled: int = 0) -> Source:
-    """The synthetic demo cohort of :func:`heartbeit_lib.synthetic.make_demo_cohort`: ``n``
+    """The synthetic demo cohort of :func:`heartbeit_lib.cohorts.synthetic.make_demo_cohort`: ``n``
     labelled ECGs (synthetic anterior ST elevation = 1) then ``n_unlabelled`` with label -1
     (deepfake-ecg ECGs, 8 leads at 500 Hz, 10 s, three synthetic sites), read from memory."""
-    from . import synthetic
+    from heartbeit_lib.cohorts import synthetic
 
     x, meta = synthetic.make_demo_cohort(n, seed, prevalence, n_unlabelled=n_unlabelled)
     x = np.ascontiguousarray(x, dtype=np.float32)

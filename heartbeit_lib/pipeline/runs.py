@@ -7,7 +7,8 @@ Every notebook follows the same shape::
     fraction: float = 1.0     # training fraction
     ...
     # next cell
-    from heartbeit_lib import runs, finetune
+    from heartbeit_lib.pipeline import runs
+    from heartbeit_lib.classify import finetune
     cfg = runs.config_from_globals(finetune.FinetuneConfig, globals())
     run_dir = runs.start_run("03_finetune", cfg)
 
@@ -34,7 +35,7 @@ from typing import Any, Mapping
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 PARAMETERS_DIR = REPO_ROOT / "parameters"
 

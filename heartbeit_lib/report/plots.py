@@ -33,8 +33,8 @@ import pandas as pd
 import yaml
 from matplotlib.figure import Figure
 
-from heartbeit_lib import runs
-from heartbeit_lib.metrics import SPLIT_LABELS
+from heartbeit_lib.pipeline import runs
+from heartbeit_lib.analysis.metrics import SPLIT_LABELS
 
 #: display names; unknown models are shown by their registry name
 MODEL_LABELS = {
@@ -439,7 +439,7 @@ def plot_roc_pr(preds: pd.DataFrame, task: str, split: str, seed: int | None = N
     steps for ``auprc_method="ap"`` and with straight segments for ``"trapezoid"``."""
     from sklearn.metrics import precision_recall_curve, roc_curve
 
-    from heartbeit_lib.metrics import auprc_score, auroc_score
+    from heartbeit_lib.analysis.metrics import auprc_score, auroc_score
 
     sub = preds[(preds["task"] == task) & (preds["split"] == split)]
     if seed is not None:

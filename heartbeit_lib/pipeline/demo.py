@@ -27,7 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-from . import runs, sweep
+from heartbeit_lib.pipeline import runs
+from heartbeit_lib.pipeline import sweep
 
 RUN_ID = "demo"
 DEFAULT_IMAGES = runs.REPO_ROOT.parent / "shared" / "data" / "imagenet-samples"

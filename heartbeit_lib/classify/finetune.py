@@ -46,7 +46,8 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from . import models, runs
+from heartbeit_lib.classify import registry as models
+from heartbeit_lib.pipeline import runs
 
 EVAL_SPLITS = ("val", "test", "external")
 PAPER_FRACTIONS = (0.01, 0.1, 0.25, 0.5, 1.0)
@@ -279,7 +280,7 @@ def records_sha256(record_ids: Sequence[str]) -> str:
 
 def default_dataset_factory(store, indices: np.ndarray, image_size: int, layout: str) -> torch.utils.data.Dataset:
     """``render.RenderedECGDataset``: (3, H, W) float images in [0, 1] and int64 labels."""
-    from . import render
+    from heartbeit_lib import render
 
     return render.RenderedECGDataset(store, indices, size=image_size, layout=layout, channels=3)
 
@@ -320,10 +321,10 @@ def split_metrics(label: np.ndarray, score: np.ndarray) -> dict[str, float]:
     """AUROC and AUPRC (average precision) of one split; NaN if one class is absent or a score is
     not finite (a diverged epoch is logged, not fatal).
 
-    ``heartbeit_lib.metrics.auroc_score`` / ``auprc_score`` (exactly sklearn's ``roc_auc_score`` /
+    ``heartbeit_lib.analysis.metrics.auroc_score`` / ``auprc_score`` (exactly sklearn's ``roc_auc_score`` /
     ``average_precision_score``).
     """
-    from . import metrics as hm
+    from heartbeit_lib.analysis import metrics as hm
 
     label, score = np.asarray(label), np.asarray(score, dtype=np.float64)
     if len(label) == 0 or len(np.unique(label)) < 2 or not np.isfinite(score).all():
@@ -610,7 +611,7 @@ def run_finetune(cfg: FinetuneConfig, dataset_factory: Callable | None = None, s
 
 def open_store(cfg: FinetuneConfig):
     """``cohorts.CohortStore(cfg.cohort_run)``, checked to hold ``cfg.task``."""
-    from . import cohorts
+    from heartbeit_lib import cohorts
 
     store = cohorts.CohortStore(cfg.cohort_run)
     if getattr(store, "task", cfg.task) != cfg.task:

@@ -56,7 +56,7 @@ import scipy.ndimage
 import scipy.signal
 import torch
 
-from .signals import OUTPUT_LEADS, lead_indices
+from heartbeit_lib.signals import OUTPUT_LEADS, lead_indices
 
 DEEPFAKE_LEADS: tuple[str, ...] = OUTPUT_LEADS  # I, II, V1-V6 (package README)
 DEEPFAKE_FS: float = 500.0                      # Hz

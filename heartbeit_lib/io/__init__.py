@@ -286,7 +286,7 @@ def derive_limb_leads(signal: np.ndarray, leads: Sequence[str]) -> tuple[np.ndar
     -------
     signal : (L + k, T) float64, leads : tuple of names, derived : list of the k names added.
     """
-    from .signals import derive_limb_leads as limb_leads  # deferred: signals imports scipy.signal
+    from heartbeit_lib.signals import derive_limb_leads as limb_leads  # deferred: signals imports scipy.signal
 
     leads = tuple(leads)
     x = np.asarray(signal, dtype=np.float64)

@@ -82,7 +82,8 @@ from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
 from pytorch_grad_cam.utils.image import scale_accross_batch_and_channels, scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
 
-from . import models, runs
+from heartbeit_lib.classify import registry as models
+from heartbeit_lib.pipeline import runs
 
 METHODS: tuple[str, ...] = ("fullgrad", "gradcam", "rollout")
 SEGMENTS: tuple[str, ...] = ("P", "QRS", "ST-T", "other")
@@ -552,7 +553,7 @@ def detect_r_peaks(x: np.ndarray, fs: float = FS, lead: int = 1, band: tuple[flo
     """
     import scipy.signal
 
-    from .signals import bandpass
+    from heartbeit_lib.signals import bandpass
 
     arr = np.asarray(x, dtype=np.float64)
     if arr.ndim == 2:
@@ -607,7 +608,7 @@ def segment_codes(r_peaks: np.ndarray, n_samples: int, fs: float = FS,
 def _layout_regions(layout: str, size: tuple[int, int], n_samples: int) -> tuple[list[str], list[dict]]:
     """Lead names (first-appearance order) and panels (lead index, y0, y1, x0, x1, t0, t1) that tile
     the image; raises when the layout leaves pixels unassigned."""
-    from . import render
+    from heartbeit_lib import render
 
     geo = render.layout_geometry(layout, size, n_samples)
     bands = geo["bands"]
@@ -771,7 +772,7 @@ def find_finetune_runs(finetune_runs: str | Sequence[str]) -> pd.DataFrame:
     """
     import yaml
 
-    from . import plots
+    from heartbeit_lib.report import plots
 
     entries = [e.strip() for e in finetune_runs.split(",")] if isinstance(finetune_runs, str) else list(finetune_runs)
     entries = [e for e in entries if e]
@@ -843,7 +844,7 @@ def load_finetune_model(run_dir: str | os.PathLike, device: str | torch.device =
     """
     import yaml
 
-    from . import finetune
+    from heartbeit_lib.classify import finetune
 
     run_dir = Path(run_dir)
     for f in ("config.yaml", "model_best.pt"):
@@ -907,7 +908,7 @@ class RunMaps:
 
     @property
     def label(self) -> str:
-        from . import plots
+        from heartbeit_lib.report import plots
 
         return f"{plots.model_label(self.info['model'])}, {100 * float(self.info['fraction']):g}%"
 
@@ -956,7 +957,8 @@ def compute(run_table: pd.DataFrame, cfg: SaliencyConfig, progress: bool = False
     and fraction of a task is shown on the same ECGs. Each run renders them at its own image size and
     layout and is explained with every method of ``cfg.method`` that applies (rollout: transformers).
     """
-    from . import cohorts, render
+    from heartbeit_lib import cohorts
+    from heartbeit_lib import render
 
     device = _resolve_device(cfg.device)
     stores: dict[str, Any] = {}
@@ -1087,7 +1089,7 @@ def save_tables(result: SaliencyResult, run_dir: str | os.PathLike) -> dict[str,
 
 def _lead_label_positions(layout: str, size: tuple[int, int], n_samples: int = 2500) -> list[tuple[str, float, float]]:
     """(lead, x, y) for a label at the top-left of each panel (stack8: the band centre on the left)."""
-    from . import render
+    from heartbeit_lib import render
 
     geo = render.layout_geometry(layout, size, n_samples)
     out = []
@@ -1125,7 +1127,7 @@ def overlay_figure(result: SaliencyResult, task: str, record_id: str, method: st
     ``matplotlib.figure.Figure`` (not registered with pyplot)."""
     from matplotlib.figure import Figure
 
-    from . import plots
+    from heartbeit_lib.report import plots
 
     sel = [r for r in result.runs if r.info["task"] == task and method in r.maps
            and (r.records["record_id"] == record_id).any()]
@@ -1188,7 +1190,7 @@ def plot_attribution(attribution: pd.DataFrame, path: str | os.PathLike | None =
     the share expected from area as black ticks. Returns a ``Figure``."""
     from matplotlib.figure import Figure
 
-    from . import plots
+    from heartbeit_lib.report import plots
 
     fig = Figure(figsize=(12, 3.6))
     axes = fig.subplots(1, 2, gridspec_kw=dict(width_ratios=[2, 1]))
@@ -1222,7 +1224,7 @@ def plot_faithfulness(faith: pd.DataFrame, path: str | os.PathLike | None = None
     random). Without random rows the raw AUCs are drawn. Returns a ``Figure``."""
     from matplotlib.figure import Figure
 
-    from . import plots
+    from heartbeit_lib.report import plots
 
     fig = Figure(figsize=(11, 3.4))
     axes = fig.subplots(1, 2)

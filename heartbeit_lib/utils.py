@@ -1,0 +1,57 @@
+"""Small helpers every layer uses: atomic file writes, the compute device, distributed-run facts.
+
+Imports nothing of ``heartbeit_lib`` (any module may import it).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Write ``path`` through ``write(tmp)`` then ``os.replace``: a reader sees the old file or the new one,
+    never half of one. The temporary name carries the process id so concurrent writers do not share it."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
+    """``torch.save`` atomically (plain tensors and dicts: loadable with ``weights_only=True``)."""
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def resolve_device(name: str | None = "auto", local_rank: int = 0) -> torch.device:
+    """``auto``/``None`` -> ``cuda`` when available, else ``cpu``; ``cuda`` without an index -> ``cuda:<local_rank>``
+    (and makes it the current device). Raises ``ValueError`` when CUDA is asked for and absent."""
+    if name in (None, "auto"):
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={name!r}: CUDA is not available on this machine (use 'cpu' or 'auto')")
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def dist_info() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) from the torchrun / Slurm environment; (0, 0, 1) when not distributed."""
+    env = os.environ
+    if "WORLD_SIZE" in env:
+        return int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env["WORLD_SIZE"])
+    return 0, 0, 1
