@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench strip clean-venv
+.PHONY: demo test test-fast bench strip params clean-venv
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -28,6 +28,10 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+
+# write every notebook's parameters cell from its stage Config (the one declaration)
+params: $(STAMP)
+	$(PY) -c "from heartbeit_lib.pipeline import runs; [print('rewrote', p) for p in runs.write_parameters_cells()]"
 
 strip: $(STAMP)
 	$(VENV)/bin/nbstripout --keep-id notebooks/*.ipynb

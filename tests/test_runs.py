@@ -22,14 +22,15 @@ class _Cfg(runs.TypedConfig):
 
 
 def test_coercion_of_papermill_strings():
-    cfg = _Cfg(task="stemi", fraction="0.1", epochs="5", flag="false", models="a,b")
+    cfg = _Cfg(task="stemi", fraction="0.1", epochs="5", flag="false", models="[a, b]")
     assert cfg.fraction == 0.1 and cfg.epochs == 5 and cfg.flag is False and cfg.models == ("a", "b")
+    assert _Cfg(models=["a"]).models == ("a",)  # a YAML list from a parameter file
     assert _Cfg(flag="True").flag is True
     assert _Cfg(fraction=1).fraction == 1.0 and isinstance(_Cfg(fraction=1).fraction, float)
 
 
 @pytest.mark.parametrize("kw", [dict(epochs="x"), dict(epochs=2.5), dict(flag="maybe"), dict(task="xyz"),
-                                dict(fraction=True)])
+                                dict(fraction=True), dict(models="a,b"), dict(task=None)])
 def test_bad_values_raise(kw):
     with pytest.raises(runs.ConfigError, match=next(iter(kw))):
         _Cfg(**kw)
@@ -71,3 +72,39 @@ def test_parameter_files_layer(tmp_path):
     a.write_text("- 1\n")
     with pytest.raises(runs.ConfigError, match="a.yaml"):
         runs.load_parameter_files(a)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Declared(runs.TypedConfig):
+    """Doc."""
+
+    choices = {"mode": ("a", "b")}
+    mode: str = "a"  # which mode
+    size: int | None = None  # image side in pixels (None: the checkpoint's)
+    splits: tuple[str, ...] = ("val", "test")  # splits to score
+
+
+def test_parameters_cell_is_the_class_field_lines():
+    cell = runs.parameters_cell(_Declared)
+    assert cell.splitlines() == [
+        'mode: str = "a"  # which mode',
+        "size: int | None = None  # image side in pixels (None: the checkpoint's)",
+        'splits: tuple[str, ...] = ("val", "test")  # splits to score',
+    ]
+    ns: dict = {}
+    exec(cell, ns)  # the cell is valid Python holding the defaults
+    assert runs.config_from_globals(_Declared, {k: v for k, v in ns.items() if k != "__builtins__"}) == _Declared()
+
+
+def test_parameters_cell_refuses_what_a_cell_cannot_hold():
+    @dataclasses.dataclass(frozen=True)
+    class NoComment(runs.TypedConfig):
+        x: int = 1
+
+    @dataclasses.dataclass(frozen=True)
+    class NotLiteral(runs.TypedConfig):
+        x: tuple = dataclasses.field(default=(1,))  # computed
+
+    for cls, msg in ((NoComment, "comment"), (NotLiteral, "literal")):
+        with pytest.raises(runs.ConfigError, match=msg):
+            runs.parameters_cell(cls)

@@ -8,7 +8,7 @@ Every notebook follows the same shape::
     ...
     # next cell
     from heartbeit_lib.pipeline import runs
-    from heartbeit_lib.classify import finetune
+    from heartbeit_lib.pipeline import finetune
     cfg = runs.config_from_globals(finetune.FinetuneConfig, globals())
     run_dir = runs.start_run("03_finetune", cfg)
 
@@ -20,20 +20,29 @@ string ``"false"``).
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import datetime as _dt
 import hashlib
+import importlib
+import inspect
 import json
 import os
 import platform
 import subprocess
 import sys
+import textwrap
 import types
 import typing
+from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
+import nbformat
+import numpy as np
+import papermill
 import yaml
+from nbconvert import HTMLExporter
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -48,92 +57,71 @@ class UnknownParameterError(ConfigError):
     """A parameter name that the notebook/config does not define (e.g. a typo)."""
 
 
-_TRUE = {"true", "1", "yes", "y", "on"}
-_FALSE = {"false", "0", "no", "n", "off", "none", ""}
+_TRUE = {"true", "yes", "y", "on", "1"}
+_FALSE = {"false", "no", "n", "off", "0"}
+
+
+def _coerce_scalar(name: str, value: Any, tp: type) -> Any:
+    """``value`` as ``tp`` (bool, int, float, str or a class); strings from ``papermill -p`` are parsed."""
+    if tp is bool and isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE  # -p flag false arrives as the string "false"
+    if tp in (int, float) and isinstance(value, str):
+        try:
+            value = tp(value)
+        except ValueError:
+            pass
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if tp is str and isinstance(value, (int, float, os.PathLike)) and not isinstance(value, bool):
+        return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+    if tp is Any or (isinstance(value, tp) and not (tp in (int, float) and isinstance(value, bool))):
+        return value
+    raise ConfigError(f"parameter {name!r}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
 
 
 def _coerce(name: str, value: Any, tp: Any) -> Any:
-    """Coerce ``value`` to the annotated type ``tp`` or raise :class:`ConfigError`."""
-    origin = typing.get_origin(tp)
+    """Coerce ``value`` to the annotation ``tp`` (scalars, ``X | None``, ``tuple[X, ...]``, ``list[X]``,
+    ``dict``) or raise :class:`ConfigError`. ``None`` is only accepted where the type allows it."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
+        members = [a for a in args if a is not type(None)]
+        for a in members:
             try:
                 return _coerce(name, value, a)
-            except ConfigError as e:  # try the next member of the union
-                errors.append(str(e))
-        raise ConfigError(f"parameter {name!r}: {value!r} matches none of {tp}: {errors}")
+            except ConfigError:
+                continue
+        raise ConfigError(f"parameter {name!r}: {value!r} is not a {tp}")
     if origin in (list, tuple):
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            value = yaml.safe_load(value)  # `-p splits "[val, test]"`: a YAML flow list
+        elif isinstance(value, str) and "," not in value:
+            value = [value]  # `-p splits test`: one item
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"parameter {name!r}: expected a list, got {type(value).__name__} {value!r}")
-        args = typing.get_args(tp)
+            raise ConfigError(f"parameter {name!r}: expected a list (a YAML list, e.g. [a, b]), got {value!r}")
         inner = args[0] if args else Any
-        out = [_coerce(f"{name}[{i}]", v, inner) for i, v in enumerate(value)]
-        return tuple(out) if origin is tuple else out
+        items = [_coerce(f"{name}[{i}]", v, inner) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
     if origin is dict or tp is dict:
-        if not isinstance(value, dict):
+        if not isinstance(value, Mapping):
             raise ConfigError(f"parameter {name!r}: expected a mapping, got {value!r}")
         return dict(value)
-    if tp is Any:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, (int, float)) and value in (0, 1):
-            return bool(value)
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
-        raise ConfigError(f"parameter {name!r}: expected a boolean, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"parameter {name!r}: expected an int, got boolean {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"parameter {name!r}: expected an int, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"parameter {name!r}: expected a float, got boolean {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"parameter {name!r}: expected a float, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        if isinstance(value, os.PathLike):
-            return os.fspath(value)
-        raise ConfigError(f"parameter {name!r}: expected a string, got {value!r}")
-    if isinstance(tp, type) and isinstance(value, tp):
-        return value
-    raise ConfigError(f"parameter {name!r}: cannot coerce {value!r} to {tp}")
+    return _coerce_scalar(name, value, tp)
 
 
 @dataclasses.dataclass(frozen=True)
 class TypedConfig:
     """Frozen dataclass base whose fields are coerced to and checked against their annotations.
 
-    Subclasses may define ``choices: ClassVar[dict[str, tuple]]`` to restrict string fields
-    and ``validate(self)`` for cross-field checks (raise :class:`ConfigError`).
+    A stage's Config is the one declaration of its notebook's parameters: each field is one line
+    ``name: type = literal  # comment`` and the notebook's ``parameters`` cell is those lines verbatim
+    (:func:`parameters_cell`; ``make params`` writes the cells, ``tests/test_parameters.py`` checks them).
+    ``None`` means "auto"; list-valued parameters are tuples here and YAML lists in parameter files.
+    Subclasses may define ``choices: ClassVar[dict[str, tuple]]`` to restrict fields and ``validate(self)``
+    for cross-field checks (raise :class:`ConfigError`).
     """
 
     choices: typing.ClassVar[dict[str, tuple]] = {}
@@ -148,7 +136,7 @@ class TypedConfig:
             object.__setattr__(self, f.name, value)
         self.validate()
 
-    def validate(self) -> None:  # pragma: no cover - default: nothing to check
+    def validate(self) -> None:
         """Cross-field checks; override in subclasses."""
 
     @classmethod
@@ -202,6 +190,76 @@ def config_from_globals(cls: type[TypedConfig], namespace: Mapping[str, Any]) ->
     return cls(**params)
 
 
+# ---------------------------------------------------------------- one declaration per parameter
+
+# notebook -> "module:Config" of its stage (imported by name: the stage modules import this one)
+NOTEBOOK_CONFIGS = {
+    "01_preprocess": "heartbeit_lib.pipeline.preprocess:PreprocessConfig",
+    "02_pretrain": "heartbeit_lib.pipeline.pretrain:PretrainConfig",
+    "03_finetune": "heartbeit_lib.pipeline.finetune:FinetuneConfig",
+    "04_metrics": "heartbeit_lib.pipeline.metrics:MetricsConfig",
+    "05_wasserstein": "heartbeit_lib.pipeline.wasserstein:WassersteinConfig",
+    "06_saliency": "heartbeit_lib.pipeline.saliency:SaliencyConfig",
+}
+
+
+def notebook_config(notebook: str) -> type[TypedConfig]:
+    """The Config class of a notebook (``'03_finetune'`` or its path)."""
+    stem = Path(notebook).stem
+    module, _, name = NOTEBOOK_CONFIGS[stem].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def parameters_cell(cls: type[TypedConfig]) -> str:
+    """The notebook ``parameters`` cell for ``cls``: its field lines, verbatim from the class source.
+
+    Raises :class:`ConfigError` when a field is not one line ``name: type = literal  # comment`` (a
+    default that is not a literal, a ``field(...)``, a missing comment), so the cell can always be made
+    from the class and holds literals only.
+    """
+    src = textwrap.dedent(inspect.getsource(cls))
+    lines = src.splitlines()
+    body = ast.parse(src).body[0].body
+    fields = {f.name for f in dataclasses.fields(cls)}
+    out = []
+    for node in body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        name = node.target.id
+        if name not in fields:
+            continue  # ClassVar
+        where = f"{cls.__name__}.{name}"
+        if node.end_lineno != node.lineno or node.value is None:
+            raise ConfigError(f"{where}: a parameter is one line `name: type = literal  # comment`")
+        try:
+            ast.literal_eval(node.value)
+        except ValueError:
+            raise ConfigError(f"{where}: the default must be a literal (got {ast.unparse(node.value)})") from None
+        line = lines[node.lineno - 1].strip()
+        if "  # " not in line:
+            raise ConfigError(f"{where}: say what the parameter is in a comment after two spaces and #")
+        out.append(line)
+    missing = fields - {ln.split(":", 1)[0] for ln in out}
+    if missing:
+        raise ConfigError(f"{cls.__name__}: fields {sorted(missing)} are not declared in the class body")
+    return "\n".join(out)
+
+
+def write_parameters_cells(notebooks: Sequence[str] | None = None) -> list[Path]:
+    """Rewrite each notebook's ``parameters`` cell from its Config (``make params``); returns changed files."""
+    changed = []
+    for stem in notebooks or sorted(NOTEBOOK_CONFIGS):
+        path = resolve_notebook(stem)
+        nb = nbformat.read(str(path), as_version=4)
+        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        new = parameters_cell(notebook_config(stem))
+        if cell.source != new:
+            cell.source = new
+            nbformat.write(nb, str(path))
+            changed.append(path)
+    return changed
+
+
 # ---------------------------------------------------------------- provenance
 
 
@@ -218,8 +276,6 @@ def git_commit(repo: Path = REPO_ROOT) -> str:
 
 
 def package_versions() -> dict[str, str]:
-    from importlib import metadata
-
     out = {"python": platform.python_version()}
     for name in ("heartbeit_lib", "torch", "torchvision", "timm", "numpy", "scipy", "pandas",
                  "scikit-learn", "wfdb", "pot", "grad-cam", "papermill"):
@@ -318,15 +374,10 @@ def is_complete(run_dir: str | os.PathLike) -> bool:
 
 
 def _json_default(o: Any) -> Any:
-    try:
-        import numpy as np
-
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o)}")
@@ -369,8 +420,6 @@ def load_parameter_files(*files: str | os.PathLike) -> dict[str, Any]:
 
 def notebook_parameters(notebook: str | os.PathLike) -> dict[str, dict]:
     """Parameters declared in the notebook's ``parameters`` cell (papermill's inspection)."""
-    import papermill
-
     return papermill.inspect_notebook(str(notebook))
 
 
@@ -404,8 +453,6 @@ def execute_notebook(notebook: str | os.PathLike, params: Mapping[str, Any], run
     ``run_id`` parameters so it does). Unknown parameters raise before anything runs.
     Returns the executed notebook path (``<run_dir>/<name>.ipynb``).
     """
-    import papermill
-
     notebook = resolve_notebook(str(notebook))
     check_parameters(notebook, params)
     run_dir = Path(run_dir)
@@ -421,9 +468,6 @@ def execute_notebook(notebook: str | os.PathLike, params: Mapping[str, Any], run
 
 def notebook_to_html(nb_path: str | os.PathLike) -> Path:
     """Render an executed notebook to HTML next to it."""
-    import nbformat
-    from nbconvert import HTMLExporter
-
     nb = nbformat.read(str(nb_path), as_version=4)
     body, _ = HTMLExporter().from_notebook_node(nb)
     out = Path(nb_path).with_suffix(".html")
