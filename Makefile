@@ -31,7 +31,7 @@ bench: $(STAMP)
 
 # write every notebook's parameters cell from its stage Config (the one declaration)
 params: $(STAMP)
-	$(PY) -c "from heartbeit_lib.pipeline import runs; [print('rewrote', p) for p in runs.write_parameters_cells()]"
+	$(PY) -m heartbeit_lib.pipeline.runs params
 
 strip: $(STAMP)
 	$(VENV)/bin/nbstripout --keep-id notebooks/*.ipynb

@@ -27,6 +27,7 @@ import hashlib
 import importlib
 import inspect
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -419,8 +420,24 @@ def load_parameter_files(*files: str | os.PathLike) -> dict[str, Any]:
 
 
 def notebook_parameters(notebook: str | os.PathLike) -> dict[str, dict]:
-    """Parameters declared in the notebook's ``parameters`` cell (papermill's inspection)."""
-    return papermill.inspect_notebook(str(notebook))
+    """Parameters declared in the notebook's ``parameters`` cell: name -> {type, default, help}, in order.
+
+    Read with ``ast`` (papermill's own inspection skips annotations such as ``int | None`` or
+    ``tuple[str, ...]``, so ``papermill --help-notebook`` lists only the simply typed ones).
+    """
+    nb = nbformat.read(str(notebook), as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    if len(cells) != 1:
+        raise ConfigError(f"{notebook}: expected one cell tagged 'parameters', found {len(cells)}")
+    lines = cells[0].source.splitlines()
+    out = {}
+    for node in ast.parse(cells[0].source).body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            _, _, comment = lines[node.lineno - 1].partition("  # ")
+            out[node.target.id] = {"type": ast.unparse(node.annotation),
+                                   "default": ast.unparse(node.value) if node.value else None,
+                                   "help": comment.strip()}
+    return out
 
 
 def check_parameters(notebook: str | os.PathLike, params: Mapping[str, Any]) -> None:
@@ -431,6 +448,17 @@ def check_parameters(notebook: str | os.PathLike, params: Mapping[str, Any]) -> 
         raise UnknownParameterError(
             f"{Path(notebook).name}: unknown parameter(s) {unknown}; declared: {sorted(declared)}"
         )
+
+
+class _KnownParameters(logging.Filter):
+    """papermill warns "Passed unknown parameter" for every name its regex cannot read (``int | None``,
+    ``tuple[str, ...]``); names reaching papermill here were already checked by :func:`check_parameters`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Passed unknown parameter")
+
+
+logging.getLogger("papermill").addFilter(_KnownParameters())
 
 
 def resolve_notebook(name: str) -> Path:
@@ -473,3 +501,23 @@ def notebook_to_html(nb_path: str | os.PathLike) -> Path:
     out = Path(nb_path).with_suffix(".html")
     out.write_text(body)
     return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m heartbeit_lib.pipeline.runs params`` rewrites the parameters cells from the Configs;
+    ``... help 03_finetune`` lists a notebook's parameters with types, defaults and comments."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["params"]:
+        for p in write_parameters_cells():
+            print("rewrote", p)
+        return 0
+    if argv[:1] == ["help"] and len(argv) == 2:
+        for name, p in notebook_parameters(resolve_notebook(argv[1])).items():
+            print(f"  {name}: {p['type']} (default {p['default']})  {p['help']}")
+        return 0
+    print("usage: python -m heartbeit_lib.pipeline.runs params | help NOTEBOOK", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
