@@ -19,7 +19,6 @@ from conftest import FRACTIONS, MODELS, make_fake_sweep
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from heartbeit_lib.analysis import metrics
-from heartbeit_lib.pipeline import metrics as pm
 from heartbeit_lib.pipeline import runs
 
 SIZES = (60, 150, 120)  # val, test, external
@@ -71,12 +70,3 @@ def test_notebook_04_tables_figures_report(tmp_path):
     report = (run_dir / "report.html").read_text()
     assert report.count("data:image/png;base64,") == 4 and "Table 3. AUPRC" in report
     assert "1 incomplete run folder(s) skipped" in report
-
-
-@pytest.mark.parametrize("yaml_file", sorted((runs.PARAMETERS_DIR / "04_metrics").glob("*.yaml")),
-                         ids=lambda p: p.name)
-def test_parameter_files_name_notebook_parameters(yaml_file):
-    # oracle: papermill's inspection of the notebook's parameters cell, then the typed config
-    params = runs.load_parameter_files(yaml_file)
-    runs.check_parameters(runs.resolve_notebook("04_metrics"), params)
-    pm.MetricsConfig.from_dict(params)

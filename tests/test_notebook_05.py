@@ -17,7 +17,6 @@ from heartbeit_lib import cohorts
 from heartbeit_lib import render
 from heartbeit_lib.analysis import wasserstein as W
 from heartbeit_lib.pipeline import runs
-from heartbeit_lib.pipeline import wasserstein as PW
 
 
 def _tiny_cohort(run_dir, n=20, seed=0):
@@ -81,22 +80,3 @@ def test_notebook_05_runs_and_writes_the_three_averages(tmp_path, shared_data):
         assert (run_dir / f).stat().st_size > 0, f
     info = json.loads((run_dir / "run.json").read_text())
     assert any(k.startswith("natural_images") for k in info["data_hashes"])
-
-
-def test_notebook_parameters_match_the_config_fields_and_defaults():
-    import ast
-    import dataclasses
-
-    declared = runs.notebook_parameters(runs.resolve_notebook("05_wasserstein"))
-    fields = {f.name: f.default for f in dataclasses.fields(PW.WassersteinConfig)}
-    assert set(declared) == set(fields)
-    for name, spec in declared.items():
-        assert ast.literal_eval(spec["default"]) == fields[name], name
-
-
-@pytest.mark.parametrize("yaml_file", sorted((runs.PARAMETERS_DIR / "05_wasserstein").glob("*.yaml")),
-                         ids=lambda p: p.name)
-def test_parameter_files_name_only_notebook_parameters_and_validate(yaml_file):
-    params = runs.load_parameter_files(yaml_file)
-    runs.check_parameters(runs.resolve_notebook("05_wasserstein"), params)
-    PW.WassersteinConfig.from_dict(params)

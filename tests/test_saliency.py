@@ -28,7 +28,6 @@ from heartbeit_lib import cohorts
 from heartbeit_lib import render
 from heartbeit_lib.analysis import saliency
 from heartbeit_lib.classify import registry as models
-from heartbeit_lib.pipeline import runs
 from heartbeit_lib.pipeline import saliency as ps
 
 NORM = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -475,13 +474,3 @@ def test_config_validation():
                        (dict(finetune_runs=" "), "finetune_runs")):
         with pytest.raises(ValueError, match=match):
             ps.SaliencyConfig(**bad)
-
-
-def test_parameter_files_are_valid_for_the_notebook():
-    """Every parameters/06_saliency/*.yaml names only notebook parameters and builds a valid config."""
-    files = sorted((runs.PARAMETERS_DIR / "06_saliency").glob("*.yaml"))
-    assert {f.stem for f in files} >= {"demo", "cpu_small", "paper"}
-    for f in files:
-        params = runs.load_parameter_files(f)
-        runs.check_parameters(runs.NOTEBOOKS_DIR / "06_saliency.ipynb", params)
-        ps.SaliencyConfig(**params)
