@@ -26,8 +26,8 @@ from heartbeit_lib import render
 from heartbeit_lib.analysis.metrics import auprc_score, auroc_score
 from heartbeit_lib.analysis.saliency.attribution import attribution_summary
 from heartbeit_lib.analysis.saliency.errors import SaliencyError
-from heartbeit_lib.analysis.saliency.results import SaliencyResult
 from heartbeit_lib.analysis.saliency.faithfulness import faithfulness_summary
+from heartbeit_lib.analysis.saliency.results import SaliencyResult
 from heartbeit_lib.analysis.wasserstein import PAPER_VALUES, is_same_set, pair_values
 from heartbeit_lib.report.tables import (MODEL_ORDER, TableError, model_label, order_models, select_seed,
                                          split_label, task_label)
@@ -47,7 +47,7 @@ def model_colors(models: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-# ------------------------------------------------------------------------------ figures
+# ------------------------------------------------------------------------------ metrics (04)
 
 
 def _fraction_axis(ax, fractions: Sequence[float]) -> None:

@@ -35,6 +35,7 @@ SPLIT_ORDER = ("test", "external", "val")
 class TableError(ValueError):
     """Results cannot be laid out as a table (e.g. several fine-tuning seeds for one cell)."""
 
+
 # ------------------------------------------------------------------------------ labels / order
 
 
