@@ -138,7 +138,7 @@ def main(argv=None) -> int:
 
     # the paper's three averages on the distinct images
     D = mats if ecg_timed is ecg else W.paper_distance_matrices(ecg, nat)
-    summ = W.summarize(D, args.n_boot, args.seed, include_self=True)
+    summ = W.pair_summary(D, args.n_boot, args.seed, include_self=True)
     res["averages"] = {k: {c: float(summ.loc[k, c]) for c in ("mean", "ci_low", "ci_high", "paper")}
                        for k in summ.index}
     print(f"\naverages ({len(ecg)} ECGs, {len(nat)} natural images; self-pairs included as the paper; "

@@ -6,10 +6,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+import yaml
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from heartbeit_lib import cohorts
+from heartbeit_lib.classify import finetune
+from heartbeit_lib.cohorts import synthetic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -34,3 +44,126 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def ptbxl_root() -> Path:
     return require_shared("ptbxl")
+
+
+# ---------------------------------------------------------------- fake 03_finetune sweeps (04_metrics, report)
+
+
+FRACTIONS = (0.01, 0.1, 0.25, 0.5, 1.0)
+MODELS = ("vit_b16", "efficientnet_b4", "resnet152", "heartbeit")
+# class separation (logit shift between classes) per model at 100% of the training data
+STRENGTH = {"vit_b16": 0.9, "efficientnet_b4": 1.2, "resnet152": 1.3, "heartbeit": 1.7}
+TASKS = {  # task: sizes of (val, test, external), prevalence
+    "hcm": ((80, 240, 160), 0.39),
+    "stemi": ((80, 260, 0), 0.2),
+}
+
+
+def _rng(*key) -> np.random.Generator:
+    return np.random.default_rng(int(hashlib.sha256(repr(key).encode()).hexdigest()[:12], 16))
+
+
+def write_fake_run(root: Path, task: str, model: str, fraction: float, seed: int = 0, epochs: int = 3,
+                   complete: bool = True, sizes=(80, 240, 160), prevalence: float = 0.3) -> Path:
+    """One fake ``<task>-<model>-f<fraction>-s<seed>`` run folder with synthetic predictions.
+
+    Records and labels depend only on the task (the same evaluation sets for every model and
+    fraction); scores separate the classes by ``STRENGTH[model]`` (less at small fractions) plus
+    noise, rounded to 2 decimals so there are ties. The best epoch is the one with the highest
+    validation AUROC (sklearn), and ``metrics.json`` reports sklearn's AUROC/AP at that epoch.
+    """
+    d = root / f"{task}-{model}-f{float(fraction)!r}-s{seed}"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.yaml").write_text(yaml.safe_dump({"task": task, "model": model, "fraction": float(fraction),
+                                                   "seed": seed, "epochs": epochs, "select_on": "val"}))
+    (d / "run.json").write_text(json.dumps({"notebook": "03_finetune", "finished": None}))
+    frames, log = [], []
+    for epoch in range(1, epochs + 1):
+        row = {"epoch": epoch}
+        for split, n in zip(("val", "test", "external"), sizes):
+            if n == 0:
+                continue
+            y = fake_labels(task, split, n, prevalence)
+            r = _rng(task, model, fraction, seed, epoch, split)
+            strength = STRENGTH.get(model, 1.0) * (0.55 + 0.45 * (1 + np.log10(fraction) / 2)) * (0.8 + 0.1 * epoch)
+            score = 1 / (1 + np.exp(-(strength * (2 * y - 1) + r.normal(size=n))))
+            score = np.round(score, 2)
+            frames.append(pd.DataFrame({"record_id": [f"{task}-{split}-{i:05d}" for i in range(n)],
+                                        "patient_hash": [f"p{task}{split}{i // 2:05d}" for i in range(n)],
+                                        "split": split, "epoch": epoch, "label": y, "score": score}))
+            row[f"{split}_auroc"] = roc_auc_score(y, score)
+            row[f"{split}_auprc"] = average_precision_score(y, score)
+        log.append(row)
+    (d / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    pd.concat(frames, ignore_index=True).to_parquet(d / "predictions.parquet", index=False)
+    if complete:
+        best = max(log, key=lambda r: (r["val_auroc"], -r["epoch"]))
+        met = {"best_epoch": best["epoch"], "select_on": "val", "task": task, "model": model,
+               "fraction": fraction, "seed": seed, "n_train": int(round(2000 * fraction)),
+               "prevalence_train": prevalence}
+        met.update({k: v for k, v in best.items() if k != "epoch"})
+        (d / "metrics.json").write_text(json.dumps(met))
+        (d / "run.json").write_text(json.dumps({"notebook": "03_finetune", "finished": "now"}))
+    return d
+
+
+def fake_labels(task: str, split: str, n: int, prevalence: float) -> np.ndarray:
+    y = (_rng(task, split, "labels").random(n) < prevalence).astype(np.int64)
+    y[:2] = (0, 1)  # both classes always present
+    return y
+
+
+def make_fake_sweep(root: Path, tasks=None, models=MODELS, fractions=FRACTIONS, seeds=(0,),
+                    incomplete: int = 1) -> Path:
+    """A fake sweep folder: every (task, model, fraction, seed) complete, plus ``incomplete``
+    extra run folders without ``metrics.json`` (a crashed / running run) that must be skipped."""
+    tasks = tasks or TASKS
+    for task, (sizes, prev) in tasks.items():
+        for model in models:
+            for f in fractions:
+                for s in seeds:
+                    write_fake_run(root, task, model, f, s, sizes=sizes, prevalence=prev)
+    for k in range(incomplete):
+        write_fake_run(root, next(iter(tasks)), "resnet152_scratch", 0.5 + k / 10, complete=False)
+    return root
+
+
+# ---------------------------------------------------------------- synthetic ECGs and tiny runs (06_saliency)
+
+
+def synth_ecgs(n: int, rng: np.random.Generator, t: int = 2500, fs: float = 500.0):
+    """(n, 8, t) float32 microvolts: Gaussian P (150 uV, -160 ms), R (1000 uV, sigma 12 ms) and
+    T waves (300 uV, +300 ms) at 55-100 bpm, per-lead gains (V1 negative), 20 uV noise; and the true
+    R-peak samples of each record."""
+    tt = np.arange(t) / fs
+    gains = np.array([1, 1.2, -0.8, 1.5, 1.5, 1.3, 1.1, 0.9])
+    x = np.zeros((n, 8, t), np.float32)
+    peaks = []
+    for i in range(n):
+        rr = 60.0 / rng.uniform(55, 100)
+        r = np.arange(rng.uniform(0.1, rr), t / fs - 0.05, rr)
+        beat = sum(1000 * np.exp(-0.5 * ((tt - c) / 0.012) ** 2) + 150 * np.exp(-0.5 * ((tt - c + 0.16) / 0.025) ** 2)
+                   + 300 * np.exp(-0.5 * ((tt - c - 0.3) / 0.05) ** 2) for c in r)
+        x[i] = (rng.uniform(0.5, 1.5, 8) * gains)[:, None] * beat[None] + rng.normal(0, 20, (8, t))
+        peaks.append(np.round(r * fs).astype(np.int64))
+    return x, peaks
+
+
+def toy_store(root, n: int = 96, task: str = "toy"):
+    """A cohort store from synthetic ECGs; positives get +300 uV ST elevation in V1-V4
+    (``synthetic.inject_st_elevation``), 2 ECGs per patient, the last sixth from site B (external)."""
+    rng = np.random.default_rng(0)
+    x, _ = synth_ecgs(n, rng)
+    label = (np.arange(n) // 2) % 2
+    x = synthetic.inject_st_elevation(x, np.where(label == 1, 300.0, 0.0))
+    meta = pd.DataFrame({"record_id": [f"r{i:04d}" for i in range(n)], "patient_id": [f"p{i // 2}" for i in range(n)],
+                         "site": ["A"] * (n - n // 6) + ["B"] * (n // 6), "label": label})
+    tc = cohorts.TaskConfig(name=task, external_site="B", val_size=0.25)
+    return cohorts.build_store_from_arrays(root / "01_preprocess" / task, x, meta, task=tc, seed=0)
+
+
+def tiny_run(root, model: str, fraction: float = 1.0, task: str = "toy", **kw) -> finetune.FitResult:
+    cfg = finetune.FinetuneConfig(task=task, model=model, model_size=kw.pop("model_size", "micro"), fraction=fraction,
+                                  epochs=kw.pop("epochs", 1), batch_size=16, image_size=kw.pop("image_size", 32),
+                                  out_root=str(root), device="cpu", cache_images=True, **kw)
+    return finetune.run_finetune(cfg, figure=False)

@@ -21,6 +21,7 @@ import scipy
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
 
 from heartbeit_lib.analysis import metrics as M
+from heartbeit_lib.pipeline import metrics as PM
 from heartbeit_lib.pipeline import runs
 
 TOL = 1e-12
@@ -289,7 +290,7 @@ def test_evaluate_predictions_pairs_runs_and_checks_sets(tmp_path):
     ids = np.array([f"r{i:03d}" for i in range(120)])
     labels = (np.arange(120) % 3 == 0).astype(int)
     preds = _preds(ids, labels)
-    res, diffs = M.evaluate_predictions(preds.sample(frac=1, random_state=0), n_boot=40, indices_dir=tmp_path)
+    res, diffs = PM.evaluate_predictions(preds.sample(frac=1, random_state=0), n_boot=40, indices_dir=tmp_path)
     assert len(res) == 2 and len(diffs) == 1 and (tmp_path / "mi-test.npy").exists()
     # order of rows in the input does not matter: records are aligned by id
     hb = preds[preds.model == "heartbeit"]
@@ -298,14 +299,14 @@ def test_evaluate_predictions_pairs_runs_and_checks_sets(tmp_path):
     other = ids.copy()
     other[0] = "zzz"
     with pytest.raises(M.RunMismatchError, match="record ids differ"):
-        M.evaluate_predictions(_preds(ids, labels, shift=other), n_boot=10)
+        PM.evaluate_predictions(_preds(ids, labels, shift=other), n_boot=10)
     with pytest.raises(M.BootstrapIndexMismatchError):  # saved indices belong to the other id set
-        M.evaluate_predictions(_preds(other, labels), n_boot=40, indices_dir=tmp_path)
+        PM.evaluate_predictions(_preds(other, labels), n_boot=40, indices_dir=tmp_path)
 
 
 def test_metrics_config_validates():
-    cfg = M.MetricsConfig(n_boot="100", splits="test")
-    assert cfg.n_boot == 100 and cfg.splits == ["test"]
+    cfg = PM.MetricsConfig(n_boot="100", splits="test")
+    assert cfg.n_boot == 100 and cfg.splits == ("test",)
     for kw in (dict(ci_method="normal"), dict(auprc_method="x"), dict(n_boot=0), dict(splits="train")):
         with pytest.raises(runs.ConfigError):
-            M.MetricsConfig(**kw)
+            PM.MetricsConfig(**kw)

@@ -13,9 +13,9 @@ import json
 import pandas as pd
 import pytest
 import torch
+from conftest import tiny_run, toy_store
 
 from heartbeit_lib.pipeline import runs
-from test_saliency import tiny_run, toy_store
 
 pytestmark = pytest.mark.notebooks
 NB = runs.NOTEBOOKS_DIR / "06_saliency.ipynb"
@@ -33,8 +33,8 @@ def nb_root(tmp_path_factory):
 
 def test_notebook_runs_headlessly(nb_root):
     run_dir = nb_root / "06_saliency" / "t"
-    params = {"finetune_runs": str(nb_root / "03_finetune"), "method": "fullgrad,gradcam,rollout", "n_examples": 3,
-              "n_figures": 2, "n_faithfulness": 2, "deletion_steps": 4, "road": True, "road_percentiles": "50",
+    params = {"finetune_runs": str(nb_root / "03_finetune"), "method": ["fullgrad", "gradcam", "rollout"], "n_examples": 3,
+              "n_figures": 2, "n_faithfulness": 2, "deletion_steps": 4, "road": True, "road_percentiles": [50],
               "batch_size": 4, "device": "cpu", "out_root": str(nb_root), "run_id": "t"}
     out = runs.execute_notebook(NB, params, run_dir)
     for f in ("config.yaml", "run.json", "metrics.json", "attribution.png", "faithfulness.png", "records.csv",
@@ -69,8 +69,3 @@ def test_notebook_runs_headlessly(nb_root):
     outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
 
-
-def test_unknown_parameter_is_rejected_before_running(tmp_path):
-    with pytest.raises(runs.UnknownParameterError, match="methods"):
-        runs.execute_notebook(NB, {"methods": "gradcam"}, tmp_path / "x")
-    assert not (tmp_path / "x").exists()

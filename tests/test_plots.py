@@ -1,106 +1,27 @@
-"""Collecting 03_finetune runs, Tables 1-3, figures and the HTML report (heartbeit_lib.report.plots).
+"""Collecting 03_finetune runs (heartbeit_lib.pipeline.metrics), Tables 1-3, figures and the HTML report
+(heartbeit_lib.report: tables, figures, html).
 
 The fixtures are fake 03_finetune run folders that follow the cross-team contract
 (``config.yaml``, ``run.json``, ``log.jsonl``, ``predictions.parquet``, ``metrics.json``) with
-synthetic predictions; :func:`make_fake_sweep` is also used by ``test_notebook_04.py``.
+synthetic predictions (:func:`make_fake_sweep` in conftest.py, also used by ``test_notebook_04.py``).
 Oracles: ``sklearn.metrics.roc_auc_score`` / ``average_precision_score`` (1e-12) for the numbers,
 hand-computed counts for Table 1, and regular expressions for the cell layout.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import roc_auc_score
 
-from heartbeit_lib.analysis import metrics
-from heartbeit_lib.report import plots
-
-FRACTIONS = (0.01, 0.1, 0.25, 0.5, 1.0)
-MODELS = ("vit_b16", "efficientnet_b4", "resnet152", "heartbeit")
-# class separation (logit shift between classes) per model at 100% of the training data
-STRENGTH = {"vit_b16": 0.9, "efficientnet_b4": 1.2, "resnet152": 1.3, "heartbeit": 1.7}
-TASKS = {  # task: sizes of (val, test, external), prevalence
-    "hcm": ((80, 240, 160), 0.39),
-    "stemi": ((80, 260, 0), 0.2),
-}
-
-
-def _rng(*key) -> np.random.Generator:
-    return np.random.default_rng(int(hashlib.sha256(repr(key).encode()).hexdigest()[:12], 16))
-
-
-def write_fake_run(root: Path, task: str, model: str, fraction: float, seed: int = 0, epochs: int = 3,
-                   complete: bool = True, sizes=(80, 240, 160), prevalence: float = 0.3) -> Path:
-    """One fake ``<task>-<model>-f<fraction>-s<seed>`` run folder with synthetic predictions.
-
-    Records and labels depend only on the task (the same evaluation sets for every model and
-    fraction); scores separate the classes by ``STRENGTH[model]`` (less at small fractions) plus
-    noise, rounded to 2 decimals so there are ties. The best epoch is the one with the highest
-    validation AUROC (sklearn), and ``metrics.json`` reports sklearn's AUROC/AP at that epoch.
-    """
-    d = root / f"{task}-{model}-f{float(fraction)!r}-s{seed}"
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "config.yaml").write_text(yaml.safe_dump({"task": task, "model": model, "fraction": float(fraction),
-                                                   "seed": seed, "epochs": epochs, "select_on": "val"}))
-    (d / "run.json").write_text(json.dumps({"notebook": "03_finetune", "finished": None}))
-    frames, log = [], []
-    for epoch in range(1, epochs + 1):
-        row = {"epoch": epoch}
-        for split, n in zip(("val", "test", "external"), sizes):
-            if n == 0:
-                continue
-            y = _labels(task, split, n, prevalence)
-            r = _rng(task, model, fraction, seed, epoch, split)
-            strength = STRENGTH.get(model, 1.0) * (0.55 + 0.45 * (1 + np.log10(fraction) / 2)) * (0.8 + 0.1 * epoch)
-            score = 1 / (1 + np.exp(-(strength * (2 * y - 1) + r.normal(size=n))))
-            score = np.round(score, 2)
-            frames.append(pd.DataFrame({"record_id": [f"{task}-{split}-{i:05d}" for i in range(n)],
-                                        "patient_hash": [f"p{task}{split}{i // 2:05d}" for i in range(n)],
-                                        "split": split, "epoch": epoch, "label": y, "score": score}))
-            row[f"{split}_auroc"] = roc_auc_score(y, score)
-            row[f"{split}_auprc"] = average_precision_score(y, score)
-        log.append(row)
-    (d / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
-    pd.concat(frames, ignore_index=True).to_parquet(d / "predictions.parquet", index=False)
-    if complete:
-        best = max(log, key=lambda r: (r["val_auroc"], -r["epoch"]))
-        met = {"best_epoch": best["epoch"], "select_on": "val", "task": task, "model": model,
-               "fraction": fraction, "seed": seed, "n_train": int(round(2000 * fraction)),
-               "prevalence_train": prevalence}
-        met.update({k: v for k, v in best.items() if k != "epoch"})
-        (d / "metrics.json").write_text(json.dumps(met))
-        (d / "run.json").write_text(json.dumps({"notebook": "03_finetune", "finished": "now"}))
-    return d
-
-
-def _labels(task: str, split: str, n: int, prevalence: float) -> np.ndarray:
-    y = (_rng(task, split, "labels").random(n) < prevalence).astype(np.int64)
-    y[:2] = (0, 1)  # both classes always present
-    return y
-
-
-def make_fake_sweep(root: Path, tasks=None, models=MODELS, fractions=FRACTIONS, seeds=(0,),
-                    incomplete: int = 1) -> Path:
-    """A fake sweep folder: every (task, model, fraction, seed) complete, plus ``incomplete``
-    extra run folders without ``metrics.json`` (a crashed / running run) that must be skipped."""
-    tasks = tasks or TASKS
-    for task, (sizes, prev) in tasks.items():
-        for model in models:
-            for f in fractions:
-                for s in seeds:
-                    write_fake_run(root, task, model, f, s, sizes=sizes, prevalence=prev)
-    for k in range(incomplete):
-        write_fake_run(root, next(iter(tasks)), "resnet152_scratch", 0.5 + k / 10, complete=False)
-    return root
-
+from conftest import MODELS, fake_labels, make_fake_sweep, write_fake_run
+from heartbeit_lib.pipeline import metrics as pm
+from heartbeit_lib.report import figures, html, tables
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
@@ -109,17 +30,17 @@ def sweep(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def evaluated(sweep):
-    preds = plots.collect_runs(sweep)
-    res, diffs = metrics.evaluate_predictions(preds, n_boot=60, seed=0, auprc_method="ap")
+    preds = pm.collect_runs(sweep)
+    res, diffs = pm.evaluate_predictions(preds, n_boot=60, seed=0, auprc_method="ap")
     return preds, res, diffs
 
 
 def test_collect_runs_reads_best_epoch_and_skips_incomplete(sweep):
-    table = plots.list_runs(sweep)
+    table = pm.list_runs(sweep)
     assert len(table) == 2 * 4 * 5 + 1 and table["complete"].sum() == 40
     bad = table[~table["complete"]]
     assert bad["model"].tolist() == ["resnet152_scratch"] and bad["missing"].iloc[0] == "metrics.json"
-    preds = plots.collect_runs(sweep)
+    preds = pm.collect_runs(sweep)
     assert set(preds["model"]) == set(MODELS)
     for (task, model, frac), g in preds.groupby(["task", "model", "fraction"]):
         met = json.loads((Path(g["run_dir"].iloc[0]) / "metrics.json").read_text())
@@ -135,32 +56,32 @@ def test_report_notes_name_non_paper_architectures(tmp_path, evaluated):
     _, res, _ = evaluated
     d = write_fake_run(tmp_path, "hcm", "beit_b16_scratch", 1.0)
     cfg = yaml.safe_load((d / "config.yaml").read_text())
-    assert plots.list_runs(tmp_path)["model_size"].tolist() == ["base"]  # default: the paper's size
-    assert not any("Architectures" in n for n in plots.report_notes(res, plots.list_runs(tmp_path)))
+    assert pm.list_runs(tmp_path)["model_size"].tolist() == ["base"]  # default: the paper's size
+    assert not any("Architectures" in n for n in html.report_notes(res, pm.list_runs(tmp_path)))
     (d / "config.yaml").write_text(yaml.safe_dump({**cfg, "model_size": "micro", "image_size": 112}))
-    notes = [n for n in plots.report_notes(res, plots.list_runs(tmp_path)) if "Architectures" in n]
+    notes = [n for n in html.report_notes(res, pm.list_runs(tmp_path)) if "Architectures" in n]
     assert notes == ["Architectures differ from the paper's base models at 224 px (labels name the model family): "
                      "beit_b16_scratch: size micro, 112 px."]
     # an incomplete run is not in the report: its architecture is not noted
     (d / "metrics.json").unlink()
-    assert plots.list_runs(tmp_path)["complete"].tolist() == [False]
-    assert not any("Architectures" in n for n in plots.report_notes(res, plots.list_runs(tmp_path)))
+    assert pm.list_runs(tmp_path)["complete"].tolist() == [False]
+    assert not any("Architectures" in n for n in html.report_notes(res, pm.list_runs(tmp_path)))
 
 
 def test_model_labels_and_order():
-    assert plots.model_label("beit_b16_scratch") == "BEiT-B/16 (scratch)"
-    assert plots.model_label("my_net") == "my_net"
-    assert plots.order_models(["heartbeit", "zeta", "resnet152_scratch", "resnet152", "vit_b16"]) == [
+    assert tables.model_label("beit_b16_scratch") == "BEiT-B/16 (scratch)"
+    assert tables.model_label("my_net") == "my_net"
+    assert tables.order_models(["heartbeit", "zeta", "resnet152_scratch", "resnet152", "vit_b16"]) == [
         "vit_b16", "resnet152", "resnet152_scratch", "heartbeit", "zeta"]
 
 
 def test_collect_runs_rejects_broken_predictions(tmp_path):
     d = write_fake_run(tmp_path, "hcm", "heartbeit", 1.0)
     pd.read_parquet(d / "predictions.parquet").drop(columns="score").to_parquet(d / "predictions.parquet")
-    with pytest.raises(plots.RunFolderError, match="predictions.parquet.*score"):
-        plots.collect_runs(tmp_path)
+    with pytest.raises(pm.RunFolderError, match="predictions.parquet.*score"):
+        pm.collect_runs(tmp_path)
     with pytest.raises(FileNotFoundError, match="finetune_root"):
-        plots.list_runs(tmp_path / "nope")
+        pm.list_runs(tmp_path / "nope")
 
 
 def test_results_equal_sklearn_and_reported(evaluated):
@@ -180,7 +101,7 @@ def test_results_equal_sklearn_and_reported(evaluated):
 
 def test_tables_layout_and_bold(evaluated, tmp_path):
     preds, res, diffs = evaluated
-    t = plots.metric_table(res, "auroc")
+    t = tables.metric_table(res, "auroc")
     assert list(t.cells.columns) == ["0.01", "0.1", "0.25", "0.5", "1"]
     assert t.cells.index.names == ["task", "split", "model"]
     # rows task x split x model in the paper's order (HeartBEiT last)
@@ -192,7 +113,7 @@ def test_tables_layout_and_bold(evaluated, tmp_path):
     assert all(cell.match(v) for v in t.cells.to_numpy().ravel())
     # bold = highest point estimate per column within task/split (oracle: the results table)
     sub = res[(res.task == "hcm") & (res.split == "external") & (res.fraction == 0.1)]
-    best = plots.model_label(sub.loc[sub.auroc.idxmax(), "model"])
+    best = tables.model_label(sub.loc[sub.auroc.idxmax(), "model"])
     sel = ((rows.task == "HCM") & (rows.split == "external")).to_numpy()
     col = t.bold["0.1"].to_numpy()[sel]
     assert rows[sel].model[col].tolist() == [best]
@@ -202,7 +123,7 @@ def test_tables_layout_and_bold(evaluated, tmp_path):
     h = t.to_html()
     assert h.count("font-weight: bold") >= 1 and "<caption>" in h
 
-    out = plots.write_tables(res, preds, tmp_path, run_table=plots.list_runs(Path(preds.run_dir.iloc[0]).parent),
+    out = tables.write_tables(res, preds, tmp_path, run_table=pm.list_runs(Path(preds.run_dir.iloc[0]).parent),
                              differences=diffs)
     for name in ("table1", "table2_auroc", "table3_auprc"):
         for ext in ("csv", "md", "html"):
@@ -213,9 +134,9 @@ def test_tables_layout_and_bold(evaluated, tmp_path):
 
 def test_table1_counts(evaluated, sweep):
     preds, _, _ = evaluated
-    t1 = plots.table1(preds, plots.list_runs(sweep))
+    t1 = tables.evaluation_table1(preds, pm.list_runs(sweep))
     row = t1[(t1.task == "HCM") & (t1.split == "external")].iloc[0]
-    y = _labels("hcm", "external", 160, 0.39)  # oracle: the fixture's own labels
+    y = fake_labels("hcm", "external", 160, 0.39)  # oracle: the fixture's own labels
     assert (row.ecgs, row.patients, row.positives) == (160, 80, int(y.sum()))
     assert row["prevalence_%"] == round(100 * y.mean(), 1)
     train = t1[(t1.task == "STEMI") & t1.split.str.startswith("train")]
@@ -225,24 +146,24 @@ def test_table1_counts(evaluated, sweep):
 def test_several_seeds_need_a_choice(evaluated):
     _, res, _ = evaluated
     two = pd.concat([res, res.assign(seed=1)])
-    with pytest.raises(plots.TableError, match="finetune_seed"):
-        plots.metric_table(two, "auroc")
-    assert len(plots.select_seed(two, 1)) == len(res)
+    with pytest.raises(tables.TableError, match="finetune_seed"):
+        tables.metric_table(two, "auroc")
+    assert len(tables.select_seed(two, 1)) == len(res)
 
 
 def test_figures_and_self_contained_report(evaluated, tmp_path):
     preds, res, diffs = evaluated
     res1 = res[res.task == "hcm"]
-    paths = plots.write_figures(preds, res1, diffs, tmp_path / "figures", splits=("external",), dpi=50)
+    paths = figures.write_figures(preds, res1, diffs, tmp_path / "figures", splits=("external",), dpi=50)
     assert [p.name for p in paths] == ["roc_pr_hcm_external.png", "fraction_hcm_external.png"]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    fig = plots.plot_fraction_panels(res1, diffs, "hcm", "external")
+    fig = figures.plot_fraction_panels(res1, diffs, "hcm", "external")
     assert len(fig.axes) == 4  # A/B performance, C/D differences
-    fig = plots.plot_roc_pr(preds, "hcm", "external")
+    fig = figures.plot_roc_pr(preds, "hcm", "external")
     assert len(fig.axes) == 2 * 5
-    tables = {"table2_auroc": {"html": plots.metric_table(res1, "auroc").to_html()}}
-    rep = plots.write_report(tmp_path, tables, paths, config={"n_boot": 60}, notes=["note"])
+    written = {"table2_auroc": {"html": tables.metric_table(res1, "auroc").to_html()}}
+    rep = html.write_report(tmp_path, written, paths, config={"n_boot": 60}, notes=["note"])
     text = rep.read_text()
     assert text.count("data:image/png;base64,") == 2
     assert not re.search(r"src=\"(?!data:)", text)  # nothing linked from outside the file

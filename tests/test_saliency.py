@@ -23,11 +23,12 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import synth_ecgs, tiny_run, toy_store
 from heartbeit_lib import cohorts
-from heartbeit_lib.classify import finetune
-from heartbeit_lib.classify import registry as models
 from heartbeit_lib import render
 from heartbeit_lib.analysis import saliency
+from heartbeit_lib.classify import registry as models
+from heartbeit_lib.pipeline import saliency as ps
 
 NORM = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 FAMILIES = {"vit": "vit_b16_scratch", "beit": "beit_b16_scratch", "efficientnet": "efficientnet_b4_scratch",
@@ -46,24 +47,6 @@ def micro(family: str, img: int = 32, seed: int = 0, patch: int = 8) -> torch.nn
     torch.manual_seed(seed)
     kw = dict(patch_size=patch) if family in ("vit", "beit") else {}
     return models.create_model(FAMILIES[family], size="micro", img_size=img, **kw).eval()
-
-
-def synth_ecgs(n: int, rng: np.random.Generator, t: int = 2500, fs: float = 500.0):
-    """(n, 8, t) float32 microvolts: Gaussian P (150 uV, -160 ms), R (1000 uV, sigma 12 ms) and
-    T waves (300 uV, +300 ms) at 55-100 bpm, per-lead gains (V1 negative), 20 uV noise; and the true
-    R-peak samples of each record."""
-    tt = np.arange(t) / fs
-    gains = np.array([1, 1.2, -0.8, 1.5, 1.5, 1.3, 1.1, 0.9])
-    x = np.zeros((n, 8, t), np.float32)
-    peaks = []
-    for i in range(n):
-        rr = 60.0 / rng.uniform(55, 100)
-        r = np.arange(rng.uniform(0.1, rr), t / fs - 0.05, rr)
-        beat = sum(1000 * np.exp(-0.5 * ((tt - c) / 0.012) ** 2) + 150 * np.exp(-0.5 * ((tt - c + 0.16) / 0.025) ** 2)
-                   + 300 * np.exp(-0.5 * ((tt - c - 0.3) / 0.05) ** 2) for c in r)
-        x[i] = (rng.uniform(0.5, 1.5, 8) * gains)[:, None] * beat[None] + rng.normal(0, 20, (8, t))
-        peaks.append(np.round(r * fs).astype(np.int64))
-    return x, peaks
 
 
 # ---------------------------------------------------------------- what FullGrad hooks
@@ -433,28 +416,6 @@ def test_deletion_insertion_endpoints_and_road(marker):
 # ---------------------------------------------------------------- fine-tuning runs
 
 
-def toy_store(root, n: int = 96, task: str = "toy"):
-    """A cohort store from synthetic ECGs; positives get +300 uV ST elevation in V1-V4
-    (``synthetic.inject_st_elevation``), 2 ECGs per patient, the last sixth from site B (external)."""
-    from heartbeit_lib.cohorts import synthetic
-
-    rng = np.random.default_rng(0)
-    x, _ = synth_ecgs(n, rng)
-    label = (np.arange(n) // 2) % 2
-    x = synthetic.inject_st_elevation(x, np.where(label == 1, 300.0, 0.0))
-    meta = pd.DataFrame({"record_id": [f"r{i:04d}" for i in range(n)], "patient_id": [f"p{i // 2}" for i in range(n)],
-                         "site": ["A"] * (n - n // 6) + ["B"] * (n // 6), "label": label})
-    tc = cohorts.TaskConfig(name=task, external_site="B", val_size=0.25)
-    return cohorts.build_store_from_arrays(root / "01_preprocess" / task, x, meta, task=tc, seed=0)
-
-
-def tiny_run(root, model: str, fraction: float = 1.0, task: str = "toy", **kw) -> finetune.FitResult:
-    cfg = finetune.FinetuneConfig(task=task, model=model, model_size=kw.pop("model_size", "micro"), fraction=fraction,
-                                  epochs=kw.pop("epochs", 1), batch_size=16, image_size=kw.pop("image_size", 32),
-                                  out_root=str(root), device="cpu", cache_images=True, **kw)
-    return finetune.run_finetune(cfg, figure=False)
-
-
 def fake_pretrain_run(run_dir, size="micro", img_size=32):
     torch.manual_seed(5)
     bb = models.create_backbone(size, img_size=img_size)
@@ -475,12 +436,12 @@ def ft_root(tmp_path_factory):
 
 def test_rebuilt_models_reproduce_the_runs_predictions(ft_root):
     """Oracle: each run's predictions.parquet (test split, best epoch) from the rebuilt model, to 1e-5."""
-    table = saliency.find_finetune_runs(str(ft_root / "03_finetune"))
+    table = ps.find_finetune_runs(str(ft_root / "03_finetune"))
     assert set(table["model"]) == {"efficientnet_b4_scratch", "heartbeit"}
     assert table.columns.is_unique  # list_runs' model_size/image_size are not added a second time
     store = cohorts.CohortStore(ft_root / "01_preprocess" / "toy")
     for r in table.itertuples():
-        model, norm, cfg = saliency.load_finetune_model(r.run_dir)
+        model, norm, cfg = ps.load_finetune_model(r.run_dir)
         if r.model == "heartbeit":
             assert norm == ((0.8,) * 3, (0.3,) * 3) and saliency.model_family(model) == "beit"
         pred = pd.read_parquet(f"{r.run_dir}/predictions.parquet")
@@ -493,35 +454,23 @@ def test_rebuilt_models_reproduce_the_runs_predictions(ft_root):
 
 
 def test_find_finetune_runs_errors(ft_root, tmp_path):
-    with pytest.raises(saliency.FinetuneRunError, match="nowhere"):
-        saliency.find_finetune_runs(str(tmp_path / "nowhere"))
-    with pytest.raises(saliency.FinetuneRunError, match="no 03_finetune run folder"):
-        saliency.find_finetune_runs(str(tmp_path))
-    runs_glob = saliency.find_finetune_runs(str(ft_root / "03_finetune" / "toy-eff*"))
+    with pytest.raises(ps.FinetuneRunError, match="nowhere"):
+        ps.find_finetune_runs(str(tmp_path / "nowhere"))
+    with pytest.raises(ps.FinetuneRunError, match="no 03_finetune run folder"):
+        ps.find_finetune_runs(str(tmp_path))
+    runs_glob = ps.find_finetune_runs(str(ft_root / "03_finetune" / "toy-eff*"))
     assert list(runs_glob["model"]) == ["efficientnet_b4_scratch"]
-    both = saliency.find_finetune_runs(f"{ft_root / '03_finetune'},{runs_glob.run_dir[0]}")
+    both = ps.find_finetune_runs(f"{ft_root / '03_finetune'},{runs_glob.run_dir[0]}")
     assert len(both) == 2  # a run named twice is listed once
-    with pytest.raises(saliency.FinetuneRunError, match="no config.yaml; not a finished 03_finetune run"):
-        saliency.load_finetune_model(tmp_path)
+    with pytest.raises(ps.FinetuneRunError, match="no config.yaml; not a finished 03_finetune run"):
+        ps.load_finetune_model(tmp_path)
 
 
 def test_config_validation():
-    cfg = saliency.SaliencyConfig(method="fullgrad, rollout", positives_only="false")
-    assert cfg.methods == ["fullgrad", "rollout"] and cfg.positives_only is False
+    cfg = ps.SaliencyConfig(method=["fullgrad", "rollout"], positives_only="false")
+    assert cfg.method == ("fullgrad", "rollout") and cfg.positives_only is False
     for bad, match in ((dict(method="fulgrad"), "method"), (dict(split="dev"), "split"),
-                       (dict(n_examples=0), "n_examples"), (dict(road_percentiles="0,50"), "road_percentiles"),
+                       (dict(n_examples=0), "n_examples"), (dict(road_percentiles=[0, 50]), "road_percentiles"),
                        (dict(finetune_runs=" "), "finetune_runs")):
         with pytest.raises(ValueError, match=match):
-            saliency.SaliencyConfig(**bad)
-
-
-def test_parameter_files_are_valid_for_the_notebook():
-    """Every parameters/06_saliency/*.yaml names only notebook parameters and builds a valid config."""
-    from heartbeit_lib.pipeline import runs
-
-    files = sorted((runs.PARAMETERS_DIR / "06_saliency").glob("*.yaml"))
-    assert {f.stem for f in files} >= {"demo", "cpu_small", "paper"}
-    for f in files:
-        params = runs.load_parameter_files(f)
-        runs.check_parameters(runs.NOTEBOOKS_DIR / "06_saliency.ipynb", params)
-        saliency.SaliencyConfig(**params)
+            ps.SaliencyConfig(**bad)

@@ -17,8 +17,10 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 from scipy.stats import wasserstein_distance
 
-from heartbeit_lib.pipeline import runs
 from heartbeit_lib.analysis import wasserstein as W
+from heartbeit_lib.pipeline import runs
+from heartbeit_lib.pipeline import wasserstein as PW
+from heartbeit_lib.report import figures
 
 
 def _rel(a, b):
@@ -226,26 +228,26 @@ def test_summarize_and_metrics_and_figures(tmp_path):
     mats = W.paper_distance_matrices(ecg, nat)
     assert {k: v.shape for k, v in mats.items()} == {"ECG-ECG": (6, 6), "ImageNet-ImageNet": (5, 5),
                                                       "ECG-ImageNet": (6, 5)}
-    s = W.summarize(mats, n_boot=100, seed=0)
+    s = W.pair_summary(mats, n_boot=100, seed=0)
     assert list(s.index) == ["ECG-ECG", "ImageNet-ImageNet", "ECG-ImageNet"]
     assert s.loc["ECG-ECG", "mean"] == pytest.approx(mats["ECG-ECG"].mean(), abs=1e-12)
     assert s.loc["ECG-ImageNet", "paper"] == 128.44 and not s.loc["ECG-ImageNet", "include_self"]
-    m = W.summary_metrics(s)
+    m = W.flatten_summary(s)
     assert m["pixel_imagenet_imagenet_paper"] == 45.48
     assert m["pixel_ecg_imagenet_mean"] == pytest.approx(mats["ECG-ImageNet"].mean(), abs=1e-12)
-    fig = W.plot_supp_fig9(s, tmp_path / "fig9.png")
+    fig = figures.plot_supp_fig9(s, tmp_path / "fig9.png")
     ours = [p.get_height() for p in fig.axes[0].patches[:3]]
     np.testing.assert_allclose(ours, s["mean"].to_numpy())
-    W.plot_pair_histograms(mats, tmp_path / "hist.png")
+    figures.plot_pair_histograms(mats, tmp_path / "hist.png")
     assert (tmp_path / "fig9.png").stat().st_size > 10_000 and (tmp_path / "hist.png").stat().st_size > 10_000
 
 
 def test_config_rejects_bad_values():
     with pytest.raises(runs.ConfigError, match="n_ecg"):
-        W.WassersteinConfig(n_ecg=1)
+        PW.WassersteinConfig(n_ecg=1)
     with pytest.raises(runs.ConfigError, match="n_spatial"):
-        W.WassersteinConfig(n_ecg=10, n_natural=10, n_spatial=11)
-    assert W.WassersteinConfig(spatial="false").spatial is False
+        PW.WassersteinConfig(n_ecg=10, n_natural=10, n_spatial=11)
+    assert PW.WassersteinConfig(spatial="false").spatial is False
 
 
 # ---------------------------------------------------------------- spatial (POT)

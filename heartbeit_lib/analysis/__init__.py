@@ -1,1 +1,5 @@
-"""analysis."""
+"""Statistics and algorithms: AUROC/AUPRC with bootstrap CIs (metrics.py), image Wasserstein distances
+(wasserstein.py), saliency maps, attribution and faithfulness (saliency/).
+
+Nothing here imports ``heartbeit_lib.pipeline``.
+"""

@@ -67,7 +67,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from scipy.special import ndtr, ndtri
 
-from heartbeit_lib.pipeline import runs
+from heartbeit_lib.utils import atomic_write_text
 
 AUPRC_METHODS = ("ap", "trapezoid")
 CI_METHODS = ("percentile", "bca")
@@ -640,10 +640,10 @@ def bootstrap_ci(y_true: Any, y_score: Any, n_boot: int = 500, seed: int | np.ra
     y, s = validate_binary(y_true, y_score)
     idx = _prepare_indices(y.size, y, n_boot, seed, indices, stratify)
     st = bootstrap_metrics(y, s, idx, auprc_method, jackknife=method == "bca")
-    return summarize(st, alpha=alpha, method=method)
+    return interval_summary(st, alpha=alpha, method=method)
 
 
-def summarize(st: BootstrapStats, alpha: float = 0.05, method: str = "percentile") -> dict:
+def interval_summary(st: BootstrapStats, alpha: float = 0.05, method: str = "percentile") -> dict:
     """Intervals of a :class:`BootstrapStats` as the dict returned by :func:`bootstrap_ci`."""
     out: dict[str, Any] = {}
     for name, point, boot, jack in (("auroc", st.auroc, st.boot_auroc, st.jack_auroc),
@@ -731,9 +731,9 @@ def save_bootstrap_indices(folder: str | os.PathLike, name: str, indices: np.nda
     tmp = npy.with_name(npy.stem + ".tmp.npy")
     np.save(tmp, idx)
     os.replace(tmp, npy)
-    runs.write_json(meta, {"record_ids_sha256": record_ids_hash(record_ids), "n": len(record_ids),
-                           "n_boot": int(idx.shape[0]), "seed": seed if isinstance(seed, int) else None,
-                           "stratified": bool(stratified), "dtype": str(idx.dtype)})
+    info = {"record_ids_sha256": record_ids_hash(record_ids), "n": len(record_ids), "n_boot": int(idx.shape[0]),
+            "seed": seed if isinstance(seed, int) else None, "stratified": bool(stratified), "dtype": str(idx.dtype)}
+    atomic_write_text(meta, json.dumps(info, indent=2) + "\n")
     return npy
 
 
@@ -773,131 +773,3 @@ def bootstrap_indices_cached(folder: str | os.PathLike, name: str, record_ids: S
     idx = bootstrap_indices(len(record_ids), n_boot, seed, stratify=stratify)
     save_bootstrap_indices(folder, name, idx, record_ids, seed=seed, stratified=stratify is not None)
     return idx
-
-
-# ------------------------------------------------------------------------------------ sweeps
-
-
-SPLIT_LABELS = {"test": "internal", "external": "external", "val": "validation"}
-
-
-@dataclasses.dataclass(frozen=True)
-class MetricsConfig(runs.TypedConfig):
-    """Parameters of ``notebooks/04_metrics.ipynb`` (see the notebook's parameters cell)."""
-
-    finetune_root: str = "outputs/03_finetune"
-    n_boot: int = 500
-    seed: int = 0
-    alpha: float = 0.05
-    ci_method: str = "percentile"
-    auprc_method: str = "ap"
-    stratify: bool = False
-    reference_model: str = "heartbeit"
-    splits: list[str] = dataclasses.field(default_factory=lambda: ["test", "external"])
-    finetune_seed: int = -1
-    bootstrap_dir: str = ""
-    figure_dpi: int = 110
-    out_root: str = "outputs"
-    run_id: str = ""
-
-    choices = {"ci_method": CI_METHODS, "auprc_method": AUPRC_METHODS}
-
-    def validate(self) -> None:
-        if self.n_boot < 1:
-            raise runs.ConfigError(f"parameter 'n_boot': must be >= 1, got {self.n_boot}")
-        if self.figure_dpi < 10:
-            raise runs.ConfigError(f"parameter 'figure_dpi': must be >= 10, got {self.figure_dpi}")
-        if not 0 < self.alpha < 1:
-            raise runs.ConfigError(f"parameter 'alpha': must be in (0, 1), got {self.alpha}")
-        bad = [s for s in self.splits if s not in SPLIT_LABELS]
-        if bad or not self.splits:
-            raise runs.ConfigError(f"parameter 'splits': {bad or self.splits} not in {list(SPLIT_LABELS)}")
-
-
-_RUN_KEYS = ("task", "model", "fraction", "seed")
-
-
-def evaluate_predictions(preds, n_boot: int = 500, seed: int = 0, alpha: float = 0.05,
-                         method: str = "percentile", auprc_method: str = "ap", stratify: bool = False,
-                         reference_model: str = "heartbeit", splits: Sequence[str] = ("test", "external"),
-                         indices_dir: str | os.PathLike | None = None):
-    """Bootstrap AUROC/AUPRC of every run and paired differences against a reference model.
-
-    Parameters
-    ----------
-    preds : DataFrame with one row per (run, split, record) at the run's chosen epoch, columns
-        ``task, model, fraction, seed, split, record_id, label, score`` (what
-        :func:`heartbeit_lib.report.plots.collect_runs` returns; extra columns such as ``run_dir``,
-        ``reported_auroc`` are carried into the results when present)
-    indices_dir : folder where the resample indices are saved once per ``<task>-<split>`` and
-        re-read (a mismatch of record ids raises); None draws them in memory
-    others : as :func:`bootstrap_ci`
-
-    Returns
-    -------
-    results : DataFrame, one row per (task, split, model, fraction, seed) with the keys of
-        :func:`bootstrap_ci` and ``prevalence``
-    differences : DataFrame, one row per (task, split, fraction, seed, baseline) with the keys of
-        :func:`paired_difference` for ``reference_model`` minus ``baseline``
-
-    Raises
-    ------
-    RunMismatchError when runs of one task and split disagree on their records or labels.
-    """
-    import pandas as pd
-
-    _check_method("method", method, CI_METHODS)
-    _check_method("auprc_method", auprc_method, AUPRC_METHODS)
-    need = {"split", "record_id", "label", "score", *_RUN_KEYS}
-    missing = sorted(need - set(preds.columns))
-    if missing:
-        raise MetricsInputError("preds", f"missing columns {missing}")
-    carry = [c for c in ("run_dir", "best_epoch", "select_on") if c in preds.columns]
-    results, diffs = [], []
-    for (task, split), sub in preds[preds["split"].isin(list(splits))].groupby(["task", "split"], sort=True):
-        ref_ids = ref_labels = None
-        ref_run = None
-        stats: dict[tuple, BootstrapStats] = {}
-        for key, run in sub.groupby(["model", "fraction", "seed"], sort=True):
-            run = run.sort_values("record_id", kind="stable")
-            ids = run["record_id"].astype(str).to_numpy()
-            if len(np.unique(ids)) != len(ids):
-                raise RunMismatchError(f"{task}/{split} run {key}: duplicate record ids")
-            labels = run["label"].to_numpy()
-            if ref_ids is None:
-                ref_ids, ref_labels, ref_run = ids, labels, key
-                y = _check_labels(labels, f"label ({task}/{split})")
-                strat = y if stratify else None
-                if indices_dir is not None:
-                    idx = bootstrap_indices_cached(indices_dir, f"{task}-{split}", ids, n_boot, seed, strat)
-                else:
-                    idx = bootstrap_indices(len(ids), n_boot, seed, stratify=strat)
-            elif not np.array_equal(ids, ref_ids):
-                raise RunMismatchError(f"{task}/{split}: run {key} has {len(ids)} records, run {ref_run} "
-                                       f"has {len(ref_ids)}, or their record ids differ; paired "
-                                       "comparisons need the same evaluation set")
-            elif not np.array_equal(labels, ref_labels):
-                raise RunMismatchError(f"{task}/{split}: runs {key} and {ref_run} disagree on labels")
-            st = bootstrap_metrics(y, run["score"].to_numpy(), idx, auprc_method, jackknife=method == "bca")
-            stats[key] = st
-            row = dict(zip(("task", "split", "model", "fraction", "seed"), (task, split, *key)))
-            row.update(summarize(st, alpha, method))
-            row["prevalence"] = st.n_pos / st.n
-            first = run.iloc[0]
-            for col in carry:
-                row[col] = first[col]
-            for col in ("auroc", "auprc"):
-                if f"reported_{col}" in run.columns:
-                    row[f"reported_{col}"] = first[f"reported_{col}"]
-            results.append(row)
-        for (model, fraction, fseed), st_ref in stats.items():
-            if model != reference_model:
-                continue
-            for (other, f2, s2), st_other in stats.items():
-                if other == reference_model or f2 != fraction or s2 != fseed:
-                    continue
-                row = {"task": task, "split": split, "fraction": fraction, "seed": fseed,
-                       "reference": reference_model, "baseline": other}
-                row.update(compare(st_ref, st_other, alpha, method))
-                diffs.append(row)
-    return pd.DataFrame(results), pd.DataFrame(diffs)

@@ -36,15 +36,16 @@ Conventions
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
+import pandas as pd
+from PIL import Image
+from scipy.spatial.distance import cdist, pdist, squareform
 
-from heartbeit_lib.pipeline import runs
+from heartbeit_lib import render
 
 #: The paper's reported averages (Supplementary Figure 9), 0-255 grey-level scale.
 PAPER_VALUES: dict[str, float] = {"ECG-ECG": 2.14, "ImageNet-ImageNet": 45.48, "ECG-ImageNet": 128.44}
@@ -158,8 +159,6 @@ def wasserstein_from_histograms(ha: np.ndarray, hb: np.ndarray) -> np.ndarray:
     on one core (``ha is hb``: each pair once, ``pdist``). Otherwise (histograms of mixed sizes, or
     ``255 N_a N_b >= 2^53``) normalised float64 CDFs are used (relative error ~1e-15).
     """
-    from scipy.spatial.distance import cdist, pdist, squareform
-
     same = ha is hb
     ha = _check_hist(ha, "ha")
     hb = ha if same else _check_hist(hb, "hb")
@@ -350,12 +349,12 @@ def paper_distance_matrices(ecg: np.ndarray, natural: np.ndarray) -> dict[str, n
             "ECG-ImageNet": wasserstein_from_histograms(he, hn)}
 
 
-def _is_same_set(name: str) -> bool:
+def is_same_set(name: str) -> bool:
     """Rows and columns are one image set: from :data:`COMPARISONS`, else the two names around ``-`` are equal."""
     return COMPARISONS[name][2] if name in COMPARISONS else len(set(name.split("-"))) == 1
 
 
-def summarize(matrices: Mapping[str, np.ndarray], n_boot: int = 1000,
+def pair_summary(matrices: Mapping[str, np.ndarray], n_boot: int = 1000,
               seed: int | np.random.Generator | None = 0, include_self: bool = True,
               level: float = 0.95):
     """One row per comparison: mean over pairs, bootstrap CI, the paper's value.
@@ -370,12 +369,10 @@ def summarize(matrices: Mapping[str, np.ndarray], n_boot: int = 1000,
     pandas DataFrame indexed by comparison with columns ``mean, ci_low, ci_high, se, pair_std,
     n_pairs, n_rows, n_cols, n_boot, level, same_set, include_self, paper``.
     """
-    import pandas as pd
-
     rng = _as_generator(seed)
     rows = {}
     for name, D in matrices.items():
-        same = _is_same_set(name)
+        same = is_same_set(name)
         r = bootstrap_pair_mean(D, same, n_boot, rng, include_self, level)
         r.update(same_set=same, include_self=bool(include_self and same), paper=PAPER_VALUES.get(name, math.nan))
         rows[name] = r
@@ -384,8 +381,8 @@ def summarize(matrices: Mapping[str, np.ndarray], n_boot: int = 1000,
     return df
 
 
-def summary_metrics(summary, prefix: str = "pixel") -> dict[str, Any]:
-    """Flatten a :func:`summarize` table to ``{"<prefix>_ecg_ecg_mean": ..., "..._ci_low": ...}`` for metrics.json."""
+def flatten_summary(summary, prefix: str = "pixel") -> dict[str, Any]:
+    """Flatten a :func:`pair_summary` table to ``{"<prefix>_ecg_ecg_mean": ..., "..._ci_low": ...}`` for metrics.json."""
     out: dict[str, Any] = {}
     for name, r in summary.iterrows():
         key = f"{prefix}_{name.lower().replace('-', '_')}"
@@ -418,8 +415,6 @@ def load_grey_image(path: str | Path, size: int = 224) -> np.ndarray:
     side is ``size`` (bicubic) and centre-cropped (torchvision ``CenterCrop`` offsets), the transform
     of ``../shared/data/imagenet-samples``; grey by Pillow ``convert("L")`` (= :func:`to_grey_uint8`).
     """
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
@@ -486,8 +481,6 @@ def sample_ecg_images(store, n: int, seed: int | np.random.Generator | None = 0,
     -------
     images uint8 (n, size, size) (255 = white) and rows int64 (n,) (manifest row indices).
     """
-    from heartbeit_lib import render
-
     pool = np.arange(len(store), dtype=np.int64) if not split else np.asarray(store.indices(split), np.int64)
     if allow_fewer and len(pool) >= 1:
         n = min(n, len(pool))
@@ -528,9 +521,7 @@ def darkness_mass(images: np.ndarray, size: int | None = None, name: str = "imag
         if H % size == 0 and W % size == 0:
             mass = mass.reshape(n, size, H // size, size, W // size).sum((2, 4))
         else:
-            from PIL import Image
-
-            mass = np.stack([np.asarray(Image.fromarray(m.astype(np.float32), "F").resize((size, size), Image.BOX),
+                    mass = np.stack([np.asarray(Image.fromarray(m.astype(np.float32), "F").resize((size, size), Image.BOX),
                                         dtype=np.float64) for m in mass])
     tot = mass.sum((1, 2))
     if (tot <= 0).any():
@@ -587,7 +578,7 @@ def sliced_wasserstein(a: np.ndarray, b: np.ndarray | None = None, n_projections
     float (two single images) or float64 (n, m), in pixel units of the input images. A point
     mass moved by a vector d has sliced W_2 = |d| / sqrt(2) with ``"even"`` directions.
     """
-    import ot
+    import ot  # POT: a heavy import (about 1 s on top of torch: it probes its array backends), only needed here
 
     if n_projections < 1:
         raise WassersteinInputError(f"n_projections: must be >= 1, got {n_projections}")
@@ -626,8 +617,7 @@ def emd_wasserstein(a: np.ndarray, b: np.ndarray | None = None, size: int | None
     float or float64 (n, m): minimal mean transport distance, Euclidean ground cost between cell
     centres in pixel units of the input images. A point mass moved by d costs |d|.
     """
-    import ot
-    from scipy.spatial.distance import cdist
+    import ot  # POT: a heavy import (about 1 s on top of torch: it probes its array backends), only needed here
 
     same = b is None
     A, B, X, single = _spatial_inputs(a, a if same else b, size)
@@ -657,177 +647,3 @@ def spatial_distance_matrices(ecg: np.ndarray, natural: np.ndarray, method: str 
     else:
         raise WassersteinInputError(f"method: {method!r} is not one of ['sliced', 'emd']")
     return {"ECG-ECG": f(ecg), "ImageNet-ImageNet": f(natural), "ECG-ImageNet": f(ecg, natural)}
-
-
-# ---------------------------------------------------------------- figures
-
-
-def plot_supp_fig9(summary, path: str | Path | None = None, title: str | None = None,
-                   ylabel: str = "mean Wasserstein distance (grey levels, 0-255)"):
-    """Supplementary Figure 9: mean distance per comparison with bootstrap CI, the paper's bars beside.
-
-    ``summary`` is a :func:`summarize` table. Saved to ``path`` (PNG/PDF by suffix) when given;
-    returns the matplotlib Figure.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    names = list(summary.index)
-    x = np.arange(len(names))
-    mean = summary["mean"].to_numpy(float)
-    err = np.vstack([mean - summary["ci_low"].to_numpy(float), summary["ci_high"].to_numpy(float) - mean])
-    paper = summary["paper"].to_numpy(float)
-    has_paper = ~np.isnan(paper)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    w = 0.38 if has_paper.any() else 0.6
-    lvl = int(round(100 * float(summary["level"].iloc[0])))
-    bars = ax.bar(x - (w / 2 if has_paper.any() else 0), mean, w, color="#3b6ea8",
-                  yerr=None if np.isnan(err).all() else err, capsize=4,
-                  label=f"this run (mean, {lvl}% bootstrap CI)")
-    ax.bar_label(bars, labels=[f"{v:.2f}" for v in mean], padding=3, fontsize=8)
-    if has_paper.any():
-        pb = ax.bar(x[has_paper] + w / 2, paper[has_paper], w, color="#c9c9c9", edgecolor="#555",
-                    hatch="//", label="paper (Vaid et al.)")
-        ax.bar_label(pb, labels=[f"{v:.2f}" for v in paper[has_paper]], padding=3, fontsize=8)
-    ax.set_xticks(x, names)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title or "Wasserstein distance between image sets (Supplementary Figure 9)", fontsize=10)
-    ax.legend(frameon=False, fontsize=8, loc="upper left")
-    ax.set_ylim(0, 1.15 * np.nanmax(np.concatenate([mean + np.nan_to_num(err[1]), paper])))
-    ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=150)
-    return fig
-
-
-def plot_pair_histograms(matrices: Mapping[str, np.ndarray], path: str | Path | None = None,
-                         bins: int = 60, xlabel: str = "Wasserstein distance (grey levels)",
-                         show_paper: bool = True):
-    """Histograms of the distinct pairwise distances (:func:`pair_values`: i < j within a set, no
-    self-pairs), one panel per comparison, with their mean (solid) and, with ``show_paper``, the paper's value (dashed) marked. Returns the Figure."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(matrices), figsize=(4.2 * len(matrices), 3.4), squeeze=False)
-    for ax, (name, D) in zip(axes[0], matrices.items()):
-        same = _is_same_set(name)
-        v = pair_values(D, same)
-        ax.hist(v, bins=min(bins, max(10, int(np.sqrt(v.size)))), color="#3b6ea8", alpha=0.85)
-        ax.axvline(v.mean(), color="k", lw=1.2, label=f"mean of these pairs {v.mean():.2f}")
-        if show_paper and name in PAPER_VALUES:
-            ax.axvline(PAPER_VALUES[name], color="#c0392b", ls="--", lw=1.2, label=f"paper {PAPER_VALUES[name]:.2f}")
-        ax.set_title(f"{name} ({len(v):,} pairs)", fontsize=10)
-        ax.set_xlabel(xlabel)
-        ax.legend(frameon=False, fontsize=8)
-        ax.spines[["top", "right"]].set_visible(False)
-    axes[0][0].set_ylabel("pairs")
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=150)
-    return fig
-
-
-# ---------------------------------------------------------------- notebook config
-
-
-@dataclasses.dataclass(frozen=True)
-class WassersteinConfig(runs.TypedConfig):
-    """Parameters of ``notebooks/05_wasserstein.ipynb`` (names equal to the notebook's)."""
-
-    cohort_run: str = "outputs/01_preprocess/demo"
-    image_dir: str = "../shared/data/imagenet-samples"
-    n_ecg: int = 1000
-    allow_fewer: bool = False
-    n_natural: int = 1000
-    seed: int = 0
-    ecg_split: str = ""
-    layout: str = "stack8"
-    image_size: int = 224
-    n_boot: int = 1000
-    include_self: bool = True
-    spatial: bool = True
-    n_spatial: int = 20
-    spatial_size: int = 28
-    n_projections: int = 64
-    out_root: str = "outputs"
-    run_id: str = ""
-
-    def validate(self) -> None:
-        for f in ("n_ecg", "n_natural"):
-            if getattr(self, f) < 2:
-                raise runs.ConfigError(f"parameter {f!r}: need at least 2 images for pairs, got {getattr(self, f)}")
-        if self.n_boot < 0:
-            raise runs.ConfigError(f"parameter 'n_boot': must be >= 0, got {self.n_boot}")
-        if self.spatial and not 2 <= self.n_spatial <= min(self.n_ecg, self.n_natural):
-            raise runs.ConfigError(f"parameter 'n_spatial': must be in 2..min(n_ecg, n_natural), got {self.n_spatial}")
-        if self.spatial_size < 2 or self.spatial_size > self.image_size:
-            raise runs.ConfigError(f"parameter 'spatial_size': must be in 2..image_size, got {self.spatial_size}")
-
-
-def spatial_summaries(ecg: np.ndarray, natural: np.ndarray, cfg: WassersteinConfig):
-    """Spatial (sliced and exact EMD) summaries on the first ``cfg.n_spatial`` images of each set.
-
-    Returns ``(matrices, summary)``: ``{"sliced": {...}, "emd": {...}}`` and one DataFrame with a
-    ``method`` column (distances in pixel units; ``paper`` is NaN: the paper has no spatial figure).
-    The sampled sets are already random draws, so their first images are a random subset.
-    """
-    import pandas as pd
-
-    e, nat = ecg[:cfg.n_spatial], natural[:cfg.n_spatial]
-    mats, tables = {}, []
-    for method in ("sliced", "emd"):
-        t0 = time.perf_counter()
-        mats[method] = spatial_distance_matrices(e, nat, method, cfg.spatial_size, cfg.n_projections, cfg.seed)
-        s = summarize(mats[method], cfg.n_boot, cfg.seed, cfg.include_self)
-        s["paper"] = math.nan
-        s.insert(0, "method", method)
-        s["seconds"] = time.perf_counter() - t0
-        tables.append(s)
-    return mats, pd.concat(tables)
-
-
-def sample_table(ecg_rows: Sequence[int], natural_paths: Sequence[Path], store=None) -> Any:
-    """Which images were compared: ``set, position, row`` (ECG manifest row) / ``file`` (natural)."""
-    import pandas as pd
-
-    ecg = pd.DataFrame({"set": "ECG", "position": np.arange(len(ecg_rows)), "row": np.asarray(ecg_rows)})
-    if store is not None and "record_id" in getattr(store, "manifest", pd.DataFrame()).columns:
-        ecg["record_id"] = store.manifest["record_id"].to_numpy()[np.asarray(ecg_rows)]
-    nat = pd.DataFrame({"set": "ImageNet", "position": np.arange(len(natural_paths)),
-                        "file": [Path(p).name for p in natural_paths]})
-    return pd.concat([ecg, nat], ignore_index=True)
-
-
-def run_metrics(summary, spatial_summary=None, cfg: WassersteinConfig | None = None) -> dict[str, Any]:
-    """``metrics.json`` of notebook 05: the three pixel-intensity averages with CIs and the paper's
-    values (``pixel_<comparison>_{mean,ci_low,ci_high,se,pair_std,n_pairs,paper}``), the spatial
-    summaries when computed (``spatial_<method>_<comparison>_...``, pixel units), and the set sizes."""
-    out: dict[str, Any] = {"distance": "1-D Wasserstein-1 between grey-level distributions (0-255)",
-                           "greyscale": "ITU-R 601-2 luma, = Pillow convert('L')"}
-    if cfg is not None:
-        out.update(n_ecg=cfg.n_ecg, n_natural=cfg.n_natural, n_boot=cfg.n_boot, include_self=cfg.include_self)
-    if "ECG-ImageNet" in summary.index:  # images actually compared (fewer ECGs with allow_fewer)
-        out.update(n_ecg_used=int(summary.loc["ECG-ImageNet", "n_rows"]),
-                   n_natural_used=int(summary.loc["ECG-ImageNet", "n_cols"]))
-    out.update(summary_metrics(summary, "pixel"))
-    if spatial_summary is not None:
-        for method, sub in spatial_summary.groupby("method", sort=False):
-            out.update(summary_metrics(sub.drop(columns="method"), f"spatial_{method}"))
-        if cfg is not None:
-            out.update(n_spatial=cfg.n_spatial, spatial_size=cfg.spatial_size)
-    return out
-
-
-def data_hashes(store, natural_paths: Sequence[str | Path]) -> dict[str, str]:
-    """Provenance for ``run.json``: sha256 of the cohort store's ``store.json``/``manifest.parquet``
-    and one combined sha256 over the natural image files used."""
-    root = Path(store.root)
-    out = runs.hash_files([p for p in (root / "store.json", root / "manifest.parquet") if p.exists()], root=root.parent)
-    by_name = {Path(p).name: runs.file_sha256(p) for p in natural_paths}  # location-independent
-    out[f"natural_images (combined sha256 of {len(by_name)} files)"] = runs.combined_hash(by_name)
-    return out

@@ -1,0 +1,320 @@
+"""Notebook 04 (metrics): find the 03_finetune runs, bootstrap every run's AUROC/AUPRC on the same
+resamples, and the run's ``metrics.json``.
+
+The statistics live in :mod:`heartbeit_lib.analysis.metrics`, the tables / figures / HTML report in
+:mod:`heartbeit_lib.report`; this module holds the notebook's :class:`MetricsConfig` and the glue.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from heartbeit_lib.analysis.metrics import (AUPRC_METHODS, CI_METHODS, BootstrapStats, MetricsInputError,
+                                            RunMismatchError, _check_labels, _check_method, bootstrap_indices,
+                                            bootstrap_indices_cached, bootstrap_metrics, compare, interval_summary)
+from heartbeit_lib.pipeline import runs
+from heartbeit_lib.report.tables import SPLIT_LABELS, SPLIT_ORDER, order_models
+
+PREDICTION_COLUMNS = ("record_id", "patient_hash", "split", "epoch", "label", "score")
+RUN_FILES = ("config.yaml", "predictions.parquet", "metrics.json")
+
+
+class RunFolderError(ValueError):
+    """A 03_finetune run folder is malformed (the message names the file and the reason)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricsConfig(runs.TypedConfig):
+    """Parameters of ``notebooks/04_metrics.ipynb`` (its parameters cell is these field lines)."""
+
+    finetune_root: str = "outputs/03_finetune"  # folder of 03_finetune run folders (searched 3 levels deep)
+    n_boot: int = 500  # bootstrap resamples (paper: 500)
+    seed: int = 0  # seed of the resample indices (ignored when they are re-read from bootstrap_dir)
+    alpha: float = 0.05  # 1 - confidence level of the intervals
+    ci_method: str = "percentile"  # percentile (default) or bca (bias-corrected and accelerated)
+    auprc_method: str = "ap"  # ap (average precision, sklearn) or trapezoid (auc of the PR curve, as the authors code)
+    stratify: bool = False  # resample within class (keeps the prevalence of every resample)
+    reference_model: str = "heartbeit"  # model compared with every baseline (paired differences)
+    splits: tuple[str, ...] = ("test", "external")  # evaluation splits: test (internal), external, val
+    finetune_seed: int | None = None  # fine-tuning seed shown in tables/figures (None: each cell must have exactly one)
+    bootstrap_dir: str | None = None  # folder of saved resample indices to reuse (None: <run_dir>/bootstrap)
+    figure_dpi: int = 110  # resolution of the PNG figures (300 for print)
+    out_root: str = "outputs"  # root of the run folders
+    run_id: str | None = None  # run folder name (None: a UTC timestamp)
+
+    choices = {"ci_method": CI_METHODS, "auprc_method": AUPRC_METHODS}
+
+    def validate(self) -> None:
+        if self.n_boot < 1:
+            raise runs.ConfigError(f"parameter 'n_boot': must be >= 1, got {self.n_boot}")
+        if self.figure_dpi < 10:
+            raise runs.ConfigError(f"parameter 'figure_dpi': must be >= 10, got {self.figure_dpi}")
+        if not 0 < self.alpha < 1:
+            raise runs.ConfigError(f"parameter 'alpha': must be in (0, 1), got {self.alpha}")
+        if self.finetune_seed is not None and self.finetune_seed < 0:
+            raise runs.ConfigError(f"parameter 'finetune_seed': must be >= 0 or None (one seed per cell), "
+                                   f"got {self.finetune_seed}")
+        bad = [s for s in self.splits if s not in SPLIT_LABELS]
+        if bad or not self.splits:
+            raise runs.ConfigError(f"parameter 'splits': {bad or list(self.splits)} not in {list(SPLIT_LABELS)}")
+
+
+# ------------------------------------------------------------------------------ collecting runs
+
+
+def _find_run_dirs(sweep_dir: Path, max_depth: int = 3) -> list[Path]:
+    found = []
+    for cfg in sorted(sweep_dir.rglob("config.yaml")):
+        rel = cfg.parent.relative_to(sweep_dir)
+        if len(rel.parts) <= max_depth:
+            found.append(cfg.parent)
+    return found
+
+
+def list_runs(sweep_dir: str | os.PathLike) -> pd.DataFrame:
+    """Every 03_finetune run folder under ``sweep_dir`` (itself a run folder, a sweep folder such as
+    ``outputs/03_finetune`` or a folder of sweeps, searched 3 levels deep).
+
+    Returns
+    -------
+    DataFrame, one row per folder whose ``config.yaml`` names ``task, model, fraction, seed``:
+    ``run_dir, task, model, fraction, seed, complete`` (all of config.yaml, predictions.parquet and
+    metrics.json present), ``missing`` (files absent), and from ``metrics.json`` ``best_epoch,
+    select_on``, ``reported_<split>_auroc/auprc`` and ``n_train, prevalence_train`` when present, and from
+    ``config.yaml`` ``model_size`` (default ``base``) and ``image_size`` (default 224 px).
+
+    Raises
+    ------
+    FileNotFoundError when ``sweep_dir`` does not exist; RunFolderError for unreadable YAML/JSON.
+    """
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"finetune_root {sweep_dir}: no such folder (expected 03_finetune run folders)")
+    rows = []
+    for d in _find_run_dirs(sweep_dir):
+        try:
+            cfg = yaml.safe_load((d / "config.yaml").read_text()) or {}
+        except yaml.YAMLError as e:
+            raise RunFolderError(f"{d / 'config.yaml'}: not valid YAML ({e})") from e
+        if not isinstance(cfg, dict) or not {"task", "model", "fraction", "seed"} <= set(cfg):
+            continue  # some other notebook's run folder
+        missing = [f for f in RUN_FILES if not (d / f).is_file()]
+        row: dict[str, Any] = {"run_dir": str(d), "task": str(cfg["task"]), "model": str(cfg["model"]),
+                               "fraction": float(cfg["fraction"]), "seed": int(cfg["seed"]),
+                               "complete": not missing, "missing": ",".join(missing),
+                               "model_size": str(cfg.get("model_size") or "base"),
+                               "image_size": int(cfg.get("image_size") or 224)}
+        if not missing:
+            try:
+                met = json.loads((d / "metrics.json").read_text())
+            except json.JSONDecodeError as e:
+                raise RunFolderError(f"{d / 'metrics.json'}: not valid JSON ({e})") from e
+            if "best_epoch" not in met:
+                raise RunFolderError(f"{d / 'metrics.json'}: no 'best_epoch' (contract of 03_finetune)")
+            row["best_epoch"] = int(met["best_epoch"])
+            row["select_on"] = str(met.get("select_on", ""))
+            for s in SPLIT_ORDER:
+                for m in ("auroc", "auprc"):
+                    if f"{s}_{m}" in met and met[f"{s}_{m}"] is not None:
+                        row[f"reported_{s}_{m}"] = float(met[f"{s}_{m}"])
+            for k in ("n_train", "prevalence_train"):
+                if k in met:
+                    row[k] = met[k]
+        rows.append(row)
+    cols = ["run_dir", "task", "model", "fraction", "seed", "complete", "missing"]
+    df = pd.DataFrame(rows, columns=cols + sorted({k for r in rows for k in r} - set(cols)))
+    return df.sort_values(["task", "model", "fraction", "seed"]).reset_index(drop=True)
+
+
+def collect_runs(sweep_dir: str | os.PathLike, splits: Sequence[str] | None = None) -> pd.DataFrame:
+    """Predictions of every complete 03_finetune run under ``sweep_dir`` at its best epoch.
+
+    Parameters
+    ----------
+    sweep_dir : folder of run folders (see :func:`list_runs`); incomplete runs are skipped (their
+        ``metrics.json`` is written last, so a folder without it is still running or crashed)
+    splits : keep only these splits (default: all of val, test, external)
+
+    Returns
+    -------
+    DataFrame, one row per (run, split, record): ``task, model, fraction, seed, split, record_id,
+    patient_hash, label, score, epoch, best_epoch, select_on, run_dir, reported_auroc,
+    reported_auprc`` (the values ``metrics.json`` reports for that split, for cross-checking).
+
+    Raises
+    ------
+    RunFolderError when a complete run's predictions lack a contract column, hold no rows for the
+    best epoch, or repeat a record within a split.
+    """
+    table = list_runs(sweep_dir)
+    frames = []
+    for _, r in table[table["complete"]].iterrows():
+        path = Path(r["run_dir"]) / "predictions.parquet"
+        pred = pd.read_parquet(path)
+        missing = [c for c in PREDICTION_COLUMNS if c not in pred.columns]
+        if missing:
+            raise RunFolderError(f"{path}: missing columns {missing} (contract: {list(PREDICTION_COLUMNS)})")
+        pred = pred[pred["epoch"] == r["best_epoch"]]
+        if splits is not None:
+            pred = pred[pred["split"].isin(list(splits))]
+        if pred.empty:
+            raise RunFolderError(f"{path}: no predictions at best_epoch={r['best_epoch']}")
+        dup = pred.duplicated(["split", "record_id"])
+        if dup.any():
+            raise RunFolderError(f"{path}: {int(dup.sum())} duplicated (split, record_id) rows at the best epoch")
+        pred = pred.assign(task=r["task"], model=r["model"], fraction=r["fraction"], seed=r["seed"],
+                           best_epoch=r["best_epoch"], select_on=r["select_on"], run_dir=r["run_dir"],
+                           record_id=pred["record_id"].astype(str))
+        pred["reported_auroc"] = pred["split"].map(lambda s: r.get(f"reported_{s}_auroc", np.nan))
+        pred["reported_auprc"] = pred["split"].map(lambda s: r.get(f"reported_{s}_auprc", np.nan))
+        frames.append(pred)
+    cols = ["task", "model", "fraction", "seed", "split", "record_id", "patient_hash", "label", "score",
+            "epoch", "best_epoch", "select_on", "run_dir", "reported_auroc", "reported_auprc"]
+    if not frames:
+        return pd.DataFrame(columns=cols)
+    return pd.concat(frames, ignore_index=True)[cols]
+
+
+def run_file_hashes(run_dirs: Iterable[str | os.PathLike], files: Sequence[str]) -> dict[str, str]:
+    """sha256 of ``files`` in every run folder (provenance for ``run.json``), keyed ``<run name>/<file>``."""
+    return {f"{Path(d).name}/{f}": runs.file_sha256(Path(d) / f) for d in run_dirs for f in files}
+
+
+def prediction_hashes(run_table: pd.DataFrame) -> dict[str, str]:
+    """sha256 of the ``predictions.parquet`` and ``metrics.json`` of every complete run of :func:`list_runs`."""
+    return run_file_hashes(run_table.loc[run_table["complete"], "run_dir"], ("predictions.parquet", "metrics.json"))
+
+
+# ------------------------------------------------------------------------------ bootstrap of every run
+
+
+_RUN_KEYS = ("task", "model", "fraction", "seed")
+
+
+def evaluate_predictions(preds, n_boot: int = 500, seed: int = 0, alpha: float = 0.05,
+                         method: str = "percentile", auprc_method: str = "ap", stratify: bool = False,
+                         reference_model: str = "heartbeit", splits: Sequence[str] = ("test", "external"),
+                         indices_dir: str | os.PathLike | None = None):
+    """Bootstrap AUROC/AUPRC of every run and paired differences against a reference model.
+
+    Parameters
+    ----------
+    preds : DataFrame with one row per (run, split, record) at the run's chosen epoch, columns
+        ``task, model, fraction, seed, split, record_id, label, score`` (what
+        :func:`collect_runs` returns; extra columns such as ``run_dir``,
+        ``reported_auroc`` are carried into the results when present)
+    indices_dir : folder where the resample indices are saved once per ``<task>-<split>`` and
+        re-read (a mismatch of record ids raises); None draws them in memory
+    others : as :func:`bootstrap_ci`
+
+    Returns
+    -------
+    results : DataFrame, one row per (task, split, model, fraction, seed) with the keys of
+        :func:`bootstrap_ci` and ``prevalence``
+    differences : DataFrame, one row per (task, split, fraction, seed, baseline) with the keys of
+        :func:`paired_difference` for ``reference_model`` minus ``baseline``
+
+    Raises
+    ------
+    RunMismatchError when runs of one task and split disagree on their records or labels.
+    """
+    _check_method("method", method, CI_METHODS)
+    _check_method("auprc_method", auprc_method, AUPRC_METHODS)
+    need = {"split", "record_id", "label", "score", *_RUN_KEYS}
+    missing = sorted(need - set(preds.columns))
+    if missing:
+        raise MetricsInputError("preds", f"missing columns {missing}")
+    carry = [c for c in ("run_dir", "best_epoch", "select_on") if c in preds.columns]
+    results, diffs = [], []
+    for (task, split), sub in preds[preds["split"].isin(list(splits))].groupby(["task", "split"], sort=True):
+        ref_ids = ref_labels = None
+        ref_run = None
+        stats: dict[tuple, BootstrapStats] = {}
+        for key, run in sub.groupby(["model", "fraction", "seed"], sort=True):
+            run = run.sort_values("record_id", kind="stable")
+            ids = run["record_id"].astype(str).to_numpy()
+            if len(np.unique(ids)) != len(ids):
+                raise RunMismatchError(f"{task}/{split} run {key}: duplicate record ids")
+            labels = run["label"].to_numpy()
+            if ref_ids is None:
+                ref_ids, ref_labels, ref_run = ids, labels, key
+                y = _check_labels(labels, f"label ({task}/{split})")
+                strat = y if stratify else None
+                if indices_dir is not None:
+                    idx = bootstrap_indices_cached(indices_dir, f"{task}-{split}", ids, n_boot, seed, strat)
+                else:
+                    idx = bootstrap_indices(len(ids), n_boot, seed, stratify=strat)
+            elif not np.array_equal(ids, ref_ids):
+                raise RunMismatchError(f"{task}/{split}: run {key} has {len(ids)} records, run {ref_run} "
+                                       f"has {len(ref_ids)}, or their record ids differ; paired "
+                                       "comparisons need the same evaluation set")
+            elif not np.array_equal(labels, ref_labels):
+                raise RunMismatchError(f"{task}/{split}: runs {key} and {ref_run} disagree on labels")
+            st = bootstrap_metrics(y, run["score"].to_numpy(), idx, auprc_method, jackknife=method == "bca")
+            stats[key] = st
+            row = dict(zip(("task", "split", "model", "fraction", "seed"), (task, split, *key)))
+            row.update(interval_summary(st, alpha, method))
+            row["prevalence"] = st.n_pos / st.n
+            first = run.iloc[0]
+            for col in carry:
+                row[col] = first[col]
+            for col in ("auroc", "auprc"):
+                if f"reported_{col}" in run.columns:
+                    row[f"reported_{col}"] = first[f"reported_{col}"]
+            results.append(row)
+        diffs.extend(_paired_differences(task, split, stats, reference_model, alpha, method))
+    return pd.DataFrame(results), pd.DataFrame(diffs)
+
+
+def _paired_differences(task: str, split: str, stats: dict[tuple, BootstrapStats], reference_model: str,
+                        alpha: float, method: str) -> list[dict]:
+    """Rows of ``reference_model`` minus every other model of the same fraction and seed (keys of ``stats``:
+    ``(model, fraction, seed)``), scored on the same resamples."""
+    rows = []
+    for (model, fraction, fseed), st_ref in stats.items():
+        if model != reference_model:
+            continue
+        for (other, f2, s2), st_other in stats.items():
+            if other == reference_model or f2 != fraction or s2 != fseed:
+                continue
+            row = {"task": task, "split": split, "fraction": fraction, "seed": fseed,
+                   "reference": reference_model, "baseline": other}
+            row.update(compare(st_ref, st_other, alpha, method))
+            rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------------------ metrics.json
+
+
+def run_metrics(results: pd.DataFrame, differences: pd.DataFrame, run_table: pd.DataFrame) -> dict:
+    """The 04_metrics ``metrics.json``: run counts, settings, the smallest ``n_boot_valid``, the
+    largest gap between recomputed and ``metrics.json``-reported AUROC, and every result and
+    difference as records."""
+    out: dict[str, Any] = {
+        "n_runs": int(run_table["complete"].sum()) if len(run_table) else 0,
+        "n_incomplete": int((~run_table["complete"]).sum()) if len(run_table) else 0,
+        "tasks": sorted(results["task"].unique().tolist()) if len(results) else [],
+        "models": order_models(results["model"]) if len(results) else [],
+        "fractions": sorted(float(f) for f in results["fraction"].unique()) if len(results) else [],
+    }
+    if len(results):
+        out["n_boot"] = int(results["n_boot"].iloc[0])
+        out["min_n_boot_valid"] = int(results["n_boot_valid"].min())
+        out["ci_method"] = str(results["method"].iloc[0])
+        out["auprc_method"] = str(results["auprc_method"].iloc[0])
+        if "reported_auroc" in results.columns:
+            gap = (results["auroc"] - results["reported_auroc"]).abs()
+            out["max_abs_diff_reported_auroc"] = float(gap.max()) if gap.notna().any() else None
+    clean = results.replace({np.nan: None})
+    out["results"] = clean.to_dict(orient="records")
+    out["differences"] = differences.replace({np.nan: None}).to_dict(orient="records") if len(differences) else []
+    return out

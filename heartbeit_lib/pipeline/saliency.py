@@ -1,0 +1,367 @@
+"""Notebook 06 (saliency, Figures 5-8): its :class:`SaliencyConfig`, finding and rebuilding the 03_finetune runs,
+explaining the same records with every run (:func:`compute`), the CSV tables and ``metrics.json``.
+
+The maps, attribution and faithfulness live in :mod:`heartbeit_lib.analysis.saliency`, the overlays and charts in
+:mod:`heartbeit_lib.report.figures`, the browser in :mod:`heartbeit_lib.report.html`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import typing
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+import yaml
+from tqdm.auto import tqdm
+
+from heartbeit_lib import cohorts
+from heartbeit_lib import render
+from heartbeit_lib.analysis.saliency import (METHODS, SaliencyError, area_shares, attribute_maps, attribution_frame,
+                                             attribution_summary, deletion_insertion, detect_r_peaks,
+                                             faithfulness_summary, is_transformer, predict_proba, road_scores,
+                                             saliency_maps)
+from heartbeit_lib.analysis.saliency.results import RunMaps, SaliencyResult
+from heartbeit_lib.classify import finetune
+from heartbeit_lib.classify import registry as models
+from heartbeit_lib.pipeline import runs
+from heartbeit_lib.pipeline.metrics import list_runs, run_file_hashes
+from heartbeit_lib.report.tables import order_models
+from heartbeit_lib.utils import resolve_device
+
+
+class FinetuneRunError(SaliencyError):
+    """A 03_finetune run folder cannot be found or rebuilt (names the folder/file and the reason)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SaliencyConfig(runs.TypedConfig):
+    """Parameters of ``notebooks/06_saliency.ipynb`` (its parameters cell is these field lines)."""
+
+    finetune_runs: tuple[str, ...] = ("outputs/03_finetune",)  # 03_finetune run folders, sweep folders or glob patterns
+    cohort_run: str | None = None  # cohort store (01_preprocess run folder); None: each run's own cohort_run
+    method: tuple[str, ...] = ("fullgrad",)  # of fullgrad (paper), gradcam, rollout; the first drives the figures
+    n_examples: int = 32  # ECGs per task drawn from split (maps and attribution)
+    n_figures: int = 4  # of those, ECGs drawn as overlay figures
+    positives_only: bool = True  # draw only label-1 ECGs
+    split: str = "test"  # split to draw from: train, val, test, external
+    target_class: int = 1  # class whose logit is explained (1: the positive class)
+    faithfulness: bool = True  # deletion/insertion curves for every method and random maps
+    n_faithfulness: int = 16  # ECGs per run for the faithfulness checks
+    deletion_steps: int = 20  # points on the deletion/insertion curves
+    road: bool = False  # also ROAD (pytorch-grad-cam, noisy linear imputation; slow at 224 px)
+    road_percentiles: tuple[int, ...] = (10, 30, 50, 70, 90)  # ROAD thresholds, percent of pixels
+    batch_size: int = 16  # images per saliency pass
+    device: str | None = None  # cpu, cuda, cuda:N; None: cuda if available
+    seed: int = 0  # draws the ECGs and the random baseline maps
+    out_root: str = "outputs"  # root of the run folders
+    run_id: str | None = None  # run folder name (None: a timestamp)
+
+    choices: typing.ClassVar[dict[str, tuple]] = {"split": ("train", "val", "test", "external")}
+
+    def validate(self) -> None:
+        if not [e for e in self.finetune_runs if e.strip()]:
+            raise runs.ConfigError("parameter 'finetune_runs': empty; pass 03_finetune run folders or a sweep folder")
+        bad = [m for m in self.method if m not in METHODS]
+        if bad or not self.method:
+            raise runs.ConfigError(f"parameter 'method': {bad or list(self.method)} not in {list(METHODS)}")
+        for name in ("n_examples", "batch_size", "deletion_steps"):
+            if getattr(self, name) < 1:
+                raise runs.ConfigError(f"parameter {name!r}: {getattr(self, name)} must be >= 1")
+        for name in ("n_figures", "n_faithfulness"):
+            if getattr(self, name) < 0:
+                raise runs.ConfigError(f"parameter {name!r}: {getattr(self, name)} must be >= 0")
+        if not self.road_percentiles or not all(0 < p < 100 for p in self.road_percentiles):
+            raise runs.ConfigError(f"parameter 'road_percentiles': {list(self.road_percentiles)} must be integers "
+                                   "in 1..99")
+
+
+# ======================================================================== fine-tuning runs
+
+
+def find_finetune_runs(finetune_runs: str | Sequence[str]) -> pd.DataFrame:
+    """03_finetune runs named by run folders, sweep folders (searched 3 levels deep, as :func:`list_runs`)
+    or glob patterns (comma-separated in one string, or a list).
+
+    Returns
+    -------
+    DataFrame, one row per complete run with ``model_best.pt``: ``run_dir, task, model, fraction,
+    seed, best_epoch, reported_test_auroc`` (when present), ``model_size, image_size`` (as
+    :func:`list_runs`: defaults ``base``, 224), ``layout, cohort_run``; sorted by task, fraction, model
+    (the paper's model order), seed.
+
+    Raises
+    ------
+    FinetuneRunError : an entry matches nothing, or no complete run with weights is found.
+    """
+    entries = [e.strip() for e in finetune_runs.split(",")] if isinstance(finetune_runs, str) else list(finetune_runs)
+    entries = [e for e in entries if e]
+    frames, seen = [], set()
+    for e in entries:
+        dirs = sorted(p for p in glob.glob(e) if Path(p).is_dir()) if any(ch in e for ch in "*?[") else [e]
+        if not dirs or not all(Path(d).is_dir() for d in dirs):
+            raise FinetuneRunError(f"parameter 'finetune_runs': {e!r} matches no folder (expected 03_finetune run "
+                                   "folders such as outputs/03_finetune/<task>-<model>-f<fraction>-s<seed>, a sweep "
+                                   "folder or a glob)")
+        for d in dirs:
+            t = list_runs(d)
+            frames.append(t[~t["run_dir"].isin(seen)])
+            seen.update(t["run_dir"])
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if table.empty:
+        raise FinetuneRunError(f"parameter 'finetune_runs': no 03_finetune run folder (config.yaml with task, model, "
+                               f"fraction, seed) under {entries}")
+    has_weights = table["run_dir"].map(lambda d: (Path(d) / "model_best.pt").is_file())
+    ok = table[table["complete"] & has_weights].copy()
+    if ok.empty:
+        raise FinetuneRunError(f"parameter 'finetune_runs': none of the {len(table)} run folder(s) under {entries} is "
+                               "finished with model_best.pt (run notebooks/03_finetune.ipynb to completion)")
+    extra = []  # list_runs already gives model_size and image_size; adding them again duplicated the columns
+    for d in ok["run_dir"]:
+        cfg = yaml.safe_load((Path(d) / "config.yaml").read_text()) or {}
+        extra.append({"layout": str(cfg.get("layout") or "stack8"), "cohort_run": str(cfg.get("cohort_run") or "")})
+    ok = pd.concat([ok.reset_index(drop=True), pd.DataFrame(extra)], axis=1)
+    order = {m: i for i, m in enumerate(order_models(ok["model"]))}
+    ok["_m"] = ok["model"].map(order)
+    ok = ok.sort_values(["task", "fraction", "_m", "seed"]).drop(columns="_m").reset_index(drop=True)
+    keep = ["run_dir", "task", "model", "fraction", "seed", "best_epoch", "reported_test_auroc", "model_size",
+            "image_size", "layout", "cohort_run"]
+    return ok[[c for c in keep if c in ok.columns]]
+
+
+def load_finetune_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu"
+                        ) -> tuple[nn.Module, tuple[tuple[float, ...], tuple[float, ...]], dict]:
+    """Rebuild a 03_finetune run's model at its chosen epoch (``model_best.pt``).
+
+    The architecture comes from ``config.yaml`` (``model``, ``model_size``, ``image_size``) built
+    without pretrained weights (``<name>_scratch``; for ``heartbeit`` the BEiT size and patch size
+    are read from the state dict's shapes: width and depth against :data:`models.BEIT_SIZES`), then the
+    saved state dict is loaded strictly. The
+    normalisation is the one training used (``metrics.json`` ``normalize_mean/std``).
+
+    Returns
+    -------
+    (model in eval mode on ``device``, (mean, std), config dict)
+
+    Raises
+    ------
+    FinetuneRunError : missing files, unknown model, or weights that do not fit.
+    """
+    run_dir = Path(run_dir)
+    for f in ("config.yaml", "model_best.pt"):
+        if not (run_dir / f).is_file():
+            raise FinetuneRunError(f"{run_dir}: no {f}; not a finished 03_finetune run folder")
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    name = str(cfg.get("model", ""))
+    try:
+        spec = models.model_spec(name)
+    except models.UnknownModelError as e:
+        raise FinetuneRunError(f"{run_dir / 'config.yaml'}: {e}") from None
+    sd = finetune.load_best_weights(run_dir)
+    img = int(cfg.get("image_size") or 224)
+    size = str(cfg.get("model_size") or "") or None
+    if spec.source == "pretrain_checkpoint":
+        try:
+            w = sd["patch_embed.proj.weight"]
+        except KeyError:
+            raise FinetuneRunError(f"{run_dir / 'model_best.pt'}: no patch_embed.proj.weight; "
+                                   "not a BEiT state dict") from None
+        dim, patch = int(w.shape[0]), int(w.shape[-1])
+        depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+        bsize = next((n for n, c in models.BEIT_SIZES.items() if c["embed_dim"] == dim and c["depth"] == depth), None)
+        if bsize is None:
+            raise FinetuneRunError(f"{run_dir / 'model_best.pt'}: BEiT with width {dim} and depth {depth} matches no "
+                                   f"size of models.BEIT_SIZES {sorted(models.BEIT_SIZES)}")
+        model = models.create_backbone(bsize, img_size=img, patch_size=patch)
+        model.reset_classifier(2)
+    else:
+        arch = name if spec.source is None else f"{name}_scratch"
+        kw = {}
+        if spec.family in ("vit", "beit") and "patch_embed.proj.weight" in sd:
+            kw["patch_size"] = int(sd["patch_embed.proj.weight"].shape[-1])
+        model = models.create_model(arch, num_classes=2, size=size, img_size=img, **kw)
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        raise FinetuneRunError(f"{run_dir / 'model_best.pt'} does not fit {name} (size {size or 'base'}, "
+                               f"{img} px): {str(e).splitlines()[0]}") from e
+    met_p = run_dir / "metrics.json"
+    met = json.loads(met_p.read_text()) if met_p.is_file() else {}
+    if met.get("normalize_mean") and met.get("normalize_std"):
+        norm = (tuple(float(v) for v in met["normalize_mean"]), tuple(float(v) for v in met["normalize_std"]))
+    else:
+        weights = cfg.get("weights") or cfg.get("pretrain_run") or None
+        norm = models.normalization_for(name, weights=weights)
+    return model.to(device).eval(), norm, cfg
+
+
+def select_examples(store, split: str, n: int, positives_only: bool, seed: int) -> np.ndarray:
+    """Up to ``n`` store rows of ``split`` (labelled; label 1 only when ``positives_only``), drawn
+    with ``np.random.default_rng(seed)`` and returned sorted; the same rows for every model."""
+    rows = np.asarray(store.indices(split), np.int64)
+    lab = store.manifest["label"].to_numpy()[rows]
+    rows = rows[(lab == 1) if positives_only else (lab >= 0)]
+    if rows.size == 0:
+        raise SaliencyError(f"split {split!r} of store {getattr(store, 'root', '')} holds no "
+                            f"{'positive' if positives_only else 'labelled'} ECG")
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.permutation(rows)[:n])
+
+
+# ======================================================================== maps, attribution, faithfulness
+
+
+def _faithfulness_rows(info, method, rec, model, images, maps, norm, cfg: SaliencyConfig) -> list[dict]:
+    k = min(cfg.n_faithfulness, len(rec))
+    if k == 0:
+        return []
+    res = deletion_insertion(model, images[:k], maps[:k], cfg.target_class, steps=cfg.deletion_steps,
+                             normalization=norm, batch_size=max(cfg.batch_size, cfg.deletion_steps + 1))
+    if cfg.road:
+        res.update(road_scores(model, images[:k], maps[:k], cfg.target_class, percentiles=cfg.road_percentiles,
+                               normalization=norm, seed=cfg.seed))
+    rows = []
+    for i in range(k):
+        r = {"run": Path(info["run_dir"]).name, "task": info["task"], "model": info["model"],
+             "fraction": info["fraction"], "method": method, "record_id": rec["record_id"].iloc[i],
+             "label": int(rec["label"].iloc[i]), "prob": float(res["deletion"][i, 0]),
+             "prob_blank": float(res["deletion"][i, -1]),
+             "deletion_auc": float(res["deletion_auc"][i]), "insertion_auc": float(res["insertion_auc"][i])}
+        for key in ("road_morf", "road_lerf", "road_combined"):
+            if key in res:
+                r[key] = float(res[key][i])
+        rows.append(r)
+    return rows
+
+
+def compute(run_table: pd.DataFrame, cfg: SaliencyConfig, progress: bool = False) -> SaliencyResult:
+    """Maps, lead/segment attribution and faithfulness for every run of ``run_table``.
+
+    Records are drawn once per task (and cohort store) with :func:`select_examples`, so every model
+    and fraction of a task is shown on the same ECGs. Each run renders them at its own image size and
+    layout and is explained with every method of ``cfg.method`` that applies (rollout: transformers).
+    """
+    device = resolve_device(cfg.device)
+    stores: dict[str, Any] = {}
+    rows_by_store: dict[tuple[str, str], np.ndarray] = {}
+    out_runs, attrib, faith, skipped = [], [], [], []
+    it = list(run_table.to_dict("records"))
+    if progress:
+        it = tqdm(it, desc="saliency", leave=False)
+    for info in it:
+        cohort = cfg.cohort_run or info.get("cohort_run") or ""
+        if not cohort or not Path(cohort).is_dir():
+            raise FinetuneRunError(f"run {info['run_dir']}: cohort store {cohort!r} not found; pass -p cohort_run "
+                                   "<01_preprocess run folder>")
+        if cohort not in stores:
+            stores[cohort] = cohorts.CohortStore(cohort)
+        store = stores[cohort]
+        if getattr(store, "task", info["task"]) != info["task"]:
+            raise FinetuneRunError(f"run {info['run_dir']} was trained on task {info['task']!r}, but the cohort store "
+                                   f"{cohort} holds task {store.task!r}; leave cohort_run empty or pass that task's store")
+        key = (cohort, info["task"])
+        if key not in rows_by_store:
+            rows_by_store[key] = select_examples(store, cfg.split, cfg.n_examples, cfg.positives_only, cfg.seed)
+        rows = rows_by_store[key]
+        model, norm, rcfg = load_finetune_model(info["run_dir"], device)
+        size = int(rcfg.get("image_size") or 224)
+        layout = str(rcfg.get("layout") or "stack8")
+        info = dict(info, image_size=size, layout=layout, cohort_run=cohort)
+        sig = store.signals(rows)
+        grey = render.render_ecg(sig, size, layout)                               # (n, H, W) uint8
+        images = torch.from_numpy(grey).float().div(255.0)[:, None].expand(-1, 3, -1, -1).contiguous()
+        prob = predict_proba(model, images, cfg.target_class, norm, cfg.batch_size)
+        man = store.manifest.iloc[rows]
+        rec = pd.DataFrame({"row": rows, "record_id": man["record_id"].astype(str).to_numpy(),
+                            "label": man["label"].to_numpy().astype(int), "prob": prob})
+        peaks = detect_r_peaks(sig)
+        area, leads = area_shares(sig, size, layout, r_peaks=peaks)
+        maps: dict[str, np.ndarray] = {}
+        for method in cfg.method:
+            if method == "rollout" and not is_transformer(model):
+                skipped.append(f"{Path(info['run_dir']).name}: rollout (not a transformer)")
+                continue
+            maps[method] = saliency_maps(model, images, method, cfg.target_class, normalization=norm,
+                                         batch_size=cfg.batch_size)
+            shares, _ = attribute_maps(maps[method], sig, layout, r_peaks=peaks)
+            attrib.append(attribution_frame(info, method, rec, shares, area, leads))
+        if cfg.faithfulness:
+            rng = np.random.default_rng(cfg.seed)
+            for method in list(maps) + ["random"]:
+                m = maps[method] if method in maps else saliency_maps(model, images, "random", rng=rng)
+                faith.extend(_faithfulness_rows(info, method, rec, model, images, m, norm, cfg))
+        out_runs.append(RunMaps(info, rec, grey, {k: v.astype(np.float16) for k, v in maps.items()}))
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    attribution = pd.concat(attrib, ignore_index=True) if attrib else pd.DataFrame(
+        columns=["run", "task", "model", "fraction", "method", "record_id", "label", "lead", "segment", "share",
+                 "area_share"])
+    return SaliencyResult(out_runs, attribution, pd.DataFrame(faith), skipped)
+
+
+def save_tables(result: SaliencyResult, run_dir: str | os.PathLike) -> dict[str, Path]:
+    """CSV files in ``run_dir``: ``attribution_long.csv`` (every record), ``attribution_lead.csv``,
+    ``attribution_segment.csv``, ``attribution_lead_segment.csv`` (means over records),
+    ``faithfulness_records.csv``, ``faithfulness.csv`` (means per run and method) and ``records.csv``
+    (the explained ECGs with each run's predicted probability)."""
+    run_dir = Path(run_dir)
+    paths = {}
+    tables = {"attribution_long": result.attribution,
+              "attribution_lead": attribution_summary(result.attribution, "lead"),
+              "attribution_segment": attribution_summary(result.attribution, "segment"),
+              "attribution_lead_segment": attribution_summary(result.attribution, "lead_segment"),
+              "faithfulness_records": result.faithfulness,
+              "faithfulness": faithfulness_summary(result.faithfulness),
+              "records": pd.concat([r.records.assign(run=Path(r.info["run_dir"]).name, model=r.info["model"],
+                                                     fraction=r.info["fraction"], task=r.info["task"])
+                                    for r in result.runs], ignore_index=True)}
+    for name, df in tables.items():
+        paths[name] = run_dir / f"{name}.csv"
+        df.to_csv(paths[name], index=False)
+    return paths
+
+
+# ======================================================================== metrics and provenance
+
+
+def run_metrics(result: SaliencyResult, cfg: SaliencyConfig) -> dict:
+    """``metrics.json``: counts, per run x method the mean share per segment and the top lead, and the
+    mean deletion/insertion AUC per run x method (random baseline included)."""
+    def num(v):
+        return None if v is None or not np.isfinite(v) else round(float(v), 4)
+
+    out: dict[str, Any] = {"n_runs": len(result.runs), "methods": list(cfg.method), "split": cfg.split,
+                           "positives_only": cfg.positives_only,
+                           "n_records": {r.info["task"]: int(len(r.records)) for r in result.runs},
+                           "n_zero_maps": {f"{Path(r.info['run_dir']).name}/{m}":
+                                           int((v.reshape(len(v), -1).max(1) == 0).sum())
+                                           for r in result.runs for m, v in r.maps.items()},
+                           "skipped": result.skipped}
+    if not result.attribution.empty:
+        seg = attribution_summary(result.attribution, "segment")
+        lead = attribution_summary(result.attribution, "lead")
+        out["segment_share"] = {f"{r}/{m}": {s: num(v) for s, v in zip(g["segment"], g["share"])}
+                                for (r, m), g in seg.groupby(["run", "method"], sort=False)}
+        out["segment_enrichment"] = {f"{r}/{m}": {s: num(v) for s, v in zip(g["segment"], g["enrichment"])}
+                                     for (r, m), g in seg.groupby(["run", "method"], sort=False)}
+        out["top_lead"] = {f"{r}/{m}": (str(g.loc[g["share"].idxmax(), "lead"]) if g["share"].notna().any() else None)
+                           for (r, m), g in lead.groupby(["run", "method"], sort=False)}
+    if not result.faithfulness.empty:
+        f = faithfulness_summary(result.faithfulness)
+        for col in ("deletion_auc", "insertion_auc", "road_combined"):
+            if col in f:
+                out[col] = {f"{r}/{m}": num(v) for r, m, v in zip(f["run"], f["method"], f[col])}
+    return out
+
+
+def finetune_hashes(run_table: pd.DataFrame) -> dict[str, str]:
+    """sha256 of each run's ``model_best.pt`` and ``config.yaml`` (provenance for ``run.json``)."""
+    return run_file_hashes(run_table["run_dir"], ("model_best.pt", "config.yaml"))

@@ -1,0 +1,255 @@
+"""The paper's tables from bootstrap results (04_metrics): labels and model order, Table 1 (ECGs, patients,
+positives and prevalence per task and split), Tables 2-3 (AUROC / AUPRC with CIs) as CSV, Markdown and HTML.
+
+Layout of Tables 2-3: rows task x split (internal, external) x model, columns the training fractions, cells
+``0.86 (0.84 - 0.88)``, the best model of each column (per task and split) in bold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+#: evaluation split -> its name in the tables
+SPLIT_LABELS = {"test": "internal", "external": "external", "val": "validation"}
+#: display names; unknown models are shown by their registry name
+MODEL_LABELS = {
+    "vit_b16": "ViT-B/16",
+    "beit_b16": "BEiT-B/16 (IN-22k)",
+    "efficientnet_b4": "EfficientNet-B4",
+    "resnet152": "ResNet-152",
+    "heartbeit": "HeartBEiT",
+}
+#: the paper's row order (baselines first, HeartBEiT last); other models follow alphabetically
+MODEL_ORDER = ("vit_b16", "beit_b16", "efficientnet_b4", "resnet152", "heartbeit")
+TASK_LABELS = {"lvef": "LVEF <= 40%", "hcm": "HCM", "stemi": "STEMI", "mi": "MI"}
+SPLIT_ORDER = ("test", "external", "val")
+
+
+class TableError(ValueError):
+    """Results cannot be laid out as a table (e.g. several fine-tuning seeds for one cell)."""
+
+
+# ------------------------------------------------------------------------------ labels / order
+
+
+def model_label(name: str) -> str:
+    """``resnet152`` -> ``ResNet-152``; ``resnet152_scratch`` -> ``ResNet-152 (scratch)``."""
+    if name in MODEL_LABELS:
+        return MODEL_LABELS[name]
+    base = name.removesuffix("_scratch")
+    if base != name and base in MODEL_LABELS:
+        # the architecture only: "(IN-22k)" names pretrained weights that a scratch model does not have
+        return f"{MODEL_LABELS[base].split(' (')[0]} (scratch)"
+    return name
+
+
+def task_label(name: str) -> str:
+    return TASK_LABELS.get(name, name)
+
+
+def split_label(name: str) -> str:
+    return SPLIT_LABELS.get(name, name)
+
+
+def model_sort_key(name: str) -> tuple:
+    base = name.removesuffix("_scratch")
+    rank = MODEL_ORDER.index(base) if base in MODEL_ORDER else len(MODEL_ORDER)
+    return (rank, name.endswith("_scratch"), name)
+
+
+def order_models(names: Iterable[str]) -> list[str]:
+    return sorted(set(names), key=model_sort_key)
+
+
+def fraction_label(f: float) -> str:
+    """0.01 -> ``0.01``, 1.0 -> ``1`` (column names of Tables 2-3)."""
+    return f"{float(f):g}"
+
+
+# ------------------------------------------------------------------------------ tables
+
+
+def evaluation_table1(preds: pd.DataFrame, run_table: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Table 1: ECGs, patients, positives and prevalence per task and split.
+
+    Evaluation splits come from the predictions (records counted once per task and split);
+    training sets per fraction come from the runs' ``metrics.json`` (``n_train``,
+    ``prevalence_train``) when reported (patients are not reported there: left empty).
+    """
+    rows = []
+    for task in sorted(preds["task"].unique()):
+        if run_table is not None and "n_train" in run_table.columns:
+            tr = run_table[(run_table["task"] == task) & run_table["complete"] & run_table["n_train"].notna()]
+            for frac, g in tr.groupby("fraction"):
+                n = int(g["n_train"].iloc[0])
+                prev = float(g["prevalence_train"].iloc[0]) if "prevalence_train" in g else math.nan
+                rows.append({"task": task_label(task), "split": f"train ({fraction_label(frac)})", "ecgs": n,
+                             "patients": pd.NA, "positives": int(round(prev * n)) if np.isfinite(prev) else pd.NA,
+                             "prevalence_%": round(100 * prev, 1)})
+        sub = preds[preds["task"] == task]
+        for split in [s for s in ("val", "test", "external") if s in set(sub["split"])]:
+            recs = sub[sub["split"] == split].drop_duplicates("record_id")
+            n, pos = len(recs), int(recs["label"].sum())
+            rows.append({"task": task_label(task), "split": split_label(split), "ecgs": n,
+                         "patients": int(recs["patient_hash"].nunique()), "positives": pos,
+                         "prevalence_%": round(100 * pos / n, 1)})
+    return pd.DataFrame(rows, columns=["task", "split", "ecgs", "patients", "positives", "prevalence_%"])
+
+
+def select_seed(results: pd.DataFrame, finetune_seed: int | None = None) -> pd.DataFrame:
+    """Results of one fine-tuning seed per cell: ``finetune_seed`` picks it; None requires that
+    every (task, split, model, fraction) has exactly one seed (else :class:`TableError`)."""
+    if finetune_seed is not None:
+        out = results[results["seed"] == finetune_seed]
+        if out.empty:
+            raise TableError(f"finetune_seed={finetune_seed}: no runs with that seed "
+                             f"(seeds found: {sorted(results['seed'].unique())})")
+        return out
+    counts = results.groupby(["task", "split", "model", "fraction"])["seed"].nunique()
+    if (counts > 1).any():
+        raise TableError(f"several fine-tuning seeds for {list(counts[counts > 1].index[:3])}...: "
+                         f"set finetune_seed to one of {sorted(results['seed'].unique())}")
+    return results
+
+
+def format_cell(point: float, lo: float, hi: float, decimals: int = 2) -> str:
+    """``0.86 (0.84 - 0.88)``; empty when the point estimate is missing."""
+    if point is None or not np.isfinite(point):
+        return ""
+    f = f"{{:.{decimals}f}}"
+    lo_s = f.format(lo) if np.isfinite(lo) else "nan"
+    hi_s = f.format(hi) if np.isfinite(hi) else "nan"
+    return f"{f.format(point)} ({lo_s} - {hi_s})"
+
+
+@dataclasses.dataclass
+class Table:
+    """A formatted table: ``cells`` (str DataFrame, index task/split/model), ``bold`` (same shape,
+    True = best model of its column within its task and split) and ``caption``."""
+
+    cells: pd.DataFrame
+    bold: pd.DataFrame
+    caption: str
+
+    def to_markdown(self) -> str:
+        return table_to_markdown(self.cells, self.bold, self.caption)
+
+    def to_html(self) -> str:
+        return table_to_html(self.cells, self.bold, self.caption)
+
+
+def metric_table(results: pd.DataFrame, metric: str = "auroc", decimals: int = 2,
+                 splits: Sequence[str] = ("test", "external")) -> Table:
+    """Table 2 (``metric="auroc"``) or Table 3 (``"auprc"``) in the paper's layout.
+
+    Rows task x split (internal = ``test``, external) x model (paper order), columns the fractions
+    (``0.01 0.1 0.25 0.5 1``), cells ``point (lo - hi)``; results must hold one seed per cell
+    (:func:`select_seed`). Bold = highest point estimate in the column within the task and split
+    (all tied models bold).
+    """
+    if metric not in ("auroc", "auprc"):
+        raise TableError(f"metric: {metric!r} is not 'auroc' or 'auprc'")
+    res = select_seed(results)
+    res = res[res["split"].isin(list(splits))]
+    fractions = sorted(res["fraction"].unique())
+    cols = [fraction_label(f) for f in fractions]
+    index, cell_rows, bold_rows = [], [], []
+    for task in sorted(res["task"].unique()):
+        for split in [s for s in splits if s in set(res.loc[res["task"] == task, "split"])]:
+            sub = res[(res["task"] == task) & (res["split"] == split)]
+            best = sub.groupby("fraction")[metric].max()
+            for model in order_models(sub["model"]):
+                cells, bolds = [], []
+                for f in fractions:
+                    r = sub[(sub["model"] == model) & (sub["fraction"] == f)]
+                    if r.empty:
+                        cells.append("")
+                        bolds.append(False)
+                        continue
+                    r = r.iloc[0]
+                    cells.append(format_cell(r[metric], r[f"{metric}_lo"], r[f"{metric}_hi"], decimals))
+                    bolds.append(bool(np.isfinite(r[metric]) and r[metric] == best.loc[f]))
+                index.append((task_label(task), split_label(split), model_label(model)))
+                cell_rows.append(cells)
+                bold_rows.append(bolds)
+    idx = pd.MultiIndex.from_tuples(index, names=["task", "split", "model"])
+    caption = {"auroc": "Table 2. AUROC (95% CI) by fraction of training data",
+               "auprc": "Table 3. AUPRC (95% CI) by fraction of training data"}[metric]
+    return Table(pd.DataFrame(cell_rows, index=idx, columns=cols),
+                 pd.DataFrame(bold_rows, index=idx, columns=cols), caption)
+
+
+def table_to_markdown(cells: pd.DataFrame, bold: pd.DataFrame | None = None, caption: str = "") -> str:
+    """GitHub Markdown; bold cells wrapped in ``**``; index levels become the first columns."""
+    flat = cells.reset_index()
+    n_idx = flat.shape[1] - cells.shape[1]
+    header = [str(c) for c in flat.columns]
+    lines = ([f"**{caption}**", ""] if caption else []) + [
+        "| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    for i in range(len(flat)):
+        vals = []
+        for j, v in enumerate(flat.iloc[i]):
+            s = "" if (v is None or (not isinstance(v, str) and pd.isna(v))) else str(v)
+            if bold is not None and j >= n_idx and s and bool(bold.iloc[i, j - n_idx]):
+                s = f"**{s}**"
+            vals.append(s.replace("|", "\\|"))
+        lines.append("| " + " | ".join(vals) + " |")
+    return "\n".join(lines) + "\n"
+
+
+_TABLE_CSS = [{"selector": "", "props": "border-collapse: collapse; font-family: sans-serif; font-size: 13px;"},
+              {"selector": "th, td", "props": "border: 1px solid #ccc; padding: 3px 8px; text-align: left;"},
+              {"selector": "caption", "props": "caption-side: top; font-weight: bold; padding: 4px;"}]
+
+
+def table_to_html(cells: pd.DataFrame, bold: pd.DataFrame | None = None, caption: str = "") -> str:
+    """Styled HTML (pandas Styler): bold cells in ``font-weight: bold``."""
+    sty = cells.style
+    if bold is not None:
+        sty = sty.apply(lambda _: np.where(bold.to_numpy(), "font-weight: bold", ""), axis=None)
+    sty = sty.set_table_styles(_TABLE_CSS)
+    if caption:
+        sty = sty.set_caption(caption)
+    return sty.to_html()
+
+
+def write_table(cells: pd.DataFrame, out_dir: str | os.PathLike, name: str, bold: pd.DataFrame | None = None,
+                caption: str = "") -> dict[str, Path]:
+    """Write ``<name>.csv`` (plain cells), ``<name>.md`` and ``<name>.html``; return the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": out_dir / f"{name}.csv", "md": out_dir / f"{name}.md", "html": out_dir / f"{name}.html"}
+    cells.to_csv(paths["csv"])
+    paths["md"].write_text(table_to_markdown(cells, bold, caption))
+    paths["html"].write_text(table_to_html(cells, bold, caption))
+    return paths
+
+
+def write_tables(results: pd.DataFrame, preds: pd.DataFrame, out_dir: str | os.PathLike,
+                 run_table: pd.DataFrame | None = None, differences: pd.DataFrame | None = None,
+                 finetune_seed: int | None = None, decimals: int = 2) -> dict[str, dict]:
+    """Tables 1-3 as CSV / Markdown / HTML plus the full-precision ``results.csv`` and
+    ``differences.csv``. Returns ``{name: {"markdown": str, "html": str, "paths": {...}}}``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    res = select_seed(results, finetune_seed)
+    out: dict[str, dict] = {}
+    t1 = evaluation_table1(preds, run_table).set_index(["task", "split"])
+    cap1 = "Table 1. ECGs, patients, positives and prevalence per task and split"
+    out["table1"] = {"paths": write_table(t1, out_dir, "table1", None, cap1),
+                     "markdown": table_to_markdown(t1, None, cap1), "html": table_to_html(t1, None, cap1)}
+    for name, metric in (("table2_auroc", "auroc"), ("table3_auprc", "auprc")):
+        t = metric_table(res, metric, decimals)
+        out[name] = {"paths": write_table(t.cells, out_dir, name, t.bold, t.caption),
+                     "markdown": t.to_markdown(), "html": t.to_html()}
+    results.to_csv(out_dir / "results.csv", index=False)
+    if differences is not None:
+        differences.to_csv(out_dir / "differences.csv", index=False)
+    return out
