@@ -108,7 +108,7 @@ class STMEMEncoder(nn.Module):
         self.register_buffer("pos_embed", sincos_1d(embed_dim, num_patches)[None])  # (1, n + 2, D), fixed
         self.sep_embed = nn.Parameter(torch.zeros(embed_dim))
         self.lead_embed = nn.Parameter(torch.zeros(num_leads, embed_dim))
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear, as timm
         self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=dpr[i],
                                            norm_layer=_norm) for i in range(depth)])
         self.norm = _norm(embed_dim)
