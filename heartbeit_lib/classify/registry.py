@@ -51,6 +51,9 @@ import timm
 import torch
 import torch.nn as nn
 
+from heartbeit_lib.classify import signal_models
+from heartbeit_lib.mim import stmem
+
 # name -> timm Beit keyword overrides of beit_base_patch16_224
 BEIT_SIZES: dict[str, dict] = {
     "base": dict(embed_dim=768, depth=12, num_heads=12),
@@ -413,6 +416,62 @@ def _timm_filter(family: str) -> Callable | None:
     return None
 
 
+# ---------------------------------------------------------------- signal models (issue 13)
+# 1-D models on (N, leads, T) signals share create_model's names. model_family(name) tells "image"
+# from "signal" (ModelSpec.family is the image *architecture* key: beit, vit, resnet, efficientnet).
+
+SIGNAL_MODELS: dict[str, str] = {
+    "xresnet1d101": "xresnet1d101 of the PTB-XL benchmark (kernel 5, head [128], dropout 0.5); random init",
+    "inception1d": "inception1d of the PTB-XL benchmark (kernel 40, depth 6, 32 filters, residual); random init",
+    "stmem": "ST-MEM ViT encoder from a signal pretraining checkpoint (Na et al. 2024)",
+    "stmem_scratch": "ST-MEM ViT encoder; random init",
+}
+
+
+def model_family(name: str) -> str:
+    """``"signal"`` for the 1-D models (input (N, leads, T)), ``"image"`` for the rest ((N, 3, H, W))."""
+    if name in SIGNAL_MODELS:
+        return "signal"
+    model_spec(name)  # UnknownModelError for unregistered names
+    return "image"
+
+
+def _create_signal_model(name: str, num_classes: int, weights, size: str | None, drop_path_rate: float | None,
+                         in_chans: int | None = None, signal_rate: float | None = None, **kw) -> nn.Module:
+    """A signal classifier (N, in_chans, T) -> (N, num_classes); ``stmem`` loads its encoder strictly."""
+    if name == "stmem":
+        return _load_stmem(num_classes, weights, size, drop_path_rate, in_chans, signal_rate, **kw)
+    if weights not in (None, ""):
+        raise WeightsError(f"model {name!r} is trained from scratch; got weights={weights!r}")
+    in_chans = 8 if in_chans is None else in_chans  # the cohort store's leads
+    if name == "stmem_scratch":
+        return stmem.build_classifier(num_classes, size or "base", in_chans, signal_rate or 100.0,
+                                      0.1 if drop_path_rate is None else drop_path_rate, **kw)
+    if size not in (None, "base"):
+        raise UnknownModelError(f"size {size!r} is not defined for {name}; it has only 'base'")
+    build = {"xresnet1d101": signal_models.xresnet1d101, "inception1d": signal_models.inception1d}[name]
+    return build(num_classes, in_chans, **kw)
+
+
+def _load_stmem(num_classes: int, weights, size, drop_path_rate, in_chans, signal_rate, **kw) -> nn.Module:
+    """``stmem``: classifier whose ``encoder.*`` keys all come from the checkpoint's ``backbone``."""
+    if weights in (None, ""):
+        raise WeightsNotFoundError("model 'stmem' needs weights=<signal pretraining run folder or checkpoint>")
+    path = resolve_pretrain_checkpoint(weights)
+    ckpt = load_weights_file(path)
+    bc = ckpt.get("backbone_config")
+    if ckpt.get("modality") != "signal" or "backbone" not in ckpt or not isinstance(bc, Mapping):
+        raise CheckpointFormatError(f"checkpoint {path} is not a signal (ST-MEM) pretraining checkpoint: needs "
+                                    f"modality='signal', backbone, backbone_config (has {sorted(ckpt)})")
+    for key, want in (("size", size), ("num_leads", in_chans), ("signal_rate", signal_rate)):
+        if want not in (None, "") and bc.get(key) != want:
+            raise WeightsMismatchError(f"checkpoint {path} has {key}={bc.get(key)!r}, but {want!r} was requested")
+    model = stmem.build_classifier(num_classes, bc["size"], int(bc["num_leads"]), float(bc["signal_rate"]),
+                                   0.1 if drop_path_rate is None else drop_path_rate, **kw)
+    _load_into(model.encoder, _unwrap_state_dict(ckpt["backbone"], path), path, head_prefixes=())
+    return model
+
+
 # ---------------------------------------------------------------- public API
 
 
@@ -443,6 +502,8 @@ def create_model(name: str, num_classes: int = 2, weights: str | os.PathLike | N
     UnknownModelError, WeightsNotFoundError, CorruptWeightsError, CheckpointFormatError,
     WeightsMismatchError
     """
+    if name in SIGNAL_MODELS:  # 1-D models: img_size and patch_size do not apply
+        return _create_signal_model(name, num_classes, weights, size, drop_path_rate, **kw)
     spec = model_spec(name)
     if spec.source is None:
         if weights not in (None, ""):
