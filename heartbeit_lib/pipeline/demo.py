@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"[demo] 05_wasserstein skipped: no natural-image folder at {image_dir} (set IMAGE_DIR)", flush=True)
     pages.append(_step("06_saliency", {**_params("06_saliency", "demo"), "cohort_run": str(cohort),
-                                       "finetune_runs": ",".join(map(str, ft_runs))}, out_root))
+                                       "finetune_runs": [str(r) for r in ft_runs]}, out_root))
 
     index = out_root / "demo_report.html"
     rows = []
