@@ -208,3 +208,11 @@ def test_real_ptbxl_record_page(ptbxl_root, tmp_path):
                              saliency=np.random.default_rng(0).random((14, 14)))
     out = ep.save_png(fig, tmp_path / "page.png", dpi=80)
     assert out.stat().st_size > 50_000  # a drawn page, not a blank one (a blank page is ~10 kB)
+
+
+@pytest.mark.parametrize("layout,n_labels", [("stack8", 8), ("grid4x2", 8), ("clinical3x4", 13), (None, 0)])
+def test_model_input_lead_names_follow_the_render_layout(layout, n_labels):
+    fig = Figure()
+    ax = fig.add_subplot()
+    ep.draw_model_input(ax, _image(224, 224), None, layout)
+    assert len(ax.texts) == n_labels  # oracle: render.layout_geometry's panels (12 leads + rhythm II in 3x4)

@@ -98,8 +98,8 @@ def test_table_cells_and_headers(tmp_path):
     tags = _Tags(sp.table_html(sp.PageTable(df, "cap", float_format="{:.2f}")))
     cells = [t for t in tags.text if t.strip()]
     assert cells == ["cap", "model", "AUROC / val", "x / y", "m1", "0.50", "a", "m2", "\u2013", "b"]
-    plain = _Tags(sp.table_html(sp.PageTable(pd.DataFrame({"a": [1]}))))
-    assert [t for t in plain.text if t.strip()] == ["a", "1"]  # RangeIndex not shown
+    plain = _Tags(sp.table_html(sp.PageTable(pd.DataFrame({"a": [1, None], "b": np.float32([0.25, 1])}))))
+    assert [t for t in plain.text if t.strip()] == ["a", "b", "1.000", "0.250", "\u2013", "1.000"]  # no RangeIndex
     with pytest.raises(sp.SummaryPageError, match="DataFrame"):
         sp.table_html(sp.PageTable([1, 2]))
 

@@ -70,6 +70,7 @@ class ECGPage:
     saliency: np.ndarray | None = None
     leads: Sequence[str] | None = None
     input_layout: str | None = "stack8"
+    input_samples: int = signals.N_SAMPLES
     note: str = ""
 
 
@@ -223,8 +224,8 @@ def draw_model_input(ax, image: np.ndarray, saliency: np.ndarray | None = None, 
 
 def ecg_page_figure(signal: np.ndarray, fs: float, image: np.ndarray, *, record_id: str, score: float,
                     threshold: float, decision: str | bool | None = None, saliency: np.ndarray | None = None,
-                    leads: Sequence[str] | None = None, input_layout: str | None = "stack8", note: str = "",
-                    row_mm: float = ROW_MM) -> Figure:
+                    leads: Sequence[str] | None = None, input_layout: str | None = "stack8",
+                    input_samples: int = signals.N_SAMPLES, note: str = "", row_mm: float = ROW_MM) -> Figure:
     """One page: 12-lead paper print (true size) | model input with saliency; title with the decision.
 
     Parameters
@@ -238,6 +239,8 @@ def ecg_page_figure(signal: np.ndarray, fs: float, image: np.ndarray, *, record_
     decision : text, a bool (True -> "POSITIVE"), or None for ``score >= threshold``.
     saliency : (h, w) float map over ``image`` (any resolution) or None.
     input_layout : the render layout of ``image`` for its lead names (None: no names).
+    input_samples : samples per lead of the signal ``image`` was rendered from (sets the panels of
+        the ``clinical3x4`` and ``grid4x2`` layouts; 2,500 after the paper's preprocessing).
     row_mm : height of each printed row in mm.
     """
     if not (np.isfinite(fs) and fs > 0):
@@ -255,7 +258,7 @@ def ecg_page_figure(signal: np.ndarray, fs: float, image: np.ndarray, *, record_
     draw_twelve_lead(ax, leads12, float(fs), row_mm)
     ax_in = fig.add_axes(((margin + paper_w + gap) / fig_w, (bottom + paper_h - side_h) / fig_h,
                           side_w / fig_w, side_h / fig_h))
-    shown = draw_model_input(ax_in, img, saliency, input_layout, n_samples=signals.N_SAMPLES)
+    shown = draw_model_input(ax_in, img, saliency, input_layout, n_samples=input_samples)
     ax_in.set_title("model input" + (" + saliency" if shown is not None else ""), fontsize=8)
     if shown is not None:
         cax = fig.add_axes(((margin + paper_w + gap + side_w + 2) / fig_w, (bottom + paper_h - side_h) / fig_h,
@@ -276,7 +279,8 @@ def page_figure(page: ECGPage, **kwargs) -> Figure:
     """:func:`ecg_page_figure` of an :class:`ECGPage` (``kwargs``: e.g. ``row_mm``)."""
     return ecg_page_figure(page.signal, page.fs, page.image, record_id=page.record_id, score=page.score,
                            threshold=page.threshold, decision=page.decision, saliency=page.saliency,
-                           leads=page.leads, input_layout=page.input_layout, note=page.note, **kwargs)
+                           leads=page.leads, input_layout=page.input_layout, input_samples=page.input_samples,
+                           note=page.note, **kwargs)
 
 
 def save_png(fig: Figure, path: str | os.PathLike, dpi: int = 200) -> Path:

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 import os
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 from heartbeit_lib.utils import atomic_write_text
@@ -77,8 +77,8 @@ class Section:
 
     heading: str
     text: str | Sequence[str] = ()
-    tables: Sequence[PageTable] = field(default_factory=tuple)
-    figures: Sequence[PageFigure] = field(default_factory=tuple)
+    tables: Sequence[PageTable] = ()
+    figures: Sequence[PageFigure] = ()
 
 
 @dataclass(frozen=True)
@@ -95,9 +95,10 @@ def _paragraphs(text: str | Sequence[str]) -> str:
 
 
 def _cell(value, float_format: str) -> str:
-    if isinstance(value, float) and math.isnan(value):
+    """Escaped text of one cell: missing values (None, NaN, NA) as an en dash, floats formatted."""
+    if pd.api.types.is_scalar(value) and pd.isna(value):
         return "\u2013"
-    if isinstance(value, float):
+    if isinstance(value, (float, np.floating)):
         return html.escape(float_format.format(value))
     return html.escape(str(value))
 
