@@ -51,11 +51,15 @@ from __future__ import annotations
 
 import functools
 from fractions import Fraction
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import numpy as np
 import scipy.ndimage
 import scipy.signal
+
+from heartbeit_lib.io.leads import (  # noqa: F401  (LimbLeads, derive_limb_leads: re-exported)
+    LeadError, LimbLeads, SignalError, SignalShapeError, canonical_lead_name,
+    derive_limb_leads)
 
 #: Output lead order of :func:`preprocess` (the 8 independent leads of a 12-lead ECG).
 OUTPUT_LEADS: tuple[str, ...] = ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6")
@@ -72,18 +76,7 @@ CHUNK_SIZE: int = 32          # records per vectorised chunk (fits the CPU cache
 
 
 # --------------------------------------------------------------------------- errors
-class SignalError(ValueError):
-    """Base class of every preprocessing error; the message names the parameter and reason."""
-
-
-class SignalShapeError(SignalError):
-    """``x`` has the wrong number of dimensions or a shape that does not match ``leads``."""
-
-
-class LeadError(SignalError):
-    """Lead names are malformed, duplicated or a requested lead is missing."""
-
-
+# SignalError, SignalShapeError and LeadError are defined with the lead algebra in io/leads.py (imported above).
 class NonFiniteSignalError(SignalError):
     """The signal holds NaN or +-inf."""
 
@@ -97,45 +90,6 @@ class SignalParameterError(SignalError):
 
 
 # --------------------------------------------------------------------------- leads
-class LimbLeads(NamedTuple):
-    """Derived limb leads, each shaped like the inputs (microvolts)."""
-
-    III: np.ndarray
-    AVR: np.ndarray
-    AVL: np.ndarray
-    AVF: np.ndarray
-
-
-def derive_limb_leads(lead_i: np.ndarray, lead_ii: np.ndarray) -> LimbLeads:
-    """Derive III, aVR, aVL, aVF from leads I and II (Einthoven / Goldberger identities).
-
-    Parameters
-    ----------
-    lead_i, lead_ii : array_like, same shape (any, e.g. (samples,) or (N, samples))
-        Leads I and II in microvolts.
-
-    Returns
-    -------
-    LimbLeads
-        ``(III, AVR, AVL, AVF)`` with ``III = II - I``, ``aVR = -(I + II) / 2``,
-        ``aVL = I - II / 2``, ``aVF = II - I / 2``; float64 unless the inputs are float32.
-    """
-    i = np.asarray(lead_i)
-    ii = np.asarray(lead_ii)
-    if i.shape != ii.shape:
-        raise SignalShapeError(f"derive_limb_leads: lead_i shape {i.shape} != lead_ii shape {ii.shape}")
-    if not (np.issubdtype(i.dtype, np.floating) and i.dtype == ii.dtype):
-        i, ii = i.astype(np.float64), ii.astype(np.float64)
-    return LimbLeads(III=ii - i, AVR=-(i + ii) / 2, AVL=i - ii / 2, AVF=ii - i / 2)
-
-
-def canonical_lead_name(name: str) -> str:
-    """Canonical upper-case lead name: ``"aVR" -> "AVR"``, ``" v1 " -> "V1"``."""
-    if not isinstance(name, str) or not name.strip():
-        raise LeadError(f"leads: lead name {name!r} is not a non-empty string")
-    return name.strip().upper()
-
-
 def lead_indices(leads: Sequence[str], out_leads: Sequence[str] = OUTPUT_LEADS) -> np.ndarray:
     """Row indices into ``leads`` for each of ``out_leads`` (canonical names, no derivation).
 
