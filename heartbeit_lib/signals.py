@@ -410,3 +410,46 @@ def preprocess(x: np.ndarray, fs: float, leads: Sequence[str], *,
         y = _sosfiltfilt_ext(sos, ext.reshape(nc * len(idx), -1), p).reshape(nc, len(idx), n_res)
         out[c0:c0 + nc, :, :keep] = _median_window(y, k, start, start + keep)
     return out
+
+
+# --------------------------------------------------------------------------- QRS detection
+QRS_SMOOTH_S: float = 0.04    # s, moving-average width of the slope-energy envelope
+QRS_MIN_RR_S: float = 0.3     # s, minimum distance between QRS complexes (<= 200 bpm)
+QRS_REL_HEIGHT: float = 0.2   # peak threshold, fraction of the envelope's 99th percentile
+
+
+def detect_qrs(x: np.ndarray, fs: float) -> np.ndarray:
+    """QRS centres of one ECG: the library's one QRS detector.
+
+    The envelope is the squared first difference summed over leads, smoothed over
+    :data:`QRS_SMOOTH_S`; its peaks at least :data:`QRS_MIN_RR_S` apart and above
+    :data:`QRS_REL_HEIGHT` x its 99th percentile are the QRS centres. Simple, and adequate for
+    clean or band-passed ECGs; not a clinical detector.
+
+    Measured against ``wfdb.processing`` on 60 shared PTB-XL records (preprocessed, 8 x 2500 at
+    500 Hz; beats matched within 50 ms): F1 0.93 with XQRS and 0.82 with GQRS on lead II (0.89
+    between XQRS and GQRS), at 0.5 ms per record against 34 ms (XQRS) and 31 ms (GQRS). Without
+    reference annotations neither library detector is measured more accurate, and this one
+    places the synthetic demo's ST segments (:mod:`heartbeit_lib.cohorts.synthetic`).
+
+    Parameters
+    ----------
+    x : (samples,) or (leads, samples) float, microvolts at ``fs`` Hz.
+    fs : sampling rate, Hz.
+
+    Returns
+    -------
+    sorted int64 sample indices of the QRS centres, shape (beats,).
+    """
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.ndim != 2:
+        raise SignalShapeError(f"x: expected (samples,) or (leads, samples), got shape {np.shape(x)}")
+    fs = _check_fs(fs, "fs")
+    d = np.diff(arr, axis=-1, prepend=arr[..., :1])
+    env = scipy.ndimage.uniform_filter1d((d * d).sum(axis=0), max(int(round(QRS_SMOOTH_S * fs)), 1), axis=-1)
+    thr = QRS_REL_HEIGHT * np.percentile(env, 99)
+    peaks, _ = scipy.signal.find_peaks(env, height=thr if thr > 0 else None,
+                                       distance=max(int(QRS_MIN_RR_S * fs), 1))
+    return peaks.astype(np.int64)
