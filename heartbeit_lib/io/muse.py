@@ -132,26 +132,11 @@ def read_muse(
     (statement lines), ``diagnosis_text``, ``original_diagnosis``, ``measurements``, filters.
     """
     path = Path(path)
-    data = read_bytes(path, "MUSE XML file")
-    root = _parse_xml(path, data)
+    root = _parse_xml(path, read_bytes(path, "MUSE XML file"))
     if _local(root.tag) != "RestingECG":
         raise WrongRootError(path, f"root element is <{_local(root.tag)}>, not <RestingECG> (not a GE MUSE resting ECG)")
-    waves = _children(root, "Waveform")
-    found = [(_text(w, "WaveformType") or "?") for w in waves]
-    wave = next((w for w in waves if (_text(w, "WaveformType") or "").lower() == waveform.lower()), None)
-    if wave is None:
-        raise MissingWaveformError(path, f"no <Waveform> with WaveformType {waveform!r} (found {found})")
-
-    base_txt, exp_txt = _text(wave, "SampleBase"), _text(wave, "SampleExponent")
-    base = parse_number(base_txt)
-    try:
-        exponent = int(exp_txt) if exp_txt is not None else 0
-    except ValueError:
-        raise UnknownSamplingRateError(path, f"SampleExponent {exp_txt!r} is not an integer") from None
-    if base is None or base <= 0:
-        raise UnknownSamplingRateError(path, f"{waveform} SampleBase {base_txt!r} is missing, not a number or <= 0")
-    fs = base * 10.0**exponent
-
+    wave = _find_waveform(path, root, waveform)
+    fs = _sample_rate(path, wave, waveform)
     lead_blocks = _children(wave, "LeadData")
     if not lead_blocks:
         raise MissingWaveformError(path, f"{waveform} waveform has no <LeadData>")
@@ -165,67 +150,106 @@ def read_muse(
     flags: list[str] = []
     units_per_bit: set[float] = set()
     for k, ld in enumerate(lead_blocks):
-        raw_id = _text(ld, "LeadID")
-        if raw_id is None:
-            raise LeadMismatchError(path, f"<LeadData> #{k} has no LeadID")
+        raw_id, uv_per_bit, samples = _decode_lead(path, ld, k, flags, verify_crc)
         name = canonical_lead(raw_id)
-        label = f"lead {raw_id}"
-        upb_txt = _text(ld, "LeadAmplitudeUnitsPerBit")
-        upb = parse_number(upb_txt)
-        if upb is None or upb <= 0:
-            raise UnitsError(path, f"{label}: LeadAmplitudeUnitsPerBit {upb_txt!r} is missing, not a number or <= 0")
-        unit_txt = _text(ld, "LeadAmplitudeUnits")
-        if unit_txt is None:
-            flags.append(f"{label}: no LeadAmplitudeUnits, assumed MICROVOLTS")
-            unit_txt = "MICROVOLTS"
-        factor = units_factor(path, unit_txt, label)
-        size = _text(ld, "LeadSampleSize")
-        if size is not None and size != "2":
-            raise UnsupportedFormatError(path, f"{label}: LeadSampleSize {size} (only 2-byte int16 samples are defined)")
-        b64 = _text(ld, "WaveFormData")
-        if not b64:
-            raise Base64Error(path, f"{label}: WaveFormData is missing or empty")
-        b64 = "".join(b64.split())  # base64 is wrapped over many lines, LF or CRLF
-        if len(b64) % 4:
-            raise Base64Error(path, f"{label}: truncated base64 ({len(b64)} characters is not a multiple of 4)")
-        try:
-            raw = base64.b64decode(b64, validate=True)
-        except (binascii.Error, ValueError) as e:
-            raise Base64Error(path, f"{label}: invalid base64 ({e})") from None
-        if len(raw) % 2:
-            raise Base64Error(path, f"{label}: odd byte count {len(raw)} (int16 samples need an even number)")
-        n = len(raw) // 2
-        for tag, expect in (("LeadSampleCountTotal", n), ("LeadByteCountTotal", len(raw))):
-            t = _text(ld, tag)
-            if t is not None and t.isdigit() and int(t) != expect:
-                raise Base64Error(path, f"{label}: decoded {len(raw)} bytes = {n} samples but {tag} says {t} (truncated or padded data)")
-        crc_txt = _text(ld, "LeadDataCRC32")
-        if verify_crc and crc_txt is not None and crc_txt.isdigit():
-            crc = zlib.crc32(raw)
-            if crc != int(crc_txt):
-                raise ChecksumError(path, f"{label}: CRC-32 of the decoded data is {crc}, LeadDataCRC32 says {crc_txt}")
         if name is None:
             dropped.append(raw_id)
             continue
         if name in names:
             raise LeadMismatchError(path, f"lead {name} appears twice in the {waveform} waveform")
-        rows.append(np.frombuffer(raw, dtype="<i2").astype(np.float64) * (upb * factor))
+        rows.append(samples.astype(np.float64) * uv_per_bit)
         names.append(name)
-        units_per_bit.add(upb * factor)
+        units_per_bit.add(uv_per_bit)
     lengths = {nm: len(r) for nm, r in zip(names, rows)}
     if len(set(lengths.values())) > 1:
         raise LeadMismatchError(path, f"leads have different sample counts: {lengths}")
     if not rows:
         raise MissingLeadError(path, f"no standard lead among LeadIDs {dropped}")
 
+    meta = _muse_meta(path, root, wave, fs, len(rows[0]), expected_duration_s, flags)
+    meta.update(units_per_bit_uv=sorted(units_per_bit), dropped_channels=dropped, flags=flags)
+    return validate_signal(path, np.stack(rows), fs, names, meta, derive=derive)
+
+
+def _find_waveform(path: Path, root: Element, waveform: str) -> Element:
+    """The ``<Waveform>`` whose ``WaveformType`` is ``waveform`` (case-insensitive)."""
+    waves = _children(root, "Waveform")
+    found = [(_text(w, "WaveformType") or "?") for w in waves]
+    wave = next((w for w in waves if (_text(w, "WaveformType") or "").lower() == waveform.lower()), None)
+    if wave is None:
+        raise MissingWaveformError(path, f"no <Waveform> with WaveformType {waveform!r} (found {found})")
+    return wave
+
+
+def _sample_rate(path: Path, wave: Element, waveform: str) -> float:
+    """``SampleBase * 10**SampleExponent`` Hz."""
+    base_txt, exp_txt = _text(wave, "SampleBase"), _text(wave, "SampleExponent")
+    base = parse_number(base_txt)
+    try:
+        exponent = int(exp_txt) if exp_txt is not None else 0
+    except ValueError:
+        raise UnknownSamplingRateError(path, f"SampleExponent {exp_txt!r} is not an integer") from None
+    if base is None or base <= 0:
+        raise UnknownSamplingRateError(path, f"{waveform} SampleBase {base_txt!r} is missing, not a number or <= 0")
+    return base * 10.0**exponent
+
+
+def _decode_lead(path: Path, ld: Element, k: int, flags: list[str], verify_crc: bool
+                 ) -> tuple[str, float, np.ndarray]:
+    """``(LeadID, microvolts per bit, int16 samples (T,))`` of ``<LeadData>`` number ``k``, after checking
+    its units, sample size, base64, declared counts and CRC-32 (one flat list of checks)."""
+    raw_id = _text(ld, "LeadID")
+    if raw_id is None:
+        raise LeadMismatchError(path, f"<LeadData> #{k} has no LeadID")
+    label = f"lead {raw_id}"
+    upb_txt = _text(ld, "LeadAmplitudeUnitsPerBit")
+    upb = parse_number(upb_txt)
+    if upb is None or upb <= 0:
+        raise UnitsError(path, f"{label}: LeadAmplitudeUnitsPerBit {upb_txt!r} is missing, not a number or <= 0")
+    unit_txt = _text(ld, "LeadAmplitudeUnits")
+    if unit_txt is None:
+        flags.append(f"{label}: no LeadAmplitudeUnits, assumed MICROVOLTS")
+        unit_txt = "MICROVOLTS"
+    factor = units_factor(path, unit_txt, label)
+    size = _text(ld, "LeadSampleSize")
+    if size is not None and size != "2":
+        raise UnsupportedFormatError(path, f"{label}: LeadSampleSize {size} (only 2-byte int16 samples are defined)")
+    b64 = _text(ld, "WaveFormData")
+    if not b64:
+        raise Base64Error(path, f"{label}: WaveFormData is missing or empty")
+    b64 = "".join(b64.split())  # base64 is wrapped over many lines, LF or CRLF
+    if len(b64) % 4:
+        raise Base64Error(path, f"{label}: truncated base64 ({len(b64)} characters is not a multiple of 4)")
+    try:
+        raw = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise Base64Error(path, f"{label}: invalid base64 ({e})") from None
+    if len(raw) % 2:
+        raise Base64Error(path, f"{label}: odd byte count {len(raw)} (int16 samples need an even number)")
+    n = len(raw) // 2
+    for tag, expect in (("LeadSampleCountTotal", n), ("LeadByteCountTotal", len(raw))):
+        t = _text(ld, tag)
+        if t is not None and t.isdigit() and int(t) != expect:
+            raise Base64Error(path, f"{label}: decoded {len(raw)} bytes = {n} samples but {tag} says {t} (truncated or padded data)")
+    crc_txt = _text(ld, "LeadDataCRC32")
+    if verify_crc and crc_txt is not None and crc_txt.isdigit():
+        crc = zlib.crc32(raw)
+        if crc != int(crc_txt):
+            raise ChecksumError(path, f"{label}: CRC-32 of the decoded data is {crc}, LeadDataCRC32 says {crc_txt}")
+    return raw_id, upb * factor, np.frombuffer(raw, dtype="<i2")
+
+
+def _muse_meta(path: Path, root: Element, wave: Element, fs: float, n_samples: int,
+               expected_duration_s: float | None, flags: list[str]) -> dict[str, Any]:
+    """Demographics, acquisition, diagnosis, measurements and filters of the record; appends the
+    duration / sample-rate disagreements to ``flags``."""
     demo = _child(root, "PatientDemographics")
     test = _child(root, "TestDemographics")
-    age = parse_number(_text(demo, "PatientAge"))
     gender = _text(demo, "Gender")
     meas_el = _child(root, "RestingECGMeasurements")
     measurements = {_local(c.tag): parse_number(c.text.strip() if c.text else None) for c in (meas_el if meas_el is not None else [])}
     measurements = {k: v for k, v in measurements.items() if v is not None}
-    n_samples = len(rows[0])
+    waveform = _text(wave, "WaveformType") or ""
     if waveform.lower() == "rhythm" and expected_duration_s is not None:
         dur = n_samples / fs
         if abs(dur - expected_duration_s) > 1e-6:
@@ -234,7 +258,7 @@ def read_muse(
     if ecg_base and abs(ecg_base - fs) > 1e-9:
         flags.append(f"RestingECGMeasurements/ECGSampleBase {ecg_base:g} differs from SampleBase {fs:g}")
     diagnosis = _muse_statements(_child(root, "Diagnosis"))
-    meta: dict[str, Any] = {
+    return {
         "source": "muse",
         "record_id": path.stem,
         "patient_id": _text(demo, "PatientID"),
@@ -246,7 +270,7 @@ def read_muse(
         "source_path": str(path),
         "muse_version": _text(_child(root, "MuseInfo"), "MuseVersion"),
         "waveform": _text(wave, "WaveformType"),
-        "age": age,
+        "age": parse_number(_text(demo, "PatientAge")),
         "age_units": _text(demo, "AgeUnits"),
         "sex": {"MALE": "M", "FEMALE": "F"}.get((gender or "").upper()),
         "diagnosis": diagnosis,
@@ -258,8 +282,4 @@ def read_muse(
             "lowpass": _text(wave, "LowPassFilter"),
             "ac": _text(wave, "ACFilter"),
         },
-        "units_per_bit_uv": sorted(units_per_bit),
-        "dropped_channels": dropped,
-        "flags": flags,
     }
-    return validate_signal(path, np.stack(rows), fs, names, meta, derive=derive)
