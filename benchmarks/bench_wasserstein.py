@@ -31,15 +31,16 @@ from scipy.stats import wasserstein_distance
 
 from heartbeit_lib import cohorts
 from heartbeit_lib.analysis import wasserstein as W
+from heartbeit_lib.pipeline import preprocess
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 
 
 def _build_ptbxl_store(root: Path, out: Path, workers: int) -> cohorts.CohortStore:
-    cfg = cohorts.PreprocessConfig(source="ptbxl", data_root=str(root), ptbxl_database="ptbxl_database_100hz.csv",
-                                   task="mi", workers=workers, progress=False)
-    return cohorts.build_from_config(cfg, out, cohorts.make_source(cfg))
+    cfg = preprocess.PreprocessConfig(source="ptbxl", data_root=str(root), ptbxl_database="ptbxl_database_100hz.csv",
+                                      task="mi", workers=workers, progress=False)
+    return preprocess.build_from_config(cfg, out, preprocess.make_source(cfg))
 
 
 def _best_of(f, repeat: int):

@@ -82,7 +82,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -238,6 +238,23 @@ class _Group:
     e_w1: np.ndarray
 
 
+class _Panel(NamedTuple):
+    """One lead drawn in one band: samples ``t0 <= t < t1`` of source signal ``source`` in pixel
+    columns ``x0 <= x < x1`` of band ``band``."""
+
+    source: int
+    band: int
+    x0: int
+    x1: int
+    t0: int
+    t1: int
+
+    @property
+    def window(self) -> tuple[int, int, int, int]:
+        """``(x0, x1, t0, t1)``: panels with the same window are rendered as one group."""
+        return self.x0, self.x1, self.t0, self.t1
+
+
 @dataclasses.dataclass(frozen=True, eq=False)  # identity hash (key of the torch constants cache)
 class _Layout:
     name: str
@@ -248,7 +265,7 @@ class _Layout:
     mix: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None  # (la, ca, lb, cb); None = x itself
     bands: tuple[tuple[int, int], ...]      # integer pixel rows [y0, y1) of each band
     ylims: tuple[tuple[float, float], ...]  # (lo, hi) mV per band
-    panels: tuple[tuple[int, int, int, int, int, int], ...]  # (source, band, x0, x1, t0, t1)
+    panels: tuple[_Panel, ...]
     groups: tuple[_Group, ...]
     single_group: bool              # one group whose panels are the bands in order (stack8): no scatter
     background: np.ndarray | None   # (H, W) uint16 grey levels or None (white)
@@ -307,55 +324,48 @@ def _paper_grid(h: int, w: int, px_per_mm: float) -> np.ndarray:
     return _ro(np.rint(255.0 - dark).astype(np.uint16))
 
 
-@functools.lru_cache(maxsize=64)
-def _get_layout(name: str, h: int, w: int, n: int, style: RenderStyle) -> _Layout:
-    if name not in LAYOUTS:
-        raise RenderError(f"layout={name!r}: must be one of {list(LAYOUTS)}")
-    px_per_mm = w / (n / style.fs * _PAPER_MM_PER_S)
+def _layout_panels(name: str, w: int, n: int) -> tuple[tuple[str, ...], int, tuple[_Panel, ...]]:
+    """Source signal names, number of bands and the panels of layout ``name`` (width ``w`` px, ``n`` samples)."""
     if name == "stack8":
-        sources, nb = LEADS, 8
-        panels = tuple((k, k, 0, w, 0, n) for k in range(8))
-    elif name == "grid4x2":
-        sources, nb = LEADS, 4
+        return LEADS, 8, tuple(_Panel(k, k, 0, w, 0, n) for k in range(8))
+    if name == "grid4x2":
         xm = int(round(w / 2))
-        panels = tuple((k, k % 4, 0 if k < 4 else xm, xm if k < 4 else w, 0, n) for k in range(8))
-    else:  # clinical3x4: 3 x 4 quarter-record panels + a rhythm strip of lead II
-        sources, nb = _TWELVE, 4
-        xs = np.round(np.linspace(0, w, 5)).astype(int)
-        ts = np.round(np.linspace(0, n, 5)).astype(int)
-        panels = tuple((sources.index(_CLINICAL_ROWS[r][c]), r, int(xs[c]), int(xs[c + 1]), int(ts[c]), int(ts[c + 1]))
-                       for r in range(3) for c in range(4))
-        panels += ((sources.index("II"), 3, 0, w, 0, n),)
-    edges = np.round(np.linspace(0, h, nb + 1)).astype(int)
-    bands = tuple((int(edges[k]), int(edges[k + 1])) for k in range(nb))
-    for (_, _, x0, x1, t0, t1) in panels:
-        if x1 - x0 < 2 or t1 - t0 < 2:
-            raise RenderError(f"layout {name!r} at size ({h}, {w}) with {n} samples leaves a panel of "
-                              f"{x1 - x0} px / {t1 - t0} samples; use a larger size or a longer signal")
-    if style.linewidth >= min(y1 - y0 for y0, y1 in bands):
-        raise RenderError(f"style linewidth={style.linewidth}: must be thinner than a band "
-                          f"({min(y1 - y0 for y0, y1 in bands)} px for layout {name!r} at height {h})")
-    if style.ylim_mv is not None:
-        ylims = tuple(style.ylim_mv for _ in bands)
-    elif style.mv_per_px is not None:
-        ylims = tuple((-style.mv_per_px * (y1 - y0) / 2, style.mv_per_px * (y1 - y0) / 2) for y0, y1 in bands)
-    elif name == "clinical3x4":  # 10 mm/mV at the 25 mm/s paper scale
-        ylims = tuple((-(y1 - y0) / px_per_mm / _PAPER_MM_PER_MV / 2, (y1 - y0) / px_per_mm / _PAPER_MM_PER_MV / 2)
-                      for y0, y1 in bands)
-    else:
-        ylims = tuple((-2.0, 2.0) for _ in bands)
+        return LEADS, 4, tuple(_Panel(k, k % 4, 0 if k < 4 else xm, xm if k < 4 else w, 0, n) for k in range(8))
+    # clinical3x4: 3 x 4 quarter-record panels + a rhythm strip of lead II
+    xs = np.round(np.linspace(0, w, 5)).astype(int)
+    ts = np.round(np.linspace(0, n, 5)).astype(int)
+    panels = tuple(_Panel(_TWELVE.index(_CLINICAL_ROWS[r][c]), r, int(xs[c]), int(xs[c + 1]), int(ts[c]), int(ts[c + 1]))
+                   for r in range(3) for c in range(4))
+    return _TWELVE, 4, panels + (_Panel(_TWELVE.index("II"), 3, 0, w, 0, n),)
 
+
+def _band_ylims(name: str, bands: tuple[tuple[int, int], ...], px_per_mm: float, style: RenderStyle
+                ) -> tuple[tuple[float, float], ...]:
+    """(lo, hi) mV of each band: ``ylim_mv``, else ``mv_per_px``, else 10 mm/mV paper scale (clinical3x4)
+    or +-2 mV."""
+    if style.ylim_mv is not None:
+        return tuple(style.ylim_mv for _ in bands)
+    if style.mv_per_px is not None:
+        return tuple((-style.mv_per_px * (y1 - y0) / 2, style.mv_per_px * (y1 - y0) / 2) for y0, y1 in bands)
+    if name == "clinical3x4":  # 10 mm/mV at the 25 mm/s paper scale
+        return tuple((-(y1 - y0) / px_per_mm / _PAPER_MM_PER_MV / 2, (y1 - y0) / px_per_mm / _PAPER_MM_PER_MV / 2)
+                     for y0, y1 in bands)
+    return tuple((-2.0, 2.0) for _ in bands)
+
+
+def _layout_groups(panels: tuple[_Panel, ...], n_sources: int, bands: tuple[tuple[int, int], ...],
+                   ylims: tuple[tuple[float, float], ...], h: int, n: int, style: RenderStyle) -> tuple[_Group, ...]:
+    """One :class:`_Group` per panel window, with the per-band pixel constants of its panels."""
     s, r = style.oversample, style.linewidth / 2.0
     heights = [y1 - y0 for y0, y1 in bands]
-    block_h = max(heights) if style.clip else h
-    groups: dict[tuple[int, int, int, int], list] = {}
+    groups: dict[tuple[int, int, int, int], list[_Panel]] = {}
     for p in panels:
-        groups.setdefault(p[2:], []).append(p)
+        groups.setdefault(p.window, []).append(p)
     built = []
     for (x0, x1, t0, t1), ps in groups.items():
         def col(vals):
             return _ro(np.asarray(vals, dtype=np.float32).reshape(-1, 1))
-        bk = [p[1] for p in ps]
+        bk = [p.band for p in ps]
         hk_ = [heights[k] for k in bk]
         # value v (uV) -> band-local row (hi - v) * ppu; clip=True: rows clipped to the band, then the brush
         # (+-r) clipped to the band block; clip=False: rows in the full image (offset = band top)
@@ -365,14 +375,39 @@ def _get_layout(name: str, h: int, w: int, n: int, style: RenderStyle) -> _Layou
         limit = [float(hk) if style.clip else float(h) for hk in hk_]
         built.append(_Group(
             x0=x0, x1=x1, t0=t0, t1=t1,
-            sources=_ro(np.asarray([p[0] for p in ps], dtype=np.int64)), bands=_ro(np.asarray(bk, dtype=np.int64)),
-            identity=t0 == 0 and t1 == n and [p[0] for p in ps] == list(range(len(sources))),
+            sources=_ro(np.asarray([p.source for p in ps], dtype=np.int64)), bands=_ro(np.asarray(bk, dtype=np.int64)),
+            identity=t0 == 0 and t1 == n and [p.source for p in ps] == list(range(n_sources)),
             ppu=col(ppu), c_a=col([hp - r + off for hp, off in zip(hi_px, offset)]),
             lim_a=col([hk - r if style.clip else lim for hk, lim in zip(hk_, limit)]),
             c_b=col([hp + r + off for hp, off in zip(hi_px, offset)]),
             lo_b=col([r if style.clip else 0.0] * len(bk)),
             lim_b=col(limit),
             **_window_geometry(x0, x1, t0, t1, s, r)))
+    return tuple(built)
+
+
+@functools.lru_cache(maxsize=64)
+def _get_layout(name: str, h: int, w: int, n: int, style: RenderStyle) -> _Layout:
+    """The geometry and precomputed constants of layout ``name`` at ``(h, w)`` px for ``n`` samples."""
+    if name not in LAYOUTS:
+        raise RenderError(f"layout={name!r}: must be one of {list(LAYOUTS)}")
+    px_per_mm = w / (n / style.fs * _PAPER_MM_PER_S)
+    sources, nb, panels = _layout_panels(name, w, n)
+    edges = np.round(np.linspace(0, h, nb + 1)).astype(int)
+    bands = tuple((int(edges[k]), int(edges[k + 1])) for k in range(nb))
+    for p in panels:
+        if p.x1 - p.x0 < 2 or p.t1 - p.t0 < 2:
+            raise RenderError(f"layout {name!r} at size ({h}, {w}) with {n} samples leaves a panel of "
+                              f"{p.x1 - p.x0} px / {p.t1 - p.t0} samples; use a larger size or a longer signal")
+    if style.linewidth >= min(y1 - y0 for y0, y1 in bands):
+        raise RenderError(f"style linewidth={style.linewidth}: must be thinner than a band "
+                          f"({min(y1 - y0 for y0, y1 in bands)} px for layout {name!r} at height {h})")
+    ylims = _band_ylims(name, bands, px_per_mm, style)
+    built = _layout_groups(panels, len(sources), bands, ylims, h, n, style)
+
+    s = style.oversample
+    heights = [y1 - y0 for y0, y1 in bands]
+    block_h = max(heights) if style.clip else h
     row_index = None
     if style.clip and len(set(heights)) > 1:
         row_index = _ro(np.concatenate([k * block_h + np.arange(hk) for k, hk in enumerate(heights)]))
@@ -385,8 +420,8 @@ def _get_layout(name: str, h: int, w: int, n: int, style: RenderStyle) -> _Layou
     grid = style.grid if style.grid is not None else name == "clinical3x4"
     background = _paper_grid(h, w, px_per_mm) if grid else None
     single_group = len(built) == 1 and built[0].bands.tolist() == list(range(nb))
-    return _Layout(name, h, w, n, tuple(sources), mix, bands, ylims, panels, tuple(built), single_group, background,
-                   s, full, r, style.clip, block_h, row_index)
+    return _Layout(name, h, w, n, tuple(sources), mix, bands, ylims, panels, built, single_group, background,
+                   s, full, style.linewidth / 2.0, style.clip, block_h, row_index)
 
 
 def layout_geometry(layout: str = "stack8", size: int | Sequence[int] = 224, n_samples: int = 2500,
@@ -405,7 +440,7 @@ def layout_geometry(layout: str = "stack8", size: int | Sequence[int] = 224, n_s
         "bands": list(lay.bands),
         "ylim_mv": list(lay.ylims),
         "mv_per_px": [(hi - lo) / (y1 - y0) for (lo, hi), (y0, y1) in zip(lay.ylims, lay.bands)],
-        "panels": [dict(lead=lay.sources[p[0]], band=p[1], x0=p[2], x1=p[3], t0=p[4], t1=p[5]) for p in lay.panels],
+        "panels": [dict(lead=lay.sources[p.source], band=p.band, x0=p.x0, x1=p.x1, t0=p.t0, t1=p.t1) for p in lay.panels],
     }
 
 
@@ -801,7 +836,7 @@ def render_ecg_reference(x: Any, size: int | Sequence[int] = 224, layout: str = 
     fig = Figure(figsize=(wb / dpi, hb / dpi), dpi=dpi, facecolor="white")
     canvas = FigureCanvasAgg(fig)
     lines = []
-    for (srci, band, x0, x1, t0, t1) in lay.panels:
+    for srci, band, x0, x1, t0, t1 in lay.panels:
         y0, y1 = lay.bands[band]
         ax = fig.add_axes((x0 / w, 1.0 - y1 / h, (x1 - x0) / w, (y1 - y0) / h))
         ax.set_axis_off()

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from heartbeit_lib import cohorts
+from heartbeit_lib.pipeline import preprocess
 
 OUT_LEADS = ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6")
 
@@ -328,7 +329,7 @@ def test_wfdb_folder_unlabelled(shared_data, tmp_path):
                                 salt="s", workers=1, progress=False)
     assert len(store) + len(store.rejects) == 25
     assert set(store.manifest["split"]) == {"unassigned"} and (store.manifest["label"] == -1).all()
-    assert len(src.data_hashes()) == 1  # one combined hash over the .hea + .mat files
+    assert len(preprocess.data_hashes(src)) == 1  # one combined hash over the .hea + .mat files
 
 
 def test_pretraining_mix_copies_only_training_ecgs_plus_synthetic(tmp_path):

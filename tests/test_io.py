@@ -47,12 +47,12 @@ def test_canonical_lead(raw, canon):
     assert io.canonical_lead(raw) == canon
 
 
-def test_derive_limb_leads_identities():
+def test_append_limb_leads_identities():
     """Oracle: III = II - I, aVR = -(I+II)/2, aVL = I - II/2, aVF = II - I/2; and Einthoven's
     I + III = II, Goldberger's aVR + aVL + aVF = 0 (float64, 1e-9 uV)."""
     rng = np.random.default_rng(0)
     x = _ecg(rng)
-    sig, leads, derived = io.derive_limb_leads(x, LEADS8)
+    sig, leads, derived = io.append_limb_leads(x, LEADS8)
     assert derived == ["III", "AVR", "AVL", "AVF"] and leads == LEADS8 + ("III", "AVR", "AVL", "AVF")
     L = dict(zip(leads, sig))
     np.testing.assert_allclose(L["III"], x[1] - x[0], atol=1e-9)

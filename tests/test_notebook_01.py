@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 
 import pandas as pd
-import papermill
 import pytest
 
 from heartbeit_lib import cohorts
@@ -67,15 +66,3 @@ def test_ptbxl_subset_mi(ptbxl_root, tmp_path):
     assert (metrics["n_train_positive"], metrics["n_val_positive"], metrics["n_test_positive"]) == (248, 29, 38)
     store = cohorts.CohortStore(run_dir)
     assert store.manifest["fs_source"].eq(100).all()
-
-
-def test_unknown_parameter_is_rejected(tmp_path):
-    # by the runner, before anything runs
-    with pytest.raises(runs.UnknownParameterError, match="sed"):
-        runs.execute_notebook("01_preprocess", {"sed": 1, "out_root": str(tmp_path)}, tmp_path / "r")
-    # and by the notebook itself when papermill is called directly (papermill only warns)
-    with pytest.raises(papermill.PapermillExecutionError, match="UnknownParameterError"):
-        papermill.execute_notebook(str(runs.resolve_notebook("01_preprocess")), str(tmp_path / "out.ipynb"),
-                                   parameters={"sed": 1, "out_root": str(tmp_path)}, progress_bar=False,
-                                   cwd=str(runs.REPO_ROOT))
-    assert not (tmp_path / "01_preprocess").exists()  # failed before start_run created a folder

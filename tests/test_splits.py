@@ -101,7 +101,7 @@ def test_ptbxl_folds():
     assert counts.iloc[0] >= 2
     bad.loc[rows[0], "split"], bad.loc[rows[1], "split"] = "train", "test"
     with pytest.raises(cohorts.SplitError, match="cross splits"):
-        cohorts._check_disjoint(bad)
+        cohorts.check_disjoint(bad)
 
 
 def test_training_fractions_nested_stratified_and_at_least_one_per_class():
@@ -161,16 +161,3 @@ def test_splits_identical_across_builds_and_salts(tmp_path):
         a.indices("training")
     c = cohorts.build_store_from_arrays(tmp_path / "c", x, meta, task=task, seed=1, shard_size=16, salt="one")
     assert not a.manifest["split"].equals(c.manifest["split"])  # the seed does matter
-
-
-def test_table1_hand_counted():
-    m = pd.DataFrame({"patient_hash": ["a", "a", "b", "c", "d", "d", "e"],
-                      "split": ["train", "train", "train", "test", "test", "test", "external"],
-                      "label": [1, 0, 0, 1, 1, -1, 0]})
-    t = cohorts.table1(m)
-    assert list(t.index) == ["train", "test", "external", "total"]
-    assert t.loc["train"].tolist() == [3, 2, 1, 0, pytest.approx(33.33)]
-    assert t.loc["test"].tolist() == [3, 2, 2, 1, 100.0]  # prevalence over labelled ECGs only
-    assert t.loc["total", "ecgs"] == 7 and t.loc["total", "patients"] == 5 and t.loc["total", "positives"] == 3
-    md = cohorts.to_markdown(t)
-    assert md.splitlines()[0].startswith("| split | ecgs | patients |") and md.count("\n") == 6

@@ -52,10 +52,9 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
-import scipy.ndimage
-import scipy.signal
 import torch
 
+from heartbeit_lib import signals
 from heartbeit_lib.signals import OUTPUT_LEADS, lead_indices
 
 DEEPFAKE_LEADS: tuple[str, ...] = OUTPUT_LEADS  # I, II, V1-V6 (package README)
@@ -178,11 +177,7 @@ def _as_batch(x, name: str = "x") -> np.ndarray:
 
 
 def detect_qrs(x: np.ndarray, fs: float = DEEPFAKE_FS) -> list[np.ndarray]:
-    """QRS centres of each record (sample indices), from a multi-lead slope-energy envelope.
-
-    Simple and adequate for clean synthetic ECGs, not a clinical detector: the envelope is the
-    squared first difference summed over leads, smoothed over 40 ms; peaks are >= 300 ms apart
-    (<= 200 bpm) and above 20% of the envelope's 99th percentile.
+    """QRS centres of each record by :func:`heartbeit_lib.signals.detect_qrs` (the library's one detector).
 
     Parameters
     ----------
@@ -190,17 +185,9 @@ def detect_qrs(x: np.ndarray, fs: float = DEEPFAKE_FS) -> list[np.ndarray]:
 
     Returns
     -------
-    list of N int64 arrays of sample indices.
+    list of N sorted int64 arrays of sample indices.
     """
-    arr = _as_batch(x).astype(np.float64)
-    d = np.diff(arr, axis=-1, prepend=arr[..., :1])
-    env = scipy.ndimage.uniform_filter1d((d * d).sum(axis=1), max(int(round(0.04 * fs)), 1), axis=-1)
-    out = []
-    for e in env:
-        thr = 0.2 * np.percentile(e, 99)
-        pk, _ = scipy.signal.find_peaks(e, height=thr if thr > 0 else None, distance=max(int(0.3 * fs), 1))
-        out.append(pk.astype(np.int64))
-    return out
+    return [signals.detect_qrs(rec, fs) for rec in _as_batch(x)]
 
 
 def st_profile(qrs: np.ndarray, n_samples: int, fs: float = DEEPFAKE_FS) -> np.ndarray:

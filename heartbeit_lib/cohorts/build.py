@@ -1,0 +1,415 @@
+"""Building a cohort store: read, preprocess and write every input in resumable shards
+(:func:`build_store`), then merge the shards, assign splits and write the tables."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from heartbeit_lib import io as hio
+from heartbeit_lib import signals
+from heartbeit_lib.utils import atomic_write, atomic_write_text
+
+from .errors import (AmplitudeRangeError, CohortError, LabelError, NonFiniteOutputError, RecordError, StoreError,
+                     StoredShapeError)
+from .ids import clean_id, hash_patient, read_or_create_salt
+from .splits import assign_splits, check_disjoint, train_ranks
+from .store import (N_LEADS, N_SAMPLES, REJECT_COLUMNS, STORE_FORMAT, STORE_FS, STORE_VERSION, CohortStore,
+                    normalise_manifest, normalise_rejects, shard_name)
+from .tasks import TaskConfig, load_task
+
+FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504.0
+# columns of an inputs table (one row per input record, see build_store)
+INPUT_COLUMNS = ("source_path", "record_id", "patient_id", "site", "label")
+# Exception types that make an input a reject; anything else propagates (a bug).
+REJECTABLE: tuple[type[BaseException], ...] = (RecordError, hio.ECGReadError, signals.SignalError)
+_CORE_DTYPES = {"record_id": str, "patient_hash": str, "patient_source": str, "site": str,
+                "label": np.int64, "shard": np.int64, "offset": np.int64, "source_path": str,
+                "input_index": np.int64, "fs_source": np.float64, "n_samples_source": np.int64}
+
+
+def output_leads() -> tuple[str, ...]:
+    """Leads of every stored ECG: I, II, V1-V6."""
+    return tuple(signals.OUTPUT_LEADS)
+
+
+# ---------------------------------------------------------------- one shard (runs in a worker)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardSpec:
+    """Everything a worker needs to build shard ``shard`` (picklable; rows are that shard's inputs)."""
+
+    shard: int
+    rows: list[dict]  # inputs-table rows (see build_store), with input_index
+    reader: Callable[[str], Any]
+    store_dir: str
+    salt: str
+    preprocess_kw: dict | None  # None: signals are stored as given
+    manifest_columns: list[str]
+    dtypes: dict[str, Any]  # manifest column -> dtype
+
+
+def _write_npy(path: Path, arr: np.ndarray) -> None:
+    def w(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, arr, allow_pickle=False)
+
+    atomic_write(path, w)
+
+
+def _write_parquet(path: Path, df: pd.DataFrame) -> None:
+    atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False, engine="pyarrow"))
+
+
+def _shard_done(store_dir: Path, i: int) -> bool:
+    name = shard_name(i)
+    return all((p.exists() for p in (store_dir / f"{name}.npy",
+                                     store_dir / "parts" / f"{name}.manifest.parquet",
+                                     store_dir / "parts" / f"{name}.rejects.parquet")))
+
+
+def _preprocess_group(x: np.ndarray, fs: float, leads: tuple[str, ...], preprocess_kw: Mapping | None
+                      ) -> np.ndarray:
+    """(n, L, T) microvolts -> float32 (n, 8, 2500); ``preprocess_kw=None`` means already preprocessed."""
+    if preprocess_kw is None:
+        if x.shape[1:] != (N_LEADS, N_SAMPLES):
+            raise StoredShapeError(f"signal given as preprocessed must be ({N_LEADS}, {N_SAMPLES}), "
+                                   f"got {x.shape[1:]}")
+        return np.asarray(x, np.float32)
+    return np.asarray(signals.preprocess(x, fs, list(leads), **dict(preprocess_kw)), np.float32)
+
+
+def _check_range(y: np.ndarray, where: str) -> None:
+    if not np.isfinite(y).all():
+        raise NonFiniteOutputError(f"{where}: preprocessed signal holds NaN/inf")
+    peak = float(np.abs(y).max()) if y.size else 0.0
+    if peak > FLOAT16_MAX:
+        raise AmplitudeRangeError(f"{where}: preprocessed peak {peak:.0f} uV exceeds float16's "
+                                  f"+-{FLOAT16_MAX:.0f} uV (wrong gain or unit?)")
+
+
+class _Rejects(list):
+    """Reject rows of one shard (``REJECT_COLUMNS``)."""
+
+    def add(self, row: dict, stage: str, err: BaseException) -> None:
+        path, why = str(row["source_path"]), str(err)
+        self.append({"input_index": int(row["input_index"]), "source_path": path,
+                     "record_id": str(row["record_id"]), "stage": stage, "error_type": type(err).__name__,
+                     "reason": why if path in why else f"{path}: {why}"})
+
+
+def _read_rows(spec: ShardSpec, rejects: _Rejects) -> list[tuple[dict, Any]]:
+    """(row, record) of every input of the shard that could be read."""
+    recs: list[tuple[dict, Any]] = []
+    for row in spec.rows:
+        if row.get("reject"):
+            rejects.add(row, "inputs", LabelError(str(row["reject"])))
+            continue
+        try:
+            rec = spec.reader(row["source_path"])
+        except REJECTABLE as e:
+            rejects.add(row, "read", e)
+            continue
+        recs.append((row, rec))
+    return recs
+
+
+def _preprocess_records(recs: list[tuple[dict, Any]], pkw: dict | None, rejects: _Rejects) -> dict[int, np.ndarray]:
+    """Preprocessed float32 (8, 2500) signal of each record (by position in ``recs``), batched over
+    records of the same rate / leads / length; a failing batch is redone one by one to find the culprits."""
+    out: dict[int, np.ndarray] = {}
+    groups: dict[tuple, list[int]] = {}
+    for j, (row, rec) in enumerate(recs):
+        sig = np.asarray(rec.signal)
+        key = (float(rec.fs), tuple(str(l).upper() for l in rec.leads), sig.shape)
+        groups.setdefault(key, []).append(j)
+    chunk = 256  # bounds peak memory: 256 x 12 x 5000 float32 = 61 MB
+    failed: list[int] = []
+    for (fs, leads, _), js in groups.items():
+        for s in range(0, len(js), chunk):
+            part = js[s:s + chunk]
+            x = np.stack([np.asarray(recs[j][1].signal, np.float32) for j in part])
+            try:
+                y = _preprocess_group(x, fs, leads, pkw)
+            except REJECTABLE:
+                failed.extend(part)
+                continue
+            for k, j in enumerate(part):
+                out[j] = y[k]
+    for j in sorted(failed):
+        row, rec = recs[j]
+        try:
+            out[j] = _preprocess_group(np.asarray(rec.signal, np.float32)[None], float(rec.fs),
+                                       tuple(str(l).upper() for l in rec.leads), pkw)[0]
+        except REJECTABLE as e:
+            rejects.add(row, "preprocess", e)
+    return out
+
+
+def _manifest_row(spec: ShardSpec, row: dict, rec: Any, offset: int) -> dict:
+    """Manifest row of a stored record: the input row without the raw patient id, plus its salted
+    hash (input id, else the record's own, else the record is its own patient), site and position."""
+    meta = getattr(rec, "meta", None) or {}
+    pid, psrc = clean_id(row.get("patient_id")), "input"
+    if not pid:
+        pid, psrc = clean_id(meta.get("patient_id")), "record"
+    if not pid:  # no patient id anywhere: the record is its own patient (documented)
+        pid, psrc = "record:" + str(row["record_id"]), "record_id"
+    site = clean_id(row.get("site")) or clean_id(meta.get("site")) or "unknown"
+    m = {k: v for k, v in row.items() if k not in ("patient_id", "reject")}
+    m.update(patient_hash=hash_patient(pid, spec.salt), patient_source=psrc, site=site,
+             shard=int(spec.shard), offset=offset, fs_source=float(rec.fs),
+             n_samples_source=int(np.asarray(rec.signal).shape[-1]))
+    return m
+
+
+def build_shard(spec: ShardSpec) -> dict:
+    """Read, preprocess, range-check and write one shard (runs in a worker process). Returns counts."""
+    rejects = _Rejects()
+    recs = _read_rows(spec, rejects)
+    out = _preprocess_records(recs, spec.preprocess_kw, rejects)
+    sigs, mrows = [], []
+    for j, (row, rec) in enumerate(recs):
+        if j not in out:
+            continue
+        try:
+            _check_range(out[j], str(row["source_path"]))
+        except REJECTABLE as e:
+            rejects.add(row, "store", e)
+            continue
+        mrows.append(_manifest_row(spec, row, rec, len(sigs)))
+        sigs.append(out[j])
+
+    arr = (np.stack(sigs) if sigs else np.zeros((0, N_LEADS, N_SAMPLES), np.float32)).astype(np.float16)
+    mdf = pd.DataFrame(mrows, columns=spec.manifest_columns) if mrows else \
+        pd.DataFrame({c: pd.Series(dtype=spec.dtypes.get(c, "object")) for c in spec.manifest_columns})
+    rdf = pd.DataFrame(sorted(rejects, key=lambda r: r["input_index"]), columns=list(REJECT_COLUMNS))
+    store_dir, name = Path(spec.store_dir), shard_name(spec.shard)
+    # parts first, the array last: a shard counts as done only when all three exist
+    _write_parquet(store_dir / "parts" / f"{name}.rejects.parquet", normalise_rejects(rdf))
+    _write_parquet(store_dir / "parts" / f"{name}.manifest.parquet", normalise_manifest(mdf, spec.dtypes))
+    _write_npy(store_dir / f"{name}.npy", arr)
+    return {"shard": spec.shard, "stored": len(mrows), "rejected": len(rejects)}
+
+
+# ---------------------------------------------------------------- the whole store
+
+
+def _check_inputs(inputs: pd.DataFrame) -> pd.DataFrame:
+    missing = [c for c in ("source_path", "record_id") if c not in inputs.columns]
+    if missing:
+        raise CohortError(f"inputs table: missing column(s) {missing}; needs {list(INPUT_COLUMNS)}")
+    df = inputs.reset_index(drop=True).copy()
+    for c, default in (("patient_id", ""), ("site", ""), ("label", -1), ("reject", "")):
+        if c not in df.columns:
+            df[c] = default
+    df["record_id"] = df["record_id"].map(clean_id)
+    df["source_path"] = df["source_path"].astype(str)
+    df["patient_id"] = df["patient_id"].map(clean_id)
+    df["site"] = df["site"].map(clean_id)
+    df["reject"] = df["reject"].fillna("").astype(str)
+    lab = pd.to_numeric(df["label"], errors="coerce")
+    if lab.isna().any() or not lab.isin([-1, 0, 1]).all():
+        bad = df.loc[lab.isna() | ~lab.isin([-1, 0, 1]), "record_id"].head(5).tolist()
+        raise CohortError(f"inputs table: labels must be 0, 1 or -1 (unlabelled); bad rows e.g. {bad}")
+    df["label"] = lab.astype(np.int64)
+    if (df["record_id"] == "").any():
+        raise CohortError("inputs table: empty record_id in rows "
+                          f"{df.index[df['record_id'] == ''][:5].tolist()}")
+    dup = df["record_id"][df["record_id"].duplicated()]
+    if len(dup):
+        raise CohortError(f"inputs table: duplicate record_id(s) {dup.head(5).tolist()}")
+    df.insert(0, "input_index", np.arange(len(df), dtype=np.int64))
+    return df
+
+
+def _fingerprint(inputs: pd.DataFrame, salt: str, params: Mapping[str, Any]) -> str:
+    h = hashlib.sha256()
+    h.update(salt.encode() + b"\0")  # salted, so the fingerprint reveals nothing about patient ids
+    h.update(pd.util.hash_pandas_object(inputs.astype(str), index=True).to_numpy().tobytes())
+    h.update(json.dumps(list(inputs.columns)).encode())
+    h.update(json.dumps(params, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def build_store(inputs: pd.DataFrame, reader: Callable[[str], Any], run_dir: str | os.PathLike, *,
+                task_cfg: "TaskConfig | str" = "custom", seed: int = 0, shard_size: int = 512,
+                workers: int = 2, preprocess_kw: Mapping[str, Any] | None = None,
+                salt: str | None = None, salt_file: str | os.PathLike | None = None, progress: bool = True
+                ) -> "CohortStore":
+    """Preprocess every input record into a sharded, resumable cohort store in ``run_dir``.
+
+    Parameters
+    ----------
+    inputs : DataFrame
+        One row per input: ``source_path`` (what ``reader`` reads), ``record_id`` (unique),
+        ``patient_id`` (raw; only its salted hash is stored; empty -> the record's own
+        ``meta['patient_id']``, else the record is its own patient), ``site``, ``label``
+        (0/1, -1 unlabelled), optional ``reject`` (non-empty text: reject without reading, e.g. a
+        missing label) and any task-specific columns (e.g. ``strat_fold``), copied to the manifest.
+    reader : callable
+        E.g. :func:`heartbeit_lib.io.read_ecg`: ``reader(source_path)`` -> object with ``signal`` (leads, samples) microvolts, ``fs`` Hz,
+        ``leads`` names, ``meta`` dict; raises ``io.ECGReadError`` (or :class:`RecordError`) for
+        bad inputs, which become rejects. Must be picklable when ``workers > 1``.
+    run_dir : path
+        Output folder (created). A build interrupted at any point resumes here: finished shards
+        are kept, the rest redone; the final files are byte-identical to an uninterrupted build.
+    task_cfg : TaskConfig or task name
+        Split method and parameters (the labels are already in ``inputs``).
+    seed : int
+        Seed of the patient splits and of the training-fraction ranks (constant: same splits
+        for every model and run).
+    shard_size : int
+        Inputs per shard (one ``.npy`` each; 512 x 8 x 2500 float16 = 20 MB).
+    workers : int
+        Worker processes (``ProcessPoolExecutor`` with the ``spawn`` start method: forking a
+        process that already runs torch/BLAS threads can deadlock); ``<= 1`` or an in-memory
+        reader runs in this process. Does not change the output. From a *script*, call it under
+        ``if __name__ == "__main__":`` (spawn re-imports the main module; notebooks are fine).
+    preprocess_kw : mapping or None
+        Keyword arguments of :func:`heartbeit_lib.signals.preprocess`; ``None`` stores the
+        signals as given (they must already be (8, 2500) microvolts).
+    salt, salt_file : str
+        Salt of the patient hashes, or a file holding it; neither -> ``<run_dir>/salt.txt``
+        (created once, reused when resuming).
+    progress : bool
+        tqdm progress bar over inputs.
+
+    Returns
+    -------
+    CohortStore
+    """
+    run_dir = Path(run_dir)
+    task = load_task(task_cfg)
+    if shard_size < 1:
+        raise CohortError(f"shard_size must be >= 1, got {shard_size}")
+    df = _check_inputs(inputs)
+    salt = salt if salt else read_or_create_salt(run_dir, salt_file)
+    store_dir = run_dir / "store"
+    (store_dir / "parts").mkdir(parents=True, exist_ok=True)
+    # what the output depends on (not workers/progress): a resumed build must match it
+    params = {"task": task.to_dict(), "seed": int(seed), "shard_size": int(shard_size),
+              "preprocess_kw": None if preprocess_kw is None else dict(preprocess_kw),
+              "leads": list(output_leads()), "format": STORE_FORMAT, "version": STORE_VERSION}
+    _check_or_write_build_spec(run_dir, _fingerprint(df, salt, params), params)
+
+    extra = [c for c in df.columns if c not in (*INPUT_COLUMNS, "reject", "input_index")]
+    manifest_columns = ["record_id", "patient_hash", "patient_source", "site", "label", "shard", "offset",
+                        "source_path", "input_index", "fs_source", "n_samples_source", *extra]
+    dtypes = {**_CORE_DTYPES, **{c: df[c].dtype for c in extra}}
+    n_shards = max(1, math.ceil(len(df) / shard_size))
+    for stale in store_dir.rglob("*.tmp-*"):  # half-written files of a killed build
+        stale.unlink()
+    todo = [i for i in range(n_shards) if not _shard_done(store_dir, i)]
+
+    def spec(i: int) -> ShardSpec:  # built lazily: at paper scale all rows at once would not fit
+        return ShardSpec(i, df.iloc[i * shard_size:(i + 1) * shard_size].to_dict("records"), reader,
+                         str(store_dir), salt, params["preprocess_kw"], manifest_columns, dtypes)
+
+    def n_rows(i: int) -> int:
+        return min(len(df), (i + 1) * shard_size) - i * shard_size
+
+    in_process = workers <= 1 or getattr(reader, "in_process", False) or len(todo) <= 1
+    with tqdm(total=len(df), initial=len(df) - sum(n_rows(i) for i in todo), unit="ecg",
+              desc="01_preprocess", disable=not progress, mininterval=1.0) as bar:
+        if in_process:
+            for i in todo:
+                build_shard(spec(i))
+                bar.update(n_rows(i))
+        else:
+            for counts in _map_in_processes(build_shard, map(spec, todo), workers, min(workers, len(todo))):
+                bar.update(n_rows(counts["shard"]))
+    _merge(run_dir, df, task, int(seed), n_shards, params)
+    return CohortStore(run_dir)
+
+
+def _check_or_write_build_spec(run_dir: Path, fp: str, params: Mapping[str, Any]) -> None:
+    """Write ``store/build_spec.json`` on the first build; a resumed build must have the same fingerprint."""
+    spec_path = run_dir / "store" / "build_spec.json"
+    if spec_path.exists():
+        old = json.loads(spec_path.read_text()).get("fingerprint")
+        if old != fp:
+            raise StoreError(f"{run_dir}: holds a build of other inputs or parameters (fingerprint "
+                             f"{str(old)[:12]} != {fp[:12]}); use a new run_id or delete the folder")
+    else:
+        atomic_write_text(spec_path, json.dumps({"fingerprint": fp, **params}, indent=2, sort_keys=True) + "\n")
+
+
+def _map_in_processes(fn: Callable[[Any], dict], items: Iterator[Any], workers: int, max_workers: int
+                      ) -> Iterator[dict]:
+    """``fn(item)`` for each item in ``spawn`` worker processes, results in completion order.
+
+    At most ``2 * workers`` items are in flight: ``Executor.map`` would build every item (a shard's
+    rows) up front (its ``buffersize`` argument needs Python 3.14). A worker's error propagates and
+    cancels what has not started.
+    """
+    ctx = multiprocessing.get_context("spawn")  # fork is unsafe with torch/BLAS threads alive
+    with cf.ProcessPoolExecutor(max_workers=max_workers, mp_context=ctx) as pool:
+        running: set[cf.Future] = set()
+        try:
+            for item in items:
+                if len(running) >= 2 * workers:
+                    done, running = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                    yield from (f.result() for f in done)
+                running.add(pool.submit(fn, item))
+            for f in cf.as_completed(running):
+                yield f.result()
+        except BaseException:
+            for f in running:
+                f.cancel()
+            raise
+
+
+def _merge(run_dir: Path, df: pd.DataFrame, task: TaskConfig, seed: int, n_shards: int, params: dict) -> None:
+    """Concatenate the shard parts (in shard order), assign splits and write the final tables."""
+    store_dir = run_dir / "store"
+    mparts, rparts = [], []
+    for i in range(n_shards):
+        name = shard_name(i)
+        m = pd.read_parquet(store_dir / "parts" / f"{name}.manifest.parquet")
+        r = pd.read_parquet(store_dir / "parts" / f"{name}.rejects.parquet")
+        n_rows = np.load(store_dir / f"{name}.npy", mmap_mode="r").shape[0] if len(m) else 0
+        shard_inputs = min(len(df), (i + 1) * params["shard_size"]) - i * params["shard_size"]
+        if len(m) != n_rows or len(m) + len(r) != shard_inputs:
+            raise StoreError(f"{store_dir}: {name} is inconsistent ({len(m)} manifest rows, {n_rows} "
+                             f"signals, {len(r)} rejects for {shard_inputs} inputs); delete it and re-run")
+        mparts.append(m)
+        rparts.append(r)
+    manifest = pd.concat(mparts, ignore_index=True) if mparts else pd.DataFrame()
+    rejects = normalise_rejects(pd.concat(rparts, ignore_index=True))
+    # every input is accounted for, exactly once
+    assert len(df) == len(manifest) + len(rejects), (len(df), len(manifest), len(rejects))
+    seen = np.sort(np.concatenate([manifest["input_index"].to_numpy(np.int64),
+                                   rejects["input_index"].to_numpy(np.int64)]))
+    assert np.array_equal(seen, np.arange(len(df))), "an input was stored or rejected twice"
+
+    manifest["split"] = assign_splits(manifest, task, seed)
+    manifest["train_rank"] = train_ranks(manifest, seed)
+    check_disjoint(manifest)
+    cols = ["record_id", "patient_hash", "site", "label", "split", "train_rank", "shard", "offset", "source_path"]
+    manifest = manifest[cols + [c for c in manifest.columns if c not in cols]]
+    _write_parquet(run_dir / "manifest.parquet", manifest)
+    _write_parquet(run_dir / "rejects.parquet", rejects)
+    atomic_write(run_dir / "rejects.csv", lambda tmp: rejects.to_csv(tmp, index=False))
+    info = {"format": STORE_FORMAT, "version": STORE_VERSION, "task": task.name,
+            "n_inputs": len(df), "n_stored": len(manifest), "n_rejected": len(rejects),
+            "n_shards": n_shards, "shard_size": params["shard_size"], "dtype": "float16",
+            "shape": [N_LEADS, N_SAMPLES], "fs": STORE_FS, "leads": params["leads"], "units": "microvolts",
+            "seed": seed, "split_method": task.split, "fractions": list(task.fractions),
+            "task_config": task.to_dict(), "preprocess_kw": params["preprocess_kw"]}
+    atomic_write_text(run_dir / "store.json", json.dumps(info, indent=2) + "\n")
+
+
+# ====================================================================== splits

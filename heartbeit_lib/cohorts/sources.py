@@ -1,0 +1,285 @@
+"""Data sources of a cohort store: PTB-XL, MUSE XML and WFDB folders (with a labels CSV), the synthetic
+demo cohort and in-memory arrays (:class:`ArrayReader`, :func:`build_store_from_arrays`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from heartbeit_lib import io as hio
+from heartbeit_lib import signals
+
+from .build import build_store, output_leads
+from .errors import CohortError, TaskError
+from .ids import clean_id
+from .store import N_LEADS, N_SAMPLES, STORE_FS, CohortStore
+from .tasks import TaskConfig, ptbxl_labels, threshold_labels
+
+
+@dataclasses.dataclass
+class ArrayRecord:
+    """Minimal record for in-memory signals (same attributes as ``io.ECGRecord``)."""
+
+    signal: np.ndarray  # float32 (leads, samples) microvolts
+    fs: float
+    leads: tuple[str, ...]
+    meta: dict
+
+
+class ArrayReader:
+    """``reader('array[i]')`` -> row ``i`` of an in-memory (N, leads, samples) microvolt array.
+
+    Builds from arrays run in the calling process (``in_process=True``, the default): the data
+    are already in memory and sending them to worker processes would copy them.
+    """
+
+    def __init__(self, x: np.ndarray, fs: float, leads: Sequence[str], in_process: bool = True):
+        if x.ndim != 3 or x.shape[1] != len(leads):
+            raise CohortError(f"arrays: x must be (N, {len(leads)} leads, samples), got {x.shape}")
+        self.x, self.fs, self.leads, self.in_process = x, float(fs), tuple(leads), in_process
+
+    @staticmethod
+    def path(i: int) -> str:
+        return f"array[{i}]"
+
+    def __call__(self, source_path: str) -> ArrayRecord:
+        if not (source_path.startswith("array[") and source_path.endswith("]")):
+            raise CohortError(f"ArrayReader: {source_path!r} is not of the form 'array[i]'")
+        i = int(source_path[6:-1])
+        return ArrayRecord(np.asarray(self.x[i], np.float32), self.fs, self.leads, {})
+
+
+@dataclasses.dataclass
+class Source:
+    """A data source ready for :func:`build_store`: the inputs table, a reader and what to hash."""
+
+    name: str
+    inputs: pd.DataFrame
+    reader: Callable[[str], Any]
+    data_root: str = ""
+    files: tuple[Path, ...] = ()  # input files for provenance (record files, CSVs)
+    hashes: dict[str, str] = dataclasses.field(default_factory=dict)  # precomputed (e.g. demo arrays)
+
+    def preview(self, n: int = 5) -> pd.DataFrame:
+        """The first ``n`` inputs without the raw patient ids (safe to show in a notebook)."""
+        return self.inputs.drop(columns=["patient_id"], errors="ignore").head(n)
+
+
+def _record_files(paths: Iterable[str]) -> list[Path]:
+    """Existing files of each record: the path itself and its siblings with the same stem (.dat, .mat)."""
+    out: set[Path] = set()
+    for s in paths:
+        p = Path(s)
+        if p.exists():
+            out.add(p)
+            for ext in (".dat", ".mat"):
+                q = p.with_suffix(ext)
+                if q.exists():
+                    out.add(q)
+    return sorted(out)
+
+
+def ptbxl_source(root: str | os.PathLike, task: TaskConfig, database: str = "ptbxl_database.csv",
+                 rate: int | None = None) -> Source:
+    """PTB-XL inputs: one row per row of ``<root>/<database>`` (:func:`io.load_ptbxl`), labelled by ``task``.
+
+    ``rate`` 100 reads ``records100`` (``filename_lr``), 500 ``records500`` (``filename_hr``);
+    None picks 500 when every row has a 500 Hz file, else 100 (``ptbxl_database_100hz.csv`` of the
+    shared subset). Rows without a file at the chosen rate are rejected with that reason.
+    Carried columns: ``ecg_id``, ``strat_fold``, ``scp_codes`` (text), ``infarction_stadium1/2``,
+    ``age``, ``sex``.
+    """
+    if task.label_rule not in ("ptbxl_scp", "none"):
+        raise TaskError(f"task {task.name!r} (label_rule {task.label_rule}) cannot label PTB-XL; "
+                        "use a ptbxl_scp task such as mi or stemi")
+    root = Path(root)
+    db = hio.load_ptbxl(root, rate or 500, database)
+    if rate is None:  # auto: 500 Hz when every row has a 500 Hz file
+        rate = 500 if db["path"].notna().all() else 100
+        if rate == 100:
+            db = hio.load_ptbxl(root, 100, database)
+    statements = hio.load_scp_statements(root)
+    db = db.reset_index()
+    label = ptbxl_labels(db, statements, task) if task.label_rule == "ptbxl_scp" else np.full(len(db), -1)
+    has = db["path"].notna().to_numpy()
+    inputs = pd.DataFrame({
+        "source_path": [f"{p}.hea" if h else f"{root}/{database}#ecg_id={e}"
+                        for p, h, e in zip(db["path"], has, db["ecg_id"])],
+        "record_id": db["ecg_id"].map(clean_id),
+        "patient_id": db["patient_id"].map(clean_id),
+        "site": db["site"].map(clean_id) if "site" in db.columns else "",
+        "label": label.astype(np.int64),
+        "reject": np.where(has, "", f"no {rate} Hz record file in {database}"),
+        "ecg_id": db["ecg_id"].astype(np.int64),
+        "strat_fold": db["strat_fold"].astype(np.int64),
+        "scp_codes": db["scp_codes"].astype(str),
+        "infarction_stadium1": db["infarction_stadium1"].fillna("").astype(str),
+        "infarction_stadium2": db["infarction_stadium2"].fillna("").astype(str),
+        "age": pd.to_numeric(db["age"], errors="coerce").astype(float),
+        "sex": pd.to_numeric(db["sex"], errors="coerce").fillna(-1).astype(np.int64),
+    })
+    files = (root / database, root / "scp_statements.csv", *_record_files(inputs.loc[has, "source_path"]))
+    return Source("ptbxl", inputs, hio.read_ecg, str(root), tuple(files))
+
+
+def _csv_source(kind: str, root: str | os.PathLike, task: TaskConfig, labels_csv: str, exts: tuple[str, ...]
+                ) -> Source:
+    """MUSE XML or WFDB records in a folder, labelled by a CSV (or unlabelled without one)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise CohortError(f"{kind} source: data_root {root} is not a folder")
+    found = sorted(p for e in exts for p in root.rglob(f"*{e}"))
+    by_stem: dict[str, Path] = {}
+    for p in found:
+        by_stem.setdefault(p.stem, p)
+    csv = Path(labels_csv) if labels_csv else root / "labels.csv"
+    if task.label_rule in ("csv_label", "csv_threshold") or labels_csv:
+        if not csv.exists():
+            raise CohortError(f"{kind} source: labels CSV {csv} does not exist (parameter labels_csv)")
+        tab = pd.read_csv(csv, dtype={task.id_column: str, task.patient_column: str, task.site_column: str})
+        need = [task.id_column] + ([task.label_column] if task.label_rule == "csv_label" else []) + \
+               ([task.value_column] if task.label_rule == "csv_threshold" else [])
+        miss = [c for c in need if c not in tab.columns]
+        if miss:
+            raise CohortError(f"{csv}: missing column(s) {miss} needed by task {task.name!r}; has {list(tab.columns)}")
+        ids = tab[task.id_column].map(clean_id)
+        if task.file_column and task.file_column in tab.columns:
+            paths = [str(root / f) for f in tab[task.file_column].astype(str)]
+        else:
+            paths = [str(by_stem[i]) if i in by_stem else str(root / f"{i}{exts[0]}") for i in ids]
+        if task.label_rule == "csv_label":
+            lab = pd.to_numeric(tab[task.label_column], errors="coerce")
+            ok = lab.isin([0, 1])
+            label = np.where(ok, lab.fillna(-1), -1).astype(np.int64)
+            why = np.where(ok, "", f"label column {task.label_column!r} is not 0/1")
+        elif task.label_rule == "csv_threshold":
+            label = threshold_labels(tab[task.value_column], task)
+            why = np.where(label >= 0, "", f"value column {task.value_column!r} is empty or not numeric")
+        else:
+            label, why = np.full(len(tab), -1, np.int64), np.full(len(tab), "")
+        inputs = pd.DataFrame({
+            "source_path": paths, "record_id": ids,
+            "patient_id": tab[task.patient_column].map(clean_id) if task.patient_column in tab.columns else "",
+            "site": tab[task.site_column].map(clean_id) if task.site_column in tab.columns else "",
+            "label": label, "reject": why})
+        if task.value_column and task.value_column in tab.columns:
+            inputs[task.value_column] = pd.to_numeric(tab[task.value_column], errors="coerce").astype(float)
+        files = (csv, *_record_files(p for p, r in zip(inputs["source_path"], inputs["reject"]) if not r))
+    else:  # unlabelled folder: every record file, patient ids from the records themselves
+        inputs = pd.DataFrame({"source_path": [str(p) for p in found],
+                               "record_id": [str(p.relative_to(root).with_suffix("")) for p in found],
+                               "patient_id": "", "site": "", "label": -1})
+        files = tuple(_record_files(inputs["source_path"]))
+    return Source(kind, inputs, hio.read_ecg, str(root), tuple(files))
+
+
+def muse_source(root: str | os.PathLike, task: TaskConfig, labels_csv: str | None = None) -> Source:
+    """GE MUSE XML files under ``root`` + a labels CSV (``id_column`` = file stem or ``file_column``,
+    ``patient_column``, ``site_column``, ``label_column`` or ``value_column``; see the lvef/hcm tasks)."""
+    return _csv_source("muse", root, task, labels_csv, (".xml",))
+
+
+def wfdb_source(root: str | os.PathLike, task: TaskConfig, labels_csv: str | None = None) -> Source:
+    """WFDB records (``.hea`` + ``.dat``/``.mat``, e.g. PhysioNet/CinC) under ``root`` + an optional labels CSV."""
+    return _csv_source("wfdb", root, task, labels_csv, (".hea",))
+
+
+def demo_source(n: int, seed: int, prevalence: float, n_unlabelled: int = 0) -> Source:
+    """The synthetic demo cohort of :func:`heartbeit_lib.cohorts.synthetic.make_demo_cohort`: ``n``
+    labelled ECGs (synthetic anterior ST elevation = 1) then ``n_unlabelled`` with label -1
+    (deepfake-ecg ECGs, 8 leads at 500 Hz, 10 s, three synthetic sites), read from memory."""
+    from heartbeit_lib.cohorts import synthetic  # deferred: imports torch and the generator
+
+    x, meta = synthetic.make_demo_cohort(n, seed, prevalence, n_unlabelled=n_unlabelled)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    inputs = meta.reset_index(drop=True).copy()
+    inputs.insert(0, "source_path", [ArrayReader.path(i) for i in range(len(x))])
+    hashes = {"demo_signals (sha256 of float32 bytes)": hashlib.sha256(x.tobytes()).hexdigest(),
+              "demo_meta (sha256 of CSV)": hashlib.sha256(meta.to_csv(index=False).encode()).hexdigest()}
+    return Source("demo", inputs, ArrayReader(x, 500, output_leads()), "", (), hashes)
+
+
+def build_store_from_arrays(run_dir: str | os.PathLike, x: np.ndarray, meta: pd.DataFrame, task: "str | TaskConfig" = "custom",
+                            seed: int = 0, fs: float = 500, leads: Sequence[str] | None = None,
+                            preprocess: bool | None = None, preprocess_kw: Mapping[str, Any] | None = None,
+                            shard_size: int = 512, salt: str | None = None, progress: bool = False
+                            ) -> CohortStore:
+    """Write a cohort store from in-memory signals (test fixtures, the synthetic demo).
+
+    Parameters
+    ----------
+    run_dir : path
+    x : ndarray (N, L, T) float microvolts at ``fs`` Hz, leads ``leads`` (default I, II, V1-V6)
+    meta : DataFrame (N rows)
+        ``record_id``, ``patient_id``, ``site``, ``label`` (0/1/-1); other columns are kept.
+    task : task name or TaskConfig (default ``custom``: group shuffle split, labels as given)
+    seed : split seed
+    preprocess : bool or None
+        ``True``: run :func:`signals.preprocess` (band-pass, median filter, resample, truncate);
+        ``False``: store ``x`` as given (must be (N, 8, 2500)); ``None`` (default): ``False`` when
+        ``x`` is already (N, 8, 2500) at 500 Hz in leads I, II, V1-V6, else ``True``.
+    preprocess_kw : keyword arguments of :func:`signals.preprocess`
+    salt : patient-hash salt (default: ``<run_dir>/salt.txt``)
+    """
+    x = np.asarray(x)
+    leads = tuple(leads) if leads is not None else output_leads()
+    if len(meta) != len(x):
+        raise CohortError(f"arrays: {len(x)} signals but {len(meta)} metadata rows")
+    if preprocess is None:
+        preprocess = not (x.ndim == 3 and x.shape[1:] == (N_LEADS, N_SAMPLES) and float(fs) == STORE_FS
+                          and leads == output_leads())
+    inputs = meta.reset_index(drop=True).copy()
+    if "record_id" not in inputs.columns:
+        inputs["record_id"] = [f"rec{i:06d}" for i in range(len(inputs))]
+    inputs.insert(0, "source_path", [ArrayReader.path(i) for i in range(len(x))])
+    return build_store(inputs, ArrayReader(x, fs, leads), run_dir, task_cfg=task, seed=seed,
+                       shard_size=shard_size, workers=1,
+                       preprocess_kw=dict(preprocess_kw or {}) if preprocess else None,
+                       salt=salt, progress=progress)
+
+
+def build_pretraining_mix(cohort_run: str | os.PathLike, run_dir: str | os.PathLike, n_synthetic: int = 0,
+                          splits: Sequence[str] = ("train",), synthetic_seed: int = 1234,
+                          shard_size: int = 256) -> CohortStore:
+    """An unlabelled pretraining store: a labelled cohort's ``splits`` ECGs plus ``n_synthetic``
+    deepfake-ecg ECGs (for CPU-scale pretraining when the labelled cohort is small).
+
+    Only the named splits of ``cohort_run`` are copied (default ``train``), so the validation and
+    test ECGs of the downstream task are never seen in pretraining. Every row gets label -1 (task
+    ``unlabelled``); ``02_pretrain`` then holds out a seeded share of patients for masked-token
+    accuracy. Record ids are prefixed ``<site>_`` (cohort rows) and ``df`` (synthetic rows).
+
+    Parameters
+    ----------
+    cohort_run : 01_preprocess run folder (preprocessed (N, 8, 2500) µV)
+    run_dir : output store folder
+    n_synthetic : deepfake ECGs generated (~95 ECGs/s on 2 cores), preprocessed like the demo source
+    splits : cohort splits to copy
+    synthetic_seed : seed of :func:`synthetic.generate_ecgs`
+    """
+    from heartbeit_lib.cohorts import synthetic  # deferred: imports torch and the generator
+
+    src = CohortStore(cohort_run)
+    idx = np.concatenate([src.indices(s) for s in splits]) if splits else np.zeros(0, np.int64)
+    if len(idx) == 0 and n_synthetic <= 0:
+        raise CohortError(f"{cohort_run}: no ECGs in splits {list(splits)} and n_synthetic = {n_synthetic}")
+    idx = np.sort(idx)
+    m = src.manifest.iloc[idx]
+    xs = [src.signals(idx)] if len(idx) else []  # float32 already
+    meta = [pd.DataFrame({"record_id": (m["site"].astype(str) + "_" + m["record_id"].astype(str)).to_numpy(),
+                          "patient_id": (m["site"].astype(str) + "_" + m["patient_hash"].astype(str)).to_numpy(),
+                          "site": m["site"].astype(str).to_numpy(), "label": -1})]
+    if n_synthetic > 0:
+        xd = synthetic.generate_ecgs(int(n_synthetic), seed=synthetic_seed)
+        xs.append(signals.preprocess(xd, synthetic.DEEPFAKE_FS, synthetic.DEEPFAKE_LEADS))  # float32
+        meta.append(pd.DataFrame({"record_id": [f"df{i:06d}" for i in range(n_synthetic)],
+                                  "patient_id": [f"dfP{i:06d}" for i in range(n_synthetic)],
+                                  "site": "deepfake", "label": -1}))
+    return build_store_from_arrays(run_dir, np.concatenate(xs), pd.concat(meta, ignore_index=True),
+                                   task="unlabelled", preprocess=False, shard_size=shard_size)

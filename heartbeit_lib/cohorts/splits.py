@@ -1,0 +1,137 @@
+"""Patient-disjoint splits and nested, stratified training fractions, computed once per store."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import GroupShuffleSplit
+
+from .errors import CohortError, SplitError
+from .tasks import TaskConfig
+
+SPLITS = ("train", "val", "test", "external", "unassigned")
+FRACTION_EPS = 1e-9  # 0.1 * 30 == 3.0000000000000004 must give 3 rows, not 4
+
+
+def _patient_codes(manifest: pd.DataFrame) -> np.ndarray:
+    """Integer patient codes in order of first appearance.
+
+    Splits are drawn on these, not on the hashes, so they do not depend on the salt: two builds
+    of the same inputs with different salts give the same splits.
+    """
+    codes, _ = pd.factorize(manifest["patient_hash"], sort=False)
+    return codes.astype(np.int64)
+
+
+def _group_split(idx: np.ndarray, groups: np.ndarray, size: float, seed: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """sklearn ``GroupShuffleSplit(n_splits=1, test_size=size, random_state=seed)`` over ``idx``.
+
+    With fewer than 2 patients nothing can be held out: all of ``idx`` is kept (with a warning).
+    """
+    if len(np.unique(groups[idx])) < 2:
+        warnings.warn(f"{what}: only {len(np.unique(groups[idx]))} patient(s); nothing held out", stacklevel=3)
+        return idx, idx[:0]
+    gss = GroupShuffleSplit(n_splits=1, test_size=size, random_state=seed)
+    a, b = next(gss.split(np.zeros(len(idx)), groups=groups[idx]))
+    return idx[np.sort(a)], idx[np.sort(b)]
+
+
+def assign_splits(manifest: pd.DataFrame, task: TaskConfig, seed: int) -> np.ndarray:
+    """Split of every manifest row: ``train``, ``val``, ``test``, ``external`` or ``unassigned``.
+
+    ``external_site`` rows -> ``external``; other rows of patients seen at the external site ->
+    ``unassigned`` (keeps the external set site-pure and every split patient-disjoint); in a
+    labelled task, rows with label -1 -> ``unassigned`` (kept in the store for pretraining). The rest:
+
+    - ``group_shuffle``: ``GroupShuffleSplit(test_size, random_state=seed)`` on patients -> test;
+      then ``GroupShuffleSplit(val_size, random_state=seed)`` on the remaining patients -> val
+      (skipped when ``val_size == 0``), as the authors' code (test 20 %, constant seed) plus a
+      validation set for model selection.
+    - ``ptbxl_folds``: ``strat_fold`` in ``train_folds``/``val_folds``/``test_folds`` (PTB-XL's
+      folds are patient-wise; checked), other folds -> ``unassigned``.
+    - ``none``: all ``unassigned`` (pretraining cohorts).
+
+    Returns
+    -------
+    ndarray of str (len(manifest),)
+    """
+    n = len(manifest)
+    split = np.full(n, "unassigned", dtype=object)
+    if n == 0:
+        return split.astype(str)
+    groups = _patient_codes(manifest)
+    usable = manifest["label"].to_numpy(np.int64) >= 0 if task.labelled else np.ones(n, bool)
+    internal = np.ones(n, bool)
+    if task.external_site:
+        ext = manifest["site"].astype(str).to_numpy() == task.external_site
+        split[ext & usable] = "external"
+        internal = ~np.isin(groups, np.unique(groups[ext]))
+    internal &= usable  # unlabelled rows cannot train or evaluate a labelled task
+    idx = np.flatnonzero(internal)
+    if task.split == "group_shuffle" and len(idx):
+        pool, test = _group_split(idx, groups, task.test_size, seed, f"task {task.name!r} test split")
+        split[test] = "test"
+        if task.val_size > 0:
+            train, val = _group_split(pool, groups, task.val_size, seed, f"task {task.name!r} validation split")
+            split[val] = "val"
+        else:
+            train = pool
+        split[train] = "train"
+    elif task.split == "ptbxl_folds" and len(idx):
+        if "strat_fold" not in manifest.columns:
+            raise SplitError(f"task {task.name!r}: split ptbxl_folds needs a strat_fold column")
+        fold = pd.to_numeric(manifest["strat_fold"], errors="coerce").to_numpy()
+        for name, folds in (("train", task.train_folds), ("val", task.val_folds), ("test", task.test_folds)):
+            split[internal & np.isin(fold, folds)] = name
+    return split.astype(str)
+
+
+def train_ranks(manifest: pd.DataFrame, seed: int) -> np.ndarray:
+    """Rank of each training row within its class (0, 1, ...), -1 outside ``train``.
+
+    A seeded random permutation per class (classes in sorted order, one
+    ``np.random.default_rng(seed)``). The fraction-``f`` training set is, in every class of
+    ``n_c`` training rows, the rows of rank < ``ceil(f * n_c)``: stratified, nested (the 1 % set
+    is inside the 10 % set), at least one row of each present class, and identical across runs.
+    """
+    rank = np.full(len(manifest), -1, np.int64)
+    if len(manifest) == 0:
+        return rank
+    is_train = manifest["split"].to_numpy() == "train"
+    labels = manifest["label"].to_numpy(np.int64)
+    rng = np.random.default_rng(seed)
+    for c in np.unique(labels[is_train]):
+        rows = np.flatnonzero(is_train & (labels == c))
+        rank[rows] = rng.permutation(len(rows))
+    return rank
+
+
+def fraction_size(n: int, fraction: float) -> int:
+    """``ceil(fraction * n)`` robust to float error (0.1 * 30 -> 3)."""
+    if not 0.0 < fraction <= 1.0:
+        raise CohortError(f"fraction must be in (0, 1], got {fraction}")
+    return min(n, math.ceil(fraction * n - FRACTION_EPS))
+
+
+def fraction_mask(manifest: pd.DataFrame, fraction: float) -> np.ndarray:
+    """Boolean mask of the training rows in the nested, stratified ``fraction`` subset."""
+    is_train = manifest["split"].to_numpy() == "train"
+    labels = manifest["label"].to_numpy(np.int64)
+    rank = manifest["train_rank"].to_numpy(np.int64)
+    mask = np.zeros(len(manifest), bool)
+    for c in np.unique(labels[is_train]):
+        in_c = is_train & (labels == c)
+        mask |= in_c & (rank < fraction_size(int(in_c.sum()), fraction))
+    return mask
+
+
+def check_disjoint(manifest: pd.DataFrame) -> None:
+    """Raise :class:`SplitError` if a patient has rows in two of train/val/test/external."""
+    m = manifest[manifest["split"] != "unassigned"]
+    per = m.groupby("patient_hash")["split"].nunique()
+    bad = per[per > 1]
+    if len(bad):
+        raise SplitError(f"{len(bad)} patient(s) cross splits (e.g. hash {bad.index[0][:12]}...)")

@@ -1,0 +1,138 @@
+"""Reading a cohort store (:class:`CohortStore`) and its on-disk format (see the package docstring)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from .errors import CohortError, StoreError
+from .splits import FRACTION_EPS, SPLITS, fraction_mask, fraction_size
+from .tasks import TaskConfig
+
+STORE_FORMAT = "heartbeit-cohort-store"
+STORE_VERSION = 1
+N_LEADS = 8
+N_SAMPLES = 2500  # 5 s at 500 Hz (the paper truncates every ECG to 2,500 samples)
+STORE_FS = 500
+REJECT_COLUMNS = ("input_index", "source_path", "record_id", "stage", "error_type", "reason")
+
+
+def shard_name(i: int) -> str:
+    return f"shard-{i:05d}"
+
+
+def normalise_rejects(df: pd.DataFrame) -> pd.DataFrame:
+    df = df.reindex(columns=list(REJECT_COLUMNS))
+    df["input_index"] = df["input_index"].astype(np.int64)
+    for c in REJECT_COLUMNS[1:]:
+        df[c] = df[c].astype(str)
+    return df.reset_index(drop=True)
+
+
+_CORE_DTYPES = {"record_id": str, "patient_hash": str, "patient_source": str, "site": str,
+                "label": np.int64, "shard": np.int64, "offset": np.int64, "source_path": str,
+                "input_index": np.int64, "fs_source": np.float64, "n_samples_source": np.int64}
+
+
+def normalise_manifest(df: pd.DataFrame, dtypes: Mapping[str, Any]) -> pd.DataFrame:
+    df = df.copy()
+    for c, t in dtypes.items():
+        if c in df.columns:
+            df[c] = df[c].astype(t)
+    return df.reset_index(drop=True)
+
+
+class CohortStore:
+    """Read access to a cohort store folder (see the module docstring).
+
+    Attributes
+    ----------
+    root : Path
+    task : str
+    manifest : DataFrame
+        One row per stored ECG in store order (RangeIndex): ``record_id`` str, ``patient_hash``
+        str, ``site`` str, ``label`` int (0/1, -1 unlabelled), ``split`` str in
+        {train, val, test, external, unassigned}, ``train_rank`` int, ``shard`` int, ``offset``
+        int, ``source_path`` str, plus task-specific columns.
+    info : dict
+        ``store.json``.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.root = Path(run_dir)
+        info_p, man_p = self.root / "store.json", self.root / "manifest.parquet"
+        if not info_p.exists() or not man_p.exists():
+            raise StoreError(f"{self.root}: not a finished cohort store (no store.json/manifest.parquet); "
+                             "build it with notebooks/01_preprocess.ipynb")
+        self.info = json.loads(info_p.read_text())
+        if self.info.get("format") != STORE_FORMAT:
+            raise StoreError(f"{info_p}: format {self.info.get('format')!r} is not {STORE_FORMAT!r}")
+        self.task: str = self.info["task"]
+        self.manifest: pd.DataFrame = pd.read_parquet(man_p).reset_index(drop=True)
+        self._shards: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def __repr__(self) -> str:
+        counts = self.manifest["split"].value_counts().to_dict()
+        return f"CohortStore({str(self.root)!r}, task={self.task!r}, n={len(self)}, splits={counts})"
+
+    def __getstate__(self) -> dict:  # memmaps are re-opened in the receiving process
+        d = self.__dict__.copy()
+        d["_shards"] = {}
+        return d
+
+    @property
+    def rejects(self) -> pd.DataFrame:
+        """Inputs that could not be stored: ``source_path``, ``record_id``, ``stage``, ``error_type``, ``reason``."""
+        return pd.read_parquet(self.root / "rejects.parquet")
+
+    @property
+    def task_config(self) -> TaskConfig:
+        return TaskConfig.from_dict(self.info["task_config"])
+
+    def _shard(self, i: int) -> np.ndarray:
+        if i not in self._shards:
+            self._shards[i] = np.load(self.root / "store" / f"{shard_name(i)}.npy", mmap_mode="r")
+        return self._shards[i]
+
+    def signals(self, idx: Iterable[int] | np.ndarray) -> np.ndarray:
+        """ECGs of manifest rows ``idx`` as float32 (n, 8, 2500) microvolts (leads I, II, V1-V6, 500 Hz).
+
+        Rows are read shard by shard (one fancy-index per shard memmap); the output follows the
+        order of ``idx`` (duplicates allowed).
+        """
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
+            raise IndexError(f"{self.root}: row index out of range for {len(self)} ECGs")
+        idx = np.where(idx < 0, idx + len(self), idx)
+        out = np.empty((idx.size, N_LEADS, N_SAMPLES), np.float32)
+        shard = self.manifest["shard"].to_numpy(np.int64)[idx]
+        offset = self.manifest["offset"].to_numpy(np.int64)[idx]
+        for s in np.unique(shard):
+            pos = np.flatnonzero(shard == s)
+            order = np.argsort(offset[pos], kind="stable")
+            out[pos[order]] = self._shard(int(s))[offset[pos[order]]]
+        return out
+
+    def indices(self, split: str, fraction: float = 1.0) -> np.ndarray:
+        """Sorted int64 row indices of ``split``; ``fraction < 1`` (train only) gives the saved
+        nested, stratified subset (see :func:`train_ranks`)."""
+        if split not in SPLITS:
+            raise CohortError(f"split {split!r} is not one of {list(SPLITS)}")
+        if fraction < 1.0 - FRACTION_EPS:
+            if split != "train":
+                raise CohortError(f"fraction {fraction} < 1 is only defined for 'train', not {split!r}")
+            return np.flatnonzero(fraction_mask(self.manifest, fraction)).astype(np.int64)
+        fraction_size(1, fraction)  # validates the range
+        return np.flatnonzero(self.manifest["split"].to_numpy() == split).astype(np.int64)
+
+    def labels(self, idx: Iterable[int] | np.ndarray) -> np.ndarray:
+        """int64 labels of rows ``idx``."""
+        return self.manifest["label"].to_numpy(np.int64)[np.asarray(idx, np.int64)]

@@ -1,0 +1,285 @@
+"""GE MUSE RestingECG XML reader (:func:`read_muse`), parsed with defusedxml."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as _dt
+import os
+import re
+import zlib
+from pathlib import Path
+from typing import Any
+from xml.etree.ElementTree import Element, ParseError
+
+import defusedxml.ElementTree as DET
+import numpy as np
+from defusedxml import DefusedXmlException
+
+from .errors import (Base64Error, ChecksumError, EmptyFileError, LeadMismatchError, MissingLeadError,
+                     MissingWaveformError, NotXMLError, UnitsError, UnknownSamplingRateError, UnsafeXMLError,
+                     UnsupportedFormatError, WrongRootError)
+from .leads import canonical_lead
+from .record import ECGRecord, parse_number, read_bytes, units_factor, validate_signal
+
+
+def _local(tag: Any) -> str:
+    return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
+
+
+def _child(el: Element | None, name: str) -> Element | None:
+    if el is None:
+        return None
+    for c in el:
+        if _local(c.tag) == name:
+            return c
+    return None
+
+
+def _children(el: Element | None, name: str) -> list[Element]:
+    return [] if el is None else [c for c in el if _local(c.tag) == name]
+
+
+def _text(el: Element | None, name: str) -> str | None:
+    c = _child(el, name)
+    if c is None or c.text is None:
+        return None
+    t = c.text.strip()
+    return t or None
+
+
+def _muse_statements(block: Element | None) -> list[str]:
+    """Statement lines of a MUSE ``<Diagnosis>``: ``StmtText``s concatenated up to one flagged
+    ``ENDSLINE`` (a statement with 0, 1 or 2 ``StmtFlag``s)."""
+    lines: list[str] = []
+    current: list[str] = []
+    for stmt in _children(block, "DiagnosisStatement"):
+        text = _text(stmt, "StmtText")
+        if text:
+            current.append(text)
+        flags = {(f.text or "").strip().upper() for f in _children(stmt, "StmtFlag")}
+        if "ENDSLINE" in flags and current:
+            lines.append(re.sub(r"\s+,", ",", " ".join(current)))
+            current = []
+    if current:
+        lines.append(re.sub(r"\s+,", ",", " ".join(current)))
+    return lines
+
+
+def _muse_datetime(date: str | None, time: str | None) -> str | None:
+    """MUSE ``MM-DD-YYYY`` + ``HH:MM:SS`` -> ISO 8601, None when absent or unparsable."""
+    if not date:
+        return None
+    for fmt in ("%m-%d-%Y", "%Y-%m-%d", "%m/%d/%Y"):
+        try:
+            d = _dt.datetime.strptime(date, fmt)
+            break
+        except ValueError:
+            continue
+    else:
+        return None
+    if time:
+        try:
+            t = _dt.datetime.strptime(time, "%H:%M:%S").time()
+            return _dt.datetime.combine(d.date(), t).isoformat()
+        except ValueError:
+            pass
+    return d.date().isoformat()
+
+
+def _parse_xml(path: Path, data: bytes) -> Element:
+    try:
+        return DET.fromstring(data, forbid_dtd=False, forbid_entities=True, forbid_external=True)
+    except DefusedXmlException as e:
+        raise UnsafeXMLError(path, f"defusedxml refused the document: {type(e).__name__} ({e})") from None
+    except ParseError as e:
+        prolog_free = re.sub(rb"<\?.*?\?>|<!--.*?-->|<!DOCTYPE[^>]*>", b"", data, flags=re.S)
+        if not prolog_free.strip():  # only a declaration / DOCTYPE / comments
+            raise EmptyFileError(path, f"XML document has no root element ({e})") from None
+        raise NotXMLError(path, f"not well-formed XML: {e}") from None
+    except (ValueError, UnicodeDecodeError, LookupError) as e:  # e.g. unknown encoding declaration
+        raise NotXMLError(path, f"cannot parse as XML: {type(e).__name__}: {e}") from None
+
+
+def read_muse(
+    path: str | os.PathLike,
+    *,
+    waveform: str = "Rhythm",
+    derive: bool = True,
+    verify_crc: bool = True,
+    expected_duration_s: float | None = 10.0,
+) -> ECGRecord:
+    """Read a GE MUSE ``RestingECG`` XML export.
+
+    Decodes the base64 little-endian int16 ``WaveFormData`` of every ``LeadData`` of the chosen
+    ``<Waveform>``, scales by ``LeadAmplitudeUnitsPerBit`` (``LeadAmplitudeUnits`` MICROVOLTS or
+    MILLIVOLTS), takes the rate from ``SampleBase * 10**SampleExponent`` and derives III, aVR, aVL,
+    aVF from I and II (MUSE stores 8 leads). Parsed with defusedxml (entity declarations refused).
+
+    Parameters
+    ----------
+    path : ``.xml`` file.
+    waveform : ``"Rhythm"`` (10 s strip) or ``"Median"`` (median beat).
+    derive : derive the missing limb leads.
+    verify_crc : check ``LeadDataCRC32`` (zlib CRC-32 of the decoded bytes) when present.
+    expected_duration_s : add a flag to ``meta["flags"]`` when samples / fs differs from this
+        (Rhythm only). ``SampleBase`` is trusted over the sample count; None disables the flag.
+
+    Returns
+    -------
+    ECGRecord with ``signal`` (12, T) float32 microvolts and ``meta`` holding ``patient_id``,
+    ``age``, ``sex``, ``site`` (``SiteName`` else ``Site``), ``acquisition_time``, ``diagnosis``
+    (statement lines), ``diagnosis_text``, ``original_diagnosis``, ``measurements``, filters.
+    """
+    path = Path(path)
+    root = _parse_xml(path, read_bytes(path, "MUSE XML file"))
+    if _local(root.tag) != "RestingECG":
+        raise WrongRootError(path, f"root element is <{_local(root.tag)}>, not <RestingECG> (not a GE MUSE resting ECG)")
+    wave = _find_waveform(path, root, waveform)
+    fs = _sample_rate(path, wave, waveform)
+    lead_blocks = _children(wave, "LeadData")
+    if not lead_blocks:
+        raise MissingWaveformError(path, f"{waveform} waveform has no <LeadData>")
+    declared = _text(wave, "NumberofLeads")
+    if declared is not None and declared.isdigit() and int(declared) != len(lead_blocks):
+        raise LeadMismatchError(path, f"NumberofLeads says {declared} but the {waveform} waveform has {len(lead_blocks)} <LeadData>")
+
+    rows: list[np.ndarray] = []
+    names: list[str] = []
+    dropped: list[str] = []
+    flags: list[str] = []
+    units_per_bit: set[float] = set()
+    for k, ld in enumerate(lead_blocks):
+        raw_id, uv_per_bit, samples = _decode_lead(path, ld, k, flags, verify_crc)
+        name = canonical_lead(raw_id)
+        if name is None:
+            dropped.append(raw_id)
+            continue
+        if name in names:
+            raise LeadMismatchError(path, f"lead {name} appears twice in the {waveform} waveform")
+        rows.append(samples.astype(np.float64) * uv_per_bit)
+        names.append(name)
+        units_per_bit.add(uv_per_bit)
+    lengths = {nm: len(r) for nm, r in zip(names, rows)}
+    if len(set(lengths.values())) > 1:
+        raise LeadMismatchError(path, f"leads have different sample counts: {lengths}")
+    if not rows:
+        raise MissingLeadError(path, f"no standard lead among LeadIDs {dropped}")
+
+    meta = _muse_meta(path, root, wave, fs, len(rows[0]), expected_duration_s, flags)
+    meta.update(units_per_bit_uv=sorted(units_per_bit), dropped_channels=dropped, flags=flags)
+    return validate_signal(path, np.stack(rows), fs, names, meta, derive=derive)
+
+
+def _find_waveform(path: Path, root: Element, waveform: str) -> Element:
+    """The ``<Waveform>`` whose ``WaveformType`` is ``waveform`` (case-insensitive)."""
+    waves = _children(root, "Waveform")
+    found = [(_text(w, "WaveformType") or "?") for w in waves]
+    wave = next((w for w in waves if (_text(w, "WaveformType") or "").lower() == waveform.lower()), None)
+    if wave is None:
+        raise MissingWaveformError(path, f"no <Waveform> with WaveformType {waveform!r} (found {found})")
+    return wave
+
+
+def _sample_rate(path: Path, wave: Element, waveform: str) -> float:
+    """``SampleBase * 10**SampleExponent`` Hz."""
+    base_txt, exp_txt = _text(wave, "SampleBase"), _text(wave, "SampleExponent")
+    base = parse_number(base_txt)
+    try:
+        exponent = int(exp_txt) if exp_txt is not None else 0
+    except ValueError:
+        raise UnknownSamplingRateError(path, f"SampleExponent {exp_txt!r} is not an integer") from None
+    if base is None or base <= 0:
+        raise UnknownSamplingRateError(path, f"{waveform} SampleBase {base_txt!r} is missing, not a number or <= 0")
+    return base * 10.0**exponent
+
+
+def _decode_lead(path: Path, ld: Element, k: int, flags: list[str], verify_crc: bool
+                 ) -> tuple[str, float, np.ndarray]:
+    """``(LeadID, microvolts per bit, int16 samples (T,))`` of ``<LeadData>`` number ``k``, after checking
+    its units, sample size, base64, declared counts and CRC-32 (one flat list of checks)."""
+    raw_id = _text(ld, "LeadID")
+    if raw_id is None:
+        raise LeadMismatchError(path, f"<LeadData> #{k} has no LeadID")
+    label = f"lead {raw_id}"
+    upb_txt = _text(ld, "LeadAmplitudeUnitsPerBit")
+    upb = parse_number(upb_txt)
+    if upb is None or upb <= 0:
+        raise UnitsError(path, f"{label}: LeadAmplitudeUnitsPerBit {upb_txt!r} is missing, not a number or <= 0")
+    unit_txt = _text(ld, "LeadAmplitudeUnits")
+    if unit_txt is None:
+        flags.append(f"{label}: no LeadAmplitudeUnits, assumed MICROVOLTS")
+        unit_txt = "MICROVOLTS"
+    factor = units_factor(path, unit_txt, label)
+    size = _text(ld, "LeadSampleSize")
+    if size is not None and size != "2":
+        raise UnsupportedFormatError(path, f"{label}: LeadSampleSize {size} (only 2-byte int16 samples are defined)")
+    b64 = _text(ld, "WaveFormData")
+    if not b64:
+        raise Base64Error(path, f"{label}: WaveFormData is missing or empty")
+    b64 = "".join(b64.split())  # base64 is wrapped over many lines, LF or CRLF
+    if len(b64) % 4:
+        raise Base64Error(path, f"{label}: truncated base64 ({len(b64)} characters is not a multiple of 4)")
+    try:
+        raw = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise Base64Error(path, f"{label}: invalid base64 ({e})") from None
+    if len(raw) % 2:
+        raise Base64Error(path, f"{label}: odd byte count {len(raw)} (int16 samples need an even number)")
+    n = len(raw) // 2
+    for tag, expect in (("LeadSampleCountTotal", n), ("LeadByteCountTotal", len(raw))):
+        t = _text(ld, tag)
+        if t is not None and t.isdigit() and int(t) != expect:
+            raise Base64Error(path, f"{label}: decoded {len(raw)} bytes = {n} samples but {tag} says {t} (truncated or padded data)")
+    crc_txt = _text(ld, "LeadDataCRC32")
+    if verify_crc and crc_txt is not None and crc_txt.isdigit():
+        crc = zlib.crc32(raw)
+        if crc != int(crc_txt):
+            raise ChecksumError(path, f"{label}: CRC-32 of the decoded data is {crc}, LeadDataCRC32 says {crc_txt}")
+    return raw_id, upb * factor, np.frombuffer(raw, dtype="<i2")
+
+
+def _muse_meta(path: Path, root: Element, wave: Element, fs: float, n_samples: int,
+               expected_duration_s: float | None, flags: list[str]) -> dict[str, Any]:
+    """Demographics, acquisition, diagnosis, measurements and filters of the record; appends the
+    duration / sample-rate disagreements to ``flags``."""
+    demo = _child(root, "PatientDemographics")
+    test = _child(root, "TestDemographics")
+    gender = _text(demo, "Gender")
+    meas_el = _child(root, "RestingECGMeasurements")
+    measurements = {_local(c.tag): parse_number(c.text.strip() if c.text else None) for c in (meas_el if meas_el is not None else [])}
+    measurements = {k: v for k, v in measurements.items() if v is not None}
+    waveform = _text(wave, "WaveformType") or ""
+    if waveform.lower() == "rhythm" and expected_duration_s is not None:
+        dur = n_samples / fs
+        if abs(dur - expected_duration_s) > 1e-6:
+            flags.append(f"LeadSampleCountTotal {n_samples} / SampleBase {fs:g} Hz = {dur:g} s, not {expected_duration_s:g} s")
+    ecg_base = measurements.get("ECGSampleBase")
+    if ecg_base and abs(ecg_base - fs) > 1e-9:
+        flags.append(f"RestingECGMeasurements/ECGSampleBase {ecg_base:g} differs from SampleBase {fs:g}")
+    diagnosis = _muse_statements(_child(root, "Diagnosis"))
+    return {
+        "source": "muse",
+        "record_id": path.stem,
+        "patient_id": _text(demo, "PatientID"),
+        "site": _text(test, "SiteName") or _text(test, "Site"),
+        "site_code": _text(test, "Site"),
+        "location": _text(test, "LocationName") or _text(test, "Location"),
+        "acquisition_time": _muse_datetime(_text(test, "AcquisitionDate"), _text(test, "AcquisitionTime")),
+        "acquisition_device": _text(test, "AcquisitionDevice"),
+        "source_path": str(path),
+        "muse_version": _text(_child(root, "MuseInfo"), "MuseVersion"),
+        "waveform": _text(wave, "WaveformType"),
+        "age": parse_number(_text(demo, "PatientAge")),
+        "age_units": _text(demo, "AgeUnits"),
+        "sex": {"MALE": "M", "FEMALE": "F"}.get((gender or "").upper()),
+        "diagnosis": diagnosis,
+        "diagnosis_text": "\n".join(diagnosis),
+        "original_diagnosis": _muse_statements(_child(root, "OriginalDiagnosis")),
+        "measurements": measurements,
+        "filters": {
+            "highpass": _text(wave, "HighPassFilter"),
+            "lowpass": _text(wave, "LowPassFilter"),
+            "ac": _text(wave, "ACFilter"),
+        },
+    }

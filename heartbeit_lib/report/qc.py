@@ -1,0 +1,126 @@
+"""Cohort reports of notebook 01: the paper's Table 1 (ECGs, patients, positives, prevalence per split)
+and the QC figure (raw vs stored signal)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from heartbeit_lib.cohorts import N_SAMPLES, SPLITS, STORE_FS, CohortStore
+
+
+def _as_manifest(store_or_manifest: "CohortStore | pd.DataFrame | str | os.PathLike") -> pd.DataFrame:
+    if isinstance(store_or_manifest, CohortStore):
+        return store_or_manifest.manifest
+    if isinstance(store_or_manifest, pd.DataFrame):
+        return store_or_manifest
+    return CohortStore(store_or_manifest).manifest
+
+
+def table1(store_or_manifest: "CohortStore | pd.DataFrame | str | os.PathLike") -> pd.DataFrame:
+    """The paper's Table 1: ECGs, patients, positives and prevalence per split.
+
+    Returns
+    -------
+    DataFrame indexed by split (train, val, test, external, unassigned - those present - then
+    ``total``) with int columns ``ecgs``, ``patients``, ``positives``, ``unlabelled`` and float
+    ``prevalence_pct`` (100 * positives / labelled ECGs; NaN without labelled ECGs).
+    """
+    m = _as_manifest(store_or_manifest)
+    rows = {}
+    present = [s for s in SPLITS if (m["split"] == s).any()]
+    for name in [*present, "total"]:
+        sub = m if name == "total" else m[m["split"] == name]
+        lab = sub["label"].to_numpy(np.int64)
+        n_lab = int((lab >= 0).sum())
+        pos = int((lab == 1).sum())
+        rows[name] = {"ecgs": len(sub), "patients": int(sub["patient_hash"].nunique()), "positives": pos,
+                      "unlabelled": int((lab < 0).sum()),
+                      "prevalence_pct": round(100.0 * pos / n_lab, 2) if n_lab else float("nan")}
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = "split"
+    return out
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """A pipe table of ``df`` (index included) without the optional ``tabulate`` dependency."""
+    cols = [df.index.name or ""] + [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for idx, *values in df.itertuples(index=True, name=None):  # itertuples keeps each column's type
+        lines.append("| " + " | ".join([str(idx)] + ["" if pd.isna(v) else str(v) for v in values]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def save_table(df: pd.DataFrame, path_stem: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``<stem>.csv`` and ``<stem>.md``; returns both paths."""
+    stem = Path(path_stem)
+    csv, md = stem.with_suffix(".csv"), stem.with_suffix(".md")
+    df.to_csv(csv)
+    md.write_text(to_markdown(df))
+    return csv, md
+
+
+def qc_figure(store: CohortStore, reader: Callable[[str], Any], rows: Sequence[int] | None = None, n: int = 3,
+              window_start_s: float | None = None, spacing_mv: float = 3.0):
+    """Raw vs stored (filtered) leads of a few records, as a matplotlib Figure.
+
+    Parameters
+    ----------
+    store : CohortStore
+    reader : the reader the store was built with (re-reads ``source_path`` for the raw signal)
+    rows : manifest rows to show (default: ``n`` rows evenly spaced over the store)
+    window_start_s : start of the stored 5 s window in the raw record, seconds (default: the
+        store's ``preprocess_kw['start'] / 500``)
+    spacing_mv : vertical distance between stacked leads, mV
+
+    Returns
+    -------
+    matplotlib.figure.Figure with one panel per record: leads I, II, V1-V6 stacked top to bottom
+    (offset by ``spacing_mv``), raw in grey at its own sampling rate, stored in blue, both in mV
+    over the same 5 s.
+    """
+    if rows is None:
+        rows = np.unique(np.linspace(0, len(store) - 1, num=min(n, len(store))).round().astype(int)).tolist()
+    rows = list(rows)
+    if not rows:
+        fig = Figure(figsize=(4, 1))
+        fig.text(0.5, 0.5, "no records to show", ha="center", va="center")
+        return fig
+    leads = list(store.info["leads"])
+    if window_start_s is None:
+        window_start_s = float((store.info.get("preprocess_kw") or {}).get("start", 0)) / STORE_FS
+    fig = Figure(figsize=(4.5 * max(1, len(rows)), 6.5))
+    axes = np.atleast_1d(fig.subplots(1, max(1, len(rows)), sharey=True, squeeze=False)[0])
+    stored = store.signals(np.asarray(rows, np.int64))
+    offsets = -spacing_mv * np.arange(len(leads))
+    t_st = window_start_s + np.arange(N_SAMPLES) / STORE_FS
+    for c, r in enumerate(rows):
+        rec = store.manifest.iloc[r]
+        raw = reader(rec["source_path"])
+        sig = np.asarray(raw.signal)
+        raw_leads = [str(l).upper() for l in raw.leads]
+        fs = float(raw.fs)
+        a = int(round(window_start_s * fs))
+        b = min(int(round((window_start_s + N_SAMPLES / STORE_FS) * fs)), sig.shape[-1])
+        t_raw = np.arange(a, b) / fs
+        ax = axes[c]
+        for k, lead in enumerate(leads):
+            if lead in raw_leads:
+                ax.plot(t_raw, sig[raw_leads.index(lead), a:b] / 1000.0 + offsets[k], color="0.65", lw=0.6,
+                        label="raw" if k == 0 else None)
+            ax.plot(t_st, stored[c, k] / 1000.0 + offsets[k], color="tab:blue", lw=0.6,
+                    label="stored (filtered)" if k == 0 else None)
+        ax.set_title(f"{rec['record_id']} (label {rec['label']}, {rec['split']})", fontsize=8)
+        ax.set_xlabel("time (s)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0].set_yticks(offsets, leads)
+    axes[0].set_ylabel(f"lead (offset {spacing_mv:g} mV apart)", fontsize=8)
+    axes[0].legend(fontsize=7, loc="upper right")
+    fig.suptitle("01_preprocess QC: raw (grey) vs band-passed + median-filtered (blue), mV", fontsize=9)
+    fig.subplots_adjust(left=0.07, right=0.99, bottom=0.08, top=0.9, wspace=0.05)
+    return fig
