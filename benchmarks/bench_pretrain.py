@@ -4,7 +4,7 @@ Measured side by side in one run, on the same batch:
 
 * ``plain``: timm BEiT (``models.create_backbone(..., num_classes=2)``) forward, cross-entropy on 2
   classes, backward, AdamW step - the reference cost of the transformer itself;
-* ``mim``: :class:`heartbeit_lib.mim.pretrain.MIMModel` forward with a block mask (mask token, LayerNorm,
+* ``mim``: :class:`heartbeit_lib.mim.model.MIMModel` forward with a block mask (mask token, LayerNorm,
   linear head over the vocabulary on the masked patches only), cross-entropy, backward, AdamW step.
   Target: MIM overhead <= 10% over ``plain``;
 * ``data``: the pretraining data pipeline for one batch in one process - read signals, render images
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from heartbeit_lib.mim import masking
 from heartbeit_lib.classify import registry as models
-from heartbeit_lib.mim import pretrain
+from heartbeit_lib.pipeline import pretrain
 from heartbeit_lib import render
 from heartbeit_lib.mim import tokenizers
 

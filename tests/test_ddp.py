@@ -23,7 +23,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from heartbeit_lib.mim import pretrain as P
+from heartbeit_lib.pipeline import pretrain as P
 
 
 def _cfg() -> P.PretrainConfig:

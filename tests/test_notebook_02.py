@@ -16,7 +16,7 @@ from test_pretrain import _smooth_ecgs
 
 from heartbeit_lib import cohorts
 from heartbeit_lib.classify import registry as models
-from heartbeit_lib.mim import pretrain
+from heartbeit_lib.pipeline import pretrain
 from heartbeit_lib.pipeline import runs
 
 pytestmark = pytest.mark.notebooks

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from heartbeit_lib.classify import registry as models
-from heartbeit_lib.mim import pretrain as P
+from heartbeit_lib.pipeline import pretrain as P
 
 
 @pytest.fixture(autouse=True)
