@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from heartbeit_lib import cohorts
-from heartbeit_lib.classify import finetune
+from heartbeit_lib.classify import checkpoint
+from heartbeit_lib.pipeline import finetune
 from heartbeit_lib.classify import registry as models
 from heartbeit_lib.pipeline import runs
 
@@ -281,3 +282,27 @@ def test_run_finetune_writes_a_complete_run_folder(toy_root):
     import yaml
 
     assert yaml.safe_load((d / "config.yaml").read_text())["cohort_run"] == str(toy_root / "01_preprocess" / TASK)
+
+
+@pytest.mark.parametrize("record", [True, False], ids=["model.json", "config.yaml-only"])
+def test_load_finetune_run_rebuilds_the_chosen_epoch(toy_root, tmp_path, record):
+    """Oracle: the run's own predictions.parquet scores at the best epoch (written during training, before
+    the rebuild); the rebuilt model scores the test split again. Tolerance 1e-6 (float32 forward, same CPU).
+    ``record=False`` deletes model.json: a run folder from before it existed rebuilds from config.yaml."""
+    res = finetune.run_finetune(tiny_cfg(tmp_path, model="vit_b16_scratch", epochs=2, cache_images=False,
+                                         cohort_run=str(toy_root / "01_preprocess" / TASK)), figure=False)
+    if not record:
+        (res.run_dir / "model.json").unlink()
+    model, info = checkpoint.load_finetune_run(res.run_dir)
+    assert (info["model"], info["size"], info["image_size"], info["patch_size"]) == ("vit_b16_scratch", "micro", 32, 16)
+    assert info["normalize"] == (tuple(models.DEFAULT_MEAN), tuple(models.DEFAULT_STD))
+    store = cohorts.CohortStore(toy_root / "01_preprocess" / TASK)
+    test = finetune.make_splits(store)["test"]
+    loader = finetune.make_loader(finetune.default_dataset_factory(store, test.indices, 32, "stack8"), 64, False, 0, 0)
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in info["normalize"])
+    score = finetune.predict(model, loader, mean, std, torch.device("cpu"))
+    pred = pd.read_parquet(res.run_dir / "predictions.parquet")
+    want = pred[(pred["split"] == "test") & (pred["epoch"] == res.best_epoch)]["score"].to_numpy()
+    np.testing.assert_allclose(score, want, atol=1e-6)
+    with pytest.raises(checkpoint.FinetuneRunError, match="no config.yaml; not a finished 03_finetune run"):
+        checkpoint.load_finetune_run(tmp_path)

@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from heartbeit_lib import cohorts
-from heartbeit_lib.classify import finetune
+from heartbeit_lib.pipeline import finetune
 from heartbeit_lib.classify import registry as models
 from heartbeit_lib.pipeline import runs
 from heartbeit_lib.pipeline import sweep

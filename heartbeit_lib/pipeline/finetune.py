@@ -1,0 +1,452 @@
+"""Fine-tuning a registered model on a labelled cohort store (notebook ``03_finetune``).
+
+The paper's recipe (Vaid et al. 2023): a 2-neuron head, CrossEntropy, Adam with a OneCycle
+schedule between 3e-4 and 1e-3, 30 epochs, training fractions 1/10/25/50/100 %, the same
+patients in the same splits for every model. Here:
+
+- **Splits** come from the cohort store (``store.indices(split, fraction)``), saved once by
+  ``01_preprocess``: identical across models, seeds and runs, and the fraction subsets of ``train``
+  are nested. Nothing is re-drawn here.
+- **Schedule**: ``torch.optim.Adam(lr=lr_start, weight_decay=...)`` with
+  ``OneCycleLR(max_lr=lr, div_factor=lr / lr_start)``: the learning rate starts at ``lr_start``
+  (3e-4), rises to ``lr`` (1e-3) over the first 30 % of the steps (``pct_start``), then anneals
+  (cosine) to ``lr_start / 1e4``. Adam's beta1 cycles 0.95 -> 0.85 -> 0.95 (OneCycle default).
+- **Engine**: ``classify.engine.train_one_epoch`` / ``evaluate`` per epoch; this module is the driver.
+- **Every epoch** the model scores the ``val``, ``test`` and ``external`` splits; the scores
+  (probability of class 1) are appended to ``predictions.parquet`` so every metric can be recomputed
+  later, and ``log.jsonl`` gets one line (train loss, learning rate, per-split AUROC/AUPRC).
+- **Best epoch**: chosen on ``select_on`` (default ``"val"``, the patient-disjoint validation split).
+  ``select_on="test"`` reproduces the paper / authors' code, which picked the epoch on the test set
+  itself: optimistic, allowed only when named. The weights of the chosen epoch are saved as
+  ``model_best.pt`` (a plain state dict, ``torch.load(..., weights_only=True)``).
+- **Determinism**: ``torch.manual_seed(seed)`` before the model is built (random heads and scratch
+  models) and a seeded ``torch.Generator`` for the shuffling order; identical runs give identical
+  logs on CPU.
+
+Per-epoch AUROC is ``sklearn.metrics.roc_auc_score``; AUPRC is average precision
+(``sklearn.metrics.average_precision_score``; the authors' code used the trapezoidal
+``auc(recall, precision)``). The metrics notebook recomputes both, with bootstrap CIs, from
+``predictions.parquet``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+import typing
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+import yaml
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from tqdm.auto import tqdm
+
+from heartbeit_lib import cohorts, utils
+from heartbeit_lib.classify import engine
+from heartbeit_lib.classify import registry as models
+from heartbeit_lib.classify.checkpoint import load_best_weights, save_best_weights, write_model_record  # noqa: F401
+from heartbeit_lib.classify.data import (EVAL_SPLITS, ImageCache, Split, SplitError,  # noqa: F401
+                                         default_dataset_factory, describe_splits, make_loader, make_splits,
+                                         records_sha256)
+from heartbeit_lib.classify.engine import predict, select_best_epoch, split_metrics  # noqa: F401
+from heartbeit_lib.pipeline import runs
+
+PAPER_FRACTIONS = (0.01, 0.1, 0.25, 0.5, 1.0)
+DEFAULT_IMAGE_SIZE = 224  # the paper's image side (px)
+# cache_images=True without an explicit cache: one per process, so an in-process sweep renders each split once
+IMAGE_CACHE = ImageCache(max_items=16)
+
+
+class CohortNotFoundError(runs.ConfigError):
+    """``cohort_run`` does not point at a cohort store (run notebooks/01_preprocess.ipynb first)."""
+
+
+class PretrainRunNotFoundError(runs.ConfigError):
+    """``pretrain_run`` does not point at a 02_pretrain run folder with checkpoints."""
+
+
+
+# ---------------------------------------------------------------- config
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig(runs.TypedConfig):
+    """Parameters of ``notebooks/03_finetune.ipynb`` (names equal the notebook's parameter names)."""
+
+    task: str = "hcm"               # task name; must equal the cohort store's task
+    model: str = "heartbeit"        # registered model name (models.list_models())
+    fraction: float = 1.0           # fraction of the training split (nested subsets saved in the store)
+    seed: int = 0                   # model init and shuffling seed
+    pretrain_run: str = ""          # 02_pretrain run folder for model=heartbeit ("" = latest complete run)
+    cohort_run: str = ""            # 01_preprocess run folder ("" = <out_root>/01_preprocess/<task>)
+    weights: str = ""               # optional weights file (ImageNet models: else offline cache; heartbeit: overrides pretrain_run)
+    model_size: str = ""            # architecture size ("" = paper size "base"; "micro" for CPU tests)
+    epochs: int = 30                # training epochs (paper: 30)
+    batch_size: int = 32            # images per step
+    lr: float = 1e-3                # OneCycle peak learning rate (paper: 1e-3)
+    lr_start: float = 3e-4          # OneCycle initial learning rate (paper: 3e-4); div_factor = lr / lr_start
+    weight_decay: float = 0.0       # Adam L2 weight decay
+    image_size: int = 0             # rendered image side in pixels (0: the checkpoint's size for heartbeit, else 224)
+    layout: str = "stack8"          # render layout (heartbeit_lib.render)
+    device: str = "auto"            # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
+    amp: bool = True                # mixed precision (float16 autocast + GradScaler) when on cuda
+    select_on: str = "val"          # split choosing the best epoch: "val" (default) or "test" (paper, optimistic)
+    num_workers: int = 0            # DataLoader worker processes
+    cache_images: bool = False      # render each split once per process and keep it in memory (small cohorts only)
+    out_root: str = "outputs"       # root of run folders
+    run_id: str = ""                # run folder name ("" = <task>-<model>-f<fraction>-s<seed>)
+
+    choices: typing.ClassVar[dict[str, tuple]] = {"select_on": ("val", "test")}
+
+    def validate(self) -> None:
+        models.model_spec(self.model)  # UnknownModelError (a ValueError) for a typo
+        if self.model_size and self.model_size not in models.model_sizes(self.model):
+            raise runs.ConfigError(f"parameter 'model_size': {self.model_size!r} is not a size of "
+                                   f"{self.model!r}; choose one of {models.model_sizes(self.model)}")
+        if not 0.0 < self.fraction <= 1.0:
+            raise runs.ConfigError(f"parameter 'fraction': {self.fraction} is not in (0, 1]")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise runs.ConfigError(f"parameter {name!r}: {getattr(self, name)} must be >= 1")
+        if self.image_size < 0 or 0 < self.image_size < 8:
+            raise runs.ConfigError(f"parameter 'image_size': {self.image_size} must be 0 (default) or >= 8 px")
+        if not 0.0 < self.lr_start <= self.lr:
+            raise runs.ConfigError(f"parameters 'lr_start'/'lr': need 0 < lr_start <= lr, got {self.lr_start}, {self.lr}")
+        if self.weight_decay < 0 or self.num_workers < 0:
+            raise runs.ConfigError("parameters 'weight_decay' and 'num_workers' must be >= 0")
+        if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
+            raise runs.ConfigError(f"parameter 'device': {self.device!r} is not auto, cpu, cuda, cuda:N or mps")
+        if not self.run_id:
+            object.__setattr__(self, "run_id", run_name(self.task, self.model, self.fraction, self.seed))
+
+
+def run_name(task: str, model: str, fraction: float, seed: int) -> str:
+    """Run folder name ``<task>-<model>-f<fraction>-s<seed>``, e.g. ``mi-heartbeit-f0.1-s0``."""
+    return f"{task}-{model}-f{float(fraction)!r}-s{int(seed)}"
+
+
+def _latest_complete(folder: Path, predicate: Callable[[Path], bool] = lambda p: True) -> Path | None:
+    cands = [p for p in folder.iterdir() if p.is_dir() and runs.is_complete(p) and predicate(p)] \
+        if folder.is_dir() else []
+    if not cands:
+        return None
+    return max(cands, key=lambda p: json.loads((p / "run.json").read_text()).get("finished") or "")
+
+
+
+
+def _config_task(run_dir: Path) -> str | None:
+    try:
+        return (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("task")
+    except Exception:
+        return None
+
+
+def resolve_inputs(cfg: FinetuneConfig) -> FinetuneConfig:
+    """Fill in default upstream run folders and check that they exist.
+
+    - ``cohort_run`` "" -> ``<out_root>/01_preprocess/<task>`` if it exists, else the latest complete
+      ``01_preprocess`` run whose config has this task.
+    - ``pretrain_run`` "" (only for ``model="heartbeit"`` without ``weights``) -> the latest complete
+      ``02_pretrain`` run.
+    - ``image_size`` 0 -> the checkpoint's ``img_size`` for ``heartbeit``, else 224; ``model_size`` "" ->
+      the checkpoint's ``size`` for ``heartbeit`` (so ``config.yaml`` names the architecture).
+
+    Raises
+    ------
+    CohortNotFoundError, PretrainRunNotFoundError
+    """
+    out_root = Path(cfg.out_root)
+    cohort = cfg.cohort_run
+    if not cohort:
+        default = out_root / "01_preprocess" / cfg.task
+        found = default if default.is_dir() else _latest_complete(
+            out_root / "01_preprocess", lambda p: _config_task(p) == cfg.task)
+        if found is None:
+            raise CohortNotFoundError(
+                f"parameter 'cohort_run' is empty and no cohort store for task {cfg.task!r} was found "
+                f"(looked for {default} and complete runs in {out_root / '01_preprocess'}); run "
+                f"notebooks/01_preprocess.ipynb with -p task {cfg.task} first, or pass -p cohort_run <run folder>")
+        cohort = str(found)
+    if not Path(cohort).is_dir():
+        raise CohortNotFoundError(f"parameter 'cohort_run': {cohort} does not exist; run "
+                                  f"notebooks/01_preprocess.ipynb first or pass the folder of an existing cohort store")
+    if not (Path(cohort) / "manifest.parquet").is_file():
+        raise CohortNotFoundError(f"parameter 'cohort_run': {cohort} holds no cohort store (no manifest.parquet); "
+                                  "it is not a finished 01_preprocess run - rerun notebooks/01_preprocess.ipynb")
+    pretrain = cfg.pretrain_run
+    if models.model_spec(cfg.model).source == "pretrain_checkpoint" and not cfg.weights:
+        if not pretrain:
+            found = _latest_complete(out_root / "02_pretrain", lambda p: (p / "checkpoints" / "last.pt").is_file())
+            if found is None:
+                raise PretrainRunNotFoundError(
+                    f"model 'heartbeit' needs a pretraining run: parameter 'pretrain_run' is empty and "
+                    f"{out_root / '02_pretrain'} holds no complete run with checkpoints/last.pt; run "
+                    "notebooks/02_pretrain.ipynb or pass -p pretrain_run <run folder>")
+            pretrain = str(found)
+        if not (Path(pretrain) / "checkpoints" / "last.pt").is_file() and not Path(pretrain).is_file():
+            raise PretrainRunNotFoundError(f"parameter 'pretrain_run': {pretrain} holds no checkpoints/last.pt")
+    image_size, model_size = cfg.image_size, cfg.model_size
+    if models.model_spec(cfg.model).source == "pretrain_checkpoint" and not (image_size and model_size):
+        # heartbeit fine-tunes at its pretraining size and architecture: record both in config.yaml
+        bc = models.load_pretrain_checkpoint(model_weights(dataclasses.replace(cfg, pretrain_run=pretrain)),
+                                             mmap=True)["backbone_config"]
+        image_size, model_size = image_size or int(bc["img_size"]), model_size or str(bc["size"])
+    return dataclasses.replace(cfg, cohort_run=cohort, pretrain_run=pretrain,
+                               image_size=image_size or DEFAULT_IMAGE_SIZE, model_size=model_size)
+
+
+def model_weights(cfg: FinetuneConfig) -> str | None:
+    """The weights argument of :func:`models.create_model` for ``cfg`` (None = offline cache / scratch)."""
+    spec = models.model_spec(cfg.model)
+    if spec.source is None:
+        return None
+    if spec.source == "pretrain_checkpoint":
+        return cfg.weights or cfg.pretrain_run or None
+    return cfg.weights or None
+
+
+def _check_resolved(cfg: FinetuneConfig) -> None:
+    if cfg.image_size == 0:
+        raise runs.ConfigError("image_size is 0 (automatic): pass the config through finetune.resolve_inputs first")
+
+
+def build_model(cfg: FinetuneConfig) -> tuple[nn.Module, tuple[tuple[float, ...], tuple[float, ...]]]:
+    """The model (2-neuron head, seeded init) and the (mean, std) normalisation its weights expect."""
+    _check_resolved(cfg)
+    torch.manual_seed(cfg.seed)
+    weights = model_weights(cfg)
+    model = models.create_model(cfg.model, num_classes=2, weights=weights, size=cfg.model_size or None,
+                                img_size=cfg.image_size)
+    return model, models.normalization_for(cfg.model, weights=weights)
+
+
+# ---------------------------------------------------------------- splits and data
+
+
+
+# ---------------------------------------------------------------- training driver
+
+
+@dataclasses.dataclass
+class FitResult:
+    best_epoch: int
+    metrics: dict[str, Any]
+    log: list[dict]
+    data_hashes: dict[str, str]
+    run_dir: Path
+
+
+
+def resolve_device(device: str) -> torch.device:
+    """``utils.resolve_device`` (``auto`` -> cuda when available, else cpu)."""
+    return utils.resolve_device(device)
+
+
+def make_optimizer(cfg: FinetuneConfig, params, total_steps: int):
+    """Adam + OneCycleLR stepped once per batch: lr ``lr_start`` -> ``lr`` (after ``pct_start`` = 30 %
+    of the steps) -> ``lr_start / 1e4`` (cosine), as the paper's "OneCycle between 3e-4 and 1e-3"."""
+    opt = torch.optim.Adam(params, lr=cfg.lr_start, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(1, total_steps),
+                                                div_factor=cfg.lr / cfg.lr_start)
+    return opt, sched
+
+
+def _loaders(cfg: FinetuneConfig, store, splits: Mapping[str, Split], factory: Callable,
+             image_cache: ImageCache | None) -> tuple[Any, dict[str, Any]]:
+    """(train loader, {eval split: loader}) with the split datasets rendered through ``factory`` (or the cache)."""
+    def make_ds(split: Split):
+        if image_cache is None:
+            return factory(store, split.indices, cfg.image_size, cfg.layout)
+        return image_cache.dataset(factory, store, split, cfg.image_size, cfg.layout)
+
+    train = splits["train"]
+    train_ds = make_ds(train)
+    # BatchNorm cannot train on a last batch of one image: drop it (it comes back next epoch reshuffled)
+    drop_last = len(train) % cfg.batch_size == 1 and len(train) > cfg.batch_size
+    train_loader = make_loader(train_ds, cfg.batch_size, True, cfg.seed, cfg.num_workers, drop_last)
+    eval_loaders = {s: make_loader(make_ds(splits[s]), cfg.batch_size * 2, False, 0, cfg.num_workers)
+                    for s in EVAL_SPLITS if len(splits[s])}
+    return train_loader, eval_loaders
+
+
+def _summary(cfg: FinetuneConfig, log: list[dict], best_epoch: int, splits: Mapping[str, Split]) -> dict[str, Any]:
+    """metrics.json fields of the chosen epoch, the split sizes and the paper's best-any-epoch test AUROC."""
+    best = next(r for r in log if r["epoch"] == best_epoch)
+    metrics: dict[str, Any] = {"best_epoch": best_epoch, "select_on": cfg.select_on, "select_metric": "auroc",
+                               "epochs": cfg.epochs, "task": cfg.task, "model": cfg.model,
+                               "fraction": cfg.fraction, "seed": cfg.seed}
+    for s in EVAL_SPLITS:
+        metrics[f"{s}_auroc"], metrics[f"{s}_auprc"] = best[f"{s}_auroc"], best[f"{s}_auprc"]
+    # the paper's reporting (best test AUROC over all epochs), for comparison only
+    metrics["test_auroc_best_any_epoch"] = max((r["test_auroc"] for r in log if math.isfinite(r["test_auroc"])),
+                                               default=float("nan"))
+    for s in ("train",) + EVAL_SPLITS:
+        metrics[f"n_{s}"] = len(splits[s])
+        metrics[f"prevalence_{s}"] = splits[s].prevalence
+    return metrics
+
+
+def fit(cfg: FinetuneConfig, model: nn.Module, store, splits: Mapping[str, Split], run_dir: str | os.PathLike,
+        normalization: tuple[Sequence[float], Sequence[float]] = (models.DEFAULT_MEAN, models.DEFAULT_STD),
+        dataset_factory: Callable | None = None, progress: bool = False,
+        image_cache: ImageCache | None = None) -> FitResult:
+    """Train ``model`` for ``cfg.epochs`` epochs and write the per-epoch artefacts into ``run_dir``.
+
+    Parameters
+    ----------
+    cfg : the run's config (epochs, batch_size, lr, lr_start, weight_decay, seed, device, amp, select_on).
+    model : maps (B, 3, S, S) normalised images to (B, 2) logits, S = ``cfg.image_size``.
+    store : the cohort store the ``splits`` index into.
+    splits : from :func:`make_splits`.
+    normalization : per-channel (mean, std) applied to the [0, 1] images on the device.
+    dataset_factory : ``(store, indices, image_size, layout) -> Dataset`` of ``(image (3, S, S) float32
+        in [0, 1], label int64)``; default ``render.RenderedECGDataset``.
+    image_cache : where rendered splits are kept when ``cfg.cache_images`` (default :data:`IMAGE_CACHE`).
+
+    Writes ``log.jsonl`` (one line per epoch), ``predictions.parquet`` (rewritten after every epoch
+    with all epochs so far: record_id, patient_hash, split, epoch, label, score), ``model_best.pt``
+    (state dict of the best epoch so far), ``model.json`` (its architecture) and returns the metrics at the
+    best epoch.
+    """
+    _check_resolved(cfg)
+    run_dir = Path(run_dir)
+    for name in ("log.jsonl", "predictions.parquet", "model_best.pt"):  # a rerun starts clean
+        (run_dir / name).unlink(missing_ok=True)
+    sel = splits[cfg.select_on]
+    if len(sel) == 0 or len(np.unique(sel.label)) < 2:
+        raise SplitError(f"select_on={cfg.select_on!r}: that split needs both classes to choose an epoch "
+                         f"(it has {len(sel)} ECGs, labels {sorted(set(sel.label.tolist()))})")
+    device = resolve_device(cfg.device)
+    amp = bool(cfg.amp and device.type == "cuda")
+    torch.manual_seed(cfg.seed)
+    cache = (image_cache if image_cache is not None else IMAGE_CACHE) if cfg.cache_images else None
+    train_loader, eval_loaders = _loaders(cfg, store, splits, dataset_factory or default_dataset_factory, cache)
+
+    model = model.to(device)
+    mean = torch.tensor(normalization[0], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(normalization[1], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    opt, sched = make_optimizer(cfg, model.parameters(), cfg.epochs * len(train_loader))
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    write_model_record(run_dir, model, cfg.model, cfg.model_size or None, cfg.image_size, cfg.layout, normalization)
+
+    log: list[dict] = []
+    pred_frames: list[pd.DataFrame] = []
+    best_epoch, best_value = None, -math.inf
+    t_start = time.time()
+    epochs = range(1, cfg.epochs + 1)
+    for epoch in tqdm(epochs, desc=f"{cfg.model} f={cfg.fraction}", leave=False) if progress else epochs:
+        t0 = time.time()
+        loss = engine.train_one_epoch(model, train_loader, opt, sched, scaler, mean, std, device, amp)
+        row: dict[str, Any] = {"epoch": epoch, "train_loss": loss, "lr": sched.get_last_lr()[0]}
+        scores, frames = engine.evaluate(model, eval_loaders, splits, mean, std, device, epoch, amp)
+        row.update(scores, epoch_time_s=time.time() - t0)
+        pred_frames += frames
+        log.append(row)
+        runs.append_jsonl(run_dir / "log.jsonl", _nan_to_none(row))
+        utils.atomic_write(run_dir / "predictions.parquet",
+                           lambda tmp: pd.concat(pred_frames, ignore_index=True).to_parquet(tmp, index=False))
+        value = row[f"{cfg.select_on}_auroc"]
+        if math.isfinite(value) and value > best_value:  # strict: earliest epoch wins ties
+            best_epoch, best_value = epoch, value
+            save_best_weights(model, run_dir)
+    assert best_epoch == select_best_epoch(log, cfg.select_on)  # the online choice equals the offline rule
+    metrics = _summary(cfg, log, best_epoch, splits)
+    metrics.update(train_records_sha256=records_sha256(splits["train"].record_id),
+                   final_train_loss=log[-1]["train_loss"], train_time_s=time.time() - t_start,
+                   n_parameters=models.count_parameters(model), normalize_mean=list(normalization[0]),
+                   normalize_std=list(normalization[1]), device=str(device), amp=amp)
+    hashes = {f"split_{s}_records": records_sha256(splits[s].record_id) for s in splits}
+    return FitResult(best_epoch, _nan_to_none(metrics), log, hashes, run_dir)
+
+
+def _nan_to_none(d: Mapping[str, Any]) -> dict[str, Any]:
+    """NaN (a metric of an empty or one-class split) -> None, so the JSON files stay strict JSON."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
+
+
+def plot_learning_curves(log: Sequence[Mapping[str, Any]], best_epoch: int | None = None,
+                         path: str | os.PathLike | None = None, title: str = ""):
+    """Train loss and per-split AUROC/AUPRC against epoch; the chosen epoch dashed. Saved to ``path``.
+
+    Returns a ``matplotlib.figure.Figure`` (not registered with pyplot: nothing to close; a notebook
+    displays it as the cell's value).
+    """
+    df = pd.DataFrame(list(log))
+    fig = Figure(figsize=(12, 3.2))
+    axes = fig.subplots(1, 3)
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.16, top=0.86 if title else 0.95, wspace=0.25)
+    axes[0].plot(df["epoch"], df["train_loss"], marker="o", ms=3, color="k")
+    axes[0].set(xlabel="epoch", ylabel="train loss (CE)")
+    for ax, metric in zip(axes[1:], ("auroc", "auprc")):
+        for s, c in zip(EVAL_SPLITS, ("C0", "C1", "C2")):
+            col = f"{s}_{metric}"
+            if col in df and df[col].notna().any():
+                ax.plot(df["epoch"], df[col].astype(float), marker="o", ms=3, color=c, label=s)
+        ax.set(xlabel="epoch", ylabel=metric.upper())
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=6))
+        if best_epoch is not None:
+            ax.axvline(best_epoch, ls="--", color="grey", lw=1)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    if path is not None:
+        fig.savefig(path, dpi=80)
+    return fig
+
+
+# ---------------------------------------------------------------- whole run (the notebook's steps)
+
+
+def run_finetune(cfg: FinetuneConfig, dataset_factory: Callable | None = None, store=None,
+                 figure: bool = True, image_cache: ImageCache | None = None) -> FitResult:
+    """The notebook's steps in-process: resolve inputs, start the run folder, train, plot, finish.
+
+    Used by the sweep's in-process executor and tests; ``notebooks/03_finetune.ipynb`` calls the
+    same functions cell by cell. ``figure=False`` skips ``learning_curves.png`` (about 0.3 s of
+    matplotlib per run, the largest cost of a tiny CPU run).
+    """
+    cfg = resolve_inputs(cfg)
+    run_dir = runs.start_run("03_finetune", cfg)
+    if store is None:
+        store = open_store(cfg)
+    splits = make_splits(store, cfg.fraction)
+    model, norm = build_model(cfg)
+    result = fit(cfg, model, store, splits, run_dir, normalization=norm, dataset_factory=dataset_factory,
+                 image_cache=image_cache)
+    if figure:
+        plot_learning_curves(result.log, result.best_epoch, run_dir / "learning_curves.png", title=cfg.run_id)
+    runs.finish_run(run_dir, metrics=result.metrics, data_hashes={**result.data_hashes, **input_hashes(cfg)})
+    return result
+
+
+def open_store(cfg: FinetuneConfig):
+    """``cohorts.CohortStore(cfg.cohort_run)``, checked to hold ``cfg.task``."""
+    store = cohorts.CohortStore(cfg.cohort_run)
+    if getattr(store, "task", cfg.task) != cfg.task:
+        raise runs.ConfigError(f"parameter 'task': {cfg.task!r} but cohort_run {cfg.cohort_run} holds task "
+                               f"{store.task!r}")
+    return store
+
+
+def input_hashes(cfg: FinetuneConfig) -> dict[str, str]:
+    """sha256 of the weights file the model was initialised from (if any)."""
+    w = model_weights(cfg)
+    if w is None:
+        p = models.find_cached_weights(cfg.model) if models.model_spec(cfg.model).source else None
+    elif models.model_spec(cfg.model).source == "pretrain_checkpoint":
+        p = models.resolve_pretrain_checkpoint(w)
+    else:
+        p = Path(w)
+    return {"weights": runs.file_sha256(p)} if p is not None and Path(p).is_file() else {}
