@@ -8,7 +8,7 @@ Every notebook follows the same shape::
     ...
     # next cell
     from heartbeit_lib.pipeline import runs
-    from heartbeit_lib.pipeline import finetune
+    from heartbeit_lib.classify import finetune
     cfg = runs.config_from_globals(finetune.FinetuneConfig, globals())
     run_dir = runs.start_run("03_finetune", cfg)
 
