@@ -88,7 +88,7 @@ class FlippedTestLabels:
 
 def test_config_defaults_and_validation(tmp_path):
     cfg = finetune.FinetuneConfig()
-    assert (cfg.epochs, cfg.lr, cfg.lr_start, cfg.select_on, cfg.image_size) == (30, 1e-3, 3e-4, "val", 0)
+    assert (cfg.epochs, cfg.lr, cfg.lr_start, cfg.select_on, cfg.image_size) == (30, 1e-3, 3e-4, "val", None)
     assert cfg.run_id == "hcm-heartbeit-f1.0-s0"
     assert finetune.FinetuneConfig(task="mi", model="vit_b16", fraction="0.1", seed="2").run_id == "mi-vit_b16-f0.1-s2"
     assert finetune.FinetuneConfig(amp="false").amp is False  # papermill -p amp false arrives as a string
@@ -126,9 +126,9 @@ def test_missing_cohort_and_pretrain_runs_give_clear_errors(tmp_path, toy_root):
         finetune.resolve_inputs(finetune.FinetuneConfig(cohort_run=str(tmp_path / "half")))
     cfg = finetune.resolve_inputs(tiny_cfg(toy_root))  # default cohort_run found and recorded
     assert cfg.cohort_run == str(toy_root / "01_preprocess" / TASK)
-    assert finetune.resolve_inputs(tiny_cfg(toy_root, image_size=0)).image_size == 224  # the paper's size
+    assert finetune.resolve_inputs(tiny_cfg(toy_root, image_size=None)).image_size == 224  # the paper's size
     with pytest.raises(runs.ConfigError, match="resolve_inputs"):
-        finetune.build_model(tiny_cfg(toy_root, image_size=0))
+        finetune.build_model(tiny_cfg(toy_root, image_size=None))
     with pytest.raises(finetune.PretrainRunNotFoundError, match="02_pretrain"):
         finetune.resolve_inputs(tiny_cfg(toy_root, model="heartbeit"))
     with pytest.raises(runs.ConfigError, match="holds task 'toy'"):
@@ -142,7 +142,7 @@ def test_heartbeit_size_and_image_size_come_from_the_checkpoint(tmp_path, toy_ro
     ck = tmp_path / "02_pretrain" / "pt" / "checkpoints" / "last.pt"
     ck.parent.mkdir(parents=True)
     fake_pretrain_checkpoint(ck, size="micro", img_size=48)
-    cfg = finetune.resolve_inputs(tiny_cfg(toy_root, model="heartbeit", model_size="", image_size=0,
+    cfg = finetune.resolve_inputs(tiny_cfg(toy_root, model="heartbeit", model_size=None, image_size=None,
                                            pretrain_run=str(ck.parents[1])))
     assert (cfg.model_size, cfg.image_size) == ("micro", 48)
     assert finetune.resolve_inputs(tiny_cfg(toy_root)).model_size == "micro"  # explicit sizes are kept

@@ -81,28 +81,28 @@ class PretrainRunNotFoundError(runs.ConfigError):
 class FinetuneConfig(runs.TypedConfig):
     """Parameters of ``notebooks/03_finetune.ipynb`` (names equal the notebook's parameter names)."""
 
-    task: str = "hcm"               # task name; must equal the cohort store's task
-    model: str = "heartbeit"        # registered model name (models.list_models())
-    fraction: float = 1.0           # fraction of the training split (nested subsets saved in the store)
-    seed: int = 0                   # model init and shuffling seed
-    pretrain_run: str = ""          # 02_pretrain run folder for model=heartbeit ("" = latest complete run)
-    cohort_run: str = ""            # 01_preprocess run folder ("" = <out_root>/01_preprocess/<task>)
-    weights: str = ""               # optional weights file (ImageNet models: else offline cache; heartbeit: overrides pretrain_run)
-    model_size: str = ""            # architecture size ("" = paper size "base"; "micro" for CPU tests)
-    epochs: int = 30                # training epochs (paper: 30)
-    batch_size: int = 32            # images per step
-    lr: float = 1e-3                # OneCycle peak learning rate (paper: 1e-3)
-    lr_start: float = 3e-4          # OneCycle initial learning rate (paper: 3e-4); div_factor = lr / lr_start
-    weight_decay: float = 0.0       # Adam L2 weight decay
-    image_size: int = 0             # rendered image side in pixels (0: the checkpoint's size for heartbeit, else 224)
-    layout: str = "stack8"          # render layout (heartbeit_lib.render)
-    device: str = "auto"            # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
-    amp: bool = True                # mixed precision (float16 autocast + GradScaler) when on cuda
-    select_on: str = "val"          # split choosing the best epoch: "val" (default) or "test" (paper, optimistic)
-    num_workers: int = 0            # DataLoader worker processes
-    cache_images: bool = False      # render each split once per process and keep it in memory (small cohorts only)
-    out_root: str = "outputs"       # root of run folders
-    run_id: str = ""                # run folder name ("" = <task>-<model>-f<fraction>-s<seed>)
+    task: str = "hcm"  # task name; must equal the cohort store's task
+    model: str = "heartbeit"  # registered model: heartbeit, vit_b16, beit_b16, efficientnet_b4, resnet152, <name>_scratch
+    fraction: float = 1.0  # fraction of the training split (nested, stratified subsets saved in the store)
+    seed: int = 0  # model init and shuffling seed
+    pretrain_run: str | None = None  # 02_pretrain run folder for model heartbeit; None: latest complete run under out_root
+    cohort_run: str | None = None  # 01_preprocess run folder; None: <out_root>/01_preprocess/<task>
+    weights: str | None = None  # weights file for ImageNet models (None: offline hub cache) or a heartbeit checkpoint file
+    model_size: str | None = None  # architecture size; None: the paper's base (heartbeit: the checkpoint's); micro, tiny, small for CPU runs
+    epochs: int = 30  # training epochs (paper: 30)
+    batch_size: int = 32  # images per optimiser step
+    lr: float = 0.001  # OneCycle peak learning rate (paper: 1e-3)
+    lr_start: float = 0.0003  # OneCycle initial learning rate (paper: 3e-4)
+    weight_decay: float = 0.0  # Adam weight decay
+    image_size: int | None = None  # rendered image side in px; None: the pretraining size for heartbeit, else the paper's 224
+    layout: str = "stack8"  # ECG image layout (heartbeit_lib.render)
+    device: str | None = None  # cpu, cuda, cuda:N; None: cuda when available, else cpu
+    amp: bool = True  # mixed precision on cuda
+    select_on: str = "val"  # split choosing the best epoch: val (default) or test (paper, optimistic)
+    num_workers: int = 0  # DataLoader worker processes
+    cache_images: bool = False  # render every split once per process and keep it in memory (small cohorts)
+    out_root: str = "outputs"  # root of the run folders
+    run_id: str | None = None  # run folder name; None: <task>-<model>-f<fraction>-s<seed>
 
     choices: typing.ClassVar[dict[str, tuple]] = {"select_on": ("val", "test")}
 
@@ -116,13 +116,13 @@ class FinetuneConfig(runs.TypedConfig):
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise runs.ConfigError(f"parameter {name!r}: {getattr(self, name)} must be >= 1")
-        if self.image_size < 0 or 0 < self.image_size < 8:
-            raise runs.ConfigError(f"parameter 'image_size': {self.image_size} must be 0 (default) or >= 8 px")
+        if self.image_size is not None and self.image_size < 8:
+            raise runs.ConfigError(f"parameter 'image_size': {self.image_size} must be None (default) or >= 8 px")
         if not 0.0 < self.lr_start <= self.lr:
             raise runs.ConfigError(f"parameters 'lr_start'/'lr': need 0 < lr_start <= lr, got {self.lr_start}, {self.lr}")
         if self.weight_decay < 0 or self.num_workers < 0:
             raise runs.ConfigError("parameters 'weight_decay' and 'num_workers' must be >= 0")
-        if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
+        if not (self.device in (None, "auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
             raise runs.ConfigError(f"parameter 'device': {self.device!r} is not auto, cpu, cuda, cuda:N or mps")
         if not self.run_id:
             object.__setattr__(self, "run_id", run_name(self.task, self.model, self.fraction, self.seed))
@@ -153,11 +153,11 @@ def _config_task(run_dir: Path) -> str | None:
 def resolve_inputs(cfg: FinetuneConfig) -> FinetuneConfig:
     """Fill in default upstream run folders and check that they exist.
 
-    - ``cohort_run`` "" -> ``<out_root>/01_preprocess/<task>`` if it exists, else the latest complete
+    - ``cohort_run`` None -> ``<out_root>/01_preprocess/<task>`` if it exists, else the latest complete
       ``01_preprocess`` run whose config has this task.
-    - ``pretrain_run`` "" (only for ``model="heartbeit"`` without ``weights``) -> the latest complete
+    - ``pretrain_run`` None (only for ``model="heartbeit"`` without ``weights``) -> the latest complete
       ``02_pretrain`` run.
-    - ``image_size`` 0 -> the checkpoint's ``img_size`` for ``heartbeit``, else 224; ``model_size`` "" ->
+    - ``image_size`` None -> the checkpoint's ``img_size`` for ``heartbeit``, else 224; ``model_size`` None ->
       the checkpoint's ``size`` for ``heartbeit`` (so ``config.yaml`` names the architecture).
 
     Raises
@@ -172,7 +172,7 @@ def resolve_inputs(cfg: FinetuneConfig) -> FinetuneConfig:
             out_root / "01_preprocess", lambda p: _config_task(p) == cfg.task)
         if found is None:
             raise CohortNotFoundError(
-                f"parameter 'cohort_run' is empty and no cohort store for task {cfg.task!r} was found "
+                f"parameter 'cohort_run' is not set (None) and no cohort store for task {cfg.task!r} was found "
                 f"(looked for {default} and complete runs in {out_root / '01_preprocess'}); run "
                 f"notebooks/01_preprocess.ipynb with -p task {cfg.task} first, or pass -p cohort_run <run folder>")
         cohort = str(found)
@@ -188,7 +188,7 @@ def resolve_inputs(cfg: FinetuneConfig) -> FinetuneConfig:
             found = _latest_complete(out_root / "02_pretrain", lambda p: (p / "checkpoints" / "last.pt").is_file())
             if found is None:
                 raise PretrainRunNotFoundError(
-                    f"model 'heartbeit' needs a pretraining run: parameter 'pretrain_run' is empty and "
+                    f"model 'heartbeit' needs a pretraining run: parameter 'pretrain_run' is not set (None) and "
                     f"{out_root / '02_pretrain'} holds no complete run with checkpoints/last.pt; run "
                     "notebooks/02_pretrain.ipynb or pass -p pretrain_run <run folder>")
             pretrain = str(found)
@@ -215,8 +215,8 @@ def model_weights(cfg: FinetuneConfig) -> str | None:
 
 
 def _check_resolved(cfg: FinetuneConfig) -> None:
-    if cfg.image_size == 0:
-        raise runs.ConfigError("image_size is 0 (automatic): pass the config through finetune.resolve_inputs first")
+    if cfg.image_size is None:
+        raise runs.ConfigError("image_size is None (automatic): pass the config through finetune.resolve_inputs first")
 
 
 def build_model(cfg: FinetuneConfig) -> tuple[nn.Module, tuple[tuple[float, ...], tuple[float, ...]]]:
@@ -246,7 +246,7 @@ class FitResult:
 
 
 
-def resolve_device(device: str) -> torch.device:
+def resolve_device(device: str | None) -> torch.device:
     """``utils.resolve_device`` (``auto`` -> cuda when available, else cpu)."""
     return utils.resolve_device(device)
 

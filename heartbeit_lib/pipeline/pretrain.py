@@ -70,49 +70,54 @@ class PretrainConfig(runs.TypedConfig):
     """Parameters of ``02_pretrain`` (names equal the notebook's parameters; YAML under
     ``parameters/02_pretrain/``).  Defaults are the paper's where it states them."""
 
-    cohort_run: str = ""              # 01_preprocess run folder (cohort store)
-    train_splits: str = "train,unassigned"  # comma-separated store splits used for pretraining
-    val_split: str = "val"            # held-out split for masked-token accuracy
-    val_fraction: float = 0.1         # held-out share of training patients when val_split is empty
-    max_train: int = 0                # cap on pretraining ECGs (0 = all), seeded subsample
-    max_val: int = 0                  # cap on held-out ECGs (0 = all)
-    tokenizer: str = "ecg_kmeans"     # dalle | ecg_kmeans
-    tokenizer_path: str = ""          # weights file; "" with ecg_kmeans = fit one in this run
-    trust_pickle: bool = False        # allow unpickling OpenAI's encoder.pkl (runs code from the file)
-    vocab_size: int = 512             # k-means codebook size when fitting
+    cohort_run: str | None = None  # 01_preprocess run folder (the cohort store); required
+    train_splits: tuple[str, ...] = ("train", "unassigned")  # store splits to pretrain on; never test/external
+    val_split: str | None = "val"  # held-out split for masked-token accuracy; None: hold out val_fraction of patients
+    val_fraction: float = 0.1  # held-out share of training patients when val_split is None or has no rows
+    max_train: int | None = None  # cap on pretraining ECGs, seeded subsample; None for all
+    max_val: int | None = None  # cap on held-out ECGs; None for all
+    tokenizer: str = "ecg_kmeans"  # dalle | ecg_kmeans
+    tokenizer_path: str | None = None  # tokenizer weights; None with ecg_kmeans: fit the codebook in this run
+    trust_pickle: bool = False  # allow unpickling OpenAI's encoder.pkl, which can run code; prefer a converted state dict
+    vocab_size: int = 512  # k-means codebook size when fitting; DALL-E: 8192, fixed by its weights
     tokenizer_fit_images: int = 2000  # rendered training ECGs used to fit the k-means codebook
-    model_size: str = "base"          # models.BEIT_SIZES: base (paper, 86M) | small | tiny | micro
-    image_size: int = 224             # pixels; patch grid image_size / 16
-    layout: str = "stack8"            # render layout
-    epochs: int = 300
-    batch_size: int = 128             # global batch (all processes together)
-    lr: float = 5e-4                  # peak learning rate (paper)
-    min_lr: float = 1e-5              # end of the cosine
-    warmup_epochs: float = 10.0
-    weight_decay: float = 0.05
-    layer_decay: float = 1.0          # layer-wise lr decay (1 = off)
-    clip_grad: float = 3.0            # max gradient norm (0 = off), BEiT's value
-    drop_path: float = 0.1            # stochastic depth
-    num_masked: int = 75              # masked patches per image (75 of 196 = ~40%, BEiT)
-    min_block: int = 16               # minimum mask block in patches (BEiT)
-    device: str = "auto"              # auto | cpu | cuda | cuda:N
-    amp: bool = True                  # bf16 autocast on CUDA (ignored on CPU)
-    compile: bool = False             # torch.compile the model
-    num_workers: int = 0              # DataLoader workers per process
-    threads: int = 0                  # torch CPU threads per process (0 = torch's default)
-    save_every: int = 10              # keep checkpoints/epoch-XXXX.pt every N epochs (and the last)
-    resume: bool = True               # continue from checkpoints/last.pt of this run folder
-    progress: bool = True             # tqdm bar
-    seed: int = 0
-    out_root: str = "outputs"
-    run_id: str = ""
+    model_size: str = "base"  # base: the paper's, 86M params | small | tiny | micro
+    image_size: int = 224  # image side in px, a multiple of 16; 224 as the paper
+    layout: str = "stack8"  # render layout: stack8 as the paper | grid4x2 | clinical3x4
+    epochs: int = 300  # paper: 300
+    batch_size: int = 128  # global batch over all processes
+    lr: float = 5e-4  # peak AdamW learning rate, as the paper
+    min_lr: float = 1e-5  # learning rate at the end of the cosine
+    warmup_epochs: float = 10.0  # linear warmup
+    weight_decay: float = 0.05  # AdamW weight decay, as BEiT
+    layer_decay: float = 1.0  # layer-wise lr decay, 1 for off
+    clip_grad: float = 3.0  # max gradient norm, 0 for off
+    drop_path: float = 0.1  # stochastic depth rate
+    num_masked: int = 75  # masked patches per image: 75 of 196, about 40%, as BEiT; scale with the grid
+    min_block: int = 16  # smallest mask block in patches, as BEiT
+    device: str | None = None  # cpu | cuda | cuda:N; None: cuda when available, else cpu
+    amp: bool = True  # bf16 autocast on CUDA
+    compile: bool = False  # torch.compile the model
+    num_workers: int = 0  # DataLoader workers per process: render + masks
+    threads: int | None = None  # torch CPU threads per process; None: torch's default; 1 on small shared CPUs
+    save_every: int = 10  # keep checkpoints/epoch-XXXX.pt every N epochs; last.pt every epoch
+    resume: bool = True  # continue from checkpoints/last.pt of this run folder
+    progress: bool = True  # tqdm progress bars
+    seed: int = 0  # model init, data order, masks, tokenizer fit
+    out_root: str = "outputs"  # outputs root
+    run_id: str | None = None  # run folder name; None: a timestamp
 
     choices = {"tokenizer": tokenizers.KINDS, "model_size": tuple(models.BEIT_SIZES)}
 
     def validate(self) -> None:
-        if self.threads < 0 or self.num_workers < 0:
-            raise runs.ConfigError(f"parameters 'threads'/'num_workers' must be >= 0, "
+        if (self.threads is not None and self.threads < 1) or self.num_workers < 0:
+            raise runs.ConfigError(f"parameters 'threads'/'num_workers' must be >= 1 (None: default) / >= 0, "
                                    f"got {self.threads}/{self.num_workers}")
+        if not self.train_splits:
+            raise runs.ConfigError("parameter 'train_splits' names no split")
+        for name in ("max_train", "max_val"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise runs.ConfigError(f"parameter {name!r} must be >= 1 (None for all), got {getattr(self, name)}")
         pos = ("epochs", "batch_size", "image_size", "vocab_size", "save_every")
         for name in pos:
             if getattr(self, name) < 1:
@@ -155,12 +160,12 @@ def _barrier() -> None:
 
 
 @contextlib.contextmanager
-def cpu_threads(n: int):
-    """Limit torch and BLAS/OpenMP (scikit-learn, numpy) CPU threads to ``n`` inside the block (0 = no limit).
+def cpu_threads(n: int | None):
+    """Limit torch and BLAS/OpenMP (scikit-learn, numpy) CPU threads to ``n`` inside the block (None = no limit).
 
     torch keeps ``n`` threads afterwards (the run's setting); the BLAS/OpenMP limits are restored.
     """
-    if n <= 0:
+    if not n:
         yield
         return
     torch.set_num_threads(n)
@@ -168,7 +173,7 @@ def cpu_threads(n: int):
         yield
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
     """:func:`utils.resolve_device`, raising :class:`PretrainError` (parameter ``device``) on a bad name."""
     try:
         return utils.resolve_device(name, local_rank)
@@ -232,7 +237,7 @@ def train(cfg: PretrainConfig, data: MIMData, run_dir: str | os.PathLike, *,
     run_dir, ckpt_dir = Path(run_dir), Path(run_dir) / "checkpoints"
     rank, world, local_rank = dist_info()
     device = resolve_device(cfg.device, local_rank)
-    if cfg.threads > 0:
+    if cfg.threads:
         # on a shared or small CPU, intra-op threads contend (measured on a shared 2-core machine: >10x slower)
         torch.set_num_threads(cfg.threads)
     amp = bool(cfg.amp and device.type == "cuda")
@@ -308,9 +313,7 @@ def split_rows(cfg: PretrainConfig, store: Any) -> dict[str, np.ndarray]:
     builds of the same inputs with different salts hold out the same ECGs).  ``max_train``/``max_val`` cap the
     counts by a seeded subsample.
     """
-    splits = [s.strip() for s in cfg.train_splits.split(",") if s.strip()]
-    if not splits:
-        raise PretrainError(f"train_splits={cfg.train_splits!r} names no split")
+    splits = list(cfg.train_splits)
     train = np.unique(np.concatenate([store.indices(s) for s in splits])).astype(np.int64)
     val = store.indices(cfg.val_split) if cfg.val_split else np.zeros(0, np.int64)
     rng = np.random.default_rng(cfg.seed)
