@@ -11,6 +11,7 @@ import math
 
 import torch
 import torch.nn as nn
+from timm.optim import param_groups_layer_decay
 
 from heartbeit_lib.classify import registry as models
 
@@ -45,6 +46,21 @@ class MIMModel(nn.Module):
     @property
     def num_layers(self) -> int:
         return len(self.backbone.blocks)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names without weight decay: the backbone's (timm) and the mask token."""
+        return {"mask_token"} | {f"backbone.{n}" for n in self.backbone.no_weight_decay()}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's layer grouping of the backbone under ``backbone.``, with the mask token among the embeddings;
+        what no pattern matches (the MIM norm and head) is timm's last layer."""
+        inner = self.backbone.group_matcher(coarse)
+        blocks = inner["blocks"] if isinstance(inner["blocks"], (list, tuple)) else [(inner["blocks"], None)]
+        under = lambda p: rf"^backbone\.(?:{p.lstrip('^')})"  # noqa: E731
+        return {"stem": rf"^mask_token|{under(inner['stem'])}",
+                "blocks": [(under(p), suffix) for p, suffix in blocks]}
 
     def encode(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Backbone tokens with masked patch embeddings replaced by the mask token.
@@ -106,32 +122,11 @@ def mim_targets(tokens: torch.Tensor, mask: torch.Tensor, num_masked: int | None
 
 
 def param_groups(model: MIMModel, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
-    """AdamW parameter groups with BEiT's no-decay set and optional layer-wise lr decay.
-
-    No weight decay: biases, norms, layer-scale gammas (all 1-D), ``cls_token``, ``mask_token``,
-    ``pos_embed`` and relative position bias tables.  Layer ids: 0 = embeddings and tokens,
-    i + 1 = block i, L + 1 = final norm and MIM head; ``lr_scale = layer_decay ** (L + 1 - id)``.
-    """
-    n_layers = model.num_layers
-    groups: dict[tuple[int, bool], dict] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        short = name.removeprefix("backbone.")
-        no_decay = (p.ndim <= 1 or short in ("cls_token", "mask_token", "pos_embed")
-                    or "relative_position_bias_table" in short)
-        if short.startswith(("cls_token", "mask_token", "pos_embed", "patch_embed", "rel_pos_bias")):
-            layer = 0
-        elif short.startswith("blocks."):
-            layer = int(short.split(".")[1]) + 1
-        else:
-            layer = n_layers + 1
-        key = (layer, no_decay)
-        if key not in groups:
-            groups[key] = {"params": [], "weight_decay": 0.0 if no_decay else weight_decay,
-                           "lr_scale": float(layer_decay ** (n_layers + 1 - layer)), "layer_id": layer}
-        groups[key]["params"].append(p)
-    return [groups[k] for k in sorted(groups)]
+    """AdamW parameter groups from ``timm.optim.param_groups_layer_decay``: no weight decay for 1-D parameters
+    and ``model.no_weight_decay()``; ``lr_scale = layer_decay ** (L + 1 - layer)`` with the layers of
+    ``model.group_matcher()`` (0 = embeddings and tokens, i + 1 = block i, L + 1 = final norm and MIM head)."""
+    return param_groups_layer_decay(model, weight_decay, no_weight_decay_list=model.no_weight_decay(),
+                                    layer_decay=layer_decay)
 
 
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
