@@ -26,28 +26,6 @@ from heartbeit_lib.pipeline import runs
 TASK = "toy"
 
 
-def toy_signals(n: int = 120, seed: int = 0, effect: float = 400.0):
-    """(n, 8, 2500) float32 microvolts: a 3 Hz wave whose amplitude is 600 + effect * label +- 300 uV
-    (a weak, learnable cue), 2 ECGs per patient, the last n/6 from site B (external)."""
-    rng = np.random.default_rng(seed)
-    label = rng.integers(0, 2, n)
-    t = np.arange(2500) / 500
-    amp = 600 + effect * label + rng.normal(0, 300, n)
-    phase = rng.uniform(0, 2 * np.pi, n)
-    x = amp[:, None, None] * np.sin(2 * np.pi * 3 * t[None, None, :] + phase[:, None, None]) * np.ones((1, 8, 1))
-    x = (x + rng.normal(0, 100, (n, 8, 2500))).astype(np.float32)
-    meta = pd.DataFrame({"record_id": [f"r{i:04d}" for i in range(n)], "patient_id": [f"p{i // 2}" for i in range(n)],
-                         "site": ["A"] * (n - n // 6) + ["B"] * (n // 6), "label": label})
-    return x, meta
-
-
-def make_toy_store(out_root, n: int = 120, task: str = TASK):
-    """A cohort store at ``<out_root>/01_preprocess/<task>`` (the notebook's default cohort_run)."""
-    x, meta = toy_signals(n)
-    tc = cohorts.TaskConfig(name=task, external_site="B", val_size=0.25)
-    return cohorts.build_store_from_arrays(out_root / "01_preprocess" / task, x, meta, task=tc, seed=0)
-
-
 def tiny_cfg(out_root, **kw) -> finetune.FinetuneConfig:
     base = dict(task=TASK, model="resnet152_scratch", model_size="micro", epochs=1, batch_size=16,
                 image_size=32, out_root=str(out_root), device="cpu", cache_images=True)
@@ -56,7 +34,7 @@ def tiny_cfg(out_root, **kw) -> finetune.FinetuneConfig:
 
 
 @pytest.fixture(scope="module")
-def toy_root(tmp_path_factory):
+def toy_root(tmp_path_factory, make_toy_store):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("ft")
     make_toy_store(root)
@@ -135,10 +113,8 @@ def test_missing_cohort_and_pretrain_runs_give_clear_errors(tmp_path, toy_root):
         finetune.open_store(dataclasses.replace(cfg, task="hcm"))
 
 
-def test_heartbeit_size_and_image_size_come_from_the_checkpoint(tmp_path, toy_root):
+def test_heartbeit_size_and_image_size_come_from_the_checkpoint(tmp_path, toy_root, fake_pretrain_checkpoint):
     """config.yaml must name the architecture actually fine-tuned (the 04 report reads it)."""
-    from test_models import fake_pretrain_checkpoint
-
     ck = tmp_path / "02_pretrain" / "pt" / "checkpoints" / "last.pt"
     ck.parent.mkdir(parents=True)
     fake_pretrain_checkpoint(ck, size="micro", img_size=48)

@@ -18,16 +18,15 @@ import pytest
 import yaml
 
 from heartbeit_lib.pipeline import runs
-from test_finetune import TASK, make_toy_store
-from test_models import fake_pretrain_checkpoint
 
 pytestmark = pytest.mark.notebooks
 NB = runs.NOTEBOOKS_DIR / "03_finetune.ipynb"
+TASK = "toy"  # the task of the conftest toy store
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
-def nb_root(tmp_path_factory):
+def nb_root(tmp_path_factory, make_toy_store, fake_pretrain_checkpoint):
     root = tmp_path_factory.mktemp("nb03")
     make_toy_store(root)
     run = root / "02_pretrain" / "cpu"
