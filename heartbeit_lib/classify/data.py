@@ -78,8 +78,6 @@ def records_sha256(record_ids: Sequence[str]) -> str:
 
 def default_dataset_factory(store, indices: np.ndarray, image_size: int, layout: str) -> torch.utils.data.Dataset:
     """``render.RenderedECGDataset``: (3, H, W) float images in [0, 1] and int64 labels."""
-    from heartbeit_lib import render
-
     return render.RenderedECGDataset(store, indices, size=image_size, layout=layout, channels=3)
 
     return render.RenderedECGDataset(store, indices, size=image_size, layout=layout, channels=3)

@@ -59,8 +59,6 @@ from heartbeit_lib.mim.model import (NORMALIZE, MIMModel, lr_factor, masked_posi
                                      normalize, param_groups)
 from heartbeit_lib.pipeline import runs
 
-_normalize = normalize  # old private name, used by benchmarks/bench_pretrain.py
-
 
 # ============================================================================ config
 

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import yaml
+from tqdm.auto import tqdm
 
 from heartbeit_lib.pipeline import finetune
 from heartbeit_lib.pipeline import runs
@@ -220,8 +221,6 @@ def run_sweep(spec: SweepSpec, executor: str | Callable = "papermill", progress:
     combos = spec.combinations()
     ran, skipped, failed = [], [], {}
     t0 = time.time()
-    from tqdm.auto import tqdm
-
     bar = tqdm(combos, desc=f"sweep {spec.name}", unit="run", disable=not progress)
     for combo in bar:
         run_dir = spec.run_dir(combo)
