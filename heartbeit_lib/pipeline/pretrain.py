@@ -214,6 +214,32 @@ def _log_line(line: dict) -> dict:
     return {k: v for k, v in line.items() if k != "step_losses"}
 
 
+def _wrap(model: MIMModel, cfg: PretrainConfig, world: int, device: torch.device) -> nn.Module:
+    """The module the engine calls: DDP over several processes, ``torch.compile`` when asked."""
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(net) if cfg.compile else net
+
+
+def _val_loader(cfg: PretrainConfig, data: MIMData, per_rank: int, rank: int, world: int, device: torch.device):
+    """Held-out loader in a fixed order (every rank a strided share), or None without held-out ECGs."""
+    if data.val is None or not len(data.val):
+        return None
+    vs = EpochSampler(len(data.val), world, cfg.seed, rank, world, shuffle=False, drop_last=False)
+    return make_loader(data.val, vs, per_rank, cfg.num_workers, device, drop_last=False)
+
+
+def _end_epoch(cfg: PretrainConfig, run_dir: Path, state: dict, line: dict, show: bool) -> None:
+    """Rank 0 after an epoch: checkpoint (``epoch-XXXX.pt`` too every ``save_every`` and at the end), then the
+    ``log.jsonl`` line (so the log never runs ahead of the checkpoint)."""
+    epoch = state["epoch"]
+    save_checkpoint(state, run_dir / "checkpoints", epoch % cfg.save_every == 0 or epoch == cfg.epochs)
+    runs.append_jsonl(run_dir / "log.jsonl", _log_line(line))
+    if show:
+        tqdm.write(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in _log_line(line).items()}))
+
+
 def train(cfg: PretrainConfig, data: MIMData, run_dir: str | os.PathLike, *,
           on_epoch_end: Callable[[int, dict], None] | None = None, record_steps: bool = False) -> dict:
     """Pretrain a :class:`MIMModel`; checkpoints, ``log.jsonl`` in ``run_dir``.
@@ -256,16 +282,9 @@ def train(cfg: PretrainConfig, data: MIMData, run_dir: str | os.PathLike, *,
         # the checkpoint's history is the truth (a kill may fall between log line and checkpoint)
         utils.atomic_write_text(run_dir / "log.jsonl", "".join(json.dumps(_log_line(h)) + "\n" for h in history))
 
-    net: nn.Module = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        net = torch.compile(net)
+    net = _wrap(model, cfg, world, device)
     train_loader = make_loader(data.train, sampler, per_rank, cfg.num_workers, device, drop_last=True)
-    val_loader = None
-    if data.val is not None and len(data.val):
-        vs = EpochSampler(len(data.val), world, cfg.seed, rank, world, shuffle=False, drop_last=False)
-        val_loader = make_loader(data.val, vs, per_rank, cfg.num_workers, device, drop_last=False)
+    val_loader = _val_loader(cfg, data, per_rank, rank, world, device)
 
     show = cfg.progress and rank == 0
     for epoch in range(start_epoch, cfg.epochs):
@@ -289,15 +308,13 @@ def train(cfg: PretrainConfig, data: MIMData, run_dir: str | os.PathLike, *,
         if rank == 0:
             state = checkpoint_state(model, cfg, opt, sched, epoch + 1, step, rng_all, history, data.tokenizer)
             state.update(n_train=len(data.train), world_size=world)
-            save_checkpoint(state, ckpt_dir, (epoch + 1) % cfg.save_every == 0 or epoch + 1 == cfg.epochs)
-            runs.append_jsonl(run_dir / "log.jsonl", _log_line(line))
-            if show:
-                tqdm.write(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in _log_line(line).items()}))
+            _end_epoch(cfg, run_dir, state, line, show)
         _barrier()
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, line)
-    return {"history": history, "checkpoint": ckpt_dir / "last.pt", "params": sum(p.numel() for p in model.backbone.parameters()),
-            "resumed_from": resumed_from, "world_size": world}
+    n_params = sum(p.numel() for p in model.backbone.parameters())
+    return {"history": history, "checkpoint": ckpt_dir / "last.pt", "params": n_params, "resumed_from": resumed_from,
+            "world_size": world}
 
 
 # ============================================================================ pipeline (notebook)
