@@ -276,3 +276,12 @@ def test_held_out_patients_do_not_depend_on_the_salt(tmp_path, smooth_ecgs):
             assert len(rows["val"]) == 10 and len(rows["train"]) == 30  # 5 of 20 patients, 2 ECGs each
     assert held["salt-one", 0] == held["salt-two", 0] and held["salt-one", 1] == held["salt-two", 1]
     assert held["salt-one", 0] != held["salt-one", 1]
+
+
+def test_cli_parameter_values():
+    """``-p`` values: None/null -> None, YAML lists -> tuples in the config, other strings kept for the Config's
+    coercion (a run_id "007" must not become the int 7)."""
+    cfg = P.PretrainConfig.from_dict({k: P._cli_value(v) for k, v in
+                                      (("train_splits", "[train, val]"), ("run_id", "007"), ("max_train", "None"),
+                                       ("epochs", "3"))})
+    assert (cfg.train_splits, cfg.run_id, cfg.max_train, cfg.epochs) == (("train", "val"), "007", None, 3)

@@ -42,6 +42,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+import yaml
 from matplotlib.figure import Figure  # no pyplot: no global state, no backend switch
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
@@ -547,6 +548,14 @@ def run(cfg: PretrainConfig, run_dir: str | os.PathLike, device: str = "cpu") ->
     return metrics
 
 
+def _cli_value(text: str) -> Any:
+    """A ``-p`` value: ``None``/``null`` -> None, ``[a, b]`` -> a YAML list, anything else the string (the
+    Config coerces it, so ``-p run_id 007`` stays ``"007"``)."""
+    if text.strip() in ("None", "null", "~"):
+        return None
+    return yaml.safe_load(text) if text.strip().startswith("[") else text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``torchrun --nproc_per_node=N -m heartbeit_lib.pretrain -f parameters/02_pretrain/paper.yaml
     -p cohort_run outputs/01_preprocess/<id> -p run_id <id>`` (a run_id is required with several
@@ -556,7 +565,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     args = ap.parse_args(argv)
     params = runs.load_parameter_files(*args.parameters)
-    params.update({k: v for k, v in args.param})
+    params.update({k: _cli_value(v) for k, v in args.param})
     cfg = PretrainConfig.from_dict(params)
     rank, world, local_rank = dist_info()
     if world > 1 and not cfg.run_id:
