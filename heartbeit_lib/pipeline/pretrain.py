@@ -145,7 +145,7 @@ class PretrainConfig(runs.TypedConfig):
 # ============================================================================ process set-up
 
 
-def dist_info() -> tuple[int, int, int]:
+def init_distributed() -> tuple[int, int, int]:
     """(rank, world_size, local_rank); initialises the process group under torchrun when needed."""
     rank, local_rank, world = utils.dist_info()
     if world > 1 and dist.is_available() and not dist.is_initialized():
@@ -260,7 +260,7 @@ def train(cfg: PretrainConfig, data: MIMData, run_dir: str | os.PathLike, *,
     (backbone parameter count), ``resumed_from`` (epoch or None), ``world_size``.
     """
     run_dir, ckpt_dir = Path(run_dir), Path(run_dir) / "checkpoints"
-    rank, world, local_rank = dist_info()
+    rank, world, local_rank = init_distributed()
     device = resolve_device(cfg.device, local_rank)
     if cfg.threads:
         # on a shared or small CPU, intra-op threads contend (measured on a shared 2-core machine: >10x slower)
@@ -367,7 +367,7 @@ def prepare_tokenizer(cfg: PretrainConfig, store: Any, rows: dict, run_dir: str 
     perplexity, reconstruction MSE on up to 256 held-out ECGs) goes to ``tokenizer_report.json``.
     """
     run_dir = Path(run_dir)
-    rank, _, local_rank = dist_info()
+    rank, _, local_rank = init_distributed()
     device = device or str(resolve_device(cfg.device, local_rank))
     fitted = run_dir / "tokenizer.pt"
     if cfg.tokenizer_path:
@@ -403,7 +403,7 @@ def prepare_tokenizer(cfg: PretrainConfig, store: Any, rows: dict, run_dir: str 
 
 def build_data(cfg: PretrainConfig, store: Any, tokenizer: Any, rows: dict, progress: bool = False) -> MIMData:
     """Cached tokens of the store and the train / held-out :class:`MIMDataset` s (images rendered on the fly)."""
-    rank, _, _ = dist_info()
+    rank, _, _ = init_distributed()
     if rank == 0:
         with cpu_threads(cfg.threads):
             tokens = tokenizers.precompute_tokens(store, tokenizer, cfg.image_size, cfg.layout, progress=progress)
@@ -538,11 +538,11 @@ def run(cfg: PretrainConfig, run_dir: str | os.PathLike, device: str = "cpu") ->
     tok, tok_report = prepare_tokenizer(cfg, store, rows, run_dir, device=device)
     data = build_data(cfg, store, tok, rows, progress=cfg.progress)
     baselines = token_baselines(data)
-    if dist_info()[0] == 0:
+    if init_distributed()[0] == 0:
         plot_examples(data, run_dir / "examples.png")
     result = train(cfg, data, run_dir)
     metrics = summarize(result, data, tok_report, baselines)
-    if dist_info()[0] == 0:
+    if init_distributed()[0] == 0:
         plot_curve(result["history"], run_dir / "pretrain_curve.png", baselines)
         runs.finish_run(run_dir, metrics=metrics, data_hashes=data_hashes(store, run_dir, cfg))
     return metrics
@@ -567,7 +567,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     params = runs.load_parameter_files(*args.parameters)
     params.update({k: _cli_value(v) for k, v in args.param})
     cfg = PretrainConfig.from_dict(params)
-    rank, world, local_rank = dist_info()
+    rank, world, local_rank = init_distributed()
     if world > 1 and not cfg.run_id:
         raise PretrainError("with several processes pass -p run_id <id> so all ranks use one run folder")
     if rank == 0:
