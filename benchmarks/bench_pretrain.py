@@ -4,7 +4,7 @@ Measured side by side in one run, on the same batch:
 
 * ``plain``: timm BEiT (``models.create_backbone(..., num_classes=2)``) forward, cross-entropy on 2
   classes, backward, AdamW step - the reference cost of the transformer itself;
-* ``mim``: :class:`heartbeit_lib.mim.pretrain.MIMModel` forward with a block mask (mask token, LayerNorm,
+* ``mim``: :class:`heartbeit_lib.mim.model.MIMModel` forward with a block mask (mask token, LayerNorm,
   linear head over the vocabulary on the masked patches only), cross-entropy, backward, AdamW step.
   Target: MIM overhead <= 10% over ``plain``;
 * ``data``: the pretraining data pipeline for one batch in one process - read signals, render images
@@ -34,7 +34,8 @@ import torch.nn.functional as F
 
 from heartbeit_lib.mim import masking
 from heartbeit_lib.classify import registry as models
-from heartbeit_lib.mim import pretrain
+from heartbeit_lib.mim.data import MIMDataset
+from heartbeit_lib.mim.model import MIMModel, mim_targets, normalize
 from heartbeit_lib import render
 from heartbeit_lib.mim import tokenizers
 
@@ -101,7 +102,7 @@ def main() -> None:
     t0 = time.perf_counter()
     tokens = tok.tokenize(all_imgs)
     tok_rate = len(all_imgs) / (time.perf_counter() - t0)
-    ds = pretrain.MIMDataset(render.RenderedECGDataset(store, np.arange(len(store)), size=s), tokens, k, min_block)
+    ds = MIMDataset(render.RenderedECGDataset(store, np.arange(len(store)), size=s), tokens, k, min_block)
     data_times = []
     for r in range(args.steps + 1):
         keys = [(int(i), r) for i in np.random.default_rng(r).choice(len(ds), b, replace=False)]
@@ -110,13 +111,13 @@ def main() -> None:
         data_times.append(time.perf_counter() - t0)
     data_rate = b / statistics.median(data_times[1:])
     images, toks, mask = (t.to(dev) for t in batch)
-    images = pretrain._normalize(images)
+    images = normalize(images)
 
     # ---- models
     torch.manual_seed(0)
     plain = models.create_backbone(args.size, img_size=s, num_classes=2, drop_path_rate=0.0).to(dev)
     torch.manual_seed(0)
-    mim = pretrain.MIMModel(models.create_backbone(args.size, img_size=s, drop_path_rate=0.0), args.vocab).to(dev)
+    mim = MIMModel(models.create_backbone(args.size, img_size=s, drop_path_rate=0.0), args.vocab).to(dev)
     labels = torch.randint(0, 2, (b,), device=dev)
     mtoks = torch.randint(0, args.vocab, toks.shape, device=dev)  # full-vocab targets: the real head cost
     fused = {"fused": True} if dev.type == "cuda" else {}
@@ -134,7 +135,7 @@ def main() -> None:
         opt_p.step()
 
     def step_mim():
-        target = pretrain.mim_targets(mtoks, mask, k)
+        target = mim_targets(mtoks, mask, k)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
             out = f_mim(images, mask, k)
         loss = F.cross_entropy(out.float(), target)

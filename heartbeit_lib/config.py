@@ -1,8 +1,9 @@
 """Typed, frozen config dataclasses: fields coerced to and checked against their annotations.
 
-Moved verbatim from ``heartbeit_lib/pipeline/runs.py`` (main at ba3dcc2), which should import them from here.
-
-Shared by the stage configs of :mod:`heartbeit_lib.pipeline` and by data definitions outside it
+A stage's Config is the one declaration of its notebook's parameters: each field is one line
+``name: type = literal  # comment`` and the notebook's ``parameters`` cell is those lines verbatim
+(``heartbeit_lib.pipeline.runs.parameters_cell``; ``make params`` writes the cells). Shared by the stage
+configs of :mod:`heartbeit_lib.pipeline` and by data definitions outside it
 (:class:`heartbeit_lib.cohorts.TaskConfig`), which must not import the pipeline.
 """
 

@@ -1,7 +1,7 @@
-"""Public path ``heartbeit_lib.pretrain`` (and ``python -m heartbeit_lib.pretrain``): the code lives in ``heartbeit_lib.mim.pretrain``."""
+"""Public path ``heartbeit_lib.pretrain`` (and ``python -m heartbeit_lib.pretrain``): the code lives in ``heartbeit_lib.pipeline.pretrain``."""
 import sys
 
-from heartbeit_lib.mim import pretrain as _impl
+from heartbeit_lib.pipeline import pretrain as _impl
 
 if __name__ == "__main__":
     sys.exit(_impl.main())

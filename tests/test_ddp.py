@@ -8,7 +8,7 @@ every image has exactly ``num_masked`` masked patches, so the mean of rank means
 mean).  Drop-path is off: it draws per-rank random numbers.
 
 The processes are started the way ``torchrun`` starts them (``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/
-``MASTER_ADDR``/``MASTER_PORT`` in the environment), so :func:`pretrain.dist_info` initialises the
+``MASTER_ADDR``/``MASTER_PORT`` in the environment), so :func:`pretrain.init_distributed` initialises the
 process group itself.
 """
 
@@ -23,7 +23,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from heartbeit_lib.mim import pretrain as P
+from heartbeit_lib.pipeline import pretrain as P
 
 
 def _cfg() -> P.PretrainConfig:

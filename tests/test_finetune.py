@@ -18,33 +18,12 @@ import pytest
 import torch
 
 from heartbeit_lib import cohorts
-from heartbeit_lib.classify import finetune
+from heartbeit_lib.classify import checkpoint
+from heartbeit_lib.pipeline import finetune
 from heartbeit_lib.classify import registry as models
 from heartbeit_lib.pipeline import runs
 
 TASK = "toy"
-
-
-def toy_signals(n: int = 120, seed: int = 0, effect: float = 400.0):
-    """(n, 8, 2500) float32 microvolts: a 3 Hz wave whose amplitude is 600 + effect * label +- 300 uV
-    (a weak, learnable cue), 2 ECGs per patient, the last n/6 from site B (external)."""
-    rng = np.random.default_rng(seed)
-    label = rng.integers(0, 2, n)
-    t = np.arange(2500) / 500
-    amp = 600 + effect * label + rng.normal(0, 300, n)
-    phase = rng.uniform(0, 2 * np.pi, n)
-    x = amp[:, None, None] * np.sin(2 * np.pi * 3 * t[None, None, :] + phase[:, None, None]) * np.ones((1, 8, 1))
-    x = (x + rng.normal(0, 100, (n, 8, 2500))).astype(np.float32)
-    meta = pd.DataFrame({"record_id": [f"r{i:04d}" for i in range(n)], "patient_id": [f"p{i // 2}" for i in range(n)],
-                         "site": ["A"] * (n - n // 6) + ["B"] * (n // 6), "label": label})
-    return x, meta
-
-
-def make_toy_store(out_root, n: int = 120, task: str = TASK):
-    """A cohort store at ``<out_root>/01_preprocess/<task>`` (the notebook's default cohort_run)."""
-    x, meta = toy_signals(n)
-    tc = cohorts.TaskConfig(name=task, external_site="B", val_size=0.25)
-    return cohorts.build_store_from_arrays(out_root / "01_preprocess" / task, x, meta, task=tc, seed=0)
 
 
 def tiny_cfg(out_root, **kw) -> finetune.FinetuneConfig:
@@ -55,7 +34,7 @@ def tiny_cfg(out_root, **kw) -> finetune.FinetuneConfig:
 
 
 @pytest.fixture(scope="module")
-def toy_root(tmp_path_factory):
+def toy_root(tmp_path_factory, make_toy_store):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("ft")
     make_toy_store(root)
@@ -87,7 +66,7 @@ class FlippedTestLabels:
 
 def test_config_defaults_and_validation(tmp_path):
     cfg = finetune.FinetuneConfig()
-    assert (cfg.epochs, cfg.lr, cfg.lr_start, cfg.select_on, cfg.image_size) == (30, 1e-3, 3e-4, "val", 0)
+    assert (cfg.epochs, cfg.lr, cfg.lr_start, cfg.select_on, cfg.image_size) == (30, 1e-3, 3e-4, "val", None)
     assert cfg.run_id == "hcm-heartbeit-f1.0-s0"
     assert finetune.FinetuneConfig(task="mi", model="vit_b16", fraction="0.1", seed="2").run_id == "mi-vit_b16-f0.1-s2"
     assert finetune.FinetuneConfig(amp="false").amp is False  # papermill -p amp false arrives as a string
@@ -125,23 +104,21 @@ def test_missing_cohort_and_pretrain_runs_give_clear_errors(tmp_path, toy_root):
         finetune.resolve_inputs(finetune.FinetuneConfig(cohort_run=str(tmp_path / "half")))
     cfg = finetune.resolve_inputs(tiny_cfg(toy_root))  # default cohort_run found and recorded
     assert cfg.cohort_run == str(toy_root / "01_preprocess" / TASK)
-    assert finetune.resolve_inputs(tiny_cfg(toy_root, image_size=0)).image_size == 224  # the paper's size
+    assert finetune.resolve_inputs(tiny_cfg(toy_root, image_size=None)).image_size == 224  # the paper's size
     with pytest.raises(runs.ConfigError, match="resolve_inputs"):
-        finetune.build_model(tiny_cfg(toy_root, image_size=0))
+        finetune.build_model(tiny_cfg(toy_root, image_size=None))
     with pytest.raises(finetune.PretrainRunNotFoundError, match="02_pretrain"):
         finetune.resolve_inputs(tiny_cfg(toy_root, model="heartbeit"))
     with pytest.raises(runs.ConfigError, match="holds task 'toy'"):
         finetune.open_store(dataclasses.replace(cfg, task="hcm"))
 
 
-def test_heartbeit_size_and_image_size_come_from_the_checkpoint(tmp_path, toy_root):
+def test_heartbeit_size_and_image_size_come_from_the_checkpoint(tmp_path, toy_root, fake_pretrain_checkpoint):
     """config.yaml must name the architecture actually fine-tuned (the 04 report reads it)."""
-    from test_models import fake_pretrain_checkpoint
-
     ck = tmp_path / "02_pretrain" / "pt" / "checkpoints" / "last.pt"
     ck.parent.mkdir(parents=True)
     fake_pretrain_checkpoint(ck, size="micro", img_size=48)
-    cfg = finetune.resolve_inputs(tiny_cfg(toy_root, model="heartbeit", model_size="", image_size=0,
+    cfg = finetune.resolve_inputs(tiny_cfg(toy_root, model="heartbeit", model_size=None, image_size=None,
                                            pretrain_run=str(ck.parents[1])))
     assert (cfg.model_size, cfg.image_size) == ("micro", 48)
     assert finetune.resolve_inputs(tiny_cfg(toy_root)).model_size == "micro"  # explicit sizes are kept
@@ -281,3 +258,27 @@ def test_run_finetune_writes_a_complete_run_folder(toy_root):
     import yaml
 
     assert yaml.safe_load((d / "config.yaml").read_text())["cohort_run"] == str(toy_root / "01_preprocess" / TASK)
+
+
+@pytest.mark.parametrize("record", [True, False], ids=["model.json", "config.yaml-only"])
+def test_load_finetune_run_rebuilds_the_chosen_epoch(toy_root, tmp_path, record):
+    """Oracle: the run's own predictions.parquet scores at the best epoch (written during training, before
+    the rebuild); the rebuilt model scores the test split again. Tolerance 1e-6 (float32 forward, same CPU).
+    ``record=False`` deletes model.json: a run folder from before it existed rebuilds from config.yaml."""
+    res = finetune.run_finetune(tiny_cfg(tmp_path, model="vit_b16_scratch", epochs=2, cache_images=False,
+                                         cohort_run=str(toy_root / "01_preprocess" / TASK)), figure=False)
+    if not record:
+        (res.run_dir / "model.json").unlink()
+    model, info = checkpoint.load_finetune_run(res.run_dir)
+    assert (info["model"], info["size"], info["image_size"], info["patch_size"]) == ("vit_b16_scratch", "micro", 32, 16)
+    assert info["normalize"] == (tuple(models.DEFAULT_MEAN), tuple(models.DEFAULT_STD))
+    store = cohorts.CohortStore(toy_root / "01_preprocess" / TASK)
+    test = finetune.make_splits(store)["test"]
+    loader = finetune.make_loader(finetune.default_dataset_factory(store, test.indices, 32, "stack8"), 64, False, 0, 0)
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in info["normalize"])
+    score = finetune.predict(model, loader, mean, std, torch.device("cpu"))
+    pred = pd.read_parquet(res.run_dir / "predictions.parquet")
+    want = pred[(pred["split"] == "test") & (pred["epoch"] == res.best_epoch)]["score"].to_numpy()
+    np.testing.assert_allclose(score, want, atol=1e-6)
+    with pytest.raises(checkpoint.FinetuneRunError, match="no config.yaml; not a finished 03_finetune run"):
+        checkpoint.load_finetune_run(tmp_path)

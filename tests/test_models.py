@@ -26,17 +26,6 @@ def _backbone_keys_equal(model, sd, skip=("head.", "fc.", "classifier.")):
     return len(keys)
 
 
-def fake_pretrain_checkpoint(path, size="micro", img_size=IMG, seed=0, mean=(0.9, 0.9, 0.9), std=(0.2, 0.2, 0.2)):
-    """A checkpoint in the 02_pretrain contract format (backbone, backbone_config, normalize + state)."""
-    torch.manual_seed(seed)
-    bb = models.create_backbone(size, img_size=img_size)
-    ckpt = {"backbone": bb.state_dict(), "backbone_config": {"size": size, "img_size": img_size, "patch_size": 16},
-            "normalize": {"mean": list(mean), "std": list(std)}, "epoch": 3, "optimizer": {}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ckpt, path)
-    return ckpt
-
-
 def test_registry_names_and_two_neuron_heads():
     names = models.list_models()
     for n in ("heartbeit", "vit_b16", "beit_b16", "efficientnet_b4", "resnet152",
@@ -124,7 +113,7 @@ def test_mismatched_state_dict_lists_keys(tmp_path):
         models.create_model("resnet152", size="micro", weights=p)
 
 
-def test_heartbeit_checkpoint_file_and_run_folder(tmp_path):
+def test_heartbeit_checkpoint_file_and_run_folder(tmp_path, fake_pretrain_checkpoint):
     run = tmp_path / "02_pretrain" / "r1"
     ckpt = fake_pretrain_checkpoint(run / "checkpoints" / "last.pt")
     for w in (run, run / "checkpoints" / "last.pt"):
@@ -138,7 +127,7 @@ def test_heartbeit_checkpoint_file_and_run_folder(tmp_path):
         models.create_model("heartbeit", weights=run, size="tiny", img_size=IMG)
 
 
-def test_heartbeit_backbone_keys_are_strict(tmp_path):
+def test_heartbeit_backbone_keys_are_strict(tmp_path, fake_pretrain_checkpoint):
     p = tmp_path / "ck.pt"
     ckpt = fake_pretrain_checkpoint(p)
     ckpt["backbone"].pop("blocks.0.attn.qkv.weight")
@@ -155,7 +144,7 @@ def test_heartbeit_backbone_keys_are_strict(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
-def test_missing_and_corrupt_files_give_typed_errors(tmp_path):
+def test_missing_and_corrupt_files_give_typed_errors(tmp_path, fake_pretrain_checkpoint):
     missing = tmp_path / "nope.pt"
     with pytest.raises(models.WeightsNotFoundError, match="nope.pt"):
         models.create_model("heartbeit", weights=missing)

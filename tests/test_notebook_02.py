@@ -12,20 +12,19 @@ import json
 import pandas as pd
 import pytest
 import torch
-from test_pretrain import _smooth_ecgs
 
 from heartbeit_lib import cohorts
 from heartbeit_lib.classify import registry as models
-from heartbeit_lib.mim import pretrain
+from heartbeit_lib.pipeline import pretrain
 from heartbeit_lib.pipeline import runs
 
 pytestmark = pytest.mark.notebooks
 
 
-def _store(path, n=24):
+def _store(path, smooth_ecgs, n=24):
     meta = pd.DataFrame({"record_id": [f"r{i}" for i in range(n)], "patient_id": [f"p{i}" for i in range(n)],
                          "site": "a", "label": -1})
-    return cohorts.build_store_from_arrays(path, _smooth_ecgs(n), meta, task="unlabelled")
+    return cohorts.build_store_from_arrays(path, smooth_ecgs(n), meta, task="unlabelled")
 
 
 def test_notebook_parameters_match_config_and_yaml_files():
@@ -40,9 +39,9 @@ def test_notebook_parameters_match_config_and_yaml_files():
         pretrain.PretrainConfig.from_dict(params)  # types and ranges valid
 
 
-def test_tiny_pretraining_run(tmp_path, monkeypatch):
+def test_tiny_pretraining_run(tmp_path, monkeypatch, smooth_ecgs):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernel inherits it: no thread contention on small CPUs
-    store = _store(tmp_path / "store")
+    store = _store(tmp_path / "store", smooth_ecgs)
     run_dir = tmp_path / "02_pretrain" / "tiny"
     params = {"cohort_run": str(store.root), "model_size": "micro", "image_size": 32, "epochs": 2,
               "batch_size": 8, "num_masked": 2, "min_block": 1, "vocab_size": 16, "tokenizer_fit_images": 16,

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from heartbeit_lib.classify import registry as models
-from heartbeit_lib.mim import pretrain as P
+from heartbeit_lib.pipeline import pretrain as P
 
 
 @pytest.fixture(autouse=True)
@@ -219,20 +219,7 @@ def test_training_learns_image_dependent_tokens(tmp_path):
     assert (tmp_path / "curve.png").stat().st_size > 1000
 
 
-def _smooth_ecgs(n: int, seed: int = 0) -> np.ndarray:
-    """float32 (n, 8, 2500) microvolts: periodic QRS-like spikes and T-like waves at 500 Hz."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(2500) / 500
-    x = np.zeros((n, 8, 2500), np.float32)
-    for i in range(n):
-        ph = (t * rng.uniform(0.8, 1.6) + rng.uniform()) % 1
-        for lead in range(8):
-            x[i, lead] = (rng.uniform(300, 1200) * np.exp(-((ph - 0.3) / 0.015) ** 2)
-                          + rng.uniform(50, 300) * np.exp(-((ph - 0.6) / 0.06) ** 2))
-    return x
-
-
-def test_store_pipeline_tokens_match_training_images(tmp_path):
+def test_store_pipeline_tokens_match_training_images(tmp_path, smooth_ecgs):
     """cohort store -> split -> fitted k-means tokenizer -> cached tokens -> rendered MIM batches."""
     from heartbeit_lib import cohorts
     from heartbeit_lib.mim import tokenizers
@@ -240,7 +227,7 @@ def test_store_pipeline_tokens_match_training_images(tmp_path):
     n = 30
     meta = pd.DataFrame({"record_id": [f"r{i}" for i in range(n)], "patient_id": [f"p{i // 2}" for i in range(n)],
                          "site": "a", "label": -1})
-    store = cohorts.build_store_from_arrays(tmp_path / "store", _smooth_ecgs(n), meta, task="unlabelled")
+    store = cohorts.build_store_from_arrays(tmp_path / "store", smooth_ecgs(n), meta, task="unlabelled")
     cfg = _tiny_cfg(cohort_run=str(store.root), image_size=64, num_masked=6, min_block=2, vocab_size=16,
                     tokenizer_fit_images=20, epochs=1, val_fraction=0.2)
     rows = P.split_rows(cfg, store)
@@ -271,7 +258,7 @@ def test_store_pipeline_tokens_match_training_images(tmp_path):
     assert res["history"][0]["epoch"] == 1 and "val_acc" in res["history"][0]
 
 
-def test_held_out_patients_do_not_depend_on_the_salt(tmp_path):
+def test_held_out_patients_do_not_depend_on_the_salt(tmp_path, smooth_ecgs):
     """Two builds of the same ECGs with different salts hold out the same rows (seed decides, not the salt);
     another seed holds out other rows."""
     from heartbeit_lib import cohorts
@@ -279,7 +266,7 @@ def test_held_out_patients_do_not_depend_on_the_salt(tmp_path):
     n = 40
     meta = pd.DataFrame({"record_id": [f"r{i}" for i in range(n)], "patient_id": [f"p{i // 2}" for i in range(n)],
                          "site": "a", "label": -1})
-    x = _smooth_ecgs(n)
+    x = smooth_ecgs(n)
     held = {}
     for salt in ("salt-one", "salt-two"):
         store = cohorts.build_store_from_arrays(tmp_path / salt, x, meta, task="unlabelled", salt=salt)
@@ -289,3 +276,12 @@ def test_held_out_patients_do_not_depend_on_the_salt(tmp_path):
             assert len(rows["val"]) == 10 and len(rows["train"]) == 30  # 5 of 20 patients, 2 ECGs each
     assert held["salt-one", 0] == held["salt-two", 0] and held["salt-one", 1] == held["salt-two", 1]
     assert held["salt-one", 0] != held["salt-one", 1]
+
+
+def test_cli_parameter_values():
+    """``-p`` values: None/null -> None, YAML lists -> tuples in the config, other strings kept for the Config's
+    coercion (a run_id "007" must not become the int 7)."""
+    cfg = P.PretrainConfig.from_dict({k: P._cli_value(v) for k, v in
+                                      (("train_splits", "[train, val]"), ("run_id", "007"), ("max_train", "None"),
+                                       ("epochs", "3"))})
+    assert (cfg.train_splits, cfg.run_id, cfg.max_train, cfg.epochs) == (("train", "val"), "007", None, 3)

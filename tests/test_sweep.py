@@ -17,13 +17,12 @@ import torch
 import yaml
 
 from heartbeit_lib import cohorts
-from heartbeit_lib.classify import finetune
+from heartbeit_lib.pipeline import finetune
 from heartbeit_lib.classify import registry as models
 from heartbeit_lib.pipeline import runs
 from heartbeit_lib.pipeline import sweep
-from test_finetune import TASK, make_toy_store
-from test_models import fake_pretrain_checkpoint
 
+TASK = "toy"  # the task of the conftest toy store
 FRACTIONS = [0.01, 0.1, 0.25, 0.5, 1.0]
 IMAGENET = ("vit_b16", "beit_b16", "efficientnet_b4", "resnet152")
 
@@ -51,7 +50,7 @@ def write_sweep(path, out_root, models_, fractions, extra_params=None, per_model
 
 
 @pytest.fixture(scope="module")
-def grid_root(tmp_path_factory):
+def grid_root(tmp_path_factory, make_toy_store, fake_pretrain_checkpoint):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("sweep")
     make_toy_store(root)

@@ -50,6 +50,13 @@ from typing import Any, Callable, Mapping
 import timm
 import torch
 import torch.nn as nn
+import torchvision.models as tvm
+from safetensors.torch import load_file
+from timm.models.beit import checkpoint_filter_fn as beit_checkpoint_filter_fn
+from timm.models.resnet import Bottleneck, ResNet
+from timm.models.vision_transformer import checkpoint_filter_fn as vit_checkpoint_filter_fn
+from torchvision.models import get_weight
+from torchvision.models.efficientnet import EfficientNet, MBConvConfig
 
 from heartbeit_lib.classify import signal_models
 from heartbeit_lib.mim import stmem
@@ -213,16 +220,11 @@ def _build(family: str, size: str, num_classes: int, img_size: int, patch_size: 
         args.update(kw)
         return timm.create_model("vit_base_patch16_224", pretrained=False, **args)
     if family == "resnet":
-        from timm.models.resnet import Bottleneck, ResNet
-
         cfg = RESNET_SIZES[size]
         return ResNet(block=Bottleneck, layers=cfg["layers"], channels=cfg["channels"],
                       stem_width=cfg["stem_width"], num_classes=num_classes,
                       drop_path_rate=drop_path_rate or 0.0, **kw)
     if family == "efficientnet":
-        import torchvision.models as tvm
-        from torchvision.models.efficientnet import EfficientNet, MBConvConfig
-
         if size == "base":
             if drop_path_rate is not None:
                 kw["stochastic_depth_prob"] = drop_path_rate
@@ -259,8 +261,6 @@ def expected_cache_files(name: str) -> list[Path]:
         folder = _hf_cache_dir() / ("models--" + repo.replace("/", "--"))
         return [folder / "snapshots" / "<revision>" / f for f in ("model.safetensors", "pytorch_model.bin")]
     if spec.source == "torchvision":
-        from torchvision.models import get_weight
-
         url = get_weight(spec.tag).url
         return [Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]]
     return []
@@ -271,7 +271,7 @@ def find_cached_weights(name: str) -> Path | None:
     spec = model_spec(name)
     if spec.source == "timm":
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in this process may download
-        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub import try_to_load_from_cache  # after HF_HUB_OFFLINE is set: it reads it on import
 
         repo = timm.models.get_pretrained_cfg(spec.tag).hf_hub_id
         for fname in ("model.safetensors", "pytorch_model.bin"):
@@ -312,8 +312,6 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, Any]:
         raise WeightsNotFoundError(f"weights file {path} does not exist")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             obj = load_file(str(path))
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -408,11 +406,9 @@ def _timm_filter(family: str) -> Callable | None:
     """timm's own checkpoint filters (resize position embeddings / relative position tables when
     ``img_size`` differs from 224, drop non-persistent buffers of original checkpoints)."""
     if family == "vit":
-        from timm.models.vision_transformer import checkpoint_filter_fn
-        return checkpoint_filter_fn
+        return vit_checkpoint_filter_fn
     if family == "beit":
-        from timm.models.beit import checkpoint_filter_fn
-        return checkpoint_filter_fn
+        return beit_checkpoint_filter_fn
     return None
 
 

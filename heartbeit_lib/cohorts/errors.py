@@ -12,7 +12,8 @@ class TaskError(CohortError):
 
 
 class SplitError(CohortError):
-    """A split cannot be made (too few patients, a patient crossing splits, a missing column)."""
+    """A split cannot be made or used (too few patients, a patient crossing splits, a missing column, an empty
+    or one-class split where training or epoch selection needs both classes)."""
 
 
 class StoreError(CohortError):

@@ -52,6 +52,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from sklearn.cluster import MiniBatchKMeans
+from tqdm.auto import tqdm
+
+from heartbeit_lib import render, utils
 
 __all__ = [
     "TokenizerError", "TokenizerFileNotFoundError", "UntrustedPickleError",
@@ -358,7 +362,7 @@ def convert_dalle_pickle(src: str | os.PathLike, dst: str | os.PathLike, *, trus
     state, _ = _load_dalle_state(src, trust_pickle)
     DalleEncoder.from_state_dict(state, str(src))  # validate before writing
     dst.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, dst)
+    utils.atomic_torch_save(state, dst)
     return dst
 
 
@@ -445,7 +449,7 @@ class KMeansTokenizer:
             np.savez(path, **{k: (v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
                               for k, v in self.state().items()})
         else:
-            torch.save(self.state(), path)
+            utils.atomic_torch_save(self.state(), path)
         return path
 
     @classmethod
@@ -492,8 +496,6 @@ def fit_kmeans_tokenizer(images: Any, vocab_size: int = 512, seed: int = 0, *, p
     -------
     KMeansTokenizer, with ``info`` recording the fit (patches used, inertia, seed).
     """
-    from sklearn.cluster import MiniBatchKMeans
-
     dim = (patch_size // pool) ** 2
     # chunked: a float copy of 20,000 224-px images would need 4 GB, their pooled features 1 GB
     feats = np.concatenate([_patch_features(to_float_images(images[i:i + 512], 1), patch_size, pool)
@@ -574,9 +576,12 @@ def load_tokenizer(kind: str, path: str | os.PathLike | None = None, *, trust_pi
 # ----------------------------------------------------------------------------- token cache
 
 
-def _render_version() -> str:
-    from heartbeit_lib import render
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.save would append .npy to the temporary name
+        np.save(f, array)
 
+
+def _render_version() -> str:
     return render.RENDER_VERSION
 
 
@@ -613,8 +618,6 @@ def precompute_tokens(store: Any, tokenizer: Any, size: int = 224, layout: str =
     memmap of the cache file.
     """
     if render_fn is None:
-        from heartbeit_lib import render
-
         render_fn = render.render_ecg
     key = token_cache_key(tokenizer, size, layout, style)
     folder = Path(cache_dir) if cache_dir is not None else Path(store.root) / "tokens"
@@ -629,19 +632,16 @@ def precompute_tokens(store: Any, tokenizer: Any, size: int = 224, layout: str =
     tokens = np.empty((n, h, w), dtype)
     starts = range(0, n, batch_size)
     if progress:
-        from tqdm.auto import tqdm
         starts = tqdm(starts, desc="tokens", unit="batch")
     for s in starts:
         idx = np.arange(s, min(s + batch_size, n))
         imgs = render_fn(store.signals(idx), size=size, layout=layout, **(style or {}))
         tokens[idx] = np.asarray(tokenizer.tokenize(np.asarray(imgs).reshape(len(idx), size, size))).astype(dtype)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-    np.save(tmp, tokens)
-    os.replace(tmp, path)
+    utils.atomic_write(path, lambda tmp: _save_npy(tmp, tokens))
     tokens = np.load(path, allow_pickle=False, mmap_mode="r")
     meta = {"key": key, "tokenizer_kind": tokenizer.kind, "tokenizer_fingerprint": tokenizer.fingerprint(),
             "vocab_size": tokenizer.vocab_size, "size": size, "layout": layout, "style": style or {},
             "render": _render_version(), "shape": list(tokens.shape), "dtype": str(tokens.dtype)}
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    utils.atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2, default=str) + "\n")
     return tokens

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import ClassVar, Optional
+from typing import ClassVar
 
 from heartbeit_lib.cohorts import (SPLIT_METHODS, SPLITS, CohortStore, Source, TaskConfig, build_store, demo_source,
                                    load_task, muse_source, ptbxl_source, task_names, wfdb_source)
@@ -22,19 +22,15 @@ NOTEBOOK = "01_preprocess"
 
 @dataclasses.dataclass(frozen=True)
 class PreprocessConfig(runs.TypedConfig):
-    """Parameters of ``notebooks/01_preprocess.ipynb`` (its parameters cell is these field lines).
-
-    ``Optional[X]``, not ``X | None``: papermill's parameter inspection (``inspect_notebook``,
-    ``--help-notebook``, hence :func:`runs.check_parameters`) skips annotations holding ``|``.
-    """
+    """Parameters of ``notebooks/01_preprocess.ipynb`` (its parameters cell is these field lines)."""
 
     source: str = "demo"  # ptbxl | muse | wfdb | demo (synthetic deepfake-ecg cohort, no data needed)
-    data_root: Optional[str] = None  # PTB-XL root, MUSE XML folder or WFDB folder (None for demo)
-    labels_csv: Optional[str] = None  # muse/wfdb labels CSV (None: <data_root>/labels.csv when the task needs labels)
+    data_root: str | None = None  # PTB-XL root, MUSE XML folder or WFDB folder (None for demo)
+    labels_csv: str | None = None  # muse/wfdb labels CSV (None: <data_root>/labels.csv when the task needs labels)
     ptbxl_database: str = "ptbxl_database.csv"  # PTB-XL table; ptbxl_database_100hz.csv holds all 840 shared records
-    ptbxl_rate: Optional[int] = None  # PTB-XL files: 100 or 500 Hz; None: 500 if every row has a 500 Hz file, else 100
+    ptbxl_rate: int | None = None  # PTB-XL files: 100 or 500 Hz; None: 500 if every row has a 500 Hz file, else 100
     task: str = "demo"  # parameters/tasks/<task>.yaml: mi, stemi, lvef, hcm, demo, custom, unlabelled
-    split: Optional[str] = None  # override the task's split: group_shuffle | ptbxl_folds | none (None: the task's own)
+    split: str | None = None  # override the task's split: group_shuffle | ptbxl_folds | none (None: the task's own)
     seed: int = 0  # split and fraction seed (constant: the same patients for every model); demo generator seed
     n_demo: int = 200  # demo: labelled synthetic ECGs
     n_demo_unlabelled: int = 0  # demo: extra unlabelled ECGs (label -1, split unassigned; for pretraining)
@@ -47,11 +43,11 @@ class PreprocessConfig(runs.TypedConfig):
     pad_short: bool = False  # zero-pad records shorter than 5 s instead of rejecting them
     shard_size: int = 512  # ECGs per shard file (512 x 8 x 2500 float16: 20 MB)
     workers: int = 2  # worker processes (output does not depend on it)
-    salt_file: Optional[str] = None  # file holding the patient-hash salt (None: new random salt in <run_dir>/salt.txt)
+    salt_file: str | None = None  # file holding the patient-hash salt (None: new random salt in <run_dir>/salt.txt)
     n_qc: int = 3  # records shown in the QC figure
     progress: bool = True  # tqdm progress bar
     out_root: str = "outputs"  # run folders: <out_root>/01_preprocess/<run_id>/
-    run_id: Optional[str] = None  # None: UTC timestamp; an existing run_id resumes that build
+    run_id: str | None = None  # None: UTC timestamp; an existing run_id resumes that build
 
     choices: ClassVar[dict[str, tuple]] = {
         "source": ("ptbxl", "muse", "wfdb", "demo"),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import json
 import os
 import typing
 from pathlib import Path
@@ -29,8 +28,8 @@ from heartbeit_lib.analysis.saliency import (METHODS, SaliencyError, area_shares
                                              faithfulness_summary, is_transformer, predict_proba, road_scores,
                                              saliency_maps)
 from heartbeit_lib.analysis.saliency.results import RunMaps, SaliencyResult
-from heartbeit_lib.classify import finetune
-from heartbeit_lib.classify import registry as models
+from heartbeit_lib.classify import checkpoint
+from heartbeit_lib.classify.checkpoint import load_finetune_run
 from heartbeit_lib.pipeline import runs
 from heartbeit_lib.pipeline.metrics import list_runs, run_file_hashes
 from heartbeit_lib.report.tables import order_models
@@ -138,68 +137,13 @@ def find_finetune_runs(finetune_runs: str | Sequence[str]) -> pd.DataFrame:
 
 def load_finetune_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu"
                         ) -> tuple[nn.Module, tuple[tuple[float, ...], tuple[float, ...]], dict]:
-    """Rebuild a 03_finetune run's model at its chosen epoch (``model_best.pt``).
-
-    The architecture comes from ``config.yaml`` (``model``, ``model_size``, ``image_size``) built
-    without pretrained weights (``<name>_scratch``; for ``heartbeit`` the BEiT size and patch size
-    are read from the state dict's shapes: width and depth against :data:`models.BEIT_SIZES`), then the
-    saved state dict is loaded strictly. The
-    normalisation is the one training used (``metrics.json`` ``normalize_mean/std``).
-
-    Returns
-    -------
-    (model in eval mode on ``device``, (mean, std), config dict)
-
-    Raises
-    ------
-    FinetuneRunError : missing files, unknown model, or weights that do not fit.
-    """
-    run_dir = Path(run_dir)
-    for f in ("config.yaml", "model_best.pt"):
-        if not (run_dir / f).is_file():
-            raise FinetuneRunError(f"{run_dir}: no {f}; not a finished 03_finetune run folder")
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    name = str(cfg.get("model", ""))
+    """A 03_finetune run's model at its chosen epoch, its normalisation and its config
+    (:func:`heartbeit_lib.classify.checkpoint.load_finetune_run`, errors re-raised as :class:`FinetuneRunError`)."""
     try:
-        spec = models.model_spec(name)
-    except models.UnknownModelError as e:
-        raise FinetuneRunError(f"{run_dir / 'config.yaml'}: {e}") from None
-    sd = finetune.load_best_weights(run_dir)
-    img = int(cfg.get("image_size") or 224)
-    size = str(cfg.get("model_size") or "") or None
-    if spec.source == "pretrain_checkpoint":
-        try:
-            w = sd["patch_embed.proj.weight"]
-        except KeyError:
-            raise FinetuneRunError(f"{run_dir / 'model_best.pt'}: no patch_embed.proj.weight; "
-                                   "not a BEiT state dict") from None
-        dim, patch = int(w.shape[0]), int(w.shape[-1])
-        depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
-        bsize = next((n for n, c in models.BEIT_SIZES.items() if c["embed_dim"] == dim and c["depth"] == depth), None)
-        if bsize is None:
-            raise FinetuneRunError(f"{run_dir / 'model_best.pt'}: BEiT with width {dim} and depth {depth} matches no "
-                                   f"size of models.BEIT_SIZES {sorted(models.BEIT_SIZES)}")
-        model = models.create_backbone(bsize, img_size=img, patch_size=patch)
-        model.reset_classifier(2)
-    else:
-        arch = name if spec.source is None else f"{name}_scratch"
-        kw = {}
-        if spec.family in ("vit", "beit") and "patch_embed.proj.weight" in sd:
-            kw["patch_size"] = int(sd["patch_embed.proj.weight"].shape[-1])
-        model = models.create_model(arch, num_classes=2, size=size, img_size=img, **kw)
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        raise FinetuneRunError(f"{run_dir / 'model_best.pt'} does not fit {name} (size {size or 'base'}, "
-                               f"{img} px): {str(e).splitlines()[0]}") from e
-    met_p = run_dir / "metrics.json"
-    met = json.loads(met_p.read_text()) if met_p.is_file() else {}
-    if met.get("normalize_mean") and met.get("normalize_std"):
-        norm = (tuple(float(v) for v in met["normalize_mean"]), tuple(float(v) for v in met["normalize_std"]))
-    else:
-        weights = cfg.get("weights") or cfg.get("pretrain_run") or None
-        norm = models.normalization_for(name, weights=weights)
-    return model.to(device).eval(), norm, cfg
+        model, info = load_finetune_run(run_dir, device)
+    except checkpoint.FinetuneRunError as e:
+        raise FinetuneRunError(str(e)) from e
+    return model, info["normalize"], info["config"]
 
 
 def select_examples(store, split: str, n: int, positives_only: bool, seed: int) -> np.ndarray:

@@ -24,7 +24,7 @@ A sweep file (plain YAML)::
       vit_b16: {weights: /data/weights/vit_b16.safetensors}
 
 Every key under ``grid``/``params``/``per_model`` must be a notebook parameter; all combinations
-are validated against :class:`~heartbeit_lib.classify.finetune.FinetuneConfig` before the first one runs.
+are validated against :class:`~heartbeit_lib.pipeline.finetune.FinetuneConfig` before the first one runs.
 
 Resumability: a combination whose run folder is complete (``runs.is_complete`` and a
 ``metrics.json``) is skipped; a folder left half-written by a crash or a failure is deleted and
@@ -47,8 +47,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import yaml
+from tqdm.auto import tqdm
 
-from heartbeit_lib.classify import finetune
+from heartbeit_lib.pipeline import finetune
 from heartbeit_lib.pipeline import runs
 
 GRID_KEYS = ("task", "model", "fraction", "seed")
@@ -220,8 +221,6 @@ def run_sweep(spec: SweepSpec, executor: str | Callable = "papermill", progress:
     combos = spec.combinations()
     ran, skipped, failed = [], [], {}
     t0 = time.time()
-    from tqdm.auto import tqdm
-
     bar = tqdm(combos, desc=f"sweep {spec.name}", unit="run", disable=not progress)
     for combo in bar:
         run_dir = spec.run_dir(combo)

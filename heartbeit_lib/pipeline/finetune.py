@@ -11,6 +11,7 @@ patients in the same splits for every model. Here:
   ``OneCycleLR(max_lr=lr, div_factor=lr / lr_start)``: the learning rate starts at ``lr_start``
   (3e-4), rises to ``lr`` (1e-3) over the first 30 % of the steps (``pct_start``), then anneals
   (cosine) to ``lr_start / 1e4``. Adam's beta1 cycles 0.95 -> 0.85 -> 0.95 (OneCycle default).
+- **Engine**: ``classify.engine.train_one_epoch`` / ``evaluate`` per epoch; this module is the driver.
 - **Every epoch** the model scores the ``val``, ``test`` and ``external`` splits; the scores
   (probability of class 1) are appended to ``predictions.parquet`` so every metric can be recomputed
   later, and ``log.jsonl`` gets one line (train loss, learning rate, per-split AUROC/AUPRC).
@@ -30,9 +31,7 @@ Per-epoch AUROC is ``sklearn.metrics.roc_auc_score``; AUPRC is average precision
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -45,13 +44,25 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
+import yaml
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from tqdm.auto import tqdm
 
+from heartbeit_lib import cohorts, utils
+from heartbeit_lib.classify import engine
 from heartbeit_lib.classify import registry as models
+from heartbeit_lib.classify.checkpoint import load_best_weights, save_best_weights, write_model_record  # noqa: F401
+from heartbeit_lib.classify.data import (EVAL_SPLITS, ImageCache, Split, SplitError,  # noqa: F401
+                                         default_dataset_factory, describe_splits, make_loader, make_splits,
+                                         records_sha256)
+from heartbeit_lib.classify.engine import predict, select_best_epoch, split_metrics  # noqa: F401
 from heartbeit_lib.pipeline import runs
 
-EVAL_SPLITS = ("val", "test", "external")
 PAPER_FRACTIONS = (0.01, 0.1, 0.25, 0.5, 1.0)
 DEFAULT_IMAGE_SIZE = 224  # the paper's image side (px)
+# cache_images=True without an explicit cache: one per process, so an in-process sweep renders each split once
+IMAGE_CACHE = ImageCache(max_items=16)
 
 
 class CohortNotFoundError(runs.ConfigError):
@@ -62,9 +73,6 @@ class PretrainRunNotFoundError(runs.ConfigError):
     """``pretrain_run`` does not point at a 02_pretrain run folder with checkpoints."""
 
 
-class SplitError(ValueError):
-    """A split needed for training or epoch selection is empty or unlabelled."""
-
 
 # ---------------------------------------------------------------- config
 
@@ -73,28 +81,28 @@ class SplitError(ValueError):
 class FinetuneConfig(runs.TypedConfig):
     """Parameters of ``notebooks/03_finetune.ipynb`` (names equal the notebook's parameter names)."""
 
-    task: str = "hcm"               # task name; must equal the cohort store's task
-    model: str = "heartbeit"        # registered model name (models.list_models())
-    fraction: float = 1.0           # fraction of the training split (nested subsets saved in the store)
-    seed: int = 0                   # model init and shuffling seed
-    pretrain_run: str = ""          # 02_pretrain run folder for model=heartbeit ("" = latest complete run)
-    cohort_run: str = ""            # 01_preprocess run folder ("" = <out_root>/01_preprocess/<task>)
-    weights: str = ""               # optional weights file (ImageNet models: else offline cache; heartbeit: overrides pretrain_run)
-    model_size: str = ""            # architecture size ("" = paper size "base"; "micro" for CPU tests)
-    epochs: int = 30                # training epochs (paper: 30)
-    batch_size: int = 32            # images per step
-    lr: float = 1e-3                # OneCycle peak learning rate (paper: 1e-3)
-    lr_start: float = 3e-4          # OneCycle initial learning rate (paper: 3e-4); div_factor = lr / lr_start
-    weight_decay: float = 0.0       # Adam L2 weight decay
-    image_size: int = 0             # rendered image side in pixels (0: the checkpoint's size for heartbeit, else 224)
-    layout: str = "stack8"          # render layout (heartbeit_lib.render)
-    device: str = "auto"            # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
-    amp: bool = True                # mixed precision (float16 autocast + GradScaler) when on cuda
-    select_on: str = "val"          # split choosing the best epoch: "val" (default) or "test" (paper, optimistic)
-    num_workers: int = 0            # DataLoader worker processes
-    cache_images: bool = False      # render each split once per process and keep it in memory (small cohorts only)
-    out_root: str = "outputs"       # root of run folders
-    run_id: str = ""                # run folder name ("" = <task>-<model>-f<fraction>-s<seed>)
+    task: str = "hcm"  # task name; must equal the cohort store's task
+    model: str = "heartbeit"  # registered model: heartbeit, vit_b16, beit_b16, efficientnet_b4, resnet152, <name>_scratch
+    fraction: float = 1.0  # fraction of the training split (nested, stratified subsets saved in the store)
+    seed: int = 0  # model init and shuffling seed
+    pretrain_run: str | None = None  # 02_pretrain run folder for model heartbeit; None: latest complete run under out_root
+    cohort_run: str | None = None  # 01_preprocess run folder; None: <out_root>/01_preprocess/<task>
+    weights: str | None = None  # weights file for ImageNet models (None: offline hub cache) or a heartbeit checkpoint file
+    model_size: str | None = None  # architecture size; None: the paper's base (heartbeit: the checkpoint's); micro, tiny, small for CPU runs
+    epochs: int = 30  # training epochs (paper: 30)
+    batch_size: int = 32  # images per optimiser step
+    lr: float = 0.001  # OneCycle peak learning rate (paper: 1e-3)
+    lr_start: float = 0.0003  # OneCycle initial learning rate (paper: 3e-4)
+    weight_decay: float = 0.0  # Adam weight decay
+    image_size: int | None = None  # rendered image side in px; None: the pretraining size for heartbeit, else the paper's 224
+    layout: str = "stack8"  # ECG image layout (heartbeit_lib.render)
+    device: str | None = None  # cpu, cuda, cuda:N; None: cuda when available, else cpu
+    amp: bool = True  # mixed precision on cuda
+    select_on: str = "val"  # split choosing the best epoch: val (default) or test (paper, optimistic)
+    num_workers: int = 0  # DataLoader worker processes
+    cache_images: bool = False  # render every split once per process and keep it in memory (small cohorts)
+    out_root: str = "outputs"  # root of the run folders
+    run_id: str | None = None  # run folder name; None: <task>-<model>-f<fraction>-s<seed>
 
     choices: typing.ClassVar[dict[str, tuple]] = {"select_on": ("val", "test")}
 
@@ -108,13 +116,13 @@ class FinetuneConfig(runs.TypedConfig):
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise runs.ConfigError(f"parameter {name!r}: {getattr(self, name)} must be >= 1")
-        if self.image_size < 0 or 0 < self.image_size < 8:
-            raise runs.ConfigError(f"parameter 'image_size': {self.image_size} must be 0 (default) or >= 8 px")
+        if self.image_size is not None and self.image_size < 8:
+            raise runs.ConfigError(f"parameter 'image_size': {self.image_size} must be None (default) or >= 8 px")
         if not 0.0 < self.lr_start <= self.lr:
             raise runs.ConfigError(f"parameters 'lr_start'/'lr': need 0 < lr_start <= lr, got {self.lr_start}, {self.lr}")
         if self.weight_decay < 0 or self.num_workers < 0:
             raise runs.ConfigError("parameters 'weight_decay' and 'num_workers' must be >= 0")
-        if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
+        if not (self.device in (None, "auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
             raise runs.ConfigError(f"parameter 'device': {self.device!r} is not auto, cpu, cuda, cuda:N or mps")
         if not self.run_id:
             object.__setattr__(self, "run_id", run_name(self.task, self.model, self.fraction, self.seed))
@@ -133,10 +141,10 @@ def _latest_complete(folder: Path, predicate: Callable[[Path], bool] = lambda p:
     return max(cands, key=lambda p: json.loads((p / "run.json").read_text()).get("finished") or "")
 
 
+
+
 def _config_task(run_dir: Path) -> str | None:
     try:
-        import yaml
-
         return (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("task")
     except Exception:
         return None
@@ -145,11 +153,11 @@ def _config_task(run_dir: Path) -> str | None:
 def resolve_inputs(cfg: FinetuneConfig) -> FinetuneConfig:
     """Fill in default upstream run folders and check that they exist.
 
-    - ``cohort_run`` "" -> ``<out_root>/01_preprocess/<task>`` if it exists, else the latest complete
+    - ``cohort_run`` None -> ``<out_root>/01_preprocess/<task>`` if it exists, else the latest complete
       ``01_preprocess`` run whose config has this task.
-    - ``pretrain_run`` "" (only for ``model="heartbeit"`` without ``weights``) -> the latest complete
+    - ``pretrain_run`` None (only for ``model="heartbeit"`` without ``weights``) -> the latest complete
       ``02_pretrain`` run.
-    - ``image_size`` 0 -> the checkpoint's ``img_size`` for ``heartbeit``, else 224; ``model_size`` "" ->
+    - ``image_size`` None -> the checkpoint's ``img_size`` for ``heartbeit``, else 224; ``model_size`` None ->
       the checkpoint's ``size`` for ``heartbeit`` (so ``config.yaml`` names the architecture).
 
     Raises
@@ -164,7 +172,7 @@ def resolve_inputs(cfg: FinetuneConfig) -> FinetuneConfig:
             out_root / "01_preprocess", lambda p: _config_task(p) == cfg.task)
         if found is None:
             raise CohortNotFoundError(
-                f"parameter 'cohort_run' is empty and no cohort store for task {cfg.task!r} was found "
+                f"parameter 'cohort_run' is not set (None) and no cohort store for task {cfg.task!r} was found "
                 f"(looked for {default} and complete runs in {out_root / '01_preprocess'}); run "
                 f"notebooks/01_preprocess.ipynb with -p task {cfg.task} first, or pass -p cohort_run <run folder>")
         cohort = str(found)
@@ -180,7 +188,7 @@ def resolve_inputs(cfg: FinetuneConfig) -> FinetuneConfig:
             found = _latest_complete(out_root / "02_pretrain", lambda p: (p / "checkpoints" / "last.pt").is_file())
             if found is None:
                 raise PretrainRunNotFoundError(
-                    f"model 'heartbeit' needs a pretraining run: parameter 'pretrain_run' is empty and "
+                    f"model 'heartbeit' needs a pretraining run: parameter 'pretrain_run' is not set (None) and "
                     f"{out_root / '02_pretrain'} holds no complete run with checkpoints/last.pt; run "
                     "notebooks/02_pretrain.ipynb or pass -p pretrain_run <run folder>")
             pretrain = str(found)
@@ -207,8 +215,8 @@ def model_weights(cfg: FinetuneConfig) -> str | None:
 
 
 def _check_resolved(cfg: FinetuneConfig) -> None:
-    if cfg.image_size == 0:
-        raise runs.ConfigError("image_size is 0 (automatic): pass the config through finetune.resolve_inputs first")
+    if cfg.image_size is None:
+        raise runs.ConfigError("image_size is None (automatic): pass the config through finetune.resolve_inputs first")
 
 
 def build_model(cfg: FinetuneConfig) -> tuple[nn.Module, tuple[tuple[float, ...], tuple[float, ...]]]:
@@ -224,138 +232,8 @@ def build_model(cfg: FinetuneConfig) -> tuple[nn.Module, tuple[tuple[float, ...]
 # ---------------------------------------------------------------- splits and data
 
 
-@dataclasses.dataclass(frozen=True)
-class Split:
-    """Row indices of one split of a cohort store, with their record ids and labels."""
 
-    name: str
-    indices: np.ndarray        # (n,) int64 store rows, sorted
-    record_id: np.ndarray      # (n,) str
-    patient_hash: np.ndarray   # (n,) str
-    label: np.ndarray          # (n,) int64 in {0, 1}
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    @property
-    def prevalence(self) -> float:
-        return float(self.label.mean()) if len(self) else float("nan")
-
-
-def make_splits(store, fraction: float = 1.0) -> dict[str, Split]:
-    """``train`` (the stored nested ``fraction`` subset), ``val``, ``test`` and ``external`` of a store.
-
-    Rows with label -1 (unlabelled) are left out. ``external`` may be empty.
-
-    Raises
-    ------
-    SplitError : the training split is empty, or a labelled split holds only one class in training.
-    """
-    man = store.manifest
-    out = {}
-    for name in ("train",) + EVAL_SPLITS:
-        idx = np.asarray(store.indices(name, fraction) if name == "train" else store.indices(name), dtype=np.int64)
-        lab = man["label"].to_numpy()[idx].astype(np.int64)
-        idx = idx[lab >= 0]
-        rows = man.iloc[idx]
-        out[name] = Split(name, idx, rows["record_id"].astype(str).to_numpy(),
-                          rows["patient_hash"].astype(str).to_numpy(), rows["label"].to_numpy().astype(np.int64))
-    if len(out["train"]) < 2:
-        raise SplitError(f"store {getattr(store, 'root', '')}: training split at fraction {fraction} has "
-                         f"{len(out['train'])} labelled ECG(s); need at least 2")
-    return out
-
-
-def describe_splits(splits: Mapping[str, Split]) -> pd.DataFrame:
-    """One row per split: ECGs, patients, positives, prevalence."""
-    return pd.DataFrame([{"split": s.name, "ecgs": len(s), "patients": len(set(s.patient_hash)),
-                          "positives": int(s.label.sum()), "prevalence": s.prevalence}
-                         for s in splits.values()]).set_index("split")
-
-
-def records_sha256(record_ids: Sequence[str]) -> str:
-    """sha256 over sorted record ids (to check that two runs trained on the same ECGs)."""
-    return hashlib.sha256("\n".join(sorted(map(str, record_ids))).encode()).hexdigest()
-
-
-def default_dataset_factory(store, indices: np.ndarray, image_size: int, layout: str) -> torch.utils.data.Dataset:
-    """``render.RenderedECGDataset``: (3, H, W) float images in [0, 1] and int64 labels."""
-    from heartbeit_lib import render
-
-    return render.RenderedECGDataset(store, indices, size=image_size, layout=layout, channels=3)
-
-
-# cache_images=True: rendered splits kept per process (a sweep in one process renders each split
-# once), keyed by store folder, image size, layout and the split's rows and labels; oldest evicted first
-_IMAGE_CACHE: dict[tuple, "_CachedDataset"] = {}
-_IMAGE_CACHE_SIZE = 16
-
-
-class _CachedDataset(torch.utils.data.Dataset):
-    """A dataset materialised once in memory (uint8 when the images are exact multiples of 1/255)."""
-
-    def __init__(self, ds: torch.utils.data.Dataset):
-        loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=False, num_workers=0)
-        xs, ys = [], []
-        for x, y in loader:
-            xs.append(x)
-            ys.append(y)
-        x = torch.cat(xs) if xs else torch.zeros(0)
-        q = torch.round(x * 255)
-        self.exact = bool(len(x) == 0 or torch.allclose(q / 255, x, atol=1e-6, rtol=0))
-        self.x = q.to(torch.uint8) if self.exact else x
-        self.y = torch.cat(ys).long() if ys else torch.zeros(0, dtype=torch.long)
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i):
-        x = self.x[i]
-        return (x.float() / 255 if self.exact else x), self.y[i]
-
-
-# ---------------------------------------------------------------- metrics and selection
-
-
-def split_metrics(label: np.ndarray, score: np.ndarray) -> dict[str, float]:
-    """AUROC and AUPRC (average precision) of one split; NaN if one class is absent or a score is
-    not finite (a diverged epoch is logged, not fatal).
-
-    ``heartbeit_lib.analysis.metrics.auroc_score`` / ``auprc_score`` (exactly sklearn's ``roc_auc_score`` /
-    ``average_precision_score``).
-    """
-    from heartbeit_lib.analysis import metrics as hm
-
-    label, score = np.asarray(label), np.asarray(score, dtype=np.float64)
-    if len(label) == 0 or len(np.unique(label)) < 2 or not np.isfinite(score).all():
-        return {"auroc": float("nan"), "auprc": float("nan")}
-    return {"auroc": float(hm.auroc_score(label, score)), "auprc": float(hm.auprc_score(label, score))}
-
-
-def select_best_epoch(log: Sequence[Mapping[str, Any]], select_on: str = "val", metric: str = "auroc") -> int:
-    """Epoch (the log's ``epoch`` value) with the highest ``<select_on>_<metric>``; earliest on ties.
-
-    Only the named split is read: with ``select_on="val"`` the test and external scores never
-    influence the choice. NaN (one class in the split) counts as worst.
-
-    Raises
-    ------
-    ValueError : empty log, unknown split, or the column is NaN in every epoch.
-    """
-    if select_on not in ("val", "test"):
-        raise ValueError(f"select_on must be 'val' or 'test', got {select_on!r}")
-    if not log:
-        raise ValueError("select_best_epoch: empty training log")
-    key = f"{select_on}_{metric}"
-    vals = [(float("nan") if r.get(key) is None else float(r[key]), int(r["epoch"])) for r in log]
-    finite = [(v, e) for v, e in vals if math.isfinite(v)]
-    if not finite:
-        raise ValueError(f"select_best_epoch: {key} is NaN in every epoch (does the {select_on} split hold both classes?)")
-    best = max(v for v, _ in finite)
-    return min(e for v, e in finite if v == best)
-
-
-# ---------------------------------------------------------------- training
+# ---------------------------------------------------------------- training driver
 
 
 @dataclasses.dataclass
@@ -367,19 +245,10 @@ class FitResult:
     run_dir: Path
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
-
-def _loader(ds, batch_size: int, shuffle: bool, seed: int, num_workers: int, drop_last: bool = False):
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g,
-                                       num_workers=num_workers, drop_last=drop_last,
-                                       pin_memory=torch.cuda.is_available(),
-                                       persistent_workers=num_workers > 0)
+def resolve_device(device: str | None) -> torch.device:
+    """``utils.resolve_device`` (``auto`` -> cuda when available, else cpu)."""
+    return utils.resolve_device(device)
 
 
 def make_optimizer(cfg: FinetuneConfig, params, total_steps: int):
@@ -391,134 +260,26 @@ def make_optimizer(cfg: FinetuneConfig, params, total_steps: int):
     return opt, sched
 
 
-@torch.no_grad()
-def predict(model: nn.Module, loader, mean: torch.Tensor, std: torch.Tensor, device: torch.device,
-            amp: bool = False) -> np.ndarray:
-    """Probability of class 1 for every image of ``loader``: (n,) float64."""
-    model.eval()
-    out = []
-    for x, _ in loader:
-        x = (x.to(device, non_blocking=True) - mean) / std
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            logits = model(x)
-        out.append(torch.softmax(logits.float(), dim=1)[:, 1].double().cpu())
-    return torch.cat(out).numpy() if out else np.zeros(0)
-
-
-def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def fit(cfg: FinetuneConfig, model: nn.Module, store, splits: Mapping[str, Split], run_dir: str | os.PathLike,
-        normalization: tuple[Sequence[float], Sequence[float]] = (models.DEFAULT_MEAN, models.DEFAULT_STD),
-        dataset_factory: Callable | None = None, progress: bool = False) -> FitResult:
-    """Train ``model`` for ``cfg.epochs`` epochs and write the per-epoch artefacts into ``run_dir``.
-
-    Parameters
-    ----------
-    cfg : the run's config (epochs, batch_size, lr, lr_start, weight_decay, seed, device, amp, select_on).
-    model : maps (B, 3, S, S) normalised images to (B, 2) logits, S = ``cfg.image_size``.
-    store : the cohort store the ``splits`` index into.
-    splits : from :func:`make_splits`.
-    normalization : per-channel (mean, std) applied to the [0, 1] images on the device.
-    dataset_factory : ``(store, indices, image_size, layout) -> Dataset`` of ``(image (3, S, S) float32
-        in [0, 1], label int64)``; default ``render.RenderedECGDataset``.
-
-    Writes ``log.jsonl`` (one line per epoch), ``predictions.parquet`` (rewritten after every epoch
-    with all epochs so far: record_id, patient_hash, split, epoch, label, score), ``model_best.pt``
-    (state dict of the best epoch so far) and returns the metrics at the best epoch.
-    """
-    _check_resolved(cfg)
-    run_dir = Path(run_dir)
-    for name in ("log.jsonl", "predictions.parquet", "model_best.pt"):  # a rerun starts clean
-        (run_dir / name).unlink(missing_ok=True)
-    if len(splits[cfg.select_on]) == 0 or len(np.unique(splits[cfg.select_on].label)) < 2:
-        raise SplitError(f"select_on={cfg.select_on!r}: that split needs both classes to choose an epoch "
-                         f"(it has {len(splits[cfg.select_on])} ECGs, labels {sorted(set(splits[cfg.select_on].label.tolist()))})")
-    device = resolve_device(cfg.device)
-    amp = bool(cfg.amp and device.type == "cuda")
-    factory = dataset_factory or default_dataset_factory
-    torch.manual_seed(cfg.seed)
-
+def _loaders(cfg: FinetuneConfig, store, splits: Mapping[str, Split], factory: Callable,
+             image_cache: ImageCache | None) -> tuple[Any, dict[str, Any]]:
+    """(train loader, {eval split: loader}) with the split datasets rendered through ``factory`` (or the cache)."""
     def make_ds(split: Split):
-        if not cfg.cache_images:
+        if image_cache is None:
             return factory(store, split.indices, cfg.image_size, cfg.layout)
-        key = (str(getattr(store, "root", id(store))), id(factory), cfg.image_size, cfg.layout,
-               hashlib.sha1(split.indices.tobytes() + split.label.tobytes()).hexdigest())
-        if key not in _IMAGE_CACHE:
-            while len(_IMAGE_CACHE) >= _IMAGE_CACHE_SIZE:
-                _IMAGE_CACHE.pop(next(iter(_IMAGE_CACHE)))
-            _IMAGE_CACHE[key] = _CachedDataset(factory(store, split.indices, cfg.image_size, cfg.layout))
-        return _IMAGE_CACHE[key]
+        return image_cache.dataset(factory, store, split, cfg.image_size, cfg.layout)
 
     train = splits["train"]
     train_ds = make_ds(train)
     # BatchNorm cannot train on a last batch of one image: drop it (it comes back next epoch reshuffled)
     drop_last = len(train) % cfg.batch_size == 1 and len(train) > cfg.batch_size
-    train_loader = _loader(train_ds, cfg.batch_size, True, cfg.seed, cfg.num_workers, drop_last)
-    eval_loaders = {s: _loader(make_ds(splits[s]), cfg.batch_size * 2, False, 0, cfg.num_workers)
+    train_loader = make_loader(train_ds, cfg.batch_size, True, cfg.seed, cfg.num_workers, drop_last)
+    eval_loaders = {s: make_loader(make_ds(splits[s]), cfg.batch_size * 2, False, 0, cfg.num_workers)
                     for s in EVAL_SPLITS if len(splits[s])}
+    return train_loader, eval_loaders
 
-    model = model.to(device)
-    mean = torch.tensor(normalization[0], dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(normalization[1], dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    opt, sched = make_optimizer(cfg, model.parameters(), cfg.epochs * len(train_loader))
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    loss_fn = nn.CrossEntropyLoss()
 
-    log: list[dict] = []
-    pred_frames: list[pd.DataFrame] = []
-    best_epoch, best_value = None, -math.inf
-    t_start = time.time()
-    epochs = range(1, cfg.epochs + 1)
-    if progress:
-        from tqdm.auto import tqdm
-
-        epochs = tqdm(epochs, desc=f"{cfg.model} f={cfg.fraction}", leave=False)
-    for epoch in epochs:
-        t0 = time.time()
-        model.train()
-        tot, n = 0.0, 0
-        for x, y in train_loader:
-            x = (x.to(device, non_blocking=True) - mean) / std
-            y = y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                loss = loss_fn(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            tot += float(loss.detach()) * len(y)
-            n += len(y)
-        row: dict[str, Any] = {"epoch": epoch, "train_loss": tot / max(n, 1), "lr": sched.get_last_lr()[0]}
-        for s in EVAL_SPLITS:
-            sp = splits[s]
-            score = predict(model, eval_loaders[s], mean, std, device, amp) if s in eval_loaders else np.zeros(0)
-            m = split_metrics(sp.label, score)
-            row[f"{s}_auroc"], row[f"{s}_auprc"] = m["auroc"], m["auprc"]
-            pred_frames.append(pd.DataFrame({"record_id": sp.record_id.astype(str),
-                                             "patient_hash": sp.patient_hash.astype(str),
-                                             "split": s, "epoch": np.full(len(sp), epoch, dtype=np.int64),
-                                             "label": sp.label.astype(np.int64), "score": score.astype(np.float64)}))
-        row["epoch_time_s"] = time.time() - t0
-        log.append(row)
-        runs.append_jsonl(run_dir / "log.jsonl", _nan_to_none(row))
-        _atomic_parquet(pd.concat(pred_frames, ignore_index=True), run_dir / "predictions.parquet")
-        value = row[f"{cfg.select_on}_auroc"]
-        if math.isfinite(value) and value > best_value:  # strict: earliest epoch wins ties
-            best_epoch, best_value = epoch, value
-            _atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()},
-                               run_dir / "model_best.pt")
-    assert best_epoch == select_best_epoch(log, cfg.select_on)  # the online choice equals the offline rule
+def _summary(cfg: FinetuneConfig, log: list[dict], best_epoch: int, splits: Mapping[str, Split]) -> dict[str, Any]:
+    """metrics.json fields of the chosen epoch, the split sizes and the paper's best-any-epoch test AUROC."""
     best = next(r for r in log if r["epoch"] == best_epoch)
     metrics: dict[str, Any] = {"best_epoch": best_epoch, "select_on": cfg.select_on, "select_metric": "auroc",
                                "epochs": cfg.epochs, "task": cfg.task, "model": cfg.model,
@@ -531,10 +292,78 @@ def fit(cfg: FinetuneConfig, model: nn.Module, store, splits: Mapping[str, Split
     for s in ("train",) + EVAL_SPLITS:
         metrics[f"n_{s}"] = len(splits[s])
         metrics[f"prevalence_{s}"] = splits[s].prevalence
-    metrics.update(train_records_sha256=records_sha256(train.record_id), final_train_loss=log[-1]["train_loss"],
-                   train_time_s=time.time() - t_start, n_parameters=models.count_parameters(model),
-                   normalize_mean=list(normalization[0]), normalize_std=list(normalization[1]),
-                   device=str(device), amp=amp)
+    return metrics
+
+
+def fit(cfg: FinetuneConfig, model: nn.Module, store, splits: Mapping[str, Split], run_dir: str | os.PathLike,
+        normalization: tuple[Sequence[float], Sequence[float]] = (models.DEFAULT_MEAN, models.DEFAULT_STD),
+        dataset_factory: Callable | None = None, progress: bool = False,
+        image_cache: ImageCache | None = None) -> FitResult:
+    """Train ``model`` for ``cfg.epochs`` epochs and write the per-epoch artefacts into ``run_dir``.
+
+    Parameters
+    ----------
+    cfg : the run's config (epochs, batch_size, lr, lr_start, weight_decay, seed, device, amp, select_on).
+    model : maps (B, 3, S, S) normalised images to (B, 2) logits, S = ``cfg.image_size``.
+    store : the cohort store the ``splits`` index into.
+    splits : from :func:`make_splits`.
+    normalization : per-channel (mean, std) applied to the [0, 1] images on the device.
+    dataset_factory : ``(store, indices, image_size, layout) -> Dataset`` of ``(image (3, S, S) float32
+        in [0, 1], label int64)``; default ``render.RenderedECGDataset``.
+    image_cache : where rendered splits are kept when ``cfg.cache_images`` (default :data:`IMAGE_CACHE`).
+
+    Writes ``log.jsonl`` (one line per epoch), ``predictions.parquet`` (rewritten after every epoch
+    with all epochs so far: record_id, patient_hash, split, epoch, label, score), ``model_best.pt``
+    (state dict of the best epoch so far), ``model.json`` (its architecture) and returns the metrics at the
+    best epoch.
+    """
+    _check_resolved(cfg)
+    run_dir = Path(run_dir)
+    for name in ("log.jsonl", "predictions.parquet", "model_best.pt"):  # a rerun starts clean
+        (run_dir / name).unlink(missing_ok=True)
+    sel = splits[cfg.select_on]
+    if len(sel) == 0 or len(np.unique(sel.label)) < 2:
+        raise SplitError(f"select_on={cfg.select_on!r}: that split needs both classes to choose an epoch "
+                         f"(it has {len(sel)} ECGs, labels {sorted(set(sel.label.tolist()))})")
+    device = resolve_device(cfg.device)
+    amp = bool(cfg.amp and device.type == "cuda")
+    torch.manual_seed(cfg.seed)
+    cache = (image_cache if image_cache is not None else IMAGE_CACHE) if cfg.cache_images else None
+    train_loader, eval_loaders = _loaders(cfg, store, splits, dataset_factory or default_dataset_factory, cache)
+
+    model = model.to(device)
+    mean = torch.tensor(normalization[0], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(normalization[1], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    opt, sched = make_optimizer(cfg, model.parameters(), cfg.epochs * len(train_loader))
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    write_model_record(run_dir, model, cfg.model, cfg.model_size or None, cfg.image_size, cfg.layout, normalization)
+
+    log: list[dict] = []
+    pred_frames: list[pd.DataFrame] = []
+    best_epoch, best_value = None, -math.inf
+    t_start = time.time()
+    epochs = range(1, cfg.epochs + 1)
+    for epoch in tqdm(epochs, desc=f"{cfg.model} f={cfg.fraction}", leave=False) if progress else epochs:
+        t0 = time.time()
+        loss = engine.train_one_epoch(model, train_loader, opt, sched, scaler, mean, std, device, amp)
+        row: dict[str, Any] = {"epoch": epoch, "train_loss": loss, "lr": sched.get_last_lr()[0]}
+        scores, frames = engine.evaluate(model, eval_loaders, splits, mean, std, device, epoch, amp)
+        row.update(scores, epoch_time_s=time.time() - t0)
+        pred_frames += frames
+        log.append(row)
+        runs.append_jsonl(run_dir / "log.jsonl", _nan_to_none(row))
+        utils.atomic_write(run_dir / "predictions.parquet",
+                           lambda tmp: pd.concat(pred_frames, ignore_index=True).to_parquet(tmp, index=False))
+        value = row[f"{cfg.select_on}_auroc"]
+        if math.isfinite(value) and value > best_value:  # strict: earliest epoch wins ties
+            best_epoch, best_value = epoch, value
+            save_best_weights(model, run_dir)
+    assert best_epoch == select_best_epoch(log, cfg.select_on)  # the online choice equals the offline rule
+    metrics = _summary(cfg, log, best_epoch, splits)
+    metrics.update(train_records_sha256=records_sha256(splits["train"].record_id),
+                   final_train_loss=log[-1]["train_loss"], train_time_s=time.time() - t_start,
+                   n_parameters=models.count_parameters(model), normalize_mean=list(normalization[0]),
+                   normalize_std=list(normalization[1]), device=str(device), amp=amp)
     hashes = {f"split_{s}_records": records_sha256(splits[s].record_id) for s in splits}
     return FitResult(best_epoch, _nan_to_none(metrics), log, hashes, run_dir)
 
@@ -544,11 +373,6 @@ def _nan_to_none(d: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
 
 
-def load_best_weights(run_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The state dict of the chosen epoch (``model_best.pt``), read with ``weights_only=True``."""
-    return torch.load(Path(run_dir) / "model_best.pt", map_location="cpu", weights_only=True)
-
-
 def plot_learning_curves(log: Sequence[Mapping[str, Any]], best_epoch: int | None = None,
                          path: str | os.PathLike | None = None, title: str = ""):
     """Train loss and per-split AUROC/AUPRC against epoch; the chosen epoch dashed. Saved to ``path``.
@@ -556,9 +380,6 @@ def plot_learning_curves(log: Sequence[Mapping[str, Any]], best_epoch: int | Non
     Returns a ``matplotlib.figure.Figure`` (not registered with pyplot: nothing to close; a notebook
     displays it as the cell's value).
     """
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
     df = pd.DataFrame(list(log))
     fig = Figure(figsize=(12, 3.2))
     axes = fig.subplots(1, 3)
@@ -589,7 +410,7 @@ def plot_learning_curves(log: Sequence[Mapping[str, Any]], best_epoch: int | Non
 
 
 def run_finetune(cfg: FinetuneConfig, dataset_factory: Callable | None = None, store=None,
-                 figure: bool = True) -> FitResult:
+                 figure: bool = True, image_cache: ImageCache | None = None) -> FitResult:
     """The notebook's steps in-process: resolve inputs, start the run folder, train, plot, finish.
 
     Used by the sweep's in-process executor and tests; ``notebooks/03_finetune.ipynb`` calls the
@@ -602,7 +423,8 @@ def run_finetune(cfg: FinetuneConfig, dataset_factory: Callable | None = None, s
         store = open_store(cfg)
     splits = make_splits(store, cfg.fraction)
     model, norm = build_model(cfg)
-    result = fit(cfg, model, store, splits, run_dir, normalization=norm, dataset_factory=dataset_factory)
+    result = fit(cfg, model, store, splits, run_dir, normalization=norm, dataset_factory=dataset_factory,
+                 image_cache=image_cache)
     if figure:
         plot_learning_curves(result.log, result.best_epoch, run_dir / "learning_curves.png", title=cfg.run_id)
     runs.finish_run(run_dir, metrics=result.metrics, data_hashes={**result.data_hashes, **input_hashes(cfg)})
@@ -611,8 +433,6 @@ def run_finetune(cfg: FinetuneConfig, dataset_factory: Callable | None = None, s
 
 def open_store(cfg: FinetuneConfig):
     """``cohorts.CohortStore(cfg.cohort_run)``, checked to hold ``cfg.task``."""
-    from heartbeit_lib import cohorts
-
     store = cohorts.CohortStore(cfg.cohort_run)
     if getattr(store, "task", cfg.task) != cfg.task:
         raise runs.ConfigError(f"parameter 'task': {cfg.task!r} but cohort_run {cfg.cohort_run} holds task "

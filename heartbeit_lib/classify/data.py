@@ -1,0 +1,142 @@
+"""Fine-tuning data: the labelled splits of a cohort store, their image datasets and loaders.
+
+Splits come from the cohort store (``store.indices(split, fraction)``), saved once by ``01_preprocess``: identical
+across models, seeds and runs, and the fraction subsets of ``train`` are nested.  Nothing is re-drawn here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from heartbeit_lib import render
+from heartbeit_lib.cohorts.errors import SplitError
+
+EVAL_SPLITS = ("val", "test", "external")
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """Row indices of one split of a cohort store, with their record ids and labels."""
+
+    name: str
+    indices: np.ndarray        # (n,) int64 store rows, sorted
+    record_id: np.ndarray      # (n,) str
+    patient_hash: np.ndarray   # (n,) str
+    label: np.ndarray          # (n,) int64 in {0, 1}
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def prevalence(self) -> float:
+        return float(self.label.mean()) if len(self) else float("nan")
+
+
+def make_splits(store, fraction: float = 1.0) -> dict[str, Split]:
+    """``train`` (the stored nested ``fraction`` subset), ``val``, ``test`` and ``external`` of a store.
+
+    Rows with label -1 (unlabelled) are left out. ``external`` may be empty.
+
+    Raises
+    ------
+    SplitError : the training split is empty, or a labelled split holds only one class in training.
+    """
+    man = store.manifest
+    out = {}
+    for name in ("train",) + EVAL_SPLITS:
+        idx = np.asarray(store.indices(name, fraction) if name == "train" else store.indices(name), dtype=np.int64)
+        lab = man["label"].to_numpy()[idx].astype(np.int64)
+        idx = idx[lab >= 0]
+        rows = man.iloc[idx]
+        out[name] = Split(name, idx, rows["record_id"].astype(str).to_numpy(),
+                          rows["patient_hash"].astype(str).to_numpy(), rows["label"].to_numpy().astype(np.int64))
+    if len(out["train"]) < 2:
+        raise SplitError(f"store {getattr(store, 'root', '')}: training split at fraction {fraction} has "
+                         f"{len(out['train'])} labelled ECG(s); need at least 2")
+    return out
+
+
+def describe_splits(splits: Mapping[str, Split]) -> pd.DataFrame:
+    """One row per split: ECGs, patients, positives, prevalence."""
+    return pd.DataFrame([{"split": s.name, "ecgs": len(s), "patients": len(set(s.patient_hash)),
+                          "positives": int(s.label.sum()), "prevalence": s.prevalence}
+                         for s in splits.values()]).set_index("split")
+
+
+def records_sha256(record_ids: Sequence[str]) -> str:
+    """sha256 over sorted record ids (to check that two runs trained on the same ECGs)."""
+    return hashlib.sha256("\n".join(sorted(map(str, record_ids))).encode()).hexdigest()
+
+
+def default_dataset_factory(store, indices: np.ndarray, image_size: int, layout: str) -> torch.utils.data.Dataset:
+    """``render.RenderedECGDataset``: (3, H, W) float images in [0, 1] and int64 labels."""
+    return render.RenderedECGDataset(store, indices, size=image_size, layout=layout, channels=3)
+
+    return render.RenderedECGDataset(store, indices, size=image_size, layout=layout, channels=3)
+
+
+class _CachedDataset(torch.utils.data.Dataset):
+    """A dataset materialised once in memory (uint8 when the images are exact multiples of 1/255)."""
+
+    def __init__(self, ds: torch.utils.data.Dataset):
+        loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=False, num_workers=0)
+        xs, ys = [], []
+        for x, y in loader:
+            xs.append(x)
+            ys.append(y)
+        x = torch.cat(xs) if xs else torch.zeros(0)
+        q = torch.round(x * 255)
+        self.exact = bool(len(x) == 0 or torch.allclose(q / 255, x, atol=1e-6, rtol=0))
+        self.x = q.to(torch.uint8) if self.exact else x
+        self.y = torch.cat(ys).long() if ys else torch.zeros(0, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i):
+        x = self.x[i]
+        return (x.float() / 255 if self.exact else x), self.y[i]
+
+
+
+class ImageCache:
+    """Rendered splits kept in memory (``cache_images=True``), so a sweep in one process renders each split once.
+
+    Keyed by store folder, dataset factory, image size, layout and the split's rows and labels; the oldest
+    entry is evicted first once ``max_items`` are held.
+    """
+
+    def __init__(self, max_items: int = 16):
+        self.max_items = max_items
+        self._items: dict[tuple, _CachedDataset] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    def dataset(self, factory: Callable, store, split: Split, image_size: int, layout: str) -> "_CachedDataset":
+        """The cached dataset of ``split`` (rendered through ``factory`` on first use)."""
+        key = (str(getattr(store, "root", id(store))), id(factory), image_size, layout,
+               hashlib.sha1(split.indices.tobytes() + split.label.tobytes()).hexdigest())
+        if key not in self._items:
+            while len(self._items) >= self.max_items:
+                self._items.pop(next(iter(self._items)))
+            self._items[key] = _CachedDataset(factory(store, split.indices, image_size, layout))
+        return self._items[key]
+
+
+def make_loader(ds, batch_size: int, shuffle: bool, seed: int, num_workers: int, drop_last: bool = False):
+    """DataLoader with a seeded shuffling generator (identical order for identical runs)."""
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g,
+                                       num_workers=num_workers, drop_last=drop_last,
+                                       pin_memory=torch.cuda.is_available(),
+                                       persistent_workers=num_workers > 0)

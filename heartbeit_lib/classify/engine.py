@@ -1,0 +1,115 @@
+"""One fine-tuning epoch and the per-split evaluation (MAE's ``engine`` shape): one loop, one step.
+
+Per-epoch AUROC is ``sklearn.metrics.roc_auc_score``; AUPRC is average precision
+(``sklearn.metrics.average_precision_score``; the authors' code used the trapezoidal
+``auc(recall, precision)``).  The metrics notebook recomputes both, with bootstrap CIs, from
+``predictions.parquet``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+
+from heartbeit_lib.analysis import metrics as hm
+from heartbeit_lib.classify.data import EVAL_SPLITS, Split
+
+
+def split_metrics(label: np.ndarray, score: np.ndarray) -> dict[str, float]:
+    """AUROC and AUPRC (average precision) of one split; NaN if one class is absent or a score is
+    not finite (a diverged epoch is logged, not fatal).
+
+    ``heartbeit_lib.analysis.metrics.auroc_score`` / ``auprc_score`` (exactly sklearn's ``roc_auc_score`` /
+    ``average_precision_score``).
+    """
+    label, score = np.asarray(label), np.asarray(score, dtype=np.float64)
+    if len(label) == 0 or len(np.unique(label)) < 2 or not np.isfinite(score).all():
+        return {"auroc": float("nan"), "auprc": float("nan")}
+    return {"auroc": float(hm.auroc_score(label, score)), "auprc": float(hm.auprc_score(label, score))}
+
+
+def select_best_epoch(log: Sequence[Mapping[str, Any]], select_on: str = "val", metric: str = "auroc") -> int:
+    """Epoch (the log's ``epoch`` value) with the highest ``<select_on>_<metric>``; earliest on ties.
+
+    Only the named split is read: with ``select_on="val"`` the test and external scores never
+    influence the choice. NaN (one class in the split) counts as worst.
+
+    Raises
+    ------
+    ValueError : empty log, unknown split, or the column is NaN in every epoch.
+    """
+    if select_on not in ("val", "test"):
+        raise ValueError(f"select_on must be 'val' or 'test', got {select_on!r}")
+    if not log:
+        raise ValueError("select_best_epoch: empty training log")
+    key = f"{select_on}_{metric}"
+    vals = [(float("nan") if r.get(key) is None else float(r[key]), int(r["epoch"])) for r in log]
+    finite = [(v, e) for v, e in vals if math.isfinite(v)]
+    if not finite:
+        raise ValueError(f"select_best_epoch: {key} is NaN in every epoch (does the {select_on} split hold both classes?)")
+    best = max(v for v, _ in finite)
+    return min(e for v, e in finite if v == best)
+
+
+# ---------------------------------------------------------------- training
+
+
+def train_one_epoch(model: nn.Module, loader, opt: torch.optim.Optimizer, sched, scaler: torch.amp.GradScaler,
+                    mean: torch.Tensor, std: torch.Tensor, device: torch.device, amp: bool = False) -> float:
+    """One pass over ``loader`` (images (B, 3, S, S) in [0, 1], int64 labels (B,)); cross-entropy, one
+    optimiser and scheduler step per batch.  ``mean``/``std`` (1, 3, 1, 1) normalise on the device.
+    Returns the mean training loss over the epoch's images."""
+    model.train()
+    loss_fn = nn.CrossEntropyLoss()
+    tot, n = 0.0, 0
+    for x, y in loader:
+        x = (x.to(device, non_blocking=True) - mean) / std
+        y = y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            loss = loss_fn(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        tot += float(loss.detach()) * len(y)
+        n += len(y)
+    return tot / max(n, 1)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader, mean: torch.Tensor, std: torch.Tensor, device: torch.device,
+            amp: bool = False) -> np.ndarray:
+    """Probability of class 1 for every image of ``loader``: (n,) float64."""
+    model.eval()
+    out = []
+    for x, _ in loader:
+        x = (x.to(device, non_blocking=True) - mean) / std
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            logits = model(x)
+        out.append(torch.softmax(logits.float(), dim=1)[:, 1].double().cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+def evaluate(model: nn.Module, loaders: Mapping[str, Any], splits: Mapping[str, Split], mean: torch.Tensor,
+             std: torch.Tensor, device: torch.device, epoch: int, amp: bool = False) -> tuple[dict, list[pd.DataFrame]]:
+    """Score every split of :data:`EVAL_SPLITS` (an empty split has no loader and NaN metrics).
+
+    Returns ({``<split>_auroc``, ``<split>_auprc``}, one predictions frame per split with record_id,
+    patient_hash, split, epoch, label, score = probability of class 1).
+    """
+    row: dict[str, float] = {}
+    frames = []
+    for s in EVAL_SPLITS:
+        sp = splits[s]
+        score = predict(model, loaders[s], mean, std, device, amp) if s in loaders else np.zeros(0)
+        m = split_metrics(sp.label, score)
+        row[f"{s}_auroc"], row[f"{s}_auprc"] = m["auroc"], m["auprc"]
+        frames.append(pd.DataFrame({"record_id": sp.record_id.astype(str), "patient_hash": sp.patient_hash.astype(str),
+                                    "split": s, "epoch": np.full(len(sp), epoch, dtype=np.int64),
+                                    "label": sp.label.astype(np.int64), "score": score.astype(np.float64)}))
+    return row, frames

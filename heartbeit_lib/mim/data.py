@@ -1,0 +1,189 @@
+"""Pretraining data: images, their cached tokens and a fresh BEiT block mask per (image, epoch).
+
+Augmentations: **none**.  The paper uses none; random crops and flips would break the time axis and the lead
+order of the stack8 image, and since the tokens of each stored ECG are cached, the image the model sees must be
+exactly the image that was tokenized.  Randomness per epoch comes from the masks alone: masks are drawn from
+``np.random.default_rng((seed, stream, epoch, row))`` and the epoch order from ``torch.randperm`` seeded with
+``seed + epoch``, so neither depends on the number of processes or data-loader workers.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from heartbeit_lib.mim import masking
+
+AUGMENTATIONS = "none (no crops, flips or intensity changes; the mask is the only per-epoch randomness)"
+TRAIN_STREAM, VAL_STREAM = 0, 1  # mask RNG streams
+
+
+class PretrainError(ValueError):
+    """Invalid pretraining input or state (the message names the parameter/file and the reason)."""
+
+
+class MIMDataset(Dataset):
+    """Images, their cached tokens and a fresh block mask: items ``(image, tokens, mask)``.
+
+    Parameters
+    ----------
+    images : indexable of float (C, H, W) tensors in [0, 1], or of ``(image, label)`` pairs
+        (``render.RenderedECGDataset``; its batched ``render_batch`` is used when present).
+    tokens : int array (n, h, w) aligned with ``images``, or, with ``rows``, the token cache of a
+        whole store (a memmap is kept as one and reopened by file name in loader workers).
+    num_masked, min_block : :func:`masking.block_mask` parameters.
+    seed, stream : mask RNG = ``default_rng((seed, stream, epoch, i))``.
+    rows : item i has tokens ``tokens[rows[i]]`` (store rows of the images).
+
+    Keys are ``(i, epoch)`` (what :class:`EpochSampler` yields) or a plain ``i`` (epoch 0).
+    Items: image float32 (C, H, W) in [0, 1], tokens int64 (h, w), mask bool (h, w).
+    """
+
+    def __init__(self, images: Any, tokens: np.ndarray, num_masked: int, min_block: int = 16,
+                 seed: int = 0, stream: int = TRAIN_STREAM, rows: np.ndarray | None = None):
+        self.rows = None if rows is None else np.asarray(rows, np.int64)
+        n_tok = len(tokens) if self.rows is None else len(self.rows)
+        if len(images) != n_tok:
+            raise PretrainError(f"MIMDataset: {len(images)} images but {n_tok} token grids")
+        self.images = images
+        # a memmap (the token cache of a large store) stays a memmap: workers reopen it by file name
+        self.tokens = tokens if isinstance(tokens, np.memmap) else np.asarray(tokens)
+        self.grid = tuple(self.tokens.shape[1:3])
+        self.num_masked, self.min_block, self.seed, self.stream = num_masked, min_block, seed, stream
+        masking.block_mask(np.random.default_rng(0), self.grid, num_masked, min_block=min_block)  # validate
+
+    def __getstate__(self) -> dict:
+        d = self.__dict__.copy()
+        if isinstance(self.tokens, np.memmap) and self.tokens.filename:
+            d["tokens"] = ("memmap", str(self.tokens.filename))
+        return d
+
+    def __setstate__(self, d: dict) -> None:
+        if isinstance(d.get("tokens"), tuple) and d["tokens"][0] == "memmap":
+            d["tokens"] = np.load(d["tokens"][1], mmap_mode="r")
+        self.__dict__.update(d)
+
+    def __len__(self) -> int:
+        return len(self.tokens) if self.rows is None else len(self.rows)
+
+    def token_grid(self, i: int) -> np.ndarray:
+        """int64 (h, w) tokens of item ``i``."""
+        return self._tokens_at(np.array([i]))[0]
+
+    def _tokens_at(self, pos: np.ndarray) -> np.ndarray:
+        """int64 (len(pos), h, w) tokens of items ``pos``: one fancy-index read of the (memmapped) cache."""
+        return np.asarray(self.tokens[pos if self.rows is None else self.rows[pos]], np.int64)
+
+    def all_tokens(self, limit: int | None = None) -> np.ndarray:
+        """int64 (n, h, w) tokens of the first ``limit`` items (all by default)."""
+        n = len(self) if limit is None else min(limit, len(self))
+        return self._tokens_at(np.arange(n))
+
+    def mask(self, i: int, epoch: int = 0) -> np.ndarray:
+        rng = np.random.default_rng((self.seed, self.stream, epoch, int(i)))
+        return masking.block_mask(rng, self.grid, self.num_masked, min_block=self.min_block)
+
+    @staticmethod
+    def _key(key) -> tuple[int, int]:
+        return (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), 0)
+
+    def _images(self, pos: list[int]) -> torch.Tensor:
+        if hasattr(self.images, "render_batch"):  # render.RenderedECGDataset: one vectorised render
+            return self.images.render_batch(pos)[0]
+        out = []
+        for p in pos:
+            item = self.images[p]
+            out.append(item[0] if isinstance(item, (tuple, list)) else item)
+        return torch.stack(out)
+
+    def get_batch(self, keys: Sequence) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One batch: images float32 (B, C, H, W) in [0, 1], tokens int64 (B, h, w), masks bool (B, h, w)."""
+        ks = [self._key(k) for k in keys]
+        pos = [i for i, _ in ks]
+        images = self._images(pos)
+        tokens = torch.from_numpy(self._tokens_at(np.asarray(pos, np.int64)))
+        masks = torch.from_numpy(np.stack([self.mask(i, e) for i, e in ks]))
+        return images, tokens, masks
+
+    def __getitems__(self, keys: Sequence) -> "_Batch":
+        return _Batch(self.get_batch(keys))
+
+    def __getitem__(self, key):
+        images, tokens, masks = self.get_batch([key])
+        return images[0], tokens[0], masks[0]
+
+
+class _Batch(list):
+    """A batch that :meth:`MIMDataset.__getitems__` has already stacked (no per-item split and re-stack)."""
+
+    def __init__(self, tensors: tuple):
+        super().__init__()
+        self.tensors = tensors
+
+
+def collate(batch):
+    """DataLoader ``collate_fn``: pass :class:`_Batch` through, ``default_collate`` anything else."""
+    if isinstance(batch, _Batch):
+        return list(batch.tensors)
+    return torch.utils.data.default_collate(batch)
+
+
+class EpochSampler(Sampler):
+    """Per-epoch shuffled keys ``(i, epoch)`` for one rank, identical in union to the 1-process order.
+
+    The permutation is ``torch.randperm(n)`` seeded with ``seed + epoch``; with ``drop_last`` it is
+    cut to whole global batches, and rank r takes every ``world``-th element from r, so the r-th
+    slice of global batch j is rank r's batch j (``batch_size // world`` items).
+    """
+
+    def __init__(self, n: int, global_batch: int, seed: int = 0, rank: int = 0, world: int = 1,
+                 shuffle: bool = True, drop_last: bool = True):
+        if global_batch % world:
+            raise PretrainError(f"batch_size {global_batch} must be divisible by the {world} processes")
+        self.n, self.global_batch, self.seed = n, global_batch, seed
+        self.rank, self.world, self.shuffle, self.drop_last = rank, world, shuffle, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _order(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        if self.drop_last:
+            order = order[: (self.n // self.global_batch) * self.global_batch]
+        return order[self.rank::self.world]
+
+    def __iter__(self):
+        return iter([(i, self.epoch) for i in self._order()])
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return (self.n // self.global_batch) * self.global_batch // self.world
+        return len(range(self.rank, self.n, self.world))
+
+
+@dataclasses.dataclass
+class MIMData:
+    """What :func:`train` needs: datasets, vocabulary and tokenizer identity."""
+
+    train: MIMDataset
+    val: MIMDataset | None
+    vocab_size: int
+    tokenizer: dict = dataclasses.field(default_factory=dict)  # kind, fingerprint, vocab_size
+    info: dict = dataclasses.field(default_factory=dict)
+
+
+def make_loader(ds: Dataset, sampler: EpochSampler, per_rank: int, workers: int, device: torch.device,
+                drop_last: bool) -> DataLoader:
+    """DataLoader over ``sampler``'s keys; batches come from :meth:`MIMDataset.__getitems__` already stacked."""
+    return DataLoader(ds, batch_size=per_rank, sampler=sampler, num_workers=workers, drop_last=drop_last,
+                      collate_fn=collate,
+                      pin_memory=device.type == "cuda", persistent_workers=False,
+                      generator=torch.Generator().manual_seed(0))  # workers are seeded from this, not global RNG

@@ -1,0 +1,144 @@
+"""The BEiT masked image model (MIM): backbone + mask token + LayerNorm + linear head over the tokenizer's vocabulary.
+
+:class:`MIMModel` = ``models.create_backbone(size, img_size)`` (timm BEiT: relative position bias, layer scale)
++ a learnable mask token that replaces the patch embeddings of masked patches + LayerNorm + a linear head;
+the loss is cross-entropy on the masked positions only (BEiT eq. 1).  The backbone's pooled-feature
+``fc_norm`` is unused by MIM (it is frozen here and fine-tuned later).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+from timm.optim import param_groups_layer_decay
+
+from heartbeit_lib.classify import registry as models
+
+NORMALIZE = {"mean": list(models.DEFAULT_MEAN), "std": list(models.DEFAULT_STD)}  # [0, 1] -> [-1, 1]
+
+
+class MIMModel(nn.Module):
+    """BEiT masked image model: backbone + mask token + LayerNorm + linear head over the vocabulary.
+
+    Parameters
+    ----------
+    backbone : timm ``Beit`` from :func:`models.create_backbone`.
+    vocab_size : tokenizer vocabulary (8192 for DALL-E).
+    """
+
+    def __init__(self, backbone: nn.Module, vocab_size: int):
+        super().__init__()
+        self.backbone = backbone
+        d = backbone.embed_dim
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
+        # timm's Beit with avg pooling has norm = Identity (its fc_norm acts on pooled features)
+        self.norm = nn.LayerNorm(d, eps=1e-6) if isinstance(backbone.norm, nn.Identity) else nn.Identity()
+        self.head = nn.Linear(d, vocab_size)
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+        fc_norm = getattr(backbone, "fc_norm", None)
+        if isinstance(fc_norm, nn.Module):
+            fc_norm.requires_grad_(False)  # unused by MIM; DDP must not wait for its gradients
+        self.vocab_size = vocab_size
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.backbone.blocks)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names without weight decay: the backbone's (timm) and the mask token."""
+        return {"mask_token"} | {f"backbone.{n}" for n in self.backbone.no_weight_decay()}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's layer grouping of the backbone under ``backbone.``, with the mask token among the embeddings;
+        what no pattern matches (the MIM norm and head) is timm's last layer."""
+        inner = self.backbone.group_matcher(coarse)
+        blocks = inner["blocks"] if isinstance(inner["blocks"], (list, tuple)) else [(inner["blocks"], None)]
+        under = lambda p: rf"^backbone\.(?:{p.lstrip('^')})"  # noqa: E731
+        return {"stem": rf"^mask_token|{under(inner['stem'])}",
+                "blocks": [(under(p), suffix) for p, suffix in blocks]}
+
+    def encode(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Backbone tokens with masked patch embeddings replaced by the mask token.
+
+        images : float (B, 3, H, W), normalised; mask : bool (B, h, w) or (B, h*w), True = masked
+        (None = nothing masked, which equals the backbone's ``forward_features``).
+        Returns (B, 1 + h*w, D) after the backbone's final norm (class token first).
+        """
+        bb = self.backbone
+        x = bb.patch_embed(images)                                   # (B, N, D)
+        if mask is not None:
+            w = mask.reshape(x.shape[0], -1).unsqueeze(-1).to(x.dtype)
+            x = x * (1 - w) + self.mask_token.to(x.dtype) * w
+        x = torch.cat((bb.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        if bb.pos_embed is not None:
+            x = x + bb.pos_embed
+        x = bb.pos_drop(x)
+        rel = bb.rel_pos_bias() if bb.rel_pos_bias is not None else None
+        for blk in bb.blocks:
+            x = blk(x, shared_rel_pos_bias=rel)
+        return bb.norm(x)
+
+    def forward(self, images: torch.Tensor, mask: torch.Tensor, num_masked: int | None = None) -> torch.Tensor:
+        """Logits of the masked patches.
+
+        Parameters
+        ----------
+        images : float (B, 3, H, W), normalised.
+        mask : bool (B, h, w) or (B, h*w), True = masked.
+        num_masked : masked patches per image when every image has the same count (static shapes
+            for ``torch.compile``, no host sync); None uses boolean indexing.
+
+        Returns
+        -------
+        (B * num_masked, vocab) logits in row-major order of (image, masked position).
+        """
+        m = mask.reshape(mask.shape[0], -1)
+        x = self.norm(self.encode(images, m))[:, 1:]                 # (B, N, D)
+        if num_masked is None:
+            x = x[m]
+        else:
+            idx = masked_positions(m, num_masked)                    # (B, K)
+            x = x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1])).flatten(0, 1)
+        return self.head(x)
+
+
+def masked_positions(mask: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices (B, k) of the True entries of a (B, N) mask with exactly k per row, ascending."""
+    return torch.argsort(mask.to(torch.int8), dim=1, descending=True, stable=True)[:, :k]
+
+
+def mim_targets(tokens: torch.Tensor, mask: torch.Tensor, num_masked: int | None = None) -> torch.Tensor:
+    """Token ids of the masked patches, in :meth:`MIMModel.forward`'s order: (B * k,) int64."""
+    t = tokens.reshape(tokens.shape[0], -1)
+    m = mask.reshape(mask.shape[0], -1)
+    if num_masked is None:
+        return t[m]
+    return t.gather(1, masked_positions(m, num_masked)).flatten()
+
+
+def param_groups(model: MIMModel, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
+    """AdamW parameter groups from ``timm.optim.param_groups_layer_decay``: no weight decay for 1-D parameters
+    and ``model.no_weight_decay()``; ``lr_scale = layer_decay ** (L + 1 - layer)`` with the layers of
+    ``model.group_matcher()`` (0 = embeddings and tokens, i + 1 = block i, L + 1 = final norm and MIM head)."""
+    return param_groups_layer_decay(model, weight_decay, no_weight_decay_list=model.no_weight_decay(),
+                                    layer_decay=layer_decay)
+
+
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Linear warmup over ``warmup`` steps, then cosine from 1 to ``min_ratio`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """[0, 1] images (B, 3, H, W) -> the model's input scale (:data:`NORMALIZE`)."""
+    mean = torch.tensor(NORMALIZE["mean"], device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
+    std = torch.tensor(NORMALIZE["std"], device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
+    return (images - mean) / std

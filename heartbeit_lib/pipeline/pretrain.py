@@ -1,0 +1,587 @@
+"""02_pretrain: BEiT masked-image-model (MIM) pretraining of the HeartBEiT backbone on rendered ECGs.
+
+Pipeline (``notebooks/02_pretrain.ipynb``, or ``torchrun -m heartbeit_lib.pretrain`` on several GPUs):
+
+1. :func:`split_rows` - pretraining rows of a cohort store (``train_splits``, default train +
+   unassigned) and held-out rows (``val``; when the store has none, a seeded ``val_fraction`` of
+   the training *patients*).  Test and external rows are never seen.
+2. :func:`prepare_tokenizer` - load the DALL-E dVAE or an ECG k-means tokenizer, or fit the latter
+   on rendered training ECGs; report codebook usage and reconstruction error.
+3. :func:`build_data` - tokens of every stored ECG, computed once and cached next to the store
+   (:func:`tokenizers.precompute_tokens`), and :class:`MIMDataset` s that render images on the fly
+   (``render.RenderedECGDataset``) and draw a BEiT block mask per image (``mim.data``).
+4. :func:`train` - the driver: AdamW (BEiT's betas 0.9/0.999, weight decay 0.05), per-step linear warmup +
+   cosine decay, gradient clipping, optional layer-wise lr decay, bf16 autocast on CUDA, optional
+   ``torch.compile``, DistributedDataParallel under ``torchrun``; each epoch is one call of
+   ``mim.engine.train_one_epoch`` / ``evaluate``; one JSON line per epoch in ``log.jsonl`` (loss,
+   masked-token accuracy, lr, images/s), a tqdm bar, and a checkpoint every epoch (``mim.checkpoint``:
+   ``checkpoints/last.pt``; ``epoch-XXXX.pt`` every ``save_every`` epochs and at the end).
+5. :func:`plot_curve` - the pretraining curve (the paper's Supplementary Figure 1).
+
+Determinism: masks and epoch order are functions of (seed, epoch, row) only (``mim.data``); every checkpoint
+stores the optimizer, scheduler and torch/numpy/python RNG states of every rank.  Resuming after a kill therefore
+repeats the uninterrupted run's losses, and a DDP run with the same global batch follows the single-process loss
+trajectory (up to float summation order) when ``drop_path`` is 0 (drop-path draws per-rank random numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import yaml
+from matplotlib.figure import Figure  # no pyplot: no global state, no backend switch
+from threadpoolctl import threadpool_limits
+from tqdm.auto import tqdm
+
+from heartbeit_lib import render, utils
+from heartbeit_lib.classify import registry as models
+from heartbeit_lib.cohorts import CohortStore
+from heartbeit_lib.mim import engine, tokenizers
+from heartbeit_lib.mim.checkpoint import (TRAJECTORY_FIELDS, ResumeError, checkpoint_state, gather_rng,  # noqa: F401
+                                          load_mim_model, resume, save_checkpoint)
+from heartbeit_lib.mim.data import (AUGMENTATIONS, TRAIN_STREAM, VAL_STREAM, EpochSampler, MIMData,  # noqa: F401
+                                    MIMDataset, PretrainError, collate, make_loader)
+from heartbeit_lib.mim.engine import evaluate  # noqa: F401  (public path pretrain.evaluate)
+from heartbeit_lib.mim.model import (NORMALIZE, MIMModel, lr_factor, masked_positions, mim_targets,  # noqa: F401
+                                     normalize, param_groups)
+from heartbeit_lib.pipeline import runs
+
+
+# ============================================================================ config
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig(runs.TypedConfig):
+    """Parameters of ``02_pretrain`` (names equal the notebook's parameters; YAML under
+    ``parameters/02_pretrain/``).  Defaults are the paper's where it states them."""
+
+    cohort_run: str | None = None  # 01_preprocess run folder (the cohort store); required
+    train_splits: tuple[str, ...] = ("train", "unassigned")  # store splits to pretrain on; never test/external
+    val_split: str | None = "val"  # held-out split for masked-token accuracy; None: hold out val_fraction of patients
+    val_fraction: float = 0.1  # held-out share of training patients when val_split is None or has no rows
+    max_train: int | None = None  # cap on pretraining ECGs, seeded subsample; None for all
+    max_val: int | None = None  # cap on held-out ECGs; None for all
+    tokenizer: str = "ecg_kmeans"  # dalle | ecg_kmeans
+    tokenizer_path: str | None = None  # tokenizer weights; None with ecg_kmeans: fit the codebook in this run
+    trust_pickle: bool = False  # allow unpickling OpenAI's encoder.pkl, which can run code; prefer a converted state dict
+    vocab_size: int = 512  # k-means codebook size when fitting; DALL-E: 8192, fixed by its weights
+    tokenizer_fit_images: int = 2000  # rendered training ECGs used to fit the k-means codebook
+    model_size: str = "base"  # base: the paper's, 86M params | small | tiny | micro
+    image_size: int = 224  # image side in px, a multiple of 16; 224 as the paper
+    layout: str = "stack8"  # render layout: stack8 as the paper | grid4x2 | clinical3x4
+    epochs: int = 300  # paper: 300
+    batch_size: int = 128  # global batch over all processes
+    lr: float = 5e-4  # peak AdamW learning rate, as the paper
+    min_lr: float = 1e-5  # learning rate at the end of the cosine
+    warmup_epochs: float = 10.0  # linear warmup
+    weight_decay: float = 0.05  # AdamW weight decay, as BEiT
+    layer_decay: float = 1.0  # layer-wise lr decay, 1 for off
+    clip_grad: float = 3.0  # max gradient norm, 0 for off
+    drop_path: float = 0.1  # stochastic depth rate
+    num_masked: int = 75  # masked patches per image: 75 of 196, about 40%, as BEiT; scale with the grid
+    min_block: int = 16  # smallest mask block in patches, as BEiT
+    device: str | None = None  # cpu | cuda | cuda:N; None: cuda when available, else cpu
+    amp: bool = True  # bf16 autocast on CUDA
+    compile: bool = False  # torch.compile the model
+    num_workers: int = 0  # DataLoader workers per process: render + masks
+    threads: int | None = None  # torch CPU threads per process; None: torch's default; 1 on small shared CPUs
+    save_every: int = 10  # keep checkpoints/epoch-XXXX.pt every N epochs; last.pt every epoch
+    resume: bool = True  # continue from checkpoints/last.pt of this run folder
+    progress: bool = True  # tqdm progress bars
+    seed: int = 0  # model init, data order, masks, tokenizer fit
+    out_root: str = "outputs"  # outputs root
+    run_id: str | None = None  # run folder name; None: a timestamp
+
+    choices = {"tokenizer": tokenizers.KINDS, "model_size": tuple(models.BEIT_SIZES)}
+
+    def validate(self) -> None:
+        if (self.threads is not None and self.threads < 1) or self.num_workers < 0:
+            raise runs.ConfigError(f"parameters 'threads'/'num_workers' must be >= 1 (None: default) / >= 0, "
+                                   f"got {self.threads}/{self.num_workers}")
+        if not self.train_splits:
+            raise runs.ConfigError("parameter 'train_splits' names no split")
+        for name in ("max_train", "max_val"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise runs.ConfigError(f"parameter {name!r} must be >= 1 (None for all), got {getattr(self, name)}")
+        pos = ("epochs", "batch_size", "image_size", "vocab_size", "save_every")
+        for name in pos:
+            if getattr(self, name) < 1:
+                raise runs.ConfigError(f"parameter {name!r} must be >= 1, got {getattr(self, name)}")
+        if self.image_size % 16:
+            raise runs.ConfigError(f"parameter 'image_size' must be a multiple of the 16-px patch, "
+                                   f"got {self.image_size}")
+        grid = (self.image_size // 16) ** 2
+        if not 1 <= self.num_masked < grid:
+            raise runs.ConfigError(f"parameter 'num_masked' must lie in 1..{grid - 1} for {self.image_size}-px "
+                                   f"images ({grid} patches), got {self.num_masked}")
+        if not (0 < self.lr and 0 <= self.min_lr <= self.lr):
+            raise runs.ConfigError(f"parameters 'lr'/'min_lr' need 0 <= min_lr <= lr, 0 < lr; "
+                                   f"got {self.lr}, {self.min_lr}")
+        if not 0 < self.layer_decay <= 1:
+            raise runs.ConfigError(f"parameter 'layer_decay' must lie in (0, 1], got {self.layer_decay}")
+        if not 0 <= self.val_fraction < 1:
+            raise runs.ConfigError(f"parameter 'val_fraction' must lie in [0, 1), got {self.val_fraction}")
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.image_size // 16, self.image_size // 16
+
+
+
+# ============================================================================ process set-up
+
+
+def init_distributed() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank); initialises the process group under torchrun when needed."""
+    rank, local_rank, world = utils.dist_info()
+    if world > 1 and dist.is_available() and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return rank, world, local_rank
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int | None):
+    """Limit torch and BLAS/OpenMP (scikit-learn, numpy) CPU threads to ``n`` inside the block (None = no limit).
+
+    torch keeps ``n`` threads afterwards (the run's setting); the BLAS/OpenMP limits are restored.
+    """
+    if not n:
+        yield
+        return
+    torch.set_num_threads(n)
+    with threadpool_limits(limits=n):
+        yield
+
+
+def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
+    """:func:`utils.resolve_device`, raising :class:`PretrainError` (parameter ``device``) on a bad name."""
+    try:
+        return utils.resolve_device(name, local_rank)
+    except ValueError as e:
+        raise PretrainError(str(e)) from None
+
+
+# ============================================================================ training driver
+
+
+def _check_data(cfg: PretrainConfig, data: MIMData) -> None:
+    if data.train.grid != cfg.grid:
+        raise PretrainError(f"token grid {data.train.grid} does not match image_size {cfg.image_size} "
+                            f"(grid {cfg.grid}); tokenize at the training image size")
+    if len(data.train) < cfg.batch_size:
+        raise PretrainError(f"batch_size {cfg.batch_size} exceeds the {len(data.train)} pretraining ECGs")
+
+
+def _build(cfg: PretrainConfig, vocab_size: int, steps_per_epoch: int, device: torch.device, rank: int):
+    """(model, AdamW, per-step LambdaLR) seeded as every run is: weights from ``seed``, drop-path from ``seed + rank``."""
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    backbone = models.create_backbone(cfg.model_size, img_size=cfg.image_size, drop_path_rate=cfg.drop_path)
+    model = MIMModel(backbone, vocab_size).to(device)
+    torch.manual_seed(cfg.seed + rank)  # per-rank stream for drop-path
+    opt_kw = {"fused": True} if device.type == "cuda" else {}
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.layer_decay), lr=cfg.lr,
+                            betas=(0.9, 0.999), **opt_kw)
+    for g in opt.param_groups:
+        g["lr"] = cfg.lr * g["lr_scale"]
+    total = steps_per_epoch * cfg.epochs
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    min_ratio = cfg.min_lr / cfg.lr
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, min_ratio))
+    return model, opt, sched
+
+
+def _log_line(line: dict) -> dict:
+    return {k: v for k, v in line.items() if k != "step_losses"}
+
+
+def _wrap(model: MIMModel, cfg: PretrainConfig, world: int, device: torch.device) -> nn.Module:
+    """The module the engine calls: DDP over several processes, ``torch.compile`` when asked."""
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(net) if cfg.compile else net
+
+
+def _val_loader(cfg: PretrainConfig, data: MIMData, per_rank: int, rank: int, world: int, device: torch.device):
+    """Held-out loader in a fixed order (every rank a strided share), or None without held-out ECGs."""
+    if data.val is None or not len(data.val):
+        return None
+    vs = EpochSampler(len(data.val), world, cfg.seed, rank, world, shuffle=False, drop_last=False)
+    return make_loader(data.val, vs, per_rank, cfg.num_workers, device, drop_last=False)
+
+
+def _end_epoch(cfg: PretrainConfig, run_dir: Path, state: dict, line: dict, show: bool) -> None:
+    """Rank 0 after an epoch: checkpoint (``epoch-XXXX.pt`` too every ``save_every`` and at the end), then the
+    ``log.jsonl`` line (so the log never runs ahead of the checkpoint)."""
+    epoch = state["epoch"]
+    save_checkpoint(state, run_dir / "checkpoints", epoch % cfg.save_every == 0 or epoch == cfg.epochs)
+    runs.append_jsonl(run_dir / "log.jsonl", _log_line(line))
+    if show:
+        tqdm.write(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in _log_line(line).items()}))
+
+
+def train(cfg: PretrainConfig, data: MIMData, run_dir: str | os.PathLike, *,
+          on_epoch_end: Callable[[int, dict], None] | None = None, record_steps: bool = False) -> dict:
+    """Pretrain a :class:`MIMModel`; checkpoints, ``log.jsonl`` in ``run_dir``.
+
+    Parameters
+    ----------
+    cfg : the run's :class:`PretrainConfig` (model, optimisation, masking, device, resume fields).
+    data : :class:`MIMData` (train / held-out datasets, vocabulary).
+    run_dir : run folder; ``checkpoints/`` and ``log.jsonl`` go here (written by rank 0).
+    on_epoch_end : called as ``on_epoch_end(epoch, log_line)`` after each epoch's checkpoint is saved
+        (tests raise from it to simulate a kill).
+    record_steps : keep each step's loss (averaged over ranks) in ``history[i]["step_losses"]``.
+
+    Returns
+    -------
+    dict with ``history`` (one dict per epoch), ``checkpoint`` (path of last.pt), ``params``
+    (backbone parameter count), ``resumed_from`` (epoch or None), ``world_size``.
+    """
+    run_dir, ckpt_dir = Path(run_dir), Path(run_dir) / "checkpoints"
+    rank, world, local_rank = init_distributed()
+    device = resolve_device(cfg.device, local_rank)
+    if cfg.threads:
+        # on a shared or small CPU, intra-op threads contend (measured on a shared 2-core machine: >10x slower)
+        torch.set_num_threads(cfg.threads)
+    amp = bool(cfg.amp and device.type == "cuda")
+    _check_data(cfg, data)
+    per_rank = cfg.batch_size // world
+    sampler = EpochSampler(len(data.train), cfg.batch_size, cfg.seed, rank, world)
+    steps_per_epoch = len(sampler) // per_rank
+    model, opt, sched = _build(cfg, data.vocab_size, steps_per_epoch, device, rank)
+
+    history: list[dict] = []
+    start_epoch, step, resumed_from = 0, 0, None
+    if cfg.resume and (ckpt_dir / "last.pt").exists():
+        start_epoch, step, history = resume(ckpt_dir / "last.pt", model, opt, sched, cfg.to_dict(), data.tokenizer,
+                                            len(data.train), rank, world)
+        resumed_from = start_epoch
+    if rank == 0:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        # the checkpoint's history is the truth (a kill may fall between log line and checkpoint)
+        utils.atomic_write_text(run_dir / "log.jsonl", "".join(json.dumps(_log_line(h)) + "\n" for h in history))
+
+    net = _wrap(model, cfg, world, device)
+    train_loader = make_loader(data.train, sampler, per_rank, cfg.num_workers, device, drop_last=True)
+    val_loader = _val_loader(cfg, data, per_rank, rank, world, device)
+
+    show = cfg.progress and rank == 0
+    for epoch in range(start_epoch, cfg.epochs):
+        sampler.set_epoch(epoch)
+        # worker seeds derive from the loader's generator: make them a function of the epoch
+        train_loader.generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        ep, step = engine.train_one_epoch(net, train_loader, opt, sched, device, num_masked=cfg.num_masked, amp=amp,
+                                          clip_grad=cfg.clip_grad, world=world, step=step, record_steps=record_steps,
+                                          desc=f"epoch {epoch + 1}/{cfg.epochs}" if show else None)
+        line = {"epoch": epoch + 1, "step": step, "train_loss": ep["train_loss"], "train_acc": ep["train_acc"],
+                "lr": ep["lr"], "images_per_s": steps_per_epoch * cfg.batch_size / ep["epoch_time_s"],
+                "epoch_time_s": ep["epoch_time_s"], "data_wait_s": ep["data_wait_s"]}
+        if val_loader is not None:
+            ev = engine.evaluate(net, val_loader, device, cfg.num_masked, amp, world)
+            line.update(val_loss=ev["loss"], val_acc=ev["acc"])
+        line["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        if record_steps:
+            line["step_losses"] = ep["step_losses"]
+        history.append(line)
+        rng_all = gather_rng(world)
+        if rank == 0:
+            state = checkpoint_state(model, cfg, opt, sched, epoch + 1, step, rng_all, history, data.tokenizer)
+            state.update(n_train=len(data.train), world_size=world)
+            _end_epoch(cfg, run_dir, state, line, show)
+        _barrier()
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, line)
+    n_params = sum(p.numel() for p in model.backbone.parameters())
+    return {"history": history, "checkpoint": ckpt_dir / "last.pt", "params": n_params, "resumed_from": resumed_from,
+            "world_size": world}
+
+
+# ============================================================================ pipeline (notebook)
+
+
+def split_rows(cfg: PretrainConfig, store: Any) -> dict[str, np.ndarray]:
+    """Store rows for pretraining (``train``) and held-out evaluation (``val``), sorted int64.
+
+    ``val`` is ``store.indices(cfg.val_split)``; when that is empty, a seeded ``val_fraction`` of the
+    training patients is held out instead (drawn on patients in order of first appearance, so two
+    builds of the same inputs with different salts hold out the same ECGs).  ``max_train``/``max_val`` cap the
+    counts by a seeded subsample.
+    """
+    splits = list(cfg.train_splits)
+    train = np.unique(np.concatenate([store.indices(s) for s in splits])).astype(np.int64)
+    val = store.indices(cfg.val_split) if cfg.val_split else np.zeros(0, np.int64)
+    rng = np.random.default_rng(cfg.seed)
+    held_out = "split"
+    if len(val) == 0 and cfg.val_fraction > 0 and len(train) > 1:
+        # patients in order of first appearance (not the salted hashes), so the held-out set
+        # depends on the seed only, not on the salt of the store build
+        codes, uniq = pd.factorize(store.manifest["patient_hash"].to_numpy()[train], sort=False)
+        n_val = max(1, int(round(cfg.val_fraction * len(uniq))))
+        is_val = np.isin(codes, rng.permutation(len(uniq))[:n_val])
+        val, train = train[is_val], train[~is_val]
+        held_out = f"{cfg.val_fraction:.0%} of training patients"
+    if cfg.max_train and len(train) > cfg.max_train:
+        train = np.sort(rng.choice(train, cfg.max_train, replace=False))
+    if cfg.max_val and len(val) > cfg.max_val:
+        val = np.sort(rng.choice(val, cfg.max_val, replace=False))
+    if len(train) == 0:
+        raise PretrainError(f"{store.root}: no rows in splits {splits} to pretrain on")
+    return {"train": train, "val": np.asarray(val, np.int64), "held_out": held_out}
+
+
+def render_rows(store: Any, rows: np.ndarray, cfg: PretrainConfig, batch: int = 256) -> np.ndarray:
+    """uint8 (n, S, S) images of store rows, rendered as in pretraining."""
+    out = np.empty((len(rows), cfg.image_size, cfg.image_size), np.uint8)
+    for s in range(0, len(rows), batch):
+        out[s:s + batch] = render.render_ecg(store.signals(rows[s:s + batch]), size=cfg.image_size, layout=cfg.layout)
+    return out
+
+
+def prepare_tokenizer(cfg: PretrainConfig, store: Any, rows: dict, run_dir: str | os.PathLike,
+                      device: str | None = None) -> tuple[Any, dict]:
+    """Load (``tokenizer_path``) or fit (``ecg_kmeans`` without a path) the tokenizer.
+
+    A fitted k-means tokenizer is saved to ``<run_dir>/tokenizer.pt``.  The report (codebook usage,
+    perplexity, reconstruction MSE on up to 256 held-out ECGs) goes to ``tokenizer_report.json``.
+    """
+    run_dir = Path(run_dir)
+    rank, _, local_rank = init_distributed()
+    device = device or str(resolve_device(cfg.device, local_rank))
+    fitted = run_dir / "tokenizer.pt"
+    if cfg.tokenizer_path:
+        tok = tokenizers.load_tokenizer(cfg.tokenizer, cfg.tokenizer_path, trust_pickle=cfg.trust_pickle,
+                                        device=device)
+    elif cfg.tokenizer == "dalle":
+        raise PretrainError("tokenizer='dalle' needs tokenizer_path=<DALL-E encoder file> (OpenAI's encoder.pkl "
+                            "with trust_pickle=true, or a state dict from tokenizers.convert_dalle_pickle)")
+    else:
+        if rank == 0 and not fitted.exists():
+            rng = np.random.default_rng(cfg.seed)
+            n = min(cfg.tokenizer_fit_images, len(rows["train"]))
+            fit_rows = np.sort(rng.choice(rows["train"], n, replace=False))
+            t0 = time.perf_counter()
+            with cpu_threads(cfg.threads):
+                tok = tokenizers.fit_kmeans_tokenizer(render_rows(store, fit_rows, cfg), cfg.vocab_size, cfg.seed)
+            tok.info["fit_seconds"] = time.perf_counter() - t0
+            tok.save(fitted)
+        _barrier()
+        tok = tokenizers.load_tokenizer("ecg_kmeans", fitted, device=device)
+    if tok.grid_for(cfg.image_size) != cfg.grid:
+        raise PretrainError(f"tokenizer {cfg.tokenizer} gives a {tok.grid_for(cfg.image_size)} grid for "
+                            f"{cfg.image_size}-px images, the model needs {cfg.grid}")
+    eval_rows = rows["val"] if len(rows["val"]) else rows["train"]
+    with cpu_threads(cfg.threads):
+        report = tokenizers.codebook_report(tok, render_rows(store, eval_rows[:256], cfg))
+    report.update(kind=tok.kind, fingerprint=tok.fingerprint(), source=str(cfg.tokenizer_path or fitted),
+                  evaluated_on=f"{min(256, len(eval_rows))} held-out ECGs", info=getattr(tok, "info", {}))
+    if rank == 0:
+        runs.write_json(run_dir / "tokenizer_report.json", report)
+    return tok, report
+
+
+def build_data(cfg: PretrainConfig, store: Any, tokenizer: Any, rows: dict, progress: bool = False) -> MIMData:
+    """Cached tokens of the store and the train / held-out :class:`MIMDataset` s (images rendered on the fly)."""
+    rank, _, _ = init_distributed()
+    if rank == 0:
+        with cpu_threads(cfg.threads):
+            tokens = tokenizers.precompute_tokens(store, tokenizer, cfg.image_size, cfg.layout, progress=progress)
+    _barrier()
+    if rank != 0:
+        tokens = tokenizers.precompute_tokens(store, tokenizer, cfg.image_size, cfg.layout)
+
+    def ds(r: np.ndarray, stream: int) -> MIMDataset:
+        images = render.RenderedECGDataset(store, r, size=cfg.image_size, layout=cfg.layout, channels=3)
+        return MIMDataset(images, tokens, cfg.num_masked, cfg.min_block, cfg.seed, stream, rows=r)
+
+    val = ds(rows["val"], VAL_STREAM) if len(rows["val"]) else None
+    info = {"n_train": int(len(rows["train"])), "n_val": int(len(rows["val"])), "held_out": rows["held_out"],
+            "token_cache": str(tokenizers.token_cache_path(store.root, tokenizer, cfg.image_size, cfg.layout)),
+            "augmentations": AUGMENTATIONS}
+    return MIMData(ds(rows["train"], TRAIN_STREAM), val, tokenizer.vocab_size,
+                   {"kind": tokenizer.kind, "fingerprint": tokenizer.fingerprint(),
+                    "vocab_size": tokenizer.vocab_size},
+                   info)
+
+
+def token_baselines(data: MIMData) -> dict:
+    """Masked-token accuracy of two predictors that ignore the image, on the held-out masks.
+
+    ``majority``: the most frequent training token everywhere.  ``position_majority``: the most
+    frequent training token at each grid position (ECG images have a fixed layout).
+    """
+    if data.val is None:
+        return {}
+    tr = data.train.all_tokens(limit=200_000)
+    counts = np.bincount(tr.ravel(), minlength=data.vocab_size)
+    majority = int(counts.argmax())
+    flat = tr.reshape(len(tr), -1)
+    pos_major = np.array([np.bincount(flat[:, j], minlength=data.vocab_size).argmax() for j in range(flat.shape[1])])
+    va = data.val.all_tokens().reshape(len(data.val), -1)
+    masks = np.stack([data.val.mask(i) for i in range(len(data.val))]).reshape(len(data.val), -1)
+    hit_major = (va == majority)[masks].mean()
+    hit_pos = (va == pos_major[None, :])[masks].mean()
+    return {"majority_token": majority, "majority_acc": float(hit_major), "position_majority_acc": float(hit_pos)}
+
+
+def plot_curve(history: Sequence[dict] | str | os.PathLike, path: str | os.PathLike | None = None,
+               baselines: dict | None = None):
+    """Pretraining curve (the paper's Supplementary Figure 1): loss and masked-token accuracy per epoch.
+
+    ``history`` is a list of epoch dicts or a ``log.jsonl`` path; ``baselines`` may hold
+    ``majority_acc`` / ``position_majority_acc`` drawn as horizontal lines.  Saved to ``path`` (PNG).
+    """
+    if isinstance(history, (str, os.PathLike)):
+        history = runs.read_jsonl(history)
+    ep = [h["epoch"] for h in history]
+    fig = Figure(figsize=(10, 3.6))
+    a1, a2 = fig.subplots(1, 2)
+    a1.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
+    if history and "val_loss" in history[0]:
+        a1.plot(ep, [h["val_loss"] for h in history], "s-", label="held-out")
+    a1.set(xlabel="epoch", ylabel="masked-token cross-entropy", title="MIM loss")
+    a1.legend()
+    a2.plot(ep, [h["train_acc"] for h in history], "o-", label="train")
+    if history and "val_acc" in history[0]:
+        a2.plot(ep, [h["val_acc"] for h in history], "s-", label="held-out")
+    for key, style in (("majority_acc", ":"), ("position_majority_acc", "--")):
+        if baselines and key in baselines:
+            a2.axhline(baselines[key], color="grey", ls=style, label=key.replace("_acc", "").replace("_", " "))
+    a2.set(xlabel="epoch", ylabel="masked-token accuracy", title="MIM accuracy")
+    a2.legend(fontsize=8)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot_examples(data: MIMData, path: str | os.PathLike | None = None, n: int = 3, epoch: int = 0):
+    """Rendered ECGs of the training set, their token grids and one epoch's block masks."""
+    n = min(n, len(data.train))
+    fig = Figure(figsize=(9, 3 * n))
+    axes = fig.subplots(n, 3, squeeze=False)
+    for r in range(n):
+        img, tok, mask = data.train[(r, epoch)]
+        grey = img[0].numpy()
+        s = grey.shape[0] // tok.shape[0]
+        axes[r, 0].imshow(grey, cmap="gray", vmin=0, vmax=1)
+        axes[r, 1].imshow(tok.numpy(), cmap="nipy_spectral", vmin=0, vmax=data.vocab_size - 1,
+                          interpolation="nearest")
+        if tok.shape[0] <= 8:  # small grids: print the ids
+            for (yy, xx), v in np.ndenumerate(tok.numpy()):
+                axes[r, 1].text(xx, yy, str(v), ha="center", va="center", fontsize=7, color="white")
+        big = np.kron(mask.numpy(), np.ones((s, s), bool))
+        axes[r, 2].imshow(np.where(big, 0.5, grey), cmap="gray", vmin=0, vmax=1)
+        for a, title in zip(axes[r], ("rendered ECG", f"tokens (vocab {data.vocab_size})",
+                                      f"block mask ({int(mask.sum())} of {mask.numel()} patches)")):
+            a.set_title(title, fontsize=9)
+            a.set_xticks([]), a.set_yticks([])
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
+
+
+def data_hashes(store: Any, run_dir: str | os.PathLike, cfg: PretrainConfig) -> dict[str, str]:
+    """sha256 of the inputs of this run: the store manifest and the tokenizer weights."""
+    files = {"cohort manifest.parquet": Path(store.root) / "manifest.parquet"}
+    tok = Path(cfg.tokenizer_path) if cfg.tokenizer_path else Path(run_dir) / "tokenizer.pt"
+    files[f"tokenizer {tok.name}"] = tok
+    return {k: runs.file_sha256(p) for k, p in files.items() if p.exists()}
+
+
+def summarize(result: dict, data: MIMData, tokenizer_report: dict, baselines: dict) -> dict:
+    """metrics.json content: final losses/accuracies, baselines, throughput, tokenizer usage."""
+    last = result["history"][-1] if result["history"] else {}
+    out = {"epochs_done": len(result["history"]), "backbone_params": result["params"],
+           "world_size": result["world_size"], "resumed_from_epoch": result["resumed_from"],
+           "n_train": data.info.get("n_train"), "n_val": data.info.get("n_val"),
+           "images_per_s_last_epoch": last.get("images_per_s"),
+           "tokenizer_codes_used": tokenizer_report.get("codes_used"),
+           "tokenizer_perplexity": tokenizer_report.get("perplexity"),
+           "tokenizer_recon_mse": tokenizer_report.get("recon_mse"),
+           "augmentations": AUGMENTATIONS}
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+        if key in last:
+            out[f"final_{key}"] = last[key]
+    out.update({f"baseline_{k}": v for k, v in baselines.items()})
+    return out
+
+
+def run(cfg: PretrainConfig, run_dir: str | os.PathLike, device: str = "cpu") -> dict:
+    """The whole pipeline (what the notebook does, finishing the run folder on rank 0), for
+    ``torchrun -m heartbeit_lib.pretrain``."""
+    run_dir = Path(run_dir)
+    store = CohortStore(cfg.cohort_run)
+    rows = split_rows(cfg, store)
+    tok, tok_report = prepare_tokenizer(cfg, store, rows, run_dir, device=device)
+    data = build_data(cfg, store, tok, rows, progress=cfg.progress)
+    baselines = token_baselines(data)
+    if init_distributed()[0] == 0:
+        plot_examples(data, run_dir / "examples.png")
+    result = train(cfg, data, run_dir)
+    metrics = summarize(result, data, tok_report, baselines)
+    if init_distributed()[0] == 0:
+        plot_curve(result["history"], run_dir / "pretrain_curve.png", baselines)
+        runs.finish_run(run_dir, metrics=metrics, data_hashes=data_hashes(store, run_dir, cfg))
+    return metrics
+
+
+def _cli_value(text: str) -> Any:
+    """A ``-p`` value: ``None``/``null`` -> None, ``[a, b]`` -> a YAML list, anything else the string (the
+    Config coerces it, so ``-p run_id 007`` stays ``"007"``)."""
+    if text.strip() in ("None", "null", "~"):
+        return None
+    return yaml.safe_load(text) if text.strip().startswith("[") else text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``torchrun --nproc_per_node=N -m heartbeit_lib.pretrain -f parameters/02_pretrain/paper.yaml
+    -p cohort_run outputs/01_preprocess/<id> -p run_id <id>`` (a run_id is required with several
+    processes so that every rank writes the same folder)."""
+    ap = argparse.ArgumentParser(description="HeartBEiT MIM pretraining (multi-GPU/multi-node via torchrun)")
+    ap.add_argument("-f", "--parameters", action="append", default=[], help="YAML parameter file(s), later wins")
+    ap.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    args = ap.parse_args(argv)
+    params = runs.load_parameter_files(*args.parameters)
+    params.update({k: _cli_value(v) for k, v in args.param})
+    cfg = PretrainConfig.from_dict(params)
+    rank, world, local_rank = init_distributed()
+    if world > 1 and not cfg.run_id:
+        raise PretrainError("with several processes pass -p run_id <id> so all ranks use one run folder")
+    if rank == 0:
+        run_dir = runs.start_run("02_pretrain", cfg)
+    _barrier()
+    run_dir = Path(cfg.out_root) / "02_pretrain" / (cfg.run_id or run_dir.name)  # type: ignore[possibly-undefined]
+    dev = str(resolve_device(cfg.device, local_rank))
+    metrics = run(cfg, run_dir, device=dev)
+    if rank == 0:
+        print(json.dumps(metrics, indent=1, default=str))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
