@@ -44,8 +44,8 @@ Attribution to leads and segments (:func:`attribute_maps`)
 ----------------------------------------------------------
 The rendering geometry (``render.layout_geometry``) says which lead each pixel shows and which
 samples each pixel column covers (stack8: 8 bands of H/8 rows, I, II, V1..V6 top to bottom, the full
-5 s across the width). R peaks come from :func:`detect_r_peaks` on the preprocessed signal (lead II
-band-passed 5-15 Hz, ``scipy.signal.find_peaks``); samples are labelled P ``[-250, -80)`` ms, QRS
+5 s across the width). R peaks come from :func:`detect_r_peaks` on the preprocessed signal (the library's QRS
+detector :func:`heartbeit_lib.signals.detect_qrs`, then the R wave located on lead II); samples are labelled P ``[-250, -80)`` ms, QRS
 ``[-80, +80)`` ms, ST-T ``[+80, +450)`` ms relative to each R peak (overlaps: QRS wins over P, P over
 ST-T) and ``other`` elsewhere. A pixel column that spans several samples (11 at 224 px for 2,500
 samples) is split between segments in proportion. Shares of a map sum to 1 over lead x segment.
@@ -64,7 +64,7 @@ removed pixels by noisy linear imputation from their neighbours instead, which k
 closer to the data; it solves a sparse linear system per image and threshold (slow at 224 px).
 """
 
-from heartbeit_lib.analysis.saliency.attribution import (FS, R_PEAK_BAND_HZ, SEGMENT_PRIORITY, SEGMENT_WINDOWS_MS,
+from heartbeit_lib.analysis.saliency.attribution import (FS, SEGMENT_PRIORITY, SEGMENT_WINDOWS_MS,
                                                          SEGMENTS, area_shares, attribute_maps, attribution_frame,
                                                          attribution_summary, detect_r_peaks, segment_codes)
 from heartbeit_lib.analysis.saliency.errors import SaliencyError, UnsupportedMethodError
@@ -76,7 +76,7 @@ from heartbeit_lib.analysis.saliency.maps import (METHODS, FastFullGrad, attenti
                                                   vit_reshape_transform)
 from heartbeit_lib.analysis.saliency.results import RunMaps, SaliencyResult
 
-__all__ = ["FS", "METHODS", "R_PEAK_BAND_HZ", "SEGMENTS", "SEGMENT_PRIORITY", "SEGMENT_WINDOWS_MS", "WHITE",
+__all__ = ["FS", "METHODS", "SEGMENTS", "SEGMENT_PRIORITY", "SEGMENT_WINDOWS_MS", "WHITE",
            "FastFullGrad", "RunMaps", "SaliencyError", "SaliencyResult", "UnsupportedMethodError", "area_shares",
            "attention_probabilities", "attention_rollout", "attribute_maps", "attribution_frame",
            "attribution_summary", "deletion_insertion", "detect_r_peaks", "faithfulness_summary",

@@ -10,11 +10,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import scipy.signal
 
-from heartbeit_lib import render
+from heartbeit_lib import render, signals
 from heartbeit_lib.analysis.saliency.errors import SaliencyError
-from heartbeit_lib.signals import bandpass
 
 SEGMENTS: tuple[str, ...] = ("P", "QRS", "ST-T", "other")
 #: segment windows relative to each R peak, milliseconds [start, end)
@@ -22,22 +20,17 @@ SEGMENT_WINDOWS_MS: dict[str, tuple[float, float]] = {"P": (-250.0, -80.0), "QRS
                                                       "ST-T": (80.0, 450.0)}
 #: overlapping windows of neighbouring beats: later entries win
 SEGMENT_PRIORITY: tuple[str, ...] = ("ST-T", "P", "QRS")
-R_PEAK_BAND_HZ: tuple[float, float] = (5.0, 15.0)  # QRS energy band of the detector
 FS = 500.0   # Hz of the stored signals
 
 
-def detect_r_peaks(x: np.ndarray, fs: float = FS, lead: int = 1, band: tuple[float, float] = R_PEAK_BAND_HZ,
-                   min_rr_s: float = 0.3, rel_height: float = 0.35, refine_ms: float = 40.0) -> list[np.ndarray]:
-    """R-peak sample indices of each ECG: a simple detector, adequate for clean 5-s records.
+def detect_r_peaks(x: np.ndarray, fs: float = FS, lead: int = 1, refine_ms: float = 40.0) -> list[np.ndarray]:
+    """R-peak sample indices of each ECG: the library's QRS detector, then the R wave located on one lead.
 
-    1. lead ``lead`` (1 = II in the stored order I, II, V1-V6) band-passed ``band`` Hz (zero-phase
-       Butterworth, order 2: QRS energy, P/T waves and baseline wander suppressed);
-    2. ``scipy.signal.find_peaks`` on its absolute value: peaks >= ``min_rr_s`` apart (<= 200 bpm)
-       and above ``rel_height`` x the 99th percentile;
-    3. each peak moved to the largest deviation of the unfiltered lead from its local baseline
-       (median over +-200 ms) within +-``refine_ms`` (the R, or the S/QS wave of a negative
-       complex); a peak that lands on the first or last sample (a complex cut by the record's
-       edge) is dropped.
+    1. QRS centres from :func:`heartbeit_lib.signals.detect_qrs` (all leads);
+    2. each moved to the largest deviation of lead ``lead`` (1 = II in the stored order I, II, V1-V6)
+       from its local baseline (median over +-200 ms) within +-``refine_ms`` (the R, or the S/QS wave
+       of a negative complex); a peak that lands on the first or last sample (a complex cut by the
+       record's edge) is dropped.
 
     Parameters
     ----------
@@ -52,19 +45,13 @@ def detect_r_peaks(x: np.ndarray, fs: float = FS, lead: int = 1, band: tuple[flo
         arr = arr[None]
     if arr.ndim != 3 or not 0 <= lead < arr.shape[1]:
         raise SaliencyError(f"x: expected (N, leads, T) microvolts with lead {lead}, got shape {np.shape(x)}")
-    sig = arr[:, lead]
-    env = np.abs(bandpass(sig, fs, band=band, order=2))
     half = max(int(round(refine_ms / 1000.0 * fs)), 1)
     base = max(int(round(0.2 * fs)), half + 1)  # local baseline: median over +-200 ms
     out = []
-    for raw, e in zip(sig, env):
-        thr = rel_height * np.percentile(e, 99)
-        if not thr > 0:
-            out.append(np.zeros(0, np.int64))
-            continue
-        pk, _ = scipy.signal.find_peaks(e, height=thr, distance=max(int(min_rr_s * fs), 1))
+    for rec in arr:
+        raw = rec[lead]
         refined = []
-        for p in pk:
+        for p in signals.detect_qrs(rec, fs):
             lo, hi = max(p - half, 0), min(p + half + 1, raw.size)
             ref = np.median(raw[max(p - base, 0):min(p + base + 1, raw.size)])
             r = int(lo + np.argmax(np.abs(raw[lo:hi] - ref)))
