@@ -139,3 +139,33 @@ def test_signal_pretraining_resumes_exactly(toy_root):
     assert got == want
     with pytest.raises(pretrain_signal.ResumeError, match="mask_ratio"):
         pretrain_signal.run(pt_cfg(toy_root, run_id="stmem_cut", mask_ratio=0.5), run_dir)
+
+
+# ---------------------------------------------------------------- 04: families side by side
+
+
+def test_tables_and_figures_show_both_families(tmp_path):
+    """Oracle: the family each run records (model.json) or the registry gives; line styles from FAMILY_STYLE."""
+    from conftest import make_fake_sweep
+    from heartbeit_lib.pipeline import metrics as pm
+    from heartbeit_lib.report import figures, tables
+
+    make_fake_sweep(tmp_path, tasks={"mi": ((80, 240, 0), 0.3)}, models=("heartbeit", "vit_b16_scratch",
+                    "xresnet1d101", "stmem"), fractions=(0.1, 1.0), incomplete=0)
+    preds = pm.collect_runs(tmp_path, splits=("test",))
+    assert dict(preds.groupby("model")["family"].first()) == {"heartbeit": "image", "vit_b16_scratch": "image",
+                                                              "xresnet1d101": "signal", "stmem": "signal"}
+    results, diffs = pm.evaluate_predictions(preds, n_boot=20, splits=("test",))
+    t = tables.metric_table(results, "auroc", splits=("test",))
+    assert t.cells.index.names == ["task", "split", "family", "model"]
+    fam = t.cells.index.get_level_values("family").tolist()
+    assert fam == sorted(fam, key=lambda f: f == "signal") and set(fam) == {"image", "signal"}
+    assert "ST-MEM" in t.cells.index.get_level_values("model")
+    fig = figures.plot_fraction_panels(results, diffs, "mi", "test")
+    styles = {ln.get_label(): ln.get_linestyle() for ln in fig.axes[0].get_lines()}
+    assert styles["ST-MEM"] == "--" and styles["HeartBEiT"] == "-"
+    fig = figures.plot_roc_pr(preds, "mi", "test")
+    assert {ln.get_linestyle() for ln in fig.axes[0].get_lines() if ln.get_label().startswith("xresnet")} == {"--"}
+    # image-only results keep the paper's layout
+    img = results[results["family"] == "image"]
+    assert tables.metric_table(img, "auroc", splits=("test",)).cells.index.names == ["task", "split", "model"]
