@@ -42,8 +42,8 @@ def load_best_weights(run_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
     return torch.load(Path(run_dir) / WEIGHTS, map_location="cpu", weights_only=True)
 
 
-def write_model_record(run_dir: str | os.PathLike, model: nn.Module, name: str, size: str | None, image_size: int | None,
-                       layout: str | None, normalization: tuple, num_classes: int = 2,
+def write_model_record(run_dir: str | os.PathLike, model: nn.Module, name: str, size: str | None,
+                       image_size: int | None, layout: str | None, normalization: tuple, num_classes: int = 2,
                        signal_rate: float | None = None) -> Path:
     """``model.json``: what :func:`load_finetune_run` needs to rebuild ``model`` (sizes as built, not inferred).
 

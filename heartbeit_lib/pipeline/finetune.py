@@ -12,6 +12,10 @@ patients in the same splits for every model. Here:
   (3e-4), rises to ``lr`` (1e-3) over the first 30 % of the steps (``pct_start``), then anneals
   (cosine) to ``lr_start / 1e4``. Adam's beta1 cycles 0.95 -> 0.85 -> 0.95 (OneCycle default).
 - **Engine**: ``classify.engine.train_one_epoch`` / ``evaluate`` per epoch; this module is the driver.
+- **Two model families** (``registry.model_family``): image models read rendered ECGs; the signal models
+  (``xresnet1d101``, ``inception1d``, ``stmem``, ``stmem_scratch``) read the store's signals at ``signal_rate`` Hz
+  (``classify.signal_data.SignalDatasetFactory``: no rendering, no image normalisation, whole 5-s records) through
+  the same engine, epoch selection, outputs and ``model.json`` (with ``family`` and ``signal_rate``).
 - **Every epoch** the model scores the ``val``, ``test`` and ``external`` splits; the scores
   (probability of class 1) are appended to ``predictions.parquet`` so every metric can be recomputed
   later, and ``log.jsonl`` gets one line (train loss, learning rate, per-split AUROC/AUPRC).

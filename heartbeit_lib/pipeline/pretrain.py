@@ -137,8 +137,8 @@ class PretrainConfig(runs.TypedConfig):
         if not 0 < self.layer_decay <= 1:
             raise runs.ConfigError(f"parameter 'layer_decay' must lie in (0, 1], got {self.layer_decay}")
         if not 0 < self.mask_ratio < 1 or self.signal_rate < 1:
-            raise runs.ConfigError(f"parameters 'mask_ratio'/'signal_rate' need 0 < mask_ratio < 1 and signal_rate >= 1 "
-                                   f"Hz, got {self.mask_ratio}, {self.signal_rate}")
+            raise runs.ConfigError(f"parameters 'mask_ratio'/'signal_rate' need 0 < mask_ratio < 1 and "
+                                   f"signal_rate >= 1 Hz, got {self.mask_ratio}, {self.signal_rate}")
         if not 0 <= self.val_fraction < 1:
             raise runs.ConfigError(f"parameter 'val_fraction' must lie in [0, 1), got {self.val_fraction}")
 

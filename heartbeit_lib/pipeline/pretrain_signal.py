@@ -79,7 +79,8 @@ def _build(cfg: pretrain.PretrainConfig, steps_per_epoch: int, device: torch.dev
     return model, opt, sched
 
 
-def _loader(ds, sampler: EpochSampler, per_rank: int, cfg: pretrain.PretrainConfig, device: torch.device, drop_last: bool):
+def _loader(ds, sampler: EpochSampler, per_rank: int, cfg: pretrain.PretrainConfig, device: torch.device,
+            drop_last: bool) -> DataLoader:
     return DataLoader(ds, batch_size=per_rank, sampler=sampler, num_workers=cfg.num_workers, drop_last=drop_last,
                       pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))
 

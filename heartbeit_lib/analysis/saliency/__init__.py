@@ -84,7 +84,8 @@ from heartbeit_lib.analysis.saliency.signal_maps import SIGNAL_METHODS, signal_s
 
 __all__ = ["FS", "METHODS", "R_PEAK_BAND_HZ", "SEGMENTS", "SEGMENT_PRIORITY", "SEGMENT_WINDOWS_MS", "WHITE",
            "FastFullGrad", "RunMaps", "SaliencyError", "SaliencyResult", "UnsupportedMethodError", "area_shares",
-           "attention_probabilities", "attention_rollout", "attribute_maps", "attribute_signal_maps", "attribution_frame",
+           "attention_probabilities", "attention_rollout", "attribute_maps", "attribute_signal_maps",
+           "attribution_frame",
            "attribution_summary", "deletion_insertion", "detect_r_peaks", "faithfulness_summary",
            "fullgrad_hooked_layers", "gradcam_target_layers", "is_transformer", "model_family", "predict_proba",
            "road_scores", "rollout_from_attentions", "saliency_maps", "segment_codes", "signal_saliency",
