@@ -2,7 +2,8 @@
 
 A finished ``03_finetune`` run folder holds ``model_best.pt`` (the chosen epoch's plain state dict, read with
 ``torch.load(..., weights_only=True)``) and ``model.json``, the architecture record written next to it:
-``{model, size, image_size, patch_size, num_classes, layout, normalize_mean, normalize_std}``.  Runs written
+``{model, family, size, image_size, patch_size, num_classes, layout, normalize_mean, normalize_std}`` (a signal
+model: ``signal_rate`` and ``in_chans``, image fields None).  Runs written
 before ``model.json`` existed are rebuilt from ``config.yaml`` (``model``, ``model_size``, ``image_size``,
 ``layout``; 16-px patches, the only patch size fine-tuning ever built) and ``metrics.json``
 (``normalize_mean/std``).  Nothing is inferred from tensor shapes.
@@ -20,6 +21,7 @@ import yaml
 
 from heartbeit_lib import utils
 from heartbeit_lib.classify import registry as models
+from heartbeit_lib.mim import stmem
 
 MODEL_RECORD = "model.json"
 WEIGHTS = "model_best.pt"
@@ -40,16 +42,44 @@ def load_best_weights(run_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
     return torch.load(Path(run_dir) / WEIGHTS, map_location="cpu", weights_only=True)
 
 
-def write_model_record(run_dir: str | os.PathLike, model: nn.Module, name: str, size: str | None, image_size: int,
-                       layout: str, normalization: tuple, num_classes: int = 2) -> Path:
-    """``model.json``: what :func:`load_finetune_run` needs to rebuild ``model`` (sizes as built, not inferred)."""
-    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
-    record = {"model": name, "size": size or "base", "image_size": int(image_size),
-              "patch_size": int(patch[0] if isinstance(patch, (tuple, list)) else patch) if patch else None,
-              "num_classes": int(num_classes), "layout": layout,
-              "normalize_mean": [float(v) for v in normalization[0]],
-              "normalize_std": [float(v) for v in normalization[1]]}
+def write_model_record(run_dir: str | os.PathLike, model: nn.Module, name: str, size: str | None,
+                       image_size: int | None, layout: str | None, normalization: tuple, num_classes: int = 2,
+                       signal_rate: float | None = None) -> Path:
+    """``model.json``: what :func:`load_finetune_run` needs to rebuild ``model`` (sizes as built, not inferred).
+
+    ``family`` is ``"image"`` or ``"signal"`` (:func:`registry.model_family`); a signal model records
+    ``signal_rate`` (Hz) and ``in_chans`` (leads) instead of ``image_size``/``patch_size``/``layout`` (None).
+    """
+    family = models.model_family(name)
+    if family == "signal":
+        record = {"model": name, "family": family, "size": size or _signal_size(name, model),
+                  "image_size": None, "patch_size": None, "num_classes": int(num_classes), "layout": None,
+                  "signal_rate": float(signal_rate or 100.0), "in_chans": _in_chans(model)}
+    else:
+        patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+        record = {"model": name, "family": family, "size": size or "base", "image_size": int(image_size),
+                  "patch_size": int(patch[0] if isinstance(patch, (tuple, list)) else patch) if patch else None,
+                  "num_classes": int(num_classes), "layout": layout}
+    record.update(normalize_mean=[float(v) for v in normalization[0]],
+                  normalize_std=[float(v) for v in normalization[1]])
     return utils.atomic_write_text(Path(run_dir) / MODEL_RECORD, json.dumps(record, indent=1) + "\n")
+
+
+def _in_chans(model: nn.Module) -> int:
+    """Input leads of a signal model: the ST-MEM encoder's ``num_leads``, else the first conv's in_channels."""
+    enc = getattr(model, "encoder", None)
+    if enc is not None and hasattr(enc, "num_leads"):
+        return int(enc.num_leads)
+    return int(next(m for m in model.modules() if isinstance(m, nn.Conv1d)).in_channels)
+
+
+def _signal_size(name: str, model: nn.Module) -> str:
+    """The ST-MEM size whose width and depth ``model`` has (``base`` for the CNNs, which have one)."""
+    enc = getattr(model, "encoder", None)
+    if enc is None:
+        return "base"
+    width, depth = enc.norm.normalized_shape[0], len(enc.blocks)
+    return next(s for s, d in stmem.STMEM_SIZES.items() if d["embed_dim"] == width and d["depth"] == depth)
 
 
 def _read_record(run_dir: Path) -> dict[str, Any]:
@@ -94,10 +124,15 @@ def load_finetune_run(run_dir: str | os.PathLike, device: str | torch.device = "
     info = _read_record(run_dir)
     name, size, img, patch = info["model"], info["size"], info["image_size"], info["patch_size"] or 16
     try:
-        spec = models.model_spec(name)
+        family = models.model_family(name)
+        spec = models.model_spec(name) if family == "image" else None
     except models.UnknownModelError as e:
         raise FinetuneRunError(f"{run_dir / 'config.yaml'}: {e}") from None
-    if spec.source == "pretrain_checkpoint":
+    if family == "signal":  # stmem's encoder comes from model_best.pt: rebuild as stmem_scratch
+        model = models.create_model("stmem_scratch" if name == "stmem" else name, num_classes=info["num_classes"],
+                                    size=size, in_chans=int(info.get("in_chans") or 8),
+                                    signal_rate=float(info.get("signal_rate") or 100.0))
+    elif spec.source == "pretrain_checkpoint":
         model = models.create_backbone(size, img_size=img, patch_size=patch)
         model.reset_classifier(info["num_classes"])
     else:
@@ -109,4 +144,5 @@ def load_finetune_run(run_dir: str | os.PathLike, device: str | torch.device = "
         raise FinetuneRunError(f"{run_dir / WEIGHTS} does not fit {name} (size {size}, {img} px): "
                                f"{str(e).splitlines()[0]}") from e
     info["normalize"] = (tuple(info.pop("normalize_mean") or ()), tuple(info.pop("normalize_std") or ()))
+    info.setdefault("family", family)
     return model.to(device).eval(), info

@@ -197,6 +197,8 @@ def model_spec(name: str) -> ModelSpec:
 
 def model_sizes(name: str) -> list[str]:
     """Sizes accepted by ``create_model(name, size=...)``."""
+    if name in SIGNAL_MODELS:  # ST-MEM has the ViT sizes; the benchmark CNNs one configuration
+        return sorted(stmem.STMEM_SIZES) if name.startswith("stmem") else ["base"]
     return sorted(_FAMILY_SIZES[model_spec(name).family])
 
 

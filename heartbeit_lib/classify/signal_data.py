@@ -136,3 +136,21 @@ def sliding_window_logits(model: torch.nn.Module, x: torch.Tensor, window: int,
         return model(x)
     outs = torch.stack([model(x[..., s: s + window]) for s in window_starts(x.shape[-1], window, stride_fraction)])
     return outs.mean(0) if aggregate == "mean" else outs.amax(0)
+
+
+class SignalDatasetFactory:
+    """The fine-tuning engine's dataset factory for the signal models.
+
+    Same call as ``classify.data.default_dataset_factory`` (``(store, indices, image_size, layout) ->
+    Dataset``; ``image_size`` and ``layout`` do not apply and are ignored), but yields
+    ``(float32 (leads, T') millivolts at signal_rate Hz, label)`` from the store's signals through
+    :func:`prepare_signals`: no rendering, no image normalisation.
+    """
+
+    def __init__(self, signal_rate: float = SIGNAL_RATE, crop_seconds: float | None = None, seed: int = 0):
+        self.signal_rate, self.crop_seconds, self.seed = float(signal_rate), crop_seconds, seed
+
+    def __call__(self, store, indices: np.ndarray, image_size=None, layout=None) -> SignalDataset:
+        x = prepare_signals(store.signals(indices), STORE_FS, self.signal_rate)
+        crop = crop_length(self.crop_seconds, self.signal_rate, x.shape[-1]) if self.crop_seconds else None
+        return SignalDataset(x, store.labels(indices), crop, self.seed)

@@ -193,15 +193,19 @@ class STMEM(nn.Module):
 
     @staticmethod
     def random_masking(n_b: int, c: int, n: int, mask_ratio: float, device: torch.device,
-                       generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per lead, keep ``int(n * (1 - mask_ratio))`` random patches.
+                       generator: torch.Generator | None = None,
+                       noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per lead, keep ``int(n * (1 - mask_ratio))`` random patches (the lowest ``noise``; ``noise``
+        (N, C, >= n) given by the caller makes the masks a function of the sample, e.g. under DDP).
 
         Returns ids_shuffle (N, C, n) long (kept patches first) and mask (N, C, n) float, 1 = masked.
         """
         n_keep = int(n * (1 - mask_ratio))
         if not 1 <= n_keep <= n:
             raise ValueError(f"mask_ratio={mask_ratio} keeps {n_keep} of {n} patches per lead; keep at least one")
-        noise = torch.rand(n_b, c, n, generator=generator, device=generator.device if generator else device)
+        if noise is None:
+            noise = torch.rand(n_b, c, n, generator=generator, device=generator.device if generator else device)
+        noise = noise[:, :, :n]
         ids_shuffle = noise.to(device).argsort(dim=2)
         mask = torch.ones(n_b, c, n, device=device)
         mask.scatter_(2, ids_shuffle[:, :, :n_keep], 0.0)
@@ -231,12 +235,12 @@ class STMEM(nn.Module):
         per_patch = ((pred - target) ** 2).mean(-1)
         return (per_patch * mask).sum() / mask.sum()
 
-    def forward(self, x: torch.Tensor, mask_ratio: float = MASK_RATIO,
-                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """x: (N, C, T) float signal (the classifier's input scale)."""
+    def forward(self, x: torch.Tensor, mask_ratio: float = MASK_RATIO, generator: torch.Generator | None = None,
+                noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """x: (N, C, T) float signal (the classifier's input scale); ``noise`` see :meth:`random_masking`."""
         tok = self.encoder.embed(x)
         n_b, c, n, d = tok.shape
-        ids_shuffle, mask = self.random_masking(n_b, c, n, mask_ratio, x.device, generator)
+        ids_shuffle, mask = self.random_masking(n_b, c, n, mask_ratio, x.device, generator, noise)
         keep = ids_shuffle[:, :, : int(n * (1 - mask_ratio))]
         tok = tok.gather(2, keep[..., None].expand(-1, -1, -1, d))
         latent = self.encoder.norm(self.encoder.encode(tok))

@@ -12,6 +12,10 @@ patients in the same splits for every model. Here:
   (3e-4), rises to ``lr`` (1e-3) over the first 30 % of the steps (``pct_start``), then anneals
   (cosine) to ``lr_start / 1e4``. Adam's beta1 cycles 0.95 -> 0.85 -> 0.95 (OneCycle default).
 - **Engine**: ``classify.engine.train_one_epoch`` / ``evaluate`` per epoch; this module is the driver.
+- **Two model families** (``registry.model_family``): image models read rendered ECGs; the signal models
+  (``xresnet1d101``, ``inception1d``, ``stmem``, ``stmem_scratch``) read the store's signals at ``signal_rate`` Hz
+  (``classify.signal_data.SignalDatasetFactory``: no rendering, no image normalisation, whole 5-s records) through
+  the same engine, epoch selection, outputs and ``model.json`` (with ``family`` and ``signal_rate``).
 - **Every epoch** the model scores the ``val``, ``test`` and ``external`` splits; the scores
   (probability of class 1) are appended to ``predictions.parquet`` so every metric can be recomputed
   later, and ``log.jsonl`` gets one line (train loss, learning rate, per-split AUROC/AUPRC).
@@ -50,12 +54,14 @@ from matplotlib.ticker import MaxNLocator
 from tqdm.auto import tqdm
 
 from heartbeit_lib import cohorts, utils
+from heartbeit_lib.cohorts.store import N_LEADS
 from heartbeit_lib.classify import engine
 from heartbeit_lib.classify import registry as models
 from heartbeit_lib.classify.checkpoint import load_best_weights, save_best_weights, write_model_record  # noqa: F401
 from heartbeit_lib.classify.data import (EVAL_SPLITS, ImageCache, Split, SplitError,  # noqa: F401
                                          default_dataset_factory, describe_splits, make_loader, make_splits,
                                          records_sha256)
+from heartbeit_lib.classify.signal_data import SignalDatasetFactory
 from heartbeit_lib.classify.engine import predict, select_best_epoch, split_metrics  # noqa: F401
 from heartbeit_lib.pipeline import runs
 
@@ -63,6 +69,7 @@ PAPER_FRACTIONS = (0.01, 0.1, 0.25, 0.5, 1.0)
 DEFAULT_IMAGE_SIZE = 224  # the paper's image side (px)
 # cache_images=True without an explicit cache: one per process, so an in-process sweep renders each split once
 IMAGE_CACHE = ImageCache(max_items=16)
+SIGNAL_NORMALIZATION = ((0.0,), (1.0,))  # signal models: identity (prepare_signals scales by a fixed constant)
 
 
 class CohortNotFoundError(runs.ConfigError):
@@ -82,10 +89,10 @@ class FinetuneConfig(runs.TypedConfig):
     """Parameters of ``notebooks/03_finetune.ipynb`` (names equal the notebook's parameter names)."""
 
     task: str = "hcm"  # task name; must equal the cohort store's task
-    model: str = "heartbeit"  # registered model: heartbeit, vit_b16, beit_b16, efficientnet_b4, resnet152, <name>_scratch
+    model: str = "heartbeit"  # registered model: heartbeit, vit_b16, beit_b16, efficientnet_b4, resnet152, <name>_scratch; signal: xresnet1d101, inception1d, stmem, stmem_scratch
     fraction: float = 1.0  # fraction of the training split (nested, stratified subsets saved in the store)
     seed: int = 0  # model init and shuffling seed
-    pretrain_run: str | None = None  # 02_pretrain run folder for model heartbeit; None: latest complete run under out_root
+    pretrain_run: str | None = None  # 02_pretrain run folder for heartbeit (image) or stmem (signal); None: latest complete run of that modality under out_root
     cohort_run: str | None = None  # 01_preprocess run folder; None: <out_root>/01_preprocess/<task>
     weights: str | None = None  # weights file for ImageNet models (None: offline hub cache) or a heartbeit checkpoint file
     model_size: str | None = None  # architecture size; None: the paper's base (heartbeit: the checkpoint's); micro, tiny, small for CPU runs
@@ -96,6 +103,7 @@ class FinetuneConfig(runs.TypedConfig):
     weight_decay: float = 0.0  # Adam weight decay
     image_size: int | None = None  # rendered image side in px; None: the pretraining size for heartbeit, else the paper's 224
     layout: str = "stack8"  # ECG image layout (heartbeit_lib.render)
+    signal_rate: int = 100  # input rate of the signal models in Hz (store 500 Hz resampled; PTB-XL benchmark: 100); image models ignore it
     device: str | None = None  # cpu, cuda, cuda:N; None: cuda when available, else cpu
     amp: bool = True  # mixed precision on cuda
     select_on: str = "val"  # split choosing the best epoch: val (default) or test (paper, optimistic)
@@ -107,7 +115,7 @@ class FinetuneConfig(runs.TypedConfig):
     choices: typing.ClassVar[dict[str, tuple]] = {"select_on": ("val", "test")}
 
     def validate(self) -> None:
-        models.model_spec(self.model)  # UnknownModelError (a ValueError) for a typo
+        models.model_family(self.model)  # UnknownModelError (a ValueError) for a typo
         if self.model_size and self.model_size not in models.model_sizes(self.model):
             raise runs.ConfigError(f"parameter 'model_size': {self.model_size!r} is not a size of "
                                    f"{self.model!r}; choose one of {models.model_sizes(self.model)}")
@@ -120,6 +128,8 @@ class FinetuneConfig(runs.TypedConfig):
             raise runs.ConfigError(f"parameter 'image_size': {self.image_size} must be None (default) or >= 8 px")
         if not 0.0 < self.lr_start <= self.lr:
             raise runs.ConfigError(f"parameters 'lr_start'/'lr': need 0 < lr_start <= lr, got {self.lr_start}, {self.lr}")
+        if self.signal_rate < 1:
+            raise runs.ConfigError(f"parameter 'signal_rate': {self.signal_rate} Hz must be >= 1")
         if self.weight_decay < 0 or self.num_workers < 0:
             raise runs.ConfigError("parameters 'weight_decay' and 'num_workers' must be >= 0")
         if not (self.device in (None, "auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
@@ -182,10 +192,13 @@ def resolve_inputs(cfg: FinetuneConfig) -> FinetuneConfig:
     if not (Path(cohort) / "manifest.parquet").is_file():
         raise CohortNotFoundError(f"parameter 'cohort_run': {cohort} holds no cohort store (no manifest.parquet); "
                                   "it is not a finished 01_preprocess run - rerun notebooks/01_preprocess.ipynb")
+    if models.model_family(cfg.model) == "signal":
+        return _resolve_signal_inputs(dataclasses.replace(cfg, cohort_run=cohort))
     pretrain = cfg.pretrain_run
     if models.model_spec(cfg.model).source == "pretrain_checkpoint" and not cfg.weights:
         if not pretrain:
-            found = _latest_complete(out_root / "02_pretrain", lambda p: (p / "checkpoints" / "last.pt").is_file())
+            found = _latest_complete(out_root / "02_pretrain", lambda p: (p / "checkpoints" / "last.pt").is_file()
+                                     and _pretrain_modality(p) == "image")
             if found is None:
                 raise PretrainRunNotFoundError(
                     f"model 'heartbeit' needs a pretraining run: parameter 'pretrain_run' is not set (None) and "
@@ -204,8 +217,44 @@ def resolve_inputs(cfg: FinetuneConfig) -> FinetuneConfig:
                                image_size=image_size or DEFAULT_IMAGE_SIZE, model_size=model_size)
 
 
+def _pretrain_modality(run_dir: Path) -> str:
+    """``modality`` of a 02_pretrain run's config.yaml (runs from before the parameter: ``image``)."""
+    try:
+        return str((yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("modality") or "image")
+    except Exception:
+        return "image"
+
+
+def _resolve_signal_inputs(cfg: FinetuneConfig) -> FinetuneConfig:
+    """:func:`resolve_inputs` for the signal models: ``stmem`` finds its signal pretraining run (latest complete
+    ``02_pretrain`` run with ``modality: signal`` when ``pretrain_run`` is None) and takes the checkpoint's size;
+    ``image_size`` becomes None (signal models read no image)."""
+    pretrain, size = cfg.pretrain_run, cfg.model_size
+    if cfg.model == "stmem" and not cfg.weights:
+        if not pretrain:
+            root = Path(cfg.out_root) / "02_pretrain"
+            found = _latest_complete(root, lambda p: (p / "checkpoints" / "last.pt").is_file()
+                                     and _pretrain_modality(p) == "signal")
+            if found is None:
+                raise PretrainRunNotFoundError(
+                    f"model 'stmem' needs a signal pretraining run: parameter 'pretrain_run' is not set (None) and "
+                    f"{root} holds no complete run with modality signal; run notebooks/02_pretrain.ipynb with "
+                    "-p modality signal or pass -p pretrain_run <run folder>")
+            pretrain = str(found)
+        if not (Path(pretrain) / "checkpoints" / "last.pt").is_file() and not Path(pretrain).is_file():
+            raise PretrainRunNotFoundError(f"parameter 'pretrain_run': {pretrain} holds no checkpoints/last.pt")
+    if cfg.model == "stmem" and not size:
+        ck = torch.load(models.resolve_pretrain_checkpoint(cfg.weights or pretrain), map_location="cpu",
+                        weights_only=True, mmap=True)
+        size = str(ck["backbone_config"]["size"])
+    return dataclasses.replace(cfg, pretrain_run=pretrain if cfg.model == "stmem" else None, image_size=None,
+                               model_size=size)
+
+
 def model_weights(cfg: FinetuneConfig) -> str | None:
     """The weights argument of :func:`models.create_model` for ``cfg`` (None = offline cache / scratch)."""
+    if models.model_family(cfg.model) == "signal":
+        return (cfg.weights or cfg.pretrain_run or None) if cfg.model == "stmem" else None
     spec = models.model_spec(cfg.model)
     if spec.source is None:
         return None
@@ -215,7 +264,7 @@ def model_weights(cfg: FinetuneConfig) -> str | None:
 
 
 def _check_resolved(cfg: FinetuneConfig) -> None:
-    if cfg.image_size is None:
+    if cfg.image_size is None and models.model_family(cfg.model) == "image":
         raise runs.ConfigError("image_size is None (automatic): pass the config through finetune.resolve_inputs first")
 
 
@@ -224,6 +273,10 @@ def build_model(cfg: FinetuneConfig) -> tuple[nn.Module, tuple[tuple[float, ...]
     _check_resolved(cfg)
     torch.manual_seed(cfg.seed)
     weights = model_weights(cfg)
+    if models.model_family(cfg.model) == "signal":  # inputs are millivolts already (signal_data.SCALE_UV)
+        model = models.create_model(cfg.model, num_classes=2, weights=weights, size=cfg.model_size or None,
+                                    in_chans=N_LEADS, signal_rate=float(cfg.signal_rate))
+        return model, SIGNAL_NORMALIZATION
     model = models.create_model(cfg.model, num_classes=2, weights=weights, size=cfg.model_size or None,
                                 img_size=cfg.image_size)
     return model, models.normalization_for(cfg.model, weights=weights)
@@ -328,15 +381,19 @@ def fit(cfg: FinetuneConfig, model: nn.Module, store, splits: Mapping[str, Split
     device = resolve_device(cfg.device)
     amp = bool(cfg.amp and device.type == "cuda")
     torch.manual_seed(cfg.seed)
-    cache = (image_cache if image_cache is not None else IMAGE_CACHE) if cfg.cache_images else None
-    train_loader, eval_loaders = _loaders(cfg, store, splits, dataset_factory or default_dataset_factory, cache)
+    signal = models.model_family(cfg.model) == "signal"
+    cache = (image_cache if image_cache is not None else IMAGE_CACHE) if cfg.cache_images and not signal else None
+    default_factory = SignalDatasetFactory(cfg.signal_rate, seed=cfg.seed) if signal else default_dataset_factory
+    train_loader, eval_loaders = _loaders(cfg, store, splits, dataset_factory or default_factory, cache)
 
     model = model.to(device)
-    mean = torch.tensor(normalization[0], dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(normalization[1], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    shape = (1, -1, 1) if signal else (1, -1, 1, 1)  # per lead of (B, leads, T) / per channel of (B, 3, H, W)
+    mean = torch.tensor(normalization[0], dtype=torch.float32, device=device).view(shape)
+    std = torch.tensor(normalization[1], dtype=torch.float32, device=device).view(shape)
     opt, sched = make_optimizer(cfg, model.parameters(), cfg.epochs * len(train_loader))
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    write_model_record(run_dir, model, cfg.model, cfg.model_size or None, cfg.image_size, cfg.layout, normalization)
+    write_model_record(run_dir, model, cfg.model, cfg.model_size or None, cfg.image_size, cfg.layout, normalization,
+                       signal_rate=cfg.signal_rate if signal else None)
 
     log: list[dict] = []
     pred_frames: list[pd.DataFrame] = []
@@ -443,9 +500,10 @@ def open_store(cfg: FinetuneConfig):
 def input_hashes(cfg: FinetuneConfig) -> dict[str, str]:
     """sha256 of the weights file the model was initialised from (if any)."""
     w = model_weights(cfg)
+    signal = models.model_family(cfg.model) == "signal"
     if w is None:
-        p = models.find_cached_weights(cfg.model) if models.model_spec(cfg.model).source else None
-    elif models.model_spec(cfg.model).source == "pretrain_checkpoint":
+        p = models.find_cached_weights(cfg.model) if not signal and models.model_spec(cfg.model).source else None
+    elif signal or models.model_spec(cfg.model).source == "pretrain_checkpoint":
         p = models.resolve_pretrain_checkpoint(w)
     else:
         p = Path(w)

@@ -20,6 +20,7 @@ import yaml
 from heartbeit_lib.analysis.metrics import (AUPRC_METHODS, CI_METHODS, BootstrapStats, MetricsInputError,
                                             RunMismatchError, _check_labels, _check_method, bootstrap_indices,
                                             bootstrap_indices_cached, bootstrap_metrics, compare, interval_summary)
+from heartbeit_lib.classify import registry as models
 from heartbeit_lib.pipeline import runs
 from heartbeit_lib.report.tables import SPLIT_LABELS, SPLIT_ORDER, order_models
 
@@ -79,6 +80,18 @@ def _find_run_dirs(sweep_dir: Path, max_depth: int = 3) -> list[Path]:
     return found
 
 
+def _family(run_dir: Path, model: str) -> str:
+    """``image`` or ``signal``: the run's ``model.json`` record, else the registry's, else ``image``."""
+    try:
+        return str(json.loads((run_dir / "model.json").read_text())["family"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        return models.model_family(str(model))
+    except models.UnknownModelError:
+        return "image"
+
+
 def list_runs(sweep_dir: str | os.PathLike) -> pd.DataFrame:
     """Every 03_finetune run folder under ``sweep_dir`` (itself a run folder, a sweep folder such as
     ``outputs/03_finetune`` or a folder of sweeps, searched 3 levels deep).
@@ -88,8 +101,9 @@ def list_runs(sweep_dir: str | os.PathLike) -> pd.DataFrame:
     DataFrame, one row per folder whose ``config.yaml`` names ``task, model, fraction, seed``:
     ``run_dir, task, model, fraction, seed, complete`` (all of config.yaml, predictions.parquet and
     metrics.json present), ``missing`` (files absent), and from ``metrics.json`` ``best_epoch,
-    select_on``, ``reported_<split>_auroc/auprc`` and ``n_train, prevalence_train`` when present, and from
-    ``config.yaml`` ``model_size`` (default ``base``) and ``image_size`` (default 224 px).
+    select_on``, ``reported_<split>_auroc/auprc`` and ``n_train, prevalence_train`` when present, from
+    ``config.yaml`` ``model_size`` (default ``base``) and ``image_size`` (default 224 px), and ``family``
+    (``image``/``signal``, :func:`_family`).
 
     Raises
     ------
@@ -111,7 +125,7 @@ def list_runs(sweep_dir: str | os.PathLike) -> pd.DataFrame:
                                "fraction": float(cfg["fraction"]), "seed": int(cfg["seed"]),
                                "complete": not missing, "missing": ",".join(missing),
                                "model_size": str(cfg.get("model_size") or "base"),
-                               "image_size": int(cfg.get("image_size") or 224)}
+                               "image_size": int(cfg.get("image_size") or 224), "family": _family(d, cfg["model"])}
         if not missing:
             try:
                 met = json.loads((d / "metrics.json").read_text())
@@ -145,7 +159,7 @@ def collect_runs(sweep_dir: str | os.PathLike, splits: Sequence[str] | None = No
 
     Returns
     -------
-    DataFrame, one row per (run, split, record): ``task, model, fraction, seed, split, record_id,
+    DataFrame, one row per (run, split, record): ``task, model, family, fraction, seed, split, record_id,
     patient_hash, label, score, epoch, best_epoch, select_on, run_dir, reported_auroc,
     reported_auprc`` (the values ``metrics.json`` reports for that split, for cross-checking).
 
@@ -170,13 +184,13 @@ def collect_runs(sweep_dir: str | os.PathLike, splits: Sequence[str] | None = No
         dup = pred.duplicated(["split", "record_id"])
         if dup.any():
             raise RunFolderError(f"{path}: {int(dup.sum())} duplicated (split, record_id) rows at the best epoch")
-        pred = pred.assign(task=r["task"], model=r["model"], fraction=r["fraction"], seed=r["seed"],
+        pred = pred.assign(task=r["task"], model=r["model"], family=r["family"], fraction=r["fraction"], seed=r["seed"],
                            best_epoch=r["best_epoch"], select_on=r["select_on"], run_dir=r["run_dir"],
                            record_id=pred["record_id"].astype(str))
         pred["reported_auroc"] = pred["split"].map(lambda s: r.get(f"reported_{s}_auroc", np.nan))
         pred["reported_auprc"] = pred["split"].map(lambda s: r.get(f"reported_{s}_auprc", np.nan))
         frames.append(pred)
-    cols = ["task", "model", "fraction", "seed", "split", "record_id", "patient_hash", "label", "score",
+    cols = ["task", "model", "family", "fraction", "seed", "split", "record_id", "patient_hash", "label", "score",
             "epoch", "best_epoch", "select_on", "run_dir", "reported_auroc", "reported_auprc"]
     if not frames:
         return pd.DataFrame(columns=cols)
@@ -232,7 +246,7 @@ def evaluate_predictions(preds, n_boot: int = 500, seed: int = 0, alpha: float =
     missing = sorted(need - set(preds.columns))
     if missing:
         raise MetricsInputError("preds", f"missing columns {missing}")
-    carry = [c for c in ("run_dir", "best_epoch", "select_on") if c in preds.columns]
+    carry = [c for c in ("family", "run_dir", "best_epoch", "select_on") if c in preds.columns]
     results, diffs = [], []
     for (task, split), sub in preds[preds["split"].isin(list(splits))].groupby(["task", "split"], sort=True):
         ref_ids = ref_labels = None

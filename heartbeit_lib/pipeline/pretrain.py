@@ -58,7 +58,7 @@ from heartbeit_lib.mim.data import (AUGMENTATIONS, TRAIN_STREAM, VAL_STREAM, Epo
 from heartbeit_lib.mim.engine import evaluate  # noqa: F401  (public path pretrain.evaluate)
 from heartbeit_lib.mim.model import (NORMALIZE, MIMModel, lr_factor, masked_positions, mim_targets,  # noqa: F401
                                      normalize, param_groups)
-from heartbeit_lib.pipeline import runs
+from heartbeit_lib.pipeline import pretrain_signal, runs  # pretrain_signal: modality signal (imports this module)
 
 
 # ============================================================================ config
@@ -70,6 +70,7 @@ class PretrainConfig(runs.TypedConfig):
     ``parameters/02_pretrain/``).  Defaults are the paper's where it states them."""
 
     cohort_run: str | None = None  # 01_preprocess run folder (the cohort store); required
+    modality: str = "image"  # image (BEiT MIM on rendered ECGs) or signal (ST-MEM on the same rows, pipeline.pretrain_signal)
     train_splits: tuple[str, ...] = ("train", "unassigned")  # store splits to pretrain on; never test/external
     val_split: str | None = "val"  # held-out split for masked-token accuracy; None: hold out val_fraction of patients
     val_fraction: float = 0.1  # held-out share of training patients when val_split is None or has no rows
@@ -94,6 +95,8 @@ class PretrainConfig(runs.TypedConfig):
     drop_path: float = 0.1  # stochastic depth rate
     num_masked: int = 75  # masked patches per image: 75 of 196, about 40%, as BEiT; scale with the grid
     min_block: int = 16  # smallest mask block in patches, as BEiT
+    signal_rate: int = 100  # signal modality: input rate in Hz (store 500 Hz resampled), as the signal classifiers
+    mask_ratio: float = 0.75  # signal modality: share of each lead's 0.3-s patches masked, as ST-MEM
     device: str | None = None  # cpu | cuda | cuda:N; None: cuda when available, else cpu
     amp: bool = True  # bf16 autocast on CUDA
     compile: bool = False  # torch.compile the model
@@ -106,7 +109,7 @@ class PretrainConfig(runs.TypedConfig):
     out_root: str = "outputs"  # outputs root
     run_id: str | None = None  # run folder name; None: a timestamp
 
-    choices = {"tokenizer": tokenizers.KINDS, "model_size": tuple(models.BEIT_SIZES)}
+    choices = {"tokenizer": tokenizers.KINDS, "model_size": tuple(models.BEIT_SIZES), "modality": ("image", "signal")}
 
     def validate(self) -> None:
         if (self.threads is not None and self.threads < 1) or self.num_workers < 0:
@@ -133,6 +136,9 @@ class PretrainConfig(runs.TypedConfig):
                                    f"got {self.lr}, {self.min_lr}")
         if not 0 < self.layer_decay <= 1:
             raise runs.ConfigError(f"parameter 'layer_decay' must lie in (0, 1], got {self.layer_decay}")
+        if not 0 < self.mask_ratio < 1 or self.signal_rate < 1:
+            raise runs.ConfigError(f"parameters 'mask_ratio'/'signal_rate' need 0 < mask_ratio < 1 and "
+                                   f"signal_rate >= 1 Hz, got {self.mask_ratio}, {self.signal_rate}")
         if not 0 <= self.val_fraction < 1:
             raise runs.ConfigError(f"parameter 'val_fraction' must lie in [0, 1), got {self.val_fraction}")
 
@@ -531,7 +537,9 @@ def summarize(result: dict, data: MIMData, tokenizer_report: dict, baselines: di
 
 def run(cfg: PretrainConfig, run_dir: str | os.PathLike, device: str = "cpu") -> dict:
     """The whole pipeline (what the notebook does, finishing the run folder on rank 0), for
-    ``torchrun -m heartbeit_lib.pretrain``."""
+    ``torchrun -m heartbeit_lib.pretrain``; ``modality: signal`` runs ST-MEM (:mod:`pipeline.pretrain_signal`)."""
+    if cfg.modality == "signal":
+        return pretrain_signal.run(cfg, run_dir)
     run_dir = Path(run_dir)
     store = CohortStore(cfg.cohort_run)
     rows = split_rows(cfg, store)

@@ -23,13 +23,16 @@ from tqdm.auto import tqdm
 
 from heartbeit_lib import cohorts
 from heartbeit_lib import render
-from heartbeit_lib.analysis.saliency import (METHODS, SaliencyError, area_shares, attribute_maps, attribution_frame,
-                                             attribution_summary, deletion_insertion, detect_r_peaks,
-                                             faithfulness_summary, is_transformer, predict_proba, road_scores,
-                                             saliency_maps)
+from heartbeit_lib.analysis.saliency import (METHODS, SaliencyError, area_shares, attribute_maps,
+                                             attribute_signal_maps, attribution_frame, attribution_summary,
+                                             deletion_insertion, detect_r_peaks, faithfulness_summary, is_transformer,
+                                             predict_proba, road_scores, saliency_maps, signal_saliency, to_image,
+                                             to_store_rate)
 from heartbeit_lib.analysis.saliency.results import RunMaps, SaliencyResult
 from heartbeit_lib.classify import checkpoint
 from heartbeit_lib.classify.checkpoint import load_finetune_run
+from heartbeit_lib.classify.signal_data import STORE_FS, prepare_signals
+from heartbeit_lib.classify.signal_models import Inception1d, XResNet1d
 from heartbeit_lib.pipeline import runs
 from heartbeit_lib.pipeline.metrics import list_runs, run_file_hashes
 from heartbeit_lib.report.tables import order_models
@@ -130,8 +133,8 @@ def find_finetune_runs(finetune_runs: str | Sequence[str]) -> pd.DataFrame:
     order = {m: i for i, m in enumerate(order_models(ok["model"]))}
     ok["_m"] = ok["model"].map(order)
     ok = ok.sort_values(["task", "fraction", "_m", "seed"]).drop(columns="_m").reset_index(drop=True)
-    keep = ["run_dir", "task", "model", "fraction", "seed", "best_epoch", "reported_test_auroc", "model_size",
-            "image_size", "layout", "cohort_run"]
+    keep = ["run_dir", "task", "model", "family", "fraction", "seed", "best_epoch", "reported_test_auroc",
+            "model_size", "image_size", "layout", "cohort_run"]
     return ok[[c for c in keep if c in ok.columns]]
 
 
@@ -185,12 +188,51 @@ def _faithfulness_rows(info, method, rec, model, images, maps, norm, cfg: Salien
     return rows
 
 
+SIGNAL_OVERLAY_SIZE = 224  # px of the stack8 images a signal model's lead x time maps are drawn on (06 overlays)
+
+
+def _signal_run(info: dict, store, rows: np.ndarray, model: nn.Module, rcfg: dict, cfg: SaliencyConfig
+                ) -> tuple[RunMaps, list[pd.DataFrame], list[str]]:
+    """:func:`compute` for one signal model: integrated gradients (and Grad-CAM for the CNNs when ``gradcam`` is
+    asked) as lead x time maps on the model's input, repeated onto the store's 500 Hz samples, attributed to
+    the same lead x segment shares as the image maps (area share: the share of samples), and drawn into a
+    stack8 image for the overlays. Image-only methods and the image-space faithfulness checks are skipped."""
+    name = Path(info["run_dir"]).name
+    sig = store.signals(rows)
+    x = torch.from_numpy(prepare_signals(sig, STORE_FS, float(rcfg.get("signal_rate") or 100)))
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        prob = torch.cat([torch.softmax(model(x[i:i + cfg.batch_size].to(device)).float(), 1)[:, cfg.target_class]
+                          for i in range(0, len(x), cfg.batch_size)]).cpu().numpy()
+    man = store.manifest.iloc[rows]
+    rec = pd.DataFrame({"row": rows, "record_id": man["record_id"].astype(str).to_numpy(),
+                        "label": man["label"].to_numpy().astype(int), "prob": prob})
+    cnn = isinstance(model, (XResNet1d, Inception1d))
+    methods = ["ig"] + (["gradcam"] if "gradcam" in cfg.method and cnn else [])
+    notes = [f"{name}: {m} (image models only; signal models: integrated gradients"
+             f"{', gradcam' if cnn else ''})" for m in cfg.method if m not in methods]
+    if cfg.faithfulness:
+        notes.append(f"{name}: faithfulness (image-space deletion/insertion; not defined for signal models)")
+    peaks = detect_r_peaks(sig)
+    area, leads = attribute_signal_maps(np.ones(sig.shape), sig, r_peaks=peaks)
+    info = dict(info, image_size=SIGNAL_OVERLAY_SIZE, layout="stack8")
+    frames, maps = [], {}
+    for method in methods:
+        m = to_store_rate(signal_saliency(model, x, method, cfg.target_class, cfg.batch_size), sig.shape[-1])
+        shares, _ = attribute_signal_maps(m, sig, r_peaks=peaks)
+        frames.append(attribution_frame(info, method, rec, shares, area, leads))
+        maps[method] = to_image(m, SIGNAL_OVERLAY_SIZE).astype(np.float16)
+    grey = render.render_ecg(sig, SIGNAL_OVERLAY_SIZE, "stack8")
+    return RunMaps(info, rec, grey, maps), frames, notes
+
+
 def compute(run_table: pd.DataFrame, cfg: SaliencyConfig, progress: bool = False) -> SaliencyResult:
     """Maps, lead/segment attribution and faithfulness for every run of ``run_table``.
 
     Records are drawn once per task (and cohort store) with :func:`select_examples`, so every model
     and fraction of a task is shown on the same ECGs. Each run renders them at its own image size and
-    layout and is explained with every method of ``cfg.method`` that applies (rollout: transformers).
+    layout and is explained with every method of ``cfg.method`` that applies (rollout: transformers); a signal
+    model reads their signals and is explained by :func:`_signal_run`.
     """
     device = resolve_device(cfg.device)
     stores: dict[str, Any] = {}
@@ -215,6 +257,12 @@ def compute(run_table: pd.DataFrame, cfg: SaliencyConfig, progress: bool = False
             rows_by_store[key] = select_examples(store, cfg.split, cfg.n_examples, cfg.positives_only, cfg.seed)
         rows = rows_by_store[key]
         model, norm, rcfg = load_finetune_model(info["run_dir"], device)
+        if info.get("family") == "signal":
+            run_maps, frames, notes = _signal_run(dict(info, cohort_run=cohort), store, rows, model, rcfg, cfg)
+            out_runs.append(run_maps)
+            attrib.extend(frames)
+            skipped.extend(notes)
+            continue
         size = int(rcfg.get("image_size") or 224)
         layout = str(rcfg.get("layout") or "stack8")
         info = dict(info, image_size=size, layout=layout, cohort_run=cohort)

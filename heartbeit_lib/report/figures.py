@@ -29,8 +29,11 @@ from heartbeit_lib.analysis.saliency.errors import SaliencyError
 from heartbeit_lib.analysis.saliency.faithfulness import faithfulness_summary
 from heartbeit_lib.analysis.saliency.results import SaliencyResult
 from heartbeit_lib.analysis.wasserstein import PAPER_VALUES, is_same_set, pair_values
-from heartbeit_lib.report.tables import (MODEL_ORDER, TableError, model_label, order_models, select_seed,
-                                         split_label, task_label)
+from heartbeit_lib.report.tables import (MODEL_ORDER, TableError, model_families, model_label, order_models,
+                                         select_seed, split_label, task_label)
+
+#: line style and marker per model family, so image and signal models differ in every 04 figure beyond colour
+FAMILY_STYLE = {"image": {"ls": "-", "marker": "o"}, "signal": {"ls": "--", "marker": "s"}}
 
 
 def model_colors(models: Sequence[str]) -> dict[str, Any]:
@@ -72,6 +75,7 @@ def plot_roc_pr(preds: pd.DataFrame, task: str, split: str, seed: int | None = N
     fractions = sorted(sub["fraction"].unique())
     models = order_models(sub["model"])
     colors = model_colors(models)
+    ls = {m: FAMILY_STYLE[f]["ls"] for m, f in model_families(sub).items()}
     nf = len(fractions)
     fig = Figure(figsize=(2.6 * nf + 0.8, 6.0))
     # fixed margins instead of constrained layout: same look, a fraction of the layout time
@@ -89,14 +93,14 @@ def plot_roc_pr(preds: pd.DataFrame, task: str, split: str, seed: int | None = N
             y, s = r["label"].to_numpy(), r["score"].to_numpy(dtype=np.float64)
             prevalence = y.mean()
             fpr, tpr, _ = roc_curve(y, s)
-            ax_roc.plot(fpr, tpr, color=colors[model], lw=1.2,
+            ax_roc.plot(fpr, tpr, color=colors[model], lw=1.2, ls=ls[model],
                         label=f"{model_label(model)} {auroc_score(y, s):.3f}")
             prec, rec, _ = precision_recall_curve(y, s, drop_intermediate=True)
             if auprc_method == "ap":
-                ax_pr.step(rec, prec, where="pre", color=colors[model], lw=1.2,
+                ax_pr.step(rec, prec, where="pre", color=colors[model], lw=1.2, ls=ls[model],
                            label=f"{model_label(model)} {auprc_score(y, s, 'ap'):.3f}")
             else:
-                ax_pr.plot(rec, prec, color=colors[model], lw=1.2,
+                ax_pr.plot(rec, prec, color=colors[model], lw=1.2, ls=ls[model],
                            label=f"{model_label(model)} {auprc_score(y, s, 'trapezoid'):.3f}")
         ax_roc.plot([0, 1], [0, 1], ls=":", color="grey", lw=0.8)
         if prevalence is not None:
@@ -131,6 +135,7 @@ def plot_fraction_panels(results: pd.DataFrame, differences: pd.DataFrame | None
     fractions = sorted(sub["fraction"].unique())
     models = order_models(sub["model"])
     colors = model_colors(models)
+    style = {m: FAMILY_STYLE[f] for m, f in model_families(sub).items()}
     dsub = None
     if differences is not None and len(differences):
         dsub = differences[(differences["task"] == task) & (differences["split"] == split)
@@ -146,8 +151,8 @@ def plot_fraction_panels(results: pd.DataFrame, differences: pd.DataFrame | None
         ax = axes[0, j]
         for model in models:
             r = sub[sub["model"] == model].sort_values("fraction")
-            ax.plot(r["fraction"], r[metric], marker="o", ms=4, color=colors[model], label=model_label(model),
-                    lw=2.0 if model == reference_model else 1.2)
+            ax.plot(r["fraction"], r[metric], ms=4, color=colors[model], label=model_label(model),
+                    lw=2.0 if model == reference_model else 1.2, **style[model])
             ax.fill_between(r["fraction"], r[f"{metric}_lo"], r[f"{metric}_hi"], color=colors[model], alpha=0.15,
                             lw=0)
         _fraction_axis(ax, fractions)
@@ -162,7 +167,8 @@ def plot_fraction_panels(results: pd.DataFrame, differences: pd.DataFrame | None
             r = dsub[dsub["baseline"] == base].sort_values("fraction")
             if r["seed"].nunique() > 1:
                 r = r[r["seed"] == r["seed"].min()]
-            ax.plot(r["fraction"], r[f"{metric}_diff"], marker="o", ms=4, color=colors.get(base, "k"),
+            ax.plot(r["fraction"], r[f"{metric}_diff"], ms=4, color=colors.get(base, "k"),
+                    **style.get(base, FAMILY_STYLE["image"]),
                     label=f"{model_label(reference_model)} - {model_label(base)}")
             ax.fill_between(r["fraction"], r[f"{metric}_diff_lo"], r[f"{metric}_diff_hi"],
                             color=colors.get(base, "k"), alpha=0.15, lw=0)

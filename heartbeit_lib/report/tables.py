@@ -25,6 +25,9 @@ MODEL_LABELS = {
     "efficientnet_b4": "EfficientNet-B4",
     "resnet152": "ResNet-152",
     "heartbeit": "HeartBEiT",
+    "xresnet1d101": "xresnet1d101",
+    "inception1d": "Inception1d",
+    "stmem": "ST-MEM",
 }
 #: the paper's row order (baselines first, HeartBEiT last); other models follow alphabetically
 MODEL_ORDER = ("vit_b16", "beit_b16", "efficientnet_b4", "resnet152", "heartbeit")
@@ -66,6 +69,19 @@ def model_sort_key(name: str) -> tuple:
 
 def order_models(names: Iterable[str]) -> list[str]:
     return sorted(set(names), key=model_sort_key)
+
+
+def model_families(df: pd.DataFrame) -> dict[str, str]:
+    """model -> ``image``/``signal`` from ``df``'s ``family`` column (``image`` for all without one)."""
+    if "family" not in df.columns:
+        return {m: "image" for m in df["model"].unique()}
+    return dict(zip(df["model"], df["family"].fillna("image")))
+
+
+def has_signal_models(df: pd.DataFrame) -> bool:
+    """True when ``df`` holds a signal model: the tables then get a ``family`` level (image-only tables keep
+    the paper's layout)."""
+    return "family" in df.columns and bool((df["family"] == "signal").any())
 
 
 def fraction_label(f: float) -> str:
@@ -152,7 +168,8 @@ def metric_table(results: pd.DataFrame, metric: str = "auroc", decimals: int = 2
     Rows task x split (internal = ``test``, external) x model (paper order), columns the fractions
     (``0.01 0.1 0.25 0.5 1``), cells ``point (lo - hi)``; results must hold one seed per cell
     (:func:`select_seed`). Bold = highest point estimate in the column within the task and split
-    (all tied models bold).
+    (all tied models bold). With signal models among the results (:func:`has_signal_models`) the rows get a
+    ``family`` level (image models first, then signal models), so the two families sit side by side.
     """
     if metric not in ("auroc", "auprc"):
         raise TableError(f"metric: {metric!r} is not 'auroc' or 'auprc'")
@@ -161,11 +178,13 @@ def metric_table(results: pd.DataFrame, metric: str = "auroc", decimals: int = 2
     fractions = sorted(res["fraction"].unique())
     cols = [fraction_label(f) for f in fractions]
     index, cell_rows, bold_rows = [], [], []
+    with_family, family = has_signal_models(res), model_families(res)
     for task in sorted(res["task"].unique()):
         for split in [s for s in splits if s in set(res.loc[res["task"] == task, "split"])]:
             sub = res[(res["task"] == task) & (res["split"] == split)]
             best = sub.groupby("fraction")[metric].max()
-            for model in order_models(sub["model"]):
+            ordered = order_models(sub["model"])
+            for model in sorted(ordered, key=lambda m: family[m] == "signal") if with_family else ordered:
                 cells, bolds = [], []
                 for f in fractions:
                     r = sub[(sub["model"] == model) & (sub["fraction"] == f)]
@@ -176,10 +195,11 @@ def metric_table(results: pd.DataFrame, metric: str = "auroc", decimals: int = 2
                     r = r.iloc[0]
                     cells.append(format_cell(r[metric], r[f"{metric}_lo"], r[f"{metric}_hi"], decimals))
                     bolds.append(bool(np.isfinite(r[metric]) and r[metric] == best.loc[f]))
-                index.append((task_label(task), split_label(split), model_label(model)))
+                index.append((task_label(task), split_label(split), *((family[model],) if with_family else ()),
+                              model_label(model)))
                 cell_rows.append(cells)
                 bold_rows.append(bolds)
-    idx = pd.MultiIndex.from_tuples(index, names=["task", "split", "model"])
+    idx = pd.MultiIndex.from_tuples(index, names=["task", "split", *(["family"] if with_family else []), "model"])
     caption = {"auroc": "Table 2. AUROC (95% CI) by fraction of training data",
                "auprc": "Table 3. AUPRC (95% CI) by fraction of training data"}[metric]
     return Table(pd.DataFrame(cell_rows, index=idx, columns=cols),

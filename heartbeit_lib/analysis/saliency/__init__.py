@@ -37,6 +37,10 @@ Methods (:func:`saliency_maps`, one common API for the four model families)
     of the patch-token rows for ``global_pool="avg"`` (timm BEiT / HeartBEiT, which never reads the
     CLS token). Class-agnostic (``target_class`` is ignored).
 
+Signal models (xresnet1d101, inception1d, ST-MEM) get lead x time maps instead (:mod:`.signal_maps`: integrated
+gradients for all, Grad-CAM on the last conv block for the CNNs), attributed with
+:func:`attribute_signal_maps` to the same lead x segment shares.
+
 Every map is a float32 (H, W) array in [0, 1] (min-max scaled per image), pixel-aligned with the
 rendered ECG image the model saw.
 
@@ -64,9 +68,10 @@ removed pixels by noisy linear imputation from their neighbours instead, which k
 closer to the data; it solves a sparse linear system per image and threshold (slow at 224 px).
 """
 
-from heartbeit_lib.analysis.saliency.attribution import (FS, SEGMENT_PRIORITY, SEGMENT_WINDOWS_MS,
-                                                         SEGMENTS, area_shares, attribute_maps, attribution_frame,
-                                                         attribution_summary, detect_r_peaks, segment_codes)
+from heartbeit_lib.analysis.saliency.attribution import (FS, SEGMENT_PRIORITY, SEGMENT_WINDOWS_MS, SEGMENTS,
+                                                         area_shares, attribute_maps, attribute_signal_maps,
+                                                         attribution_frame, attribution_summary, detect_r_peaks,
+                                                         segment_codes)
 from heartbeit_lib.analysis.saliency.errors import SaliencyError, UnsupportedMethodError
 from heartbeit_lib.analysis.saliency.faithfulness import (WHITE, deletion_insertion, faithfulness_summary,
                                                           predict_proba, road_scores)
@@ -75,11 +80,13 @@ from heartbeit_lib.analysis.saliency.maps import (METHODS, FastFullGrad, attenti
                                                   model_family, rollout_from_attentions, saliency_maps, token_grid,
                                                   vit_reshape_transform)
 from heartbeit_lib.analysis.saliency.results import RunMaps, SaliencyResult
+from heartbeit_lib.analysis.saliency.signal_maps import SIGNAL_METHODS, signal_saliency, to_image, to_store_rate
 
 __all__ = ["FS", "METHODS", "SEGMENTS", "SEGMENT_PRIORITY", "SEGMENT_WINDOWS_MS", "WHITE",
            "FastFullGrad", "RunMaps", "SaliencyError", "SaliencyResult", "UnsupportedMethodError", "area_shares",
-           "attention_probabilities", "attention_rollout", "attribute_maps", "attribution_frame",
+           "attention_probabilities", "attention_rollout", "attribute_maps", "attribute_signal_maps",
+           "attribution_frame",
            "attribution_summary", "deletion_insertion", "detect_r_peaks", "faithfulness_summary",
            "fullgrad_hooked_layers", "gradcam_target_layers", "is_transformer", "model_family", "predict_proba",
-           "road_scores", "rollout_from_attentions", "saliency_maps", "segment_codes", "token_grid",
-           "vit_reshape_transform"]
+           "road_scores", "rollout_from_attentions", "saliency_maps", "segment_codes", "signal_saliency",
+           "SIGNAL_METHODS", "to_image", "to_store_rate", "token_grid", "vit_reshape_transform"]

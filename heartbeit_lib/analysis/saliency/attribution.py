@@ -176,6 +176,39 @@ def area_shares(signals: np.ndarray, size: int | tuple[int, int], layout: str = 
     return attribute_maps(np.ones((sig.shape[0], h, w)), sig, layout, fs, windows, r_peaks)
 
 
+def attribute_signal_maps(maps: np.ndarray, signals: np.ndarray, fs: float = FS,
+                          windows: Mapping[str, tuple[float, float]] = SEGMENT_WINDOWS_MS,
+                          r_peaks: Sequence[np.ndarray] | None = None) -> tuple[np.ndarray, list[str]]:
+    """:func:`attribute_maps` for lead x time maps of the signal models: the same shares, read directly.
+
+    Parameters
+    ----------
+    maps : (B, 8, T) non-negative saliency on the store's samples (``signal_maps.to_store_rate``), leads in the
+        store's order (``render.LEADS``: I, II, V1..V6).
+    signals : (B, 8, T) microvolts at ``fs`` Hz (the R peaks and segments come from them).
+
+    Returns
+    -------
+    shares : (B, 8, 4) float64 per lead x :data:`SEGMENTS`, summing to 1 per map (NaN for an all-zero map).
+    leads : ``render.LEADS``.
+    """
+    maps = np.asarray(maps, dtype=np.float64)
+    sig = np.asarray(signals)
+    if maps.shape != sig.shape or maps.ndim != 3 or maps.shape[1] != len(render.LEADS):
+        raise SaliencyError(f"maps {maps.shape} and signals {sig.shape}: expected equal (B, 8, T)")
+    if (maps < 0).any() or not np.isfinite(maps).all():
+        raise SaliencyError("maps: saliency must be finite and non-negative")
+    if r_peaks is None:
+        r_peaks = detect_r_peaks(sig, fs)
+    out = np.zeros(maps.shape[:2] + (len(SEGMENTS),))
+    for i in range(len(maps)):
+        onehot = np.eye(len(SEGMENTS))[segment_codes(r_peaks[i], sig.shape[2], fs, windows)]   # (T, 4)
+        out[i] = maps[i] @ onehot
+    total = maps.reshape(len(maps), -1).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return out / np.where(total > 0, total, np.nan)[:, None, None], list(render.LEADS)
+
+
 def attribution_frame(info: Mapping, method: str, rec: pd.DataFrame, shares: np.ndarray, area: np.ndarray,
                       leads: Sequence[str]) -> pd.DataFrame:
     """Long table of one run x method: one row per record x lead x segment with ``share`` (from

@@ -1,0 +1,155 @@
+"""ST-MEM pretraining pieces: signal dataset with per-sample masks, one epoch, held-out loss, checkpoints.
+
+The driver is ``pipeline.pretrain_signal``; this module holds what it calls, the signal twin of
+``mim.data`` / ``mim.engine`` / ``mim.checkpoint``:
+
+- :class:`MaskedSignalDataset` - prepared signals (``classify.signal_data.prepare_signals``: store rows at
+  ``signal_rate`` Hz, millivolts) keyed by ``(i, epoch)`` as ``mim.data.EpochSampler`` yields them, each with
+  the uniform noise (leads, patches) that chooses its masked patches.  The noise is a function of
+  (seed, stream, row, epoch) only, so masks do not depend on the batch, the number of processes or a resume.
+- :func:`train_one_epoch` / :func:`evaluate` - masked-patch MSE (``mim.stmem.STMEM``), AdamW steps, gradient
+  clipping, bf16 autocast on CUDA, losses averaged over DDP ranks.
+- :func:`checkpoint_state` / :func:`resume` - ``checkpoints/last.pt``: :func:`mim.stmem.checkpoint_payload`
+  (``backbone``, ``backbone_config``, ``modality: signal``, what ``registry.create_model("stmem")`` reads) plus
+  ``decoder``, optimiser, scheduler, per-rank RNG states (``mim.checkpoint.gather_rng``), config, history.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.utils.data import Dataset
+
+from heartbeit_lib import utils
+from heartbeit_lib.mim import stmem
+from heartbeit_lib.mim.checkpoint import ResumeError, set_rng_state
+
+# config fields that define the signal pretraining trajectory: a resumed run must agree on them
+TRAJECTORY_FIELDS = ("model_size", "signal_rate", "mask_ratio", "epochs", "batch_size", "lr", "min_lr",
+                     "warmup_epochs", "weight_decay", "clip_grad", "drop_path", "seed")
+_EPOCH_KEYS = ("backbone", "backbone_config", "modality", "decoder", "epoch", "step", "config")
+
+
+class MaskedSignalDataset(Dataset):
+    """Items ``(x float32 (leads, T), noise float32 (leads, n_patches))`` for keys ``(i, epoch)``.
+
+    Parameters
+    ----------
+    signals : (N, leads, T) float32, the output of ``prepare_signals``.
+    n_patches : patches per lead (``stmem.geometry``); the noise covers them.
+    seed, stream : the noise of item i in epoch e comes from ``np.random.default_rng((seed, stream, i, e))``.
+    """
+
+    def __init__(self, signals: np.ndarray, n_patches: int, seed: int = 0, stream: int = 0):
+        self.signals = np.ascontiguousarray(signals, dtype=np.float32)
+        self.n_patches, self.seed, self.stream = n_patches, seed, stream
+
+    def __len__(self) -> int:
+        return len(self.signals)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        i, epoch = key
+        noise = np.random.default_rng((self.seed, self.stream, int(i), int(epoch))).random(
+            (self.signals.shape[1], self.n_patches), dtype=np.float32)
+        return torch.from_numpy(self.signals[i]), torch.from_numpy(noise)
+
+
+def _mean_over_ranks(total: float, count: int, world: int, device: torch.device) -> float:
+    if world == 1:
+        return total / max(count, 1)
+    t = torch.tensor([total, count], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t[0] / t[1].clamp(min=1))
+
+
+def train_one_epoch(net: nn.Module, loader, opt: torch.optim.Optimizer, sched, device: torch.device,
+                    mask_ratio: float, amp: bool = False, clip_grad: float = 0.0, world: int = 1,
+                    step: int = 0) -> tuple[dict, int]:
+    """One pass: per batch the masked-patch MSE, backward, clip, AdamW and scheduler step.
+
+    Returns ({train_loss (mean over the epoch's batches and ranks), lr, epoch_time_s}, global step).
+    """
+    net.train()
+    t0, tot, n = time.time(), 0.0, 0
+    for x, noise in loader:
+        x, noise = x.to(device, non_blocking=True), noise.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = net(x, mask_ratio=mask_ratio, noise=noise)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip_grad > 0:
+            nn.utils.clip_grad_norm_(net.parameters(), clip_grad)
+        opt.step()
+        sched.step()
+        step += 1
+        tot, n = tot + float(loss.detach()), n + 1
+    return {"train_loss": _mean_over_ranks(tot, n, world, device), "lr": sched.get_last_lr()[0],
+            "epoch_time_s": time.time() - t0}, step
+
+
+@torch.no_grad()
+def evaluate(net: nn.Module, loader, device: torch.device, mask_ratio: float, amp: bool = False,
+             world: int = 1) -> float:
+    """Masked-patch MSE on held-out ECGs (fixed masks), weighted by batch size, averaged over ranks."""
+    net.eval()
+    tot, n = 0.0, 0
+    for x, noise in loader:
+        x, noise = x.to(device), noise.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = net(x, mask_ratio=mask_ratio, noise=noise)["loss"]
+        tot, n = tot + float(loss) * len(x), n + len(x)
+    return _mean_over_ranks(tot, n, world, device)
+
+
+def param_groups(model: stmem.STMEM, weight_decay: float) -> list[dict]:
+    """AdamW groups: no weight decay on biases, norms and embeddings (1-D parameters), as MAE/ST-MEM."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1 and p is not model.encoder.lead_embed]
+    no_decay = [p for p in model.parameters() if p.requires_grad and all(p is not q for q in decay)]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def checkpoint_state(model: stmem.STMEM, cfg: Any, opt, sched, epoch: int, step: int, rng: list[dict],
+                     history: list[dict], n_train: int, world: int) -> dict:
+    """``last.pt`` content (tensors, numbers, strings, lists, dicts only: ``weights_only`` loadable)."""
+    state = stmem.checkpoint_payload(model, cfg.model_size, cfg.signal_rate)
+    state["backbone"] = {k: v.detach().cpu() for k, v in state["backbone"].items()}
+    state.update(decoder={k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith("encoder.")},
+                 optimizer=opt.state_dict(), scheduler=sched.state_dict(), epoch=int(epoch), step=int(step), rng=rng,
+                 config=cfg.to_dict(), history=[dict(h) for h in history], n_train=int(n_train), world_size=world,
+                 format_version=1)
+    return state
+
+
+def save_checkpoint(state: dict, ckpt_dir: Path, keep_epoch: bool) -> None:
+    """``last.pt`` atomically; with ``keep_epoch`` also ``epoch-XXXX.pt`` (weights only, not resumable)."""
+    utils.atomic_torch_save(state, ckpt_dir / "last.pt")
+    if keep_epoch:
+        utils.atomic_torch_save({k: state[k] for k in _EPOCH_KEYS}, ckpt_dir / f"epoch-{state['epoch']:04d}.pt")
+
+
+def resume(path: Path, model: stmem.STMEM, opt, sched, config: Mapping[str, Any], n_train: int,
+           rank: int = 0, world: int = 1) -> tuple[int, int, list[dict]]:
+    """Load ``last.pt`` into model, optimiser, scheduler and this rank's RNGs; returns (epochs done, step, history).
+
+    Raises :class:`ResumeError` when :data:`TRAJECTORY_FIELDS`, the modality or ``n_train`` differ.
+    """
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    diff = {f: (ck["config"].get(f), config.get(f)) for f in TRAJECTORY_FIELDS if ck["config"].get(f) != config.get(f)}
+    if ck.get("modality") != "signal":
+        diff["modality"] = (ck.get("modality", "image"), "signal")
+    if ck.get("n_train", n_train) != n_train:
+        diff["n_train"] = (ck["n_train"], n_train)
+    if diff:
+        raise ResumeError(f"{path}: cannot resume, these settings differ from the checkpoint's "
+                          f"(checkpoint, now): {diff}; use a new run_id or resume=false")
+    model.load_state_dict({**{f"encoder.{k}": v for k, v in ck["backbone"].items()}, **ck["decoder"]})
+    opt.load_state_dict(ck["optimizer"])
+    sched.load_state_dict(ck["scheduler"])
+    rng = ck["rng"]
+    set_rng_state(rng[rank] if len(rng) == world else rng[0])
+    return int(ck["epoch"]), int(ck["step"]), list(ck["history"])
