@@ -197,7 +197,8 @@ def read_muse(
             continue
         if name in names:
             raise LeadMismatchError(path, f"lead {name} appears twice in the {waveform} waveform")
-        rows.append(samples.astype(np.float64) * uv_per_bit)
+        with np.errstate(over="ignore"):  # inf from an absurd units-per-bit is rejected by validate_signal
+            rows.append(samples.astype(np.float64) * uv_per_bit)
         names.append(name)
         units_per_bit.add(uv_per_bit)
     lengths = {nm: len(r) for nm, r in zip(names, rows)}
