@@ -140,6 +140,8 @@ def _check_signal_file_name(hea: Path, where: str, name: str) -> None:
     """Signal files stay in the header's folder: no absolute path, no ``..``, no backslash (a
     header must not make the reader open a file elsewhere on the machine)."""
     parts = name.split("/")
+    if any(len(p.encode("utf-8", "replace")) > 255 for p in parts):  # open() would raise ENAMETOOLONG
+        raise HeaderSyntaxError(hea, f"{where}: signal file name {name[:40]!r}... is over 255 bytes")
     if name.startswith("/") or "\\" in name or ".." in parts or (parts and parts[0].endswith(":")):
         raise UnsafePathError(hea, f"{where}: signal file {name[:80]!r} is outside the header's folder")
 

@@ -164,7 +164,8 @@ def _to_microvolts(info: dict[str, Any], digital: np.ndarray, gains: list[float 
         if name is None:
             dropped.append(names_raw[i])
             continue
-        rows.append((x - s["baseline"]) / g * factor)
+        with np.errstate(over="ignore"):  # inf from an absurd gain is rejected by validate_signal
+            rows.append((x - s["baseline"]) / g * factor)
         names.append(name)
         row_units.append(u)
     if not rows:
