@@ -372,10 +372,13 @@ def build_store(inputs: pd.DataFrame, reader: Callable[[str], Any], run_dir: str
                 for counts in _map_in_processes(build_shard, map(spec, todo), workers, min(workers, len(todo))):
                     bar.update(n_rows(counts["shard"]))
             except cf.process.BrokenProcessPool:  # a file killed its worker: find it, reject it, go on
-                for i in todo:
-                    if not _shard_done(store_dir, i):
-                        build_shard(_isolate_worker_deaths(spec(i)))
+                probe = _DeathProbe()
+                try:
+                    for i in [i for i in todo if not _shard_done(store_dir, i)]:
+                        build_shard(probe.mark(spec(i)))
                         bar.update(n_rows(i))
+                finally:
+                    probe.close()
     _merge(run_dir, df, task, int(seed), n_shards, params)
     return CohortStore(run_dir)
 
@@ -400,26 +403,31 @@ def _probe_read(reader: Callable[[str], Any], source_path: str) -> None:
         pass
 
 
-def _isolate_worker_deaths(spec: ShardSpec) -> ShardSpec:
-    """``spec`` with ``worker_died`` set on each row whose reading kills a worker process (a crash in
-    native code, ``os._exit``, the OOM killer): each row is read in a one-process ``spawn`` pool,
-    renewed after each death, so :func:`build_shard` then rejects those rows instead of dying."""
-    ctx = multiprocessing.get_context("spawn")
-    rows = [dict(r) for r in spec.rows]
-    pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx)
-    try:
+class _DeathProbe:
+    """Reads rows one at a time in a one-process ``spawn`` pool, renewed after each death, to find the
+    rows whose reading kills a worker (a crash in native code, ``os._exit``, the OOM killer)."""
+
+    def __init__(self) -> None:
+        self.ctx = multiprocessing.get_context("spawn")
+        self.pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=self.ctx)
+
+    def mark(self, spec: ShardSpec) -> ShardSpec:
+        """``spec`` with ``worker_died`` set on each row that kills its worker, so that
+        :func:`build_shard` rejects those rows (:class:`WorkerDiedError`) instead of dying."""
+        rows = [dict(r) for r in spec.rows]
         for r in rows:
             if r.get("reject"):
                 continue
             try:
-                pool.submit(_probe_read, spec.reader, r["source_path"]).result()
+                self.pool.submit(_probe_read, spec.reader, r["source_path"]).result()
             except cf.process.BrokenProcessPool as e:
                 r["worker_died"] = f"the worker process died reading this file ({e})"
-                pool.shutdown(wait=False, cancel_futures=True)
-                pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    return dataclasses.replace(spec, rows=rows)
+                self.pool.shutdown(wait=False, cancel_futures=True)
+                self.pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=self.ctx)
+        return dataclasses.replace(spec, rows=rows)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _map_in_processes(fn: Callable[[Any], dict], items: Iterator[Any], workers: int, max_workers: int
