@@ -308,4 +308,4 @@ def fake_pretrain_checkpoint():
 def _private_salt_file(tmp_path_factory, monkeypatch):
     """Every test gets its own default patient-hash salt file (never the user's ~/.local/share one);
     notebooks run by papermill inherit it through the environment."""
-    monkeypatch.setenv(cohorts.ids.SALT_ENV, str(tmp_path_factory.mktemp("salt") / "salt"))
+    monkeypatch.setenv("HEARTBEIT_SALT_FILE", str(tmp_path_factory.mktemp("salt") / "salt"))  # cohorts.ids.SALT_ENV
