@@ -302,3 +302,10 @@ def make_toy_store():
 def fake_pretrain_checkpoint():
     """``fake_pretrain_checkpoint(path, size="micro", img_size=32, ...)`` writes a 02_pretrain-format checkpoint."""
     return _fake_pretrain_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def _private_salt_file(tmp_path_factory, monkeypatch):
+    """Every test gets its own default patient-hash salt file (never the user's ~/.local/share one);
+    notebooks run by papermill inherit it through the environment."""
+    monkeypatch.setenv("HEARTBEIT_SALT_FILE", str(tmp_path_factory.mktemp("salt") / "salt"))  # cohorts.ids.SALT_ENV

@@ -8,6 +8,7 @@ uninterrupted build; PTB-XL label counts with ``../shared/data/ptbxl/README.md``
 from __future__ import annotations
 
 import hashlib
+import json
 import pickle
 from pathlib import Path
 
@@ -52,7 +53,8 @@ def _files(run_dir: Path) -> dict[str, bytes]:
 
 
 class CrashingReader(cohorts.ArrayReader):
-    """Raises a non-reject error (a 'kill') on one record, after earlier shards were written."""
+    """Interrupts the build (KeyboardInterrupt: a 'kill') on one record, after earlier shards were written;
+    any Exception of one file would be a reject, see test_cohorts_hostile.py."""
 
     def __init__(self, x, crash_on: str):
         super().__init__(x, 500, OUT_LEADS)
@@ -60,7 +62,7 @@ class CrashingReader(cohorts.ArrayReader):
 
     def __call__(self, source_path):
         if source_path == self.crash_on:
-            raise RuntimeError("simulated kill")
+            raise KeyboardInterrupt("simulated kill")
         return super().__call__(source_path)
 
 
@@ -133,10 +135,10 @@ def test_float16_boundary_is_rejected_not_clipped(tmp_path):
     assert store.rejects["error_type"].tolist() == ["AmplitudeRangeError"]
 
 
-def test_other_errors_propagate(tmp_path):
+def test_interrupts_propagate(tmp_path):
     x, meta = _stored(4), _meta(4)
     inputs = meta.assign(source_path=[cohorts.ArrayReader.path(i) for i in range(4)])
-    with pytest.raises(RuntimeError, match="simulated kill"):
+    with pytest.raises(KeyboardInterrupt, match="simulated kill"):
         cohorts.build_store(inputs, CrashingReader(x, "array[1]"), tmp_path, preprocess_kw=None,
                             salt="s", progress=False)
 
@@ -147,8 +149,11 @@ def test_other_errors_propagate(tmp_path):
 def test_no_raw_patient_ids_anywhere(tmp_path):
     x, meta = _stored(10), _meta(10)
     store = cohorts.build_store_from_arrays(tmp_path, x, meta)
-    salt = (tmp_path / "salt.txt").read_text().strip()
-    assert len(salt) == 32  # 128 random bits, created once and kept in the run folder
+    assert not (tmp_path / "salt.txt").exists()  # the salt is kept outside the run folder
+    salt_file = cohorts.default_salt_path()
+    salt = salt_file.read_text().strip()
+    assert len(salt) == 32  # 128 random bits, created once in the per-user file
+    assert json.loads((tmp_path / "store.json").read_text())["salt_file"] == str(salt_file)  # path, not content
     exp = [hashlib.sha256(f"{salt}\0{p}".encode()).hexdigest() for p in meta["patient_id"]]
     assert store.manifest["patient_hash"].tolist() == exp
     for p in tmp_path.rglob("*"):
@@ -185,7 +190,7 @@ def test_killed_build_resumes_byte_identical(tmp_path):
     cohorts.build_store(inputs, cohorts.ArrayReader(x, 500, OUT_LEADS), full, **kw)
 
     part = tmp_path / "resumed"
-    with pytest.raises(RuntimeError):  # "killed" while reading shard 2 (records 8-11)
+    with pytest.raises(KeyboardInterrupt):  # "killed" while reading shard 2 (records 8-11)
         cohorts.build_store(inputs, CrashingReader(x, "array[9]"), part, **kw)
     done = sorted(p.name for p in (part / "store").glob("shard-*.npy"))
     assert done == ["shard-00000.npy", "shard-00001.npy"] and not (part / "manifest.parquet").exists()

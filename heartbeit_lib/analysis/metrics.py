@@ -752,7 +752,12 @@ def load_bootstrap_indices(folder: str | os.PathLike, name: str, record_ids: Seq
                           f"{info.get('record_ids_sha256', '?')[:12]}, n={info.get('n')}; this set: "
                           f"{want[:12]}, n={len(record_ids)}): same task and split must mean the same "
                           "records in the same order")
-    return _check_indices(np.load(npy), len(record_ids), argument=str(npy))
+    try:
+        idx = np.load(npy, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:  # truncated, not .npy, an object (pickle) array: refused
+        raise BootstrapIndicesError(str(npy), f"not a readable .npy of plain integers ({type(e).__name__}: "
+                                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    return _check_indices(idx, len(record_ids), argument=str(npy))
 
 
 def bootstrap_indices_cached(folder: str | os.PathLike, name: str, record_ids: Sequence[Any],

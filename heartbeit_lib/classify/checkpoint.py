@@ -38,8 +38,14 @@ def save_best_weights(model: nn.Module, run_dir: str | os.PathLike) -> Path:
 
 
 def load_best_weights(run_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The state dict of the chosen epoch (``model_best.pt``), read with ``weights_only=True``."""
-    return torch.load(Path(run_dir) / WEIGHTS, map_location="cpu", weights_only=True)
+    """The state dict of the chosen epoch (``model_best.pt``), read with ``weights_only=True``.
+
+    Raises :class:`FinetuneRunError` naming the file when it is missing, corrupt, not a state dict or
+    holds pickled objects (never unpickled)."""
+    try:
+        return models.load_weights_file(Path(run_dir) / WEIGHTS)
+    except models.WeightsError as e:
+        raise FinetuneRunError(str(e)) from None
 
 
 def write_model_record(run_dir: str | os.PathLike, model: nn.Module, name: str, size: str | None,

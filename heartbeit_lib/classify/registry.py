@@ -43,7 +43,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -317,15 +316,21 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, Any]:
             obj = load_file(str(path))
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile,
-            KeyError, AttributeError, ImportError) as e:
-        raise CorruptWeightsError(f"weights file {path} cannot be read ({type(e).__name__}: "
-                                  f"{str(e).splitlines()[0] if str(e) else ''})") from e
-    except Exception as e:  # safetensors raises its own SafetensorError
-        raise CorruptWeightsError(f"weights file {path} cannot be read ({type(e).__name__}: {e})") from e
+    except Exception as e:  # UnpicklingError, RuntimeError, BadZipFile, ..., safetensors' SafetensorError
+        raise CorruptWeightsError(f"weights file {path} cannot be read: {load_error_reason(e)}") from None
     if not isinstance(obj, Mapping):
         raise CorruptWeightsError(f"weights file {path} holds a {type(obj).__name__}, not a state dict")
     return dict(obj)
+
+
+def load_error_reason(e: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` (or safetensors) refused a file, in one line, without
+    torch's advice to retry with ``weights_only=False``: that would unpickle, i.e. run, the file."""
+    if isinstance(e, pickle.UnpicklingError) or "weights_only" in str(e):
+        return ("it holds pickled Python objects, not only tensors; refused (weights_only=True): unpickling "
+                "an untrusted file can run code")
+    first = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def _unwrap_state_dict(obj: Mapping[str, Any], path: Path) -> dict[str, torch.Tensor]:

@@ -9,12 +9,15 @@ A *cohort store* is the output folder of ``notebooks/01_preprocess.ipynb``
     manifest.parquet               one row per stored ECG, in store order (see :class:`CohortStore`)
     rejects.parquet, rejects.csv   one row per input that could not be stored, with the reason
     store.json                     task, counts, shapes, parameters
-    salt.txt                       secret salt of the patient hashes (only when none was given)
+    .build.lock                    lock held while a build runs (a second build of the folder is refused)
 
 Every input is accounted for: ``n_inputs == len(manifest) + len(rejects)`` (asserted by
 :func:`build_store`). Raw patient ids are never written anywhere: the manifest holds
-``patient_hash = sha256(salt + "\\0" + patient_id)``. Keep ``salt.txt`` (or the salt file you
-pass) private; anyone holding both the salt and a list of candidate ids can test them.
+``patient_hash = sha256(salt + "\\0" + patient_id)``. The salt is kept **outside** the run folder
+(a per-user file, :func:`default_salt_path`: ``$HEARTBEIT_SALT_FILE``, else
+``$XDG_DATA_HOME/heartbeit/salt``, else ``~/.local/share/heartbeit/salt``; ``store.json`` records
+its path, never its content). Keep it private: whoever holds the salt can re-identify the
+patients by hashing a list of candidate ids.
 
 **Why float16 microvolts.** The filtered signals of real ECGs stay within about +-10 mV
 (+-10,000 uV), where float16's spacing is at most 8 uV (2 uV below 4 mV, 0.5 uV below 1 mV),
@@ -36,8 +39,8 @@ config and orchestration in :mod:`heartbeit_lib.pipeline.preprocess`.
 
 from .build import FLOAT16_MAX, INPUT_COLUMNS, REJECTABLE, ShardSpec, build_shard, build_store, output_leads
 from .errors import (AmplitudeRangeError, CohortError, LabelError, NonFiniteOutputError, RecordError, SplitError,
-                     StoreError, StoredShapeError, TaskError)
-from .ids import clean_id, hash_patient, read_or_create_salt
+                     StoreError, StoredShapeError, TaskError, WorkerDiedError)
+from .ids import clean_id, default_salt_path, hash_patient, read_or_create_salt, salt_path
 from .sources import (ArrayReader, ArrayRecord, Source, build_pretraining_mix, build_store_from_arrays, demo_source,
                       muse_source, ptbxl_source, wfdb_source)
 from .splits import SPLITS, assign_splits, check_disjoint, fraction_mask, fraction_size, train_ranks

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
+import fcntl
+import functools
 import hashlib
 import json
 import math
@@ -22,8 +24,8 @@ from heartbeit_lib import signals
 from heartbeit_lib.utils import atomic_write, atomic_write_text
 
 from .errors import (AmplitudeRangeError, CohortError, LabelError, NonFiniteOutputError, RecordError, StoreError,
-                     StoredShapeError)
-from .ids import clean_id, hash_patient, read_or_create_salt
+                     StoredShapeError, WorkerDiedError)
+from .ids import clean_id, hash_patient, read_or_create_salt, salt_path
 from .splits import assign_splits, check_disjoint, train_ranks
 from .store import (N_LEADS, N_SAMPLES, REJECT_COLUMNS, STORE_FORMAT, STORE_FS, STORE_VERSION, CohortStore,
                     normalise_manifest, normalise_rejects, shard_name)
@@ -32,8 +34,11 @@ from .tasks import TaskConfig, load_task
 FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504.0
 # columns of an inputs table (one row per input record, see build_store)
 INPUT_COLUMNS = ("source_path", "record_id", "patient_id", "site", "label")
-# Exception types that make an input a reject; anything else propagates (a bug).
+# The typed errors of a bad input. Any other Exception of one file (MemoryError, OverflowError, a
+# reader's bug) is a reject too: one file never stops a build; KeyboardInterrupt/SystemExit do.
 REJECTABLE: tuple[type[BaseException], ...] = (RecordError, hio.ECGReadError, signals.SignalError)
+PER_FILE_FAILURES: tuple[type[BaseException], ...] = (Exception,)
+LOCK_NAME = ".build.lock"  # in the run folder, flock-ed for the whole build
 _CORE_DTYPES = {"record_id": str, "patient_hash": str, "patient_source": str, "site": str,
                 "label": np.int64, "shard": np.int64, "offset": np.int64, "source_path": str,
                 "input_index": np.int64, "fs_source": np.float64, "n_samples_source": np.int64}
@@ -117,9 +122,12 @@ def _read_rows(spec: ShardSpec, rejects: _Rejects) -> list[tuple[dict, Any]]:
         if row.get("reject"):
             rejects.add(row, "inputs", LabelError(str(row["reject"])))
             continue
+        if row.get("worker_died"):
+            rejects.add(row, "read", WorkerDiedError(str(row["worker_died"])))
+            continue
         try:
             rec = spec.reader(row["source_path"])
-        except REJECTABLE as e:
+        except PER_FILE_FAILURES as e:
             rejects.add(row, "read", e)
             continue
         recs.append((row, rec))
@@ -143,7 +151,7 @@ def _preprocess_records(recs: list[tuple[dict, Any]], pkw: dict | None, rejects:
             x = np.stack([np.asarray(recs[j][1].signal, np.float32) for j in part])
             try:
                 y = _preprocess_group(x, fs, leads, pkw)
-            except REJECTABLE:
+            except PER_FILE_FAILURES:
                 failed.extend(part)
                 continue
             for k, j in enumerate(part):
@@ -153,7 +161,7 @@ def _preprocess_records(recs: list[tuple[dict, Any]], pkw: dict | None, rejects:
         try:
             out[j] = _preprocess_group(np.asarray(rec.signal, np.float32)[None], float(rec.fs),
                                        tuple(str(l).upper() for l in rec.leads), pkw)[0]
-        except REJECTABLE as e:
+        except PER_FILE_FAILURES as e:
             rejects.add(row, "preprocess", e)
     return out
 
@@ -186,7 +194,7 @@ def build_shard(spec: ShardSpec) -> dict:
             continue
         try:
             _check_range(out[j], str(row["source_path"]))
-        except REJECTABLE as e:
+        except PER_FILE_FAILURES as e:
             rejects.add(row, "store", e)
             continue
         mrows.append(_manifest_row(spec, row, rec, len(sigs)))
@@ -244,6 +252,29 @@ def _fingerprint(inputs: pd.DataFrame, salt: str, params: Mapping[str, Any]) -> 
     return h.hexdigest()
 
 
+def _holding_run_folder_lock(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``fn(inputs, reader, run_dir, ...)`` holding an exclusive ``flock`` on ``<run_dir>/.build.lock``:
+    a second build of the same folder (another process or thread) is refused with a :class:`StoreError`
+    instead of racing on the same files. The lock goes with the process (no stale lock after a kill)."""
+
+    @functools.wraps(fn)
+    def locked(inputs: pd.DataFrame, reader: Callable[[str], Any], run_dir: str | os.PathLike, *a: Any, **kw: Any):
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        with open(Path(run_dir) / LOCK_NAME, "a") as lock:
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StoreError(f"{run_dir}: another build of this run folder is running (it holds "
+                                 f"{LOCK_NAME}); wait for it or use another run_id") from None
+            try:
+                return fn(inputs, reader, run_dir, *a, **kw)
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    return locked
+
+
+@_holding_run_folder_lock
 def build_store(inputs: pd.DataFrame, reader: Callable[[str], Any], run_dir: str | os.PathLike, *,
                 task_cfg: "TaskConfig | str" = "custom", seed: int = 0, shard_size: int = 512,
                 workers: int = 2, preprocess_kw: Mapping[str, Any] | None = None,
@@ -282,10 +313,16 @@ def build_store(inputs: pd.DataFrame, reader: Callable[[str], Any], run_dir: str
         Keyword arguments of :func:`heartbeit_lib.signals.preprocess`; ``None`` stores the
         signals as given (they must already be (8, 2500) microvolts).
     salt, salt_file : str
-        Salt of the patient hashes, or a file holding it; neither -> ``<run_dir>/salt.txt``
-        (created once, reused when resuming).
+        Salt of the patient hashes, or a file holding it; neither -> the per-user file
+        :func:`~heartbeit_lib.cohorts.ids.default_salt_path` (outside the run folder, created once
+        with ``O_EXCL``; a legacy ``<run_dir>/salt.txt`` is reused when resuming). ``store.json``
+        records the file's path, never the salt: whoever holds the salt can re-identify patients.
     progress : bool
         tqdm progress bar over inputs.
+
+    Every input ends in the manifest or the rejects table, whatever happens to one file (a typed
+    read error, MemoryError, OverflowError, a worker process that dies): ``len(inputs) ==
+    len(manifest) + len(rejects)``. A second build of ``run_dir`` while one runs is refused.
 
     Returns
     -------
@@ -296,6 +333,7 @@ def build_store(inputs: pd.DataFrame, reader: Callable[[str], Any], run_dir: str
     if shard_size < 1:
         raise CohortError(f"shard_size must be >= 1, got {shard_size}")
     df = _check_inputs(inputs)
+    given_salt = bool(salt)
     salt = salt if salt else read_or_create_salt(run_dir, salt_file)
     store_dir = run_dir / "store"
     (store_dir / "parts").mkdir(parents=True, exist_ok=True)
@@ -304,6 +342,7 @@ def build_store(inputs: pd.DataFrame, reader: Callable[[str], Any], run_dir: str
               "preprocess_kw": None if preprocess_kw is None else dict(preprocess_kw),
               "leads": list(output_leads()), "format": STORE_FORMAT, "version": STORE_VERSION}
     _check_or_write_build_spec(run_dir, _fingerprint(df, salt, params), params)
+    params["salt_file"] = None if given_salt else str(salt_path(run_dir, salt_file))  # recorded in store.json
 
     extra = [c for c in df.columns if c not in (*INPUT_COLUMNS, "reject", "input_index")]
     manifest_columns = ["record_id", "patient_hash", "patient_source", "site", "label", "shard", "offset",
@@ -329,8 +368,17 @@ def build_store(inputs: pd.DataFrame, reader: Callable[[str], Any], run_dir: str
                 build_shard(spec(i))
                 bar.update(n_rows(i))
         else:
-            for counts in _map_in_processes(build_shard, map(spec, todo), workers, min(workers, len(todo))):
-                bar.update(n_rows(counts["shard"]))
+            try:
+                for counts in _map_in_processes(build_shard, map(spec, todo), workers, min(workers, len(todo))):
+                    bar.update(n_rows(counts["shard"]))
+            except cf.process.BrokenProcessPool:  # a file killed its worker: find it, reject it, go on
+                probe = _DeathProbe()
+                try:
+                    for i in [i for i in todo if not _shard_done(store_dir, i)]:
+                        build_shard(probe.mark(spec(i)))
+                        bar.update(n_rows(i))
+                finally:
+                    probe.close()
     _merge(run_dir, df, task, int(seed), n_shards, params)
     return CohortStore(run_dir)
 
@@ -345,6 +393,41 @@ def _check_or_write_build_spec(run_dir: Path, fp: str, params: Mapping[str, Any]
                              f"{str(old)[:12]} != {fp[:12]}); use a new run_id or delete the folder")
     else:
         atomic_write_text(spec_path, json.dumps({"fingerprint": fp, **params}, indent=2, sort_keys=True) + "\n")
+
+
+def _probe_read(reader: Callable[[str], Any], source_path: str) -> None:
+    """Read one input in a worker and drop the record (only whether the worker survives matters)."""
+    try:
+        reader(source_path)
+    except Exception:  # a typed or untyped error is handled by build_shard; a dead worker is not
+        pass
+
+
+class _DeathProbe:
+    """Reads rows one at a time in a one-process ``spawn`` pool, renewed after each death, to find the
+    rows whose reading kills a worker (a crash in native code, ``os._exit``, the OOM killer)."""
+
+    def __init__(self) -> None:
+        self.ctx = multiprocessing.get_context("spawn")
+        self.pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=self.ctx)
+
+    def mark(self, spec: ShardSpec) -> ShardSpec:
+        """``spec`` with ``worker_died`` set on each row that kills its worker, so that
+        :func:`build_shard` rejects those rows (:class:`WorkerDiedError`) instead of dying."""
+        rows = [dict(r) for r in spec.rows]
+        for r in rows:
+            if r.get("reject"):
+                continue
+            try:
+                self.pool.submit(_probe_read, spec.reader, r["source_path"]).result()
+            except cf.process.BrokenProcessPool as e:
+                r["worker_died"] = f"the worker process died reading this file ({e})"
+                self.pool.shutdown(wait=False, cancel_futures=True)
+                self.pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=self.ctx)
+        return dataclasses.replace(spec, rows=rows)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _map_in_processes(fn: Callable[[Any], dict], items: Iterator[Any], workers: int, max_workers: int
@@ -408,7 +491,8 @@ def _merge(run_dir: Path, df: pd.DataFrame, task: TaskConfig, seed: int, n_shard
             "n_shards": n_shards, "shard_size": params["shard_size"], "dtype": "float16",
             "shape": [N_LEADS, N_SAMPLES], "fs": STORE_FS, "leads": params["leads"], "units": "microvolts",
             "seed": seed, "split_method": task.split, "fractions": list(task.fractions),
-            "task_config": task.to_dict(), "preprocess_kw": params["preprocess_kw"]}
+            "task_config": task.to_dict(), "preprocess_kw": params["preprocess_kw"],
+            "salt_file": params.get("salt_file")}
     atomic_write_text(run_dir / "store.json", json.dumps(info, indent=2) + "\n")
 
 

@@ -38,3 +38,7 @@ class AmplitudeRangeError(RecordError):
 
 class StoredShapeError(RecordError):
     """A signal given as already preprocessed is not (8, 2500)."""
+
+
+class WorkerDiedError(RecordError):
+    """Reading the record killed the worker process (a crash in native code, the OOM killer...)."""

@@ -225,7 +225,7 @@ def build_store_from_arrays(run_dir: str | os.PathLike, x: np.ndarray, meta: pd.
         ``False``: store ``x`` as given (must be (N, 8, 2500)); ``None`` (default): ``False`` when
         ``x`` is already (N, 8, 2500) at 500 Hz in leads I, II, V1-V6, else ``True``.
     preprocess_kw : keyword arguments of :func:`signals.preprocess`
-    salt : patient-hash salt (default: ``<run_dir>/salt.txt``)
+    salt : patient-hash salt (default: the per-user salt file, :func:`~heartbeit_lib.cohorts.ids.default_salt_path`)
     """
     x = np.asarray(x)
     leads = tuple(leads) if leads is not None else output_leads()

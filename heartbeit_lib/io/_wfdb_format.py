@@ -16,9 +16,10 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import scipy.io
 
-from .errors import (EmptyFileError, HeaderSignalMismatchError, HeaderSyntaxError, LeadMismatchError,
-                     MissingFileError, MissingWaveformError, UnknownSamplingRateError, UnsupportedFormatError)
-from .record import read_bytes
+from .errors import (EmptyFileError, FileTooLargeError, HeaderSignalMismatchError, HeaderSyntaxError,
+                     LeadMismatchError, MissingFileError, MissingWaveformError, UnknownSamplingRateError,
+                     UnsafePathError, UnsupportedFormatError)
+from .record import FS_MAX_HZ, FS_MIN_HZ, MAX_HEADER_BYTES, MAX_LINE_CHARS, read_bytes
 
 
 WFDB_SUFFIXES = (".hea", ".dat", ".mat")
@@ -32,7 +33,11 @@ _FMT_BYTES = {"8": 1.0, "80": 1.0, "16": 2.0, "61": 2.0, "160": 2.0, "24": 3.0, 
 FMT_INVALID = {"80": -(2**7), "310": -(2**9), "311": -(2**9), "212": -(2**11), "16": -(2**15),
                 "61": -(2**15), "160": -(2**15), "24": -(2**23), "32": -(2**31)}
 
-_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+# A decimal number. Unambiguous (no two quantifiers compete for the same digits), so a fullmatch
+# over a long token is linear; ``\d+\.?\d*`` backtracked quadratically (20,000 digits: > 10 s).
+_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+#: Longest numeric token of a header (rate, gain, counts): more is no number a recorder writes.
+MAX_NUMBER_CHARS = 40
 
 
 def _wfdb_base(path: Path) -> Path:
@@ -40,11 +45,14 @@ def _wfdb_base(path: Path) -> Path:
 
 
 def _comment_fields(comments: Iterable[str]) -> dict[str, str]:
+    """``Key: value`` comments -> {key: value}, first occurrence wins. Split with ``str.partition``
+    (a regex with lazy groups took > 10 s on a value followed by 100,000 spaces)."""
     out: dict[str, str] = {}
     for c in comments:
-        m = re.match(r"^\s*([A-Za-z][A-Za-z0-9_ ]*?)\s*:\s*(.*?)\s*$", c)
-        if m and m.group(1) not in out:
-            out[m.group(1)] = m.group(2)
+        key, colon, value = c.partition(":")
+        key = key.strip()
+        if colon and re.fullmatch(r"[A-Za-z][A-Za-z0-9_ ]*", key) and key not in out:
+            out[key] = value.strip()
     return out
 
 
@@ -94,9 +102,13 @@ def _parse_signal_line(hea: Path, k: int, line: str) -> dict[str, Any]:
     """One WFDB signal line: ``file fmt[xspf][:skew][+offset] [gain[(baseline)][/units] [adcres
     [adczero [initval [checksum [blocksize [description]]]]]]]``."""
     tok = line.split()
-    where = f"signal line {k + 1} {line!r}"
+    where = f"signal line {k + 1} {line[:80]!r}"
     if len(tok) < 2:
         raise HeaderSyntaxError(hea, f"{where}: needs at least a file name and a format")
+    long_tok = next((t for t in tok[1:8] if len(t) > MAX_NUMBER_CHARS), None)
+    if long_tok is not None:
+        raise HeaderSyntaxError(hea, f"{where}: field {long_tok[:20]!r}... is over {MAX_NUMBER_CHARS} characters")
+    _check_signal_file_name(hea, where, tok[0])
     m = re.fullmatch(r"(\d+)(?:x(\d+))?(?::(\d+))?(?:\+(\d+))?", tok[1])
     if not m:
         raise HeaderSyntaxError(hea, f"{where}: format {tok[1]!r} is not WFDB syntax")
@@ -124,6 +136,16 @@ def _parse_signal_line(hea: Path, k: int, line: str) -> dict[str, Any]:
     return sig
 
 
+def _check_signal_file_name(hea: Path, where: str, name: str) -> None:
+    """Signal files stay in the header's folder: no absolute path, no ``..``, no backslash (a
+    header must not make the reader open a file elsewhere on the machine)."""
+    parts = name.split("/")
+    if any(len(p.encode("utf-8", "replace")) > 255 for p in parts):  # open() would raise ENAMETOOLONG
+        raise HeaderSyntaxError(hea, f"{where}: signal file name {name[:40]!r}... is over 255 bytes")
+    if name.startswith("/") or "\\" in name or ".." in parts or (parts and parts[0].endswith(":")):
+        raise UnsafePathError(hea, f"{where}: signal file {name[:80]!r} is outside the header's folder")
+
+
 def read_wfdb_header(path: str | os.PathLike) -> dict[str, Any]:
     """Parse and check a WFDB header (``.hea``) without reading the signal.
 
@@ -146,10 +168,13 @@ def read_wfdb_header(path: str | os.PathLike) -> dict[str, Any]:
     hea = base.with_name(base.name + ".hea")
     if not hea.exists():
         raise MissingFileError(hea, "WFDB header (.hea) does not exist")
-    text = read_bytes(hea, "WFDB header").decode("latin-1")
+    text = read_bytes(hea, "WFDB header", MAX_HEADER_BYTES).decode("latin-1")
     if re.search(r"[\x00-\x08\x0e-\x1f\x7f]", text):
         raise HeaderSyntaxError(hea, "binary bytes in the header: not a WFDB text header")
     lines = text.splitlines()
+    longest = max(map(len, lines), default=0)
+    if longest > MAX_LINE_CHARS:
+        raise FileTooLargeError(hea, f"a header line of {longest} characters, over the cap of {MAX_LINE_CHARS}")
     spec_idx = [i for i, ln in enumerate(lines) if ln.strip() and not ln.strip().startswith("#")]
     comments = [ln.strip().lstrip("#").strip() for ln in lines if ln.strip().startswith("#")]
     if not spec_idx:
@@ -166,23 +191,25 @@ def read_wfdb_header(path: str | os.PathLike) -> dict[str, Any]:
         fixed_text = "\n".join(lines) + "\n"
     if "/" in tokens[0]:
         raise UnsupportedFormatError(hea, f"multi-segment record {tokens[0]!r} is not supported")
-    if len(tokens) < 2 or not tokens[1].isdigit():
+    if len(tokens) < 2 or not _is_uint(tokens[1]):
         raise HeaderSyntaxError(hea, f"record line {record_line!r} has no signal count (expected 'name n_sig fs n_samples ...')")
     n_sig = int(tokens[1])
     if n_sig == 0:
         raise MissingWaveformError(hea, "header declares 0 signals")
     if len(tokens) < 3:
         raise UnknownSamplingRateError(hea, f"record line {record_line!r} gives no sampling frequency (WFDB would silently assume 250 Hz)")
-    fs_m = re.fullmatch(rf"({_NUM})(/{_NUM})?(\(.*\))?", tokens[2])
+    fs_m = re.fullmatch(rf"({_NUM})(/{_NUM})?(\(.*\))?", tokens[2]) if len(tokens[2]) <= MAX_NUMBER_CHARS else None
     if not fs_m:
-        raise UnknownSamplingRateError(hea, f"sampling frequency {tokens[2]!r} on the record line is not a number")
+        raise UnknownSamplingRateError(hea, f"sampling frequency {tokens[2][:40]!r} on the record line is not a number")
     fs = float(fs_m.group(1))
     if not math.isfinite(fs) or fs <= 0:
         raise UnknownSamplingRateError(hea, f"sampling frequency {tokens[2]!r} Hz must be finite and > 0")
+    if not FS_MIN_HZ <= fs <= FS_MAX_HZ:
+        raise UnknownSamplingRateError(hea, f"sampling frequency {fs:g} Hz outside {FS_MIN_HZ:g}-{FS_MAX_HZ:g} Hz")
     sig_len = None
     if len(tokens) > 3:
-        if not tokens[3].isdigit():
-            raise HeaderSyntaxError(hea, f"number of samples {tokens[3]!r} on the record line is not an integer")
+        if not _is_uint(tokens[3]):
+            raise HeaderSyntaxError(hea, f"number of samples {tokens[3][:40]!r} on the record line is not an integer")
         sig_len = int(tokens[3])
     if len(spec_idx) - 1 != n_sig:
         raise LeadMismatchError(hea, f"record line declares {n_sig} signals but {len(spec_idx) - 1} signal lines follow")
@@ -192,6 +219,11 @@ def read_wfdb_header(path: str | os.PathLike) -> dict[str, Any]:
         "acquisition_time": _wfdb_datetime(tokens[4:]), "signals": signals, "comments": comments,
         "fields": _comment_fields(comments), "flags": flags, "fixed_text": fixed_text,
     }
+
+
+def _is_uint(text: str) -> bool:
+    """ASCII digits only, at most 20 (``str.isdigit`` accepts superscripts that ``int`` refuses)."""
+    return text.isascii() and text.isdigit() and len(text) <= 20
 
 
 def load_mat(mat: Path, hea: Path, n_sig: int, sig_len: int | None) -> np.ndarray:

@@ -103,3 +103,15 @@ class UnitsError(ECGReadError):
 
 class MetadataError(ECGReadError):
     """A metadata table is missing columns, unparsable, or does not match its signal array."""
+
+
+class AmplitudeError(ECGReadError):
+    """Samples beyond the physiological range after scaling (see ``record.MAX_ABS_UV``): a wrong gain or unit."""
+
+
+class UnsafePathError(ECGReadError):
+    """A header names a signal file outside its own folder (absolute path or ``..``)."""
+
+
+class FileTooLargeError(ECGReadError):
+    """A file or header line beyond the size caps of the readers (see ``record.MAX_*``)."""

@@ -6,7 +6,6 @@ import base64
 import binascii
 import datetime as _dt
 import os
-import re
 import zlib
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,13 @@ from .errors import (Base64Error, ChecksumError, EmptyFileError, LeadMismatchErr
                      MissingWaveformError, NotXMLError, UnitsError, UnknownSamplingRateError, UnsafeXMLError,
                      UnsupportedFormatError, WrongRootError)
 from .leads import canonical_lead
-from .record import ECGRecord, parse_number, read_bytes, units_factor, validate_signal
+from .record import (FS_MAX_HZ, FS_MIN_HZ, MAX_XML_BYTES, ECGRecord, parse_number, read_bytes, units_factor,
+                     validate_signal)
+
+
+#: A Rhythm strip longer than this many times ``expected_duration_s`` is refused (its SampleBase is
+#: wrong: 50 Hz for a 500 Hz strip gives 100 s); shorter disagreements are only flagged.
+MAX_DURATION_FACTOR: int = 4
 
 
 def _local(tag: Any) -> str:
@@ -59,11 +64,38 @@ def _muse_statements(block: Element | None) -> list[str]:
             current.append(text)
         flags = {(f.text or "").strip().upper() for f in _children(stmt, "StmtFlag")}
         if "ENDSLINE" in flags and current:
-            lines.append(re.sub(r"\s+,", ",", " ".join(current)))
+            lines.append(_tight_commas(" ".join(current)))
             current = []
     if current:
-        lines.append(re.sub(r"\s+,", ",", " ".join(current)))
+        lines.append(_tight_commas(" ".join(current)))
     return lines
+
+
+def _tight_commas(text: str) -> str:
+    """Whitespace before each comma removed (``re.sub(r"\\s+,", ",", text)`` without its quadratic
+    backtracking on long runs of spaces)."""
+    parts = text.split(",")
+    return ",".join([p.rstrip() for p in parts[:-1]] + parts[-1:])
+
+
+def _only_prolog(data: bytes) -> bool:
+    """True when ``data`` holds nothing but whitespace, ``<?...?>``, comments and a DOCTYPE (no root
+    element). A forward scan: linear in ``len(data)``, unlike a lazy regex over a long run of ``<?``."""
+    i, n = 0, len(data)
+    while True:
+        while i < n and data[i:i + 1].isspace():
+            i += 1
+        if i >= n:
+            return True
+        for start, end in ((b"<?", b"?>"), (b"<!--", b"-->"), (b"<!DOCTYPE", b">")):
+            if data.startswith(start, i):
+                j = data.find(end, i + len(start))
+                if j < 0:
+                    return False
+                i = j + len(end)
+                break
+        else:
+            return False
 
 
 def _muse_datetime(date: str | None, time: str | None) -> str | None:
@@ -93,8 +125,7 @@ def _parse_xml(path: Path, data: bytes) -> Element:
     except DefusedXmlException as e:
         raise UnsafeXMLError(path, f"defusedxml refused the document: {type(e).__name__} ({e})") from None
     except ParseError as e:
-        prolog_free = re.sub(rb"<\?.*?\?>|<!--.*?-->|<!DOCTYPE[^>]*>", b"", data, flags=re.S)
-        if not prolog_free.strip():  # only a declaration / DOCTYPE / comments
+        if _only_prolog(data):  # only a declaration / DOCTYPE / comments
             raise EmptyFileError(path, f"XML document has no root element ({e})") from None
         raise NotXMLError(path, f"not well-formed XML: {e}") from None
     except (ValueError, UnicodeDecodeError, LookupError) as e:  # e.g. unknown encoding declaration
@@ -124,6 +155,13 @@ def read_muse(
     verify_crc : check ``LeadDataCRC32`` (zlib CRC-32 of the decoded bytes) when present.
     expected_duration_s : add a flag to ``meta["flags"]`` when samples / fs differs from this
         (Rhythm only). ``SampleBase`` is trusted over the sample count; None disables the flag.
+        A strip over :data:`MAX_DURATION_FACTOR` times this long raises UnknownSamplingRateError.
+
+    Bounds (a typed error beyond them): ``SampleBase * 10**SampleExponent`` within 50-10,000 Hz
+    (exponent within -6..6, checked before the power); file size up to 64 MiB; ``NumberofLeads``,
+    ``LeadSampleCountTotal``, ``LeadByteCountTotal`` and ``LeadDataCRC32``, when present, must parse
+    (an unparsable one is an error, never a skipped check); samples within +-50 mV after scaling
+    (:func:`~heartbeit_lib.io.record.validate_signal`).
 
     Returns
     -------
@@ -132,7 +170,7 @@ def read_muse(
     (statement lines), ``diagnosis_text``, ``original_diagnosis``, ``measurements``, filters.
     """
     path = Path(path)
-    root = _parse_xml(path, read_bytes(path, "MUSE XML file"))
+    root = _parse_xml(path, read_bytes(path, "MUSE XML file", MAX_XML_BYTES))
     if _local(root.tag) != "RestingECG":
         raise WrongRootError(path, f"root element is <{_local(root.tag)}>, not <RestingECG> (not a GE MUSE resting ECG)")
     wave = _find_waveform(path, root, waveform)
@@ -141,7 +179,9 @@ def read_muse(
     if not lead_blocks:
         raise MissingWaveformError(path, f"{waveform} waveform has no <LeadData>")
     declared = _text(wave, "NumberofLeads")
-    if declared is not None and declared.isdigit() and int(declared) != len(lead_blocks):
+    if declared is not None and not _is_uint(declared):
+        raise LeadMismatchError(path, f"NumberofLeads {_short(declared)!r} is not a non-negative integer")
+    if declared is not None and int(declared) != len(lead_blocks):
         raise LeadMismatchError(path, f"NumberofLeads says {declared} but the {waveform} waveform has {len(lead_blocks)} <LeadData>")
 
     rows: list[np.ndarray] = []
@@ -157,7 +197,8 @@ def read_muse(
             continue
         if name in names:
             raise LeadMismatchError(path, f"lead {name} appears twice in the {waveform} waveform")
-        rows.append(samples.astype(np.float64) * uv_per_bit)
+        with np.errstate(over="ignore"):  # inf from an absurd units-per-bit is rejected by validate_signal
+            rows.append(samples.astype(np.float64) * uv_per_bit)
         names.append(name)
         units_per_bit.add(uv_per_bit)
     lengths = {nm: len(r) for nm, r in zip(names, rows)}
@@ -182,16 +223,28 @@ def _find_waveform(path: Path, root: Element, waveform: str) -> Element:
 
 
 def _sample_rate(path: Path, wave: Element, waveform: str) -> float:
-    """``SampleBase * 10**SampleExponent`` Hz."""
+    """``SampleBase * 10**SampleExponent`` Hz, within :data:`FS_MIN_HZ` - :data:`FS_MAX_HZ`
+    (the exponent is checked before the power: 10.0**400 would raise OverflowError)."""
     base_txt, exp_txt = _text(wave, "SampleBase"), _text(wave, "SampleExponent")
     base = parse_number(base_txt)
-    try:
-        exponent = int(exp_txt) if exp_txt is not None else 0
-    except ValueError:
-        raise UnknownSamplingRateError(path, f"SampleExponent {exp_txt!r} is not an integer") from None
+    exp_ok = exp_txt is None or (len(exp_txt) <= 4 and exp_txt.lstrip("+-").isdigit() and exp_txt.isascii())
+    if not exp_ok:
+        raise UnknownSamplingRateError(path, f"SampleExponent {exp_txt[:40]!r} is not a small integer")
+    exponent = int(exp_txt) if exp_txt is not None else 0
     if base is None or base <= 0:
-        raise UnknownSamplingRateError(path, f"{waveform} SampleBase {base_txt!r} is missing, not a number or <= 0")
-    return base * 10.0**exponent
+        raise UnknownSamplingRateError(path, f"{waveform} SampleBase {_short(base_txt)!r} is missing, not a number or <= 0")
+    if not -6 <= exponent <= 6:
+        raise UnknownSamplingRateError(path, f"SampleExponent {exponent} outside -6..6")
+    fs = base * 10.0**exponent
+    if not FS_MIN_HZ <= fs <= FS_MAX_HZ:
+        raise UnknownSamplingRateError(
+            path, f"{waveform} SampleBase {base:g} x 10^{exponent} = {fs:g} Hz outside {FS_MIN_HZ:g}-{FS_MAX_HZ:g} Hz")
+    return fs
+
+
+def _short(text: str | None, n: int = 40) -> str | None:
+    """``text`` cut to ``n`` characters for an error message (a hostile field may be megabytes)."""
+    return text if text is None or len(text) <= n else text[:n] + "..."
 
 
 def _decode_lead(path: Path, ld: Element, k: int, flags: list[str], verify_crc: bool
@@ -205,7 +258,7 @@ def _decode_lead(path: Path, ld: Element, k: int, flags: list[str], verify_crc: 
     upb_txt = _text(ld, "LeadAmplitudeUnitsPerBit")
     upb = parse_number(upb_txt)
     if upb is None or upb <= 0:
-        raise UnitsError(path, f"{label}: LeadAmplitudeUnitsPerBit {upb_txt!r} is missing, not a number or <= 0")
+        raise UnitsError(path, f"{label}: LeadAmplitudeUnitsPerBit {_short(upb_txt)!r} is missing, not a number or <= 0")
     unit_txt = _text(ld, "LeadAmplitudeUnits")
     if unit_txt is None:
         flags.append(f"{label}: no LeadAmplitudeUnits, assumed MICROVOLTS")
@@ -229,14 +282,23 @@ def _decode_lead(path: Path, ld: Element, k: int, flags: list[str], verify_crc: 
     n = len(raw) // 2
     for tag, expect in (("LeadSampleCountTotal", n), ("LeadByteCountTotal", len(raw))):
         t = _text(ld, tag)
-        if t is not None and t.isdigit() and int(t) != expect:
+        if t is not None and not _is_uint(t):  # an unparsable count is an error, not a skipped check
+            raise Base64Error(path, f"{label}: {tag} {_short(t)!r} is not a non-negative integer")
+        if t is not None and int(t) != expect:
             raise Base64Error(path, f"{label}: decoded {len(raw)} bytes = {n} samples but {tag} says {t} (truncated or padded data)")
     crc_txt = _text(ld, "LeadDataCRC32")
-    if verify_crc and crc_txt is not None and crc_txt.isdigit():
+    if crc_txt is not None and not (_is_uint(crc_txt) and int(crc_txt) < 2**32):
+        raise ChecksumError(path, f"{label}: LeadDataCRC32 {_short(crc_txt)!r} is not a 32-bit unsigned integer")
+    if verify_crc and crc_txt is not None:
         crc = zlib.crc32(raw)
         if crc != int(crc_txt):
             raise ChecksumError(path, f"{label}: CRC-32 of the decoded data is {crc}, LeadDataCRC32 says {crc_txt}")
     return raw_id, upb * factor, np.frombuffer(raw, dtype="<i2")
+
+
+def _is_uint(text: str) -> bool:
+    """ASCII digits only, at most 20 of them (``str.isdigit`` also accepts e.g. superscripts)."""
+    return text.isascii() and text.isdigit() and len(text) <= 20
 
 
 def _muse_meta(path: Path, root: Element, wave: Element, fs: float, n_samples: int,
@@ -252,6 +314,10 @@ def _muse_meta(path: Path, root: Element, wave: Element, fs: float, n_samples: i
     waveform = _text(wave, "WaveformType") or ""
     if waveform.lower() == "rhythm" and expected_duration_s is not None:
         dur = n_samples / fs
+        if dur > MAX_DURATION_FACTOR * expected_duration_s:  # a wrong SampleBase, not a long strip
+            raise UnknownSamplingRateError(
+                path, f"LeadSampleCountTotal {n_samples} / SampleBase {fs:g} Hz = {dur:g} s, over "
+                      f"{MAX_DURATION_FACTOR}x the {expected_duration_s:g} s of a Rhythm strip (wrong SampleBase?)")
         if abs(dur - expected_duration_s) > 1e-6:
             flags.append(f"LeadSampleCountTotal {n_samples} / SampleBase {fs:g} Hz = {dur:g} s, not {expected_duration_s:g} s")
     ecg_base = measurements.get("ECGSampleBase")

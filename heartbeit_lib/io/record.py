@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .errors import (EmptyFileError, FlatLineError, LeadMismatchError, MissingFileError, MissingLeadError,
+from .errors import (AmplitudeError, EmptyFileError, FileTooLargeError, FlatLineError, LeadMismatchError, MissingFileError, MissingLeadError,
                      NonFiniteError, UnitsError, UnknownSamplingRateError, UnreadableFileError,
                      UnsupportedFormatError)
 from .leads import CANONICAL_LEADS, LEAD_ORDER, append_limb_leads, canonical_lead
 
 #: A lead whose peak-to-peak range is below this many microvolts is "flat".
 FLAT_PTP_UV: float = 10.0
+#: Accepted sampling rates, Hz: below 50 Hz no QRS is resolved (the lowest rate in use is PTB-XL's
+#: 100 Hz), above 10 kHz is beyond any ECG recorder (PTB: 1 kHz). Outside, resampling to the store
+#: rate would also allocate absurd arrays (0.0001 Hz -> 25e9 samples).
+FS_MIN_HZ: float = 50.0
+FS_MAX_HZ: float = 10_000.0
+#: Largest accepted |sample| after scaling, microvolts (50 mV): a body-surface ECG spans a few mV
+#: and int16 at the usual 1000 adu/mV saturates at 32.8 mV, so more is a wrong gain or unit.
+MAX_ABS_UV: float = 50_000.0
+#: Size caps of the text formats (a typed error beyond them): MUSE exports are 0.1-1 MB, WFDB
+#: headers a few kB with lines under 200 characters.
+MAX_XML_BYTES: int = 64 * 2**20
+MAX_HEADER_BYTES: int = 2**20
+MAX_LINE_CHARS: int = 4096
 
 
 # Physical unit -> factor to microvolts (WFDB units are free text; MUSE uses MICROVOLTS).
@@ -119,11 +133,17 @@ def validate_signal(
         raise UnknownSamplingRateError(path, f"sampling rate {fs!r} is not a number") from None
     if not math.isfinite(fs) or fs <= 0:
         raise UnknownSamplingRateError(path, f"sampling rate {fs!r} Hz must be finite and > 0")
+    if not FS_MIN_HZ <= fs <= FS_MAX_HZ:
+        raise UnknownSamplingRateError(path, f"sampling rate {fs:g} Hz outside {FS_MIN_HZ:g}-{FS_MAX_HZ:g} Hz")
     x = x.astype(np.float64, copy=False)
     finite = np.isfinite(x)
     if not finite.all():
         bad = {leads[i]: int((~finite[i]).sum()) for i in range(len(leads)) if not finite[i].all()}
         raise NonFiniteError(path, f"non-finite samples (NaN/inf/invalid marker) per lead: {bad}")
+    peak = np.abs(x).max(axis=1)
+    if (peak > MAX_ABS_UV).any():
+        bad = {leads[i]: f"{peak[i]:.3g} uV" for i in range(len(leads)) if peak[i] > MAX_ABS_UV}
+        raise AmplitudeError(path, f"samples beyond +-{MAX_ABS_UV / 1000:g} mV (wrong gain or units?): {bad}")
     missing = [n for n in ("I", "II") if n not in leads]
     if missing:
         raise MissingLeadError(path, f"lead(s) {missing} missing (present: {list(leads)})")
@@ -138,6 +158,8 @@ def validate_signal(
         )
     order = sorted(range(len(leads)), key=lambda i: LEAD_ORDER[leads[i]])
     x = np.ascontiguousarray(x[order], dtype=np.float32)
+    if not np.isfinite(x).all():  # cannot happen within MAX_ABS_UV; checked after the cast anyway
+        raise NonFiniteError(path, "non-finite samples after the float32 cast")
     leads = tuple(leads[i] for i in order)
     for key in ("record_id", "patient_id", "site", "acquisition_time", "source_path"):
         meta.setdefault(key, None)
@@ -154,11 +176,21 @@ def units_factor(path: Any, units: Any, what: str) -> float:
     return _UNIT_TO_UV[key]
 
 
-def read_bytes(path: Path, what: str = "file") -> bytes:
+def read_bytes(path: Path, what: str = "file", max_bytes: int | None = None) -> bytes:
+    """The bytes of ``path``; typed errors when missing, unreadable, empty or over ``max_bytes``
+    (checked on the open file before reading, so a huge file is never loaded)."""
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if max_bytes is not None and size > max_bytes:
+                raise FileTooLargeError(path, f"{what} holds {size} bytes, over the cap of {max_bytes}")
+            data = f.read() if max_bytes is None else f.read(max_bytes + 1)
+        if max_bytes is not None and len(data) > max_bytes:  # grew, or a device without a size
+            raise FileTooLargeError(path, f"{what} is over the cap of {max_bytes} bytes")
     except FileNotFoundError:
         raise MissingFileError(path, f"{what} does not exist") from None
+    except IsADirectoryError:
+        raise UnreadableFileError(path, f"cannot read {what}: is a directory") from None
     except OSError as e:
         raise UnreadableFileError(path, f"cannot read {what}: {e.strerror or e}") from None
     if not data.strip():
@@ -167,6 +199,9 @@ def read_bytes(path: Path, what: str = "file") -> bytes:
 
 
 def parse_number(text: str | None) -> float | None:
+    """``float(text)`` when finite, else None (for optional metadata such as an age)."""
+    if text is not None and len(text) > 64:  # no number is that long; float() of a huge token is slow
+        return None
     try:
         v = float(text) if text is not None else None
     except ValueError:

@@ -21,10 +21,12 @@ from .record import ECGRecord, parse_number, units_factor, validate_signal
 #: ``read_wfdb(gain="auto")`` to ``.mat`` records only: (record-name regex, header adu/mV,
 #: corrected adu/mV, why). The same kind of data was re-issued in 2021 with 1000/mV, and the raw
 #: values are microvolts: with the header gain Georgia-2020 amplitudes come out 4.88x too small
-#: (+-0.2-0.5 mV) and PTB-XL-2020 ones 5x too large (+-7-12 mV).
+#: (+-0.2-0.5 mV), PTB-XL-2020 ones 5x too large (+-7-12 mV) and PTB-2020 (``S``-prefixed, 1000 Hz)
+#: ones 2000x too small (flat: rejected).
 CINC2020_GAIN_FIXES: tuple[tuple[str, float, float, str], ...] = (
     (r".*", 4880.0, 1000.0, "Georgia, CinC 2020 release (4880/mV; 2021 release: 1000/mV)"),
     (r"HR\d+", 200.0, 1000.0, "PTB-XL, CinC 2020 release (200/mV; PTB-XL and CinC 2021: 1000/mV)"),
+    (r"S\d+", 2_000_000.0, 1000.0, "PTB, CinC 2020 release (2,000,000/mV on microvolt values; CinC 2021: 1000/mV)"),
 )
 
 
@@ -162,7 +164,8 @@ def _to_microvolts(info: dict[str, Any], digital: np.ndarray, gains: list[float 
         if name is None:
             dropped.append(names_raw[i])
             continue
-        rows.append((x - s["baseline"]) / g * factor)
+        with np.errstate(over="ignore"):  # inf from an absurd gain is rejected by validate_signal
+            rows.append((x - s["baseline"]) / g * factor)
         names.append(name)
         row_units.append(u)
     if not rows:

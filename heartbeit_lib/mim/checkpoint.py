@@ -36,6 +36,10 @@ class ResumeError(PretrainError):
     """A checkpoint cannot be resumed with the current configuration."""
 
 
+class CheckpointError(PretrainError):
+    """A checkpoint file is missing, corrupt, holds pickled objects or is not a 02_pretrain checkpoint."""
+
+
 def rng_state() -> dict:
     """torch / numpy / python (and CUDA) RNG states of this process, as tensors, numbers and lists."""
     np_state = np.random.get_state()
@@ -93,8 +97,11 @@ def checkpoint_state(model: MIMModel, cfg: Any, opt: torch.optim.Optimizer, sche
 
 
 def load_mim_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> MIMModel:
-    """The :class:`MIMModel` (backbone + MIM head) of a pretraining checkpoint, in eval mode."""
-    ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    """The :class:`MIMModel` (backbone + MIM head) of a pretraining checkpoint, in eval mode.
+
+    Raises :class:`CheckpointError` naming the file when it is missing, corrupt, holds pickled objects
+    (never unpickled) or lacks the checkpoint's entries."""
+    ck = _load_checkpoint_file(checkpoint, ("backbone_config", "backbone", "mim"))
     bc = ck["backbone_config"]
     vocab = ck["mim"]["head.weight"].shape[0]
     model = MIMModel(models.create_backbone(bc["size"], img_size=int(bc["img_size"]),
@@ -102,6 +109,18 @@ def load_mim_model(checkpoint: str | os.PathLike, device: str | torch.device = "
     model.load_state_dict({**{f"backbone.{k}": v for k, v in ck["backbone"].items()}, **ck["mim"]})
     return model.to(device).eval()
 
+
+
+def _load_checkpoint_file(path: str | os.PathLike, keys: tuple[str, ...]) -> dict[str, Any]:
+    """A checkpoint dict read with ``weights_only=True`` holding ``keys``, else :class:`CheckpointError`."""
+    try:
+        ck = models.load_weights_file(path)
+    except models.WeightsError as e:
+        raise CheckpointError(str(e)) from None
+    missing = [k for k in keys if k not in ck]
+    if missing:
+        raise CheckpointError(f"{path}: not a 02_pretrain checkpoint (missing {missing})")
+    return ck
 
 
 def save_checkpoint(state: dict, ckpt_dir: Path, keep_epoch: bool) -> None:
@@ -119,7 +138,8 @@ def resume(path: Path, model: MIMModel, opt: torch.optim.Optimizer, sched: Any, 
     ``config`` is the run's config dict; it, the tokenizer fingerprint and ``n_train`` must match the
     checkpoint's (:data:`TRAJECTORY_FIELDS`), else :class:`ResumeError`.  Returns (epochs done, step, history).
     """
-    ck = torch.load(path, map_location="cpu", weights_only=True)
+    ck = _load_checkpoint_file(path, ("config", "tokenizer", "backbone", "mim", "optimizer", "scheduler", "rng",
+                                      "epoch", "step", "history"))
     diff = {f: (ck["config"].get(f), config.get(f)) for f in TRAJECTORY_FIELDS if ck["config"].get(f) != config.get(f)}
     if ck["tokenizer"].get("fingerprint") != tokenizer.get("fingerprint"):
         diff["tokenizer"] = (ck["tokenizer"].get("fingerprint"), tokenizer.get("fingerprint"))

@@ -458,14 +458,22 @@ class KMeansTokenizer:
         if not path.exists():
             raise _missing(path, "ecg_kmeans")
         if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                st = {k: z[k] for k in z.files}
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    st = {k: z[k] for k in z.files}
+            except Exception as e:  # BadZipFile, object arrays (pickles: refused), truncated members...
+                raise TokenizerError(f"{str(path)!r} is not a readable .npz of plain arrays "
+                                     f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
             st = {k: (v.item() if v.ndim == 0 else v) for k, v in st.items()}
         else:
             try:
                 st = torch.load(path, map_location="cpu", weights_only=True)
-            except pickle.UnpicklingError as e:
-                raise TokenizerError(f"{str(path)!r} is not a weights-only k-means tokenizer file: {e}") from None
+            except pickle.UnpicklingError:  # torch's message suggests weights_only=False: not passed on
+                raise TokenizerError(f"{str(path)!r} is not a weights-only k-means tokenizer file: it holds "
+                                     "pickled Python objects (refused: unpickling can run code)") from None
+            except Exception as e:  # truncated, not a torch file
+                raise TokenizerError(f"{str(path)!r} is not a readable k-means tokenizer file "
+                                     f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
         if not isinstance(st, dict) or st.get("kind") != cls.kind or "centroids" not in st:
             kind = st.get("kind") if isinstance(st, dict) else None
             raise TokenizerError(f"{str(path)!r}: not an ecg_kmeans tokenizer file (kind={kind!r})")

@@ -43,7 +43,7 @@ class PreprocessConfig(runs.TypedConfig):
     pad_short: bool = False  # zero-pad records shorter than 5 s instead of rejecting them
     shard_size: int = 512  # ECGs per shard file (512 x 8 x 2500 float16: 20 MB)
     workers: int = 2  # worker processes (output does not depend on it)
-    salt_file: str | None = None  # file holding the patient-hash salt (None: new random salt in <run_dir>/salt.txt)
+    salt_file: str | None = None  # file holding the patient-hash salt (None: the per-user salt file, see cohorts.default_salt_path)
     n_qc: int = 3  # records shown in the QC figure
     progress: bool = True  # tqdm progress bar
     out_root: str = "outputs"  # run folders: <out_root>/01_preprocess/<run_id>/

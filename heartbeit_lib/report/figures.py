@@ -342,7 +342,8 @@ def overlay_figure(result: SaliencyResult, task: str, record_id: str, method: st
         ax.set_title(f"{model_label(r.info['model'])}, {100 * float(r.info['fraction']):g}%\n"
                      f"p = {r.records['prob'].iloc[k]:.2f}", fontsize=8)
     lab = sel[0].records.set_index("record_id")["label"].get(record_id, "?")
-    fig.suptitle(title or f"{task_label(task)}: ECG {record_id} (label {lab}), {method}", fontsize=9)
+    # parse_math=False: a "$" in a record id (a file name) must not start matplotlib mathtext
+    fig.suptitle(title or f"{task_label(task)}: ECG {record_id} (label {lab}), {method}", fontsize=9, parse_math=False)
     fig.tight_layout()
     return fig
 

@@ -124,11 +124,13 @@ def browser(result: SaliencyResult):
         slider.max = len(rec) - 1
         k = min(slider.value, len(rec) - 1)
         rid = rec["record_id"].iloc[k]
-        caption.value = f"<b>{task_w.value}</b>: record {rid}, label {int(rec['label'].iloc[k])}"
+        # record ids are file names: escaped, so "<img onerror=...>.xml" is text, not markup
+        caption.value = (f"<b>{html.escape(str(task_w.value))}</b>: record {html.escape(str(rid))}, "
+                         f"label {int(rec['label'].iloc[k])}")
         try:
             image.value = overlay_png(result, task_w.value, rid, method_w.value)
         except SaliencyError as e:  # e.g. rollout for a task with only CNN runs
-            caption.value += f" - {e}"
+            caption.value += f" - {html.escape(str(e))}"
             image.value = b""
 
     for w in (task_w, method_w, slider):

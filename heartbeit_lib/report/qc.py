@@ -115,7 +115,8 @@ def qc_figure(store: CohortStore, reader: Callable[[str], Any], rows: Sequence[i
                         label="raw" if k == 0 else None)
             ax.plot(t_st, stored[c, k] / 1000.0 + offsets[k], color="tab:blue", lw=0.6,
                     label="stored (filtered)" if k == 0 else None)
-        ax.set_title(f"{rec['record_id']} (label {rec['label']}, {rec['split']})", fontsize=8)
+        # parse_math=False: a "$" in a record id (a file name) must not start matplotlib mathtext
+        ax.set_title(f"{rec['record_id']} (label {rec['label']}, {rec['split']})", fontsize=8, parse_math=False)
         ax.set_xlabel("time (s)", fontsize=8)
         ax.tick_params(labelsize=7)
     axes[0].set_yticks(offsets, leads)

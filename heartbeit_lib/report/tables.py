@@ -8,6 +8,7 @@ Layout of Tables 2-3: rows task x split (internal, external) x model, columns th
 from __future__ import annotations
 
 import dataclasses
+import html
 import math
 import os
 from pathlib import Path
@@ -230,13 +231,14 @@ _TABLE_CSS = [{"selector": "", "props": "border-collapse: collapse; font-family:
 
 
 def table_to_html(cells: pd.DataFrame, bold: pd.DataFrame | None = None, caption: str = "") -> str:
-    """Styled HTML (pandas Styler): bold cells in ``font-weight: bold``."""
-    sty = cells.style
+    """Styled HTML (pandas Styler): bold cells in ``font-weight: bold``. Cells, index, header and caption
+    are HTML-escaped (task and model names, record ids come from inputs)."""
+    sty = cells.style.format(escape="html").format_index(escape="html", axis=0).format_index(escape="html", axis=1)
     if bold is not None:
         sty = sty.apply(lambda _: np.where(bold.to_numpy(), "font-weight: bold", ""), axis=None)
     sty = sty.set_table_styles(_TABLE_CSS)
     if caption:
-        sty = sty.set_caption(caption)
+        sty = sty.set_caption(html.escape(caption))
     return sty.to_html()
 
 

@@ -199,6 +199,15 @@ def muse_mutations() -> dict[str, tuple[str, str, Callable[[ET.Element], ET.Elem
         body = muse_text(root).split("\n", 2)[2].replace("<PatientID>JAX01234</PatientID>", "<PatientID>&xxe;</PatientID>")
         return '<?xml version="1.0" encoding="ISO-8859-1"?>\n' + doctype + body
 
+    def upb(lead_id, value):
+        return tree(lambda r: setattr(_lead(r, lead_id).find("LeadAmplitudeUnitsPerBit"), "text", value))
+
+    def lead_field(lead_id, tag, value):
+        return tree(lambda r: setattr(_lead(r, lead_id).find(tag), "text", value))
+
+    def prolog_flood(_root):  # malformed XML: the old prolog-stripping regex was quadratic (50,000 "<?": > 10 s)
+        return PROLOG + "<RestingECG>" + "<?" * 50_000
+
     def junk(_root):
         return np.random.default_rng(20240).integers(0, 256, 3000, dtype=np.uint8).tobytes()
 
@@ -233,7 +242,35 @@ def muse_mutations() -> dict[str, tuple[str, str, Callable[[ET.Element], ET.Elem
         "muse_zero_units_per_bit.xml": ("UnitsError", "LeadAmplitudeUnitsPerBit '0'", tree(lambda r: setattr(_lead(r, "I").find("LeadAmplitudeUnitsPerBit"), "text", "0"))),
         "muse_xml_bomb.xml": ("UnsafeXMLError", "EntitiesForbidden", bomb),
         "muse_xxe.xml": ("UnsafeXMLError", "EntitiesForbidden", xxe),
+        # issue 16: absurd values, unparsable fields, slow paths
+        "muse_exponent_400.xml": ("UnknownSamplingRateError", "SampleExponent 400 outside", set_text("Waveform/SampleExponent", "400")),
+        "muse_exponent_minus400.xml": ("UnknownSamplingRateError", "SampleExponent -400 outside", set_text("Waveform/SampleExponent", "-400")),
+        "muse_exponent_text.xml": ("UnknownSamplingRateError", "not a small integer", set_text("Waveform/SampleExponent", "x1")),
+        "muse_samplebase_tiny.xml": ("UnknownSamplingRateError", "outside 50-10000 Hz", set_text("Waveform/SampleBase", "0.0001")),
+        "muse_samplebase_half.xml": ("UnknownSamplingRateError", "outside 50-10000 Hz", set_text("Waveform/SampleBase", "0.5")),
+        "muse_samplebase_huge.xml": ("UnknownSamplingRateError", "outside 50-10000 Hz", set_text("Waveform/SampleBase", "1e308")),
+        "muse_samplebase_denormal.xml": ("UnknownSamplingRateError", "outside 50-10000 Hz", set_text("Waveform/SampleBase", "1e-320")),
+        "muse_units_per_bit_1e300.xml": ("AmplitudeError", "beyond +-50 mV", upb("II", "1e300")),
+        "muse_units_per_bit_1e18.xml": ("AmplitudeError", "beyond +-50 mV", upb("V2", "1e18")),
+        "muse_units_per_bit_1e308.xml": ("NonFiniteError", "non-finite", upb("I", "1e308")),
+        "muse_sample_count_minus1.xml": ("Base64Error", "LeadSampleCountTotal '-1' is not", lead_field("V1", "LeadSampleCountTotal", "-1")),
+        "muse_sample_count_text.xml": ("Base64Error", "LeadSampleCountTotal 'abc' is not", lead_field("V1", "LeadSampleCountTotal", "abc")),
+        "muse_byte_count_text.xml": ("Base64Error", "LeadByteCountTotal 'abc' is not", lead_field("V1", "LeadByteCountTotal", "abc")),
+        "muse_crc_minus1.xml": ("ChecksumError", "LeadDataCRC32 '-1' is not", lead_field("V3", "LeadDataCRC32", "-1")),
+        "muse_crc_text.xml": ("ChecksumError", "LeadDataCRC32 'abc' is not", lead_field("V3", "LeadDataCRC32", "abc")),
+        "muse_lead_count_text.xml": ("LeadMismatchError", "NumberofLeads 'eight' is not", set_text("Waveform/NumberofLeads", "eight")),
+        "slow_muse_prolog_flood.xml": ("NotXMLError", "not well-formed", prolog_flood),
     }
+
+
+def muse_ok_mutations() -> dict[str, Callable[[ET.Element], ET.Element]]:
+    """name -> mutation of the seed that must still read cleanly (written to ``ok/``; slow on the old code)."""
+
+    def diagnosis_spaces(root):  # "re.sub(r'\\s+,', ...)" over 100,000 spaces took 8.4 s
+        root.find("Diagnosis").find("DiagnosisStatement").find("StmtText").text = "Sinus rhythm" + " " * 100_000 + "x"
+        return root
+
+    return {"slow_muse_diagnosis_spaces.xml": diagnosis_spaces}
 
 
 # ------------------------------------------------------------------------------------ WFDB ----
@@ -276,10 +313,10 @@ def _dat(d: np.ndarray) -> bytes:
     return d.T.astype("<i2").tobytes()
 
 
-def cinc_header(name: str, d: np.ndarray, *, n_sig=None, n=None, gain="1000/mV") -> str:
+def cinc_header(name: str, d: np.ndarray, *, n_sig=None, n=None, gain="1000/mV", fs=500) -> str:
     n_sig = d.shape[0] if n_sig is None else n_sig
     n = d.shape[1] if n is None else n
-    lines = [f"{name} {n_sig} 500 {n} 12-May-2020 12:33:59"]
+    lines = [f"{name} {n_sig} {fs} {n} 12-May-2020 12:33:59"]
     for i, s in enumerate(CINC_NAMES[:n_sig]):
         row = d[i] if i < d.shape[0] else d[0]
         lines.append(f"{name}.mat 16+24 {gain} 16 0 {int(row[0])} {_checksum(row)} 0 {s}")
@@ -356,6 +393,20 @@ def wfdb_entries(d: np.ndarray, m: np.ndarray) -> dict[str, tuple[str, str, dict
     mrec("mat_empty", "EmptyFileError", "signal file is empty", cinc_header("mat_empty", m), b"")
     g = cinc_header("mat_missing", m).replace("mat_missing 12", "mat_missing.mat 12", 1)  # Georgia-style line 1
     rec("mat_missing", "MissingSignalFileError", "'mat_missing.mat'", g)
+
+    # issue 16: absurd rates and gains, paths outside the folder, slow tokens
+    for stem, fs in (("wfdb_fs_denormal", "1e-320"), ("wfdb_fs_huge", "1e308"), ("wfdb_fs_tiny", "0.5")):
+        rec(stem, "UnknownSamplingRateError", "outside 50-10000 Hz", hdr(stem, fs=fs), _dat(d))
+    rec("wfdb_fs_4000_digits", "UnknownSamplingRateError", "is not a number", hdr("wfdb_fs_4000_digits", fs="1" * 4000 + "x"), _dat(d))
+    rec("wfdb_gain_tiny", "AmplitudeError", "beyond +-50 mV", hdr("wfdb_gain_tiny", gain="1e-300(0)/mV"), _dat(d))
+    rec("wfdb_gain_300_digits", "HeaderSyntaxError", "over 40 characters", hdr("wfdb_gain_300_digits", gain="9" * 300 + "x(0)/mV"), _dat(d))
+    rec("wfdb_abs_path", "UnsafePathError", "outside the header's folder", hdr("wfdb_abs_path", file="/etc/passwd"))
+    rec("wfdb_dotdot_path", "UnsafePathError", "outside the header's folder", hdr("wfdb_dotdot_path", file="../../elsewhere/file.bin"))
+    rec("slow_wfdb_fs_20000_digits", "FileTooLargeError", "over the cap of 4096", hdr("slow_wfdb_fs_20000_digits", fs="1" * 20_000 + "x"), _dat(d))
+    rec("slow_wfdb_gain_20000_digits", "FileTooLargeError", "over the cap of 4096",
+        hdr("slow_wfdb_gain_20000_digits", gain="9" * 20_000 + "x(0)/mV"), _dat(d))
+    rec("slow_wfdb_age_spaces", "FileTooLargeError", "over the cap of 4096",
+        hdr("slow_wfdb_age_spaces", comments=["Age: x" + " " * 100_000 + "y"]), _dat(d))
     return out
 
 
@@ -384,6 +435,11 @@ def build(out: Path, shared: Path = SHARED) -> list[tuple[str, str, str]]:
         for fname, data in files.items():
             (out / fname).write_bytes(data)
         expected.append((name, err, why))
+    for name, fn in muse_ok_mutations().items():
+        (out / "ok" / name).write_text(muse_text(fn(_copy(seed))), encoding="latin-1", newline="\n")
+    # CinC 2020 release of PTB (S-prefixed, 1000 Hz): 2,000,000 adu/mV declared on microvolt values
+    (out / "ok" / "S0001.hea").write_text(cinc_header("S0001", m, gain="2000000/mV", fs=1000), newline="\n")
+    (out / "ok" / "S0001.mat").write_bytes(_mat_bytes({"val": m}))
     (out / "misc_unknown_suffix.edf").write_bytes(b"0       X X X X                                \n")
     expected.append(("misc_unknown_suffix.edf", "UnsupportedFormatError", "unknown ECG file type"))
     with open(out / "EXPECTED.csv", "w", newline="") as f:
