@@ -21,11 +21,12 @@ N_LEADS = 8
 N_SAMPLES = 2500  # 5 s at 500 Hz (the paper truncates every ECG to 2,500 samples)
 STORE_FS = 500
 # open shard memmaps kept per CohortStore object (per loader worker): each holds one file descriptor.  At the
-# paper's ~4,150 shards a random batch touches nearly every shard, and a 1,024 soft limit would end in "Too many
-# open files".  The cost of the cap: a batch that touches more than MAX_OPEN_SHARDS shards reopens the evicted ones
-# (an open + mmap of the .npy header, measured ~30 us per shard on local disk, i.e. ~4 ms per batch of 128 when
-# every image falls in another shard, against ~40 ms to render that batch); pages stay in the OS page cache.
-MAX_OPEN_SHARDS = 64
+# paper's ~4,150 shards (shard_size 2048) a random batch touches nearly every shard, and a 1,024 soft limit would
+# end in "Too many open files".  The cost of the cap: a read from a closed shard reopens it (open + mmap of the
+# .npy, measured 0.26-0.31 ms per shard with one row read on the shared 2-core dev machine), so a batch of 128
+# random ECGs over 4,150 shards (94 % misses at 256 open) spends ~35 ms reopening, about as long as rendering
+# it.  Pages stay in the OS page cache.  Fewer, larger shards (shard_size 16384: 520 shards) avoid the cost.
+MAX_OPEN_SHARDS = 256
 REJECT_COLUMNS = ("input_index", "source_path", "record_id", "stage", "error_type", "reason")
 
 
