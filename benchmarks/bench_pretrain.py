@@ -10,7 +10,11 @@ Measured side by side in one run, on the same batch:
 * ``data``: the pretraining data pipeline for one batch in one process - read signals, render images
   (``render.RenderedECGDataset``), look up cached tokens, draw block masks (:class:`MIMDataset`).
   Target: >= 3x the MIM step's images/s (per loader worker);
-* ``tokenize``: the k-means tokenizer on rendered images (run once per store, then cached).
+* ``tokenize``: the k-means tokenizer on rendered images (run once per store, then cached);
+* ``loader``: images/s of one DataLoader worker delivering batches to the training process (the
+  worker renders, pickles the batch through shared memory; the main process receives it), before (float32
+  (B, 3, H, W) from ``render.RenderedECGDataset``, as until issue 17) and after (uint8 (B, H, W) from
+  ``mim.data.StoreImages``; the float RGB input is made on the device).
 
 Timings alternate plain/mim repetitions and report medians (the machine may be shared).
 
@@ -34,7 +38,7 @@ import torch.nn.functional as F
 
 from heartbeit_lib.mim import masking
 from heartbeit_lib.classify import registry as models
-from heartbeit_lib.mim.data import MIMDataset
+from heartbeit_lib.mim.data import EpochSampler, MIMDataset, StoreImages, make_loader
 from heartbeit_lib.mim.model import MIMModel, mim_targets, normalize
 from heartbeit_lib import render
 from heartbeit_lib.mim import tokenizers
@@ -66,6 +70,31 @@ def ecg_like(n: int, seed: int = 0) -> np.ndarray:
     return (x + rng.normal(0, 10, x.shape)).astype(np.float32)
 
 
+def loader_rates(size: int = 224, batch: int = 128, n_batches: int = 12, workers: int = 1,
+                 n_ecgs: int = 1024) -> dict[str, float]:
+    """Images/s delivered by ``workers`` DataLoader workers (per worker: divide by ``workers``), float32 RGB
+    (before) vs uint8 grey (after), measured after the first batch (worker start-up excluded)."""
+    store = ArrayStore(ecg_like(n_ecgs))
+    grid = (size // 16, size // 16)
+    k = masking.num_masked_for(grid)
+    tokens = np.zeros((n_ecgs, *grid), np.int16)
+    rows = np.arange(n_ecgs)
+    out = {}
+    for name, images in (("float32 (B, 3, H, W), before", render.RenderedECGDataset(store, rows, size=size)),
+                         ("uint8 (B, H, W), after", StoreImages(store, rows, size))):
+        ds = MIMDataset(images, tokens, k, max(1, round(16 * grid[0] * grid[1] / 196)), rows=rows)
+        sampler = EpochSampler(n_ecgs, batch, seed=0)
+        loader = make_loader(ds, sampler, batch, workers, torch.device("cpu"), drop_last=True)
+        it = iter(loader)
+        next(it)
+        t0, n = time.perf_counter(), 0
+        for _ in range(min(n_batches, n_ecgs // batch - 1)):
+            n += len(next(it)[0])
+        out[name] = n / (time.perf_counter() - t0)
+        del it, loader
+    return out
+
+
 def _sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -82,10 +111,18 @@ def main() -> None:
     ap.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    ap.add_argument("--loader-only", action="store_true", help="only the loader's images/s per worker")
+    ap.add_argument("--loader-batch", type=int, default=128, help="loader batch (per GPU) for the loader figure")
+    ap.add_argument("--loader-size", type=int, default=224, help="image side for the loader figure")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
+    rates = loader_rates(args.loader_size, args.loader_batch)
+    print(f"loader, 1 worker, {args.loader_size}px, batch {args.loader_batch}: "
+          + ", ".join(f"{k}: {v:.0f} images/s" for k, v in rates.items()))
+    if args.loader_only:
+        return
     s, b = args.image_size, args.batch
     grid = (s // 16, s // 16)
     k = masking.num_masked_for(grid)
@@ -102,7 +139,7 @@ def main() -> None:
     t0 = time.perf_counter()
     tokens = tok.tokenize(all_imgs)
     tok_rate = len(all_imgs) / (time.perf_counter() - t0)
-    ds = MIMDataset(render.RenderedECGDataset(store, np.arange(len(store)), size=s), tokens, k, min_block)
+    ds = MIMDataset(StoreImages(store, np.arange(len(store)), s), tokens, k, min_block, rows=np.arange(len(store)))
     data_times = []
     for r in range(args.steps + 1):
         keys = [(int(i), r) for i in np.random.default_rng(r).choice(len(ds), b, replace=False)]
@@ -111,7 +148,7 @@ def main() -> None:
         data_times.append(time.perf_counter() - t0)
     data_rate = b / statistics.median(data_times[1:])
     images, toks, mask = (t.to(dev) for t in batch)
-    images = normalize(images)
+    images = normalize(images.to(dev).float().div_(255)[:, None].expand(-1, 3, -1, -1))
 
     # ---- models
     torch.manual_seed(0)

@@ -242,7 +242,8 @@ def test_store_pipeline_tokens_match_training_images(tmp_path, smooth_ecgs):
     cache = tokenizers.token_cache_path(store.root, tok, 64)
     assert cache.exists()
     img, toks, mask = data.train[(0, 0)]
-    assert img.shape == (3, 64, 64) and toks.shape == (4, 4) and int(mask.sum()) == 6
+    # workers ship uint8 grey (H, W); the float RGB input is made on the device (mim.model.DeviceImages)
+    assert img.shape == (64, 64) and img.dtype == torch.uint8 and toks.shape == (4, 4) and int(mask.sum()) == 6
     # the cached tokens are the tokens of exactly the image the model is trained on
     np.testing.assert_array_equal(tok.tokenize(img[None]).numpy()[0], toks.numpy())
     # the token cache stays a memmap and travels to loader workers by file name, not by value

@@ -73,34 +73,92 @@ def records_sha256(record_ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(sorted(map(str, record_ids))).encode()).hexdigest()
 
 
-def default_dataset_factory(store, indices: np.ndarray, image_size: int, layout: str) -> torch.utils.data.Dataset:
-    """``render.RenderedECGDataset``: (3, H, W) float images in [0, 1] and int64 labels."""
-    return render.RenderedECGDataset(store, indices, size=image_size, layout=layout, channels=3)
+def device_images(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """A loader batch as the model's input on ``mean``'s device: uint8 grey (B, H, W) or uint8/float
+    (B, C, H, W) -> float32 (B, C', H, W) ``(x / 255 - mean) / std`` (float input: ``(x - mean) / std``), C' =
+    ``mean.shape[1]``, grey repeated.  ``mean``/``std`` (1, C', 1, 1) float32, made once per run.
 
-    return render.RenderedECGDataset(store, indices, size=image_size, layout=layout, channels=3)
+    Bit for bit what ``render._to_images`` followed by ``(x - mean) / std`` gave before (same float32 ops).
+    """
+    x = x.to(mean.device, non_blocking=True)
+    if x.dtype == torch.uint8:
+        if x.ndim == 3:
+            x = x[:, None]
+        x = x.float().div_(255.0)
+    if x.ndim == 4 and x.shape[1] != mean.shape[1]:
+        x = x.expand(-1, mean.shape[1], -1, -1)  # grey -> the model's channels (signals (B, leads, T) pass as they are)
+    x = (x - mean) / std
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+class GreyImageDataset(torch.utils.data.Dataset):
+    """Store rows rendered on the fly as uint8 grey images: items ``(uint8 (H, W), int64 label)``.
+
+    A batch is one ``store.signals`` read and one vectorised ``render.render_ecg`` (``__getitems__``); the
+    float RGB tensor the model needs is made on the device (:func:`device_images`): a worker ships 12x fewer
+    bytes than ``render.RenderedECGDataset``'s float32 (3, H, W).
+    """
+
+    def __init__(self, store, indices: np.ndarray, size: int, layout: str = "stack8"):
+        self.store, self.indices = store, np.asarray(indices, np.int64)
+        self.size, self.layout = int(size), layout
+        self.labels = store.manifest["label"].to_numpy(np.int64)[self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitems__(self, pos) -> list:
+        pos = np.asarray(pos, np.int64)
+        grey = render.render_ecg(self.store.signals(self.indices[pos]), size=self.size, layout=self.layout)
+        return list(zip(torch.from_numpy(np.ascontiguousarray(grey)).unbind(0),
+                        torch.from_numpy(self.labels[pos]).unbind(0)))
+
+    def __getitem__(self, i: int):
+        return self.__getitems__([i])[0]
+
+
+def default_dataset_factory(store, indices: np.ndarray, image_size: int, layout: str) -> torch.utils.data.Dataset:
+    """:class:`GreyImageDataset`: uint8 (H, W) grey images and int64 labels."""
+    return GreyImageDataset(store, indices, image_size, layout)
+
+
+# cache_images above this many ECGs per split is refused: uint8 224-px images take 50 kB each (10 GB here),
+# and a cohort that large renders faster in loader workers than one process renders it up front.
+MAX_CACHED_IMAGES = 200_000
 
 
 class _CachedDataset(torch.utils.data.Dataset):
-    """A dataset materialised once in memory (uint8 when the images are exact multiples of 1/255)."""
+    """A dataset materialised once in memory as uint8 (when the images are exact multiples of 1/255, always so
+    for rendered ECGs; else float32), rendered batch by batch in ``num_workers`` loader workers.
 
-    def __init__(self, ds: torch.utils.data.Dataset):
-        loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=False, num_workers=0)
+    Items: ``(image, int64 label)``, the image uint8 (or float32) in the source's shape; the model input is
+    made on the device (:func:`device_images`), so values equal the uncached path's.
+    """
+
+    def __init__(self, ds: torch.utils.data.Dataset, num_workers: int = 0):
+        if len(ds) > MAX_CACHED_IMAGES:
+            raise SplitError(f"parameter 'cache_images': {len(ds)} ECGs in one split exceed {MAX_CACHED_IMAGES} "
+                             f"({len(ds) * 50_176 / 1e9:.0f} GB of uint8 224-px images); set cache_images=false "
+                             "and render in loader workers (num_workers)")
+        loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=False, num_workers=num_workers)
         xs, ys = [], []
         for x, y in loader:
+            if x.is_floating_point():
+                q = torch.round(x * 255)
+                if torch.allclose(q / 255, x, atol=1e-6, rtol=0):
+                    x = q.to(torch.uint8)
             xs.append(x)
             ys.append(y)
-        x = torch.cat(xs) if xs else torch.zeros(0)
-        q = torch.round(x * 255)
-        self.exact = bool(len(x) == 0 or torch.allclose(q / 255, x, atol=1e-6, rtol=0))
-        self.x = q.to(torch.uint8) if self.exact else x
+        if xs and any(x.dtype != torch.uint8 for x in xs):
+            xs = [x.float() / 255 if x.dtype == torch.uint8 else x for x in xs]
+        self.x = torch.cat(xs) if xs else torch.zeros(0, dtype=torch.uint8)
         self.y = torch.cat(ys).long() if ys else torch.zeros(0, dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.y)
 
     def __getitem__(self, i):
-        x = self.x[i]
-        return (x.float() / 255 if self.exact else x), self.y[i]
+        return self.x[i], self.y[i]
 
 
 
@@ -121,14 +179,15 @@ class ImageCache:
     def clear(self) -> None:
         self._items.clear()
 
-    def dataset(self, factory: Callable, store, split: Split, image_size: int, layout: str) -> "_CachedDataset":
+    def dataset(self, factory: Callable, store, split: Split, image_size: int, layout: str,
+                num_workers: int = 0) -> "_CachedDataset":
         """The cached dataset of ``split`` (rendered through ``factory`` on first use)."""
         key = (str(getattr(store, "root", id(store))), id(factory), image_size, layout,
                hashlib.sha1(split.indices.tobytes() + split.label.tobytes()).hexdigest())
         if key not in self._items:
             while len(self._items) >= self.max_items:
                 self._items.pop(next(iter(self._items)))
-            self._items[key] = _CachedDataset(factory(store, split.indices, image_size, layout))
+            self._items[key] = _CachedDataset(factory(store, split.indices, image_size, layout), num_workers)
         return self._items[key]
 
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from heartbeit_lib.analysis import metrics as hm
-from heartbeit_lib.classify.data import EVAL_SPLITS, Split
+from heartbeit_lib.classify.data import EVAL_SPLITS, Split, device_images
 
 
 def split_metrics(label: np.ndarray, score: np.ndarray) -> dict[str, float]:
@@ -59,15 +59,17 @@ def select_best_epoch(log: Sequence[Mapping[str, Any]], select_on: str = "val", 
 
 
 def train_one_epoch(model: nn.Module, loader, opt: torch.optim.Optimizer, sched, scaler: torch.amp.GradScaler,
-                    mean: torch.Tensor, std: torch.Tensor, device: torch.device, amp: bool = False) -> float:
-    """One pass over ``loader`` (images (B, 3, S, S) in [0, 1], int64 labels (B,)); cross-entropy, one
-    optimiser and scheduler step per batch.  ``mean``/``std`` (1, 3, 1, 1) normalise on the device.
-    Returns the mean training loss over the epoch's images."""
+                    mean: torch.Tensor, std: torch.Tensor, device: torch.device, amp: bool = False,
+                    channels_last: bool = False) -> float:
+    """One pass over ``loader`` (images uint8 (B, S, S) grey or (B, 3, S, S) in [0, 1], int64 labels (B,));
+    cross-entropy, one optimiser and scheduler step per batch.  ``mean``/``std`` (1, 3, 1, 1) normalise on the
+    device (:func:`device_images`).  The loss sum stays on the device until the end of the epoch (no host
+    sync per step).  Returns the mean training loss over the epoch's images."""
     model.train()
     loss_fn = nn.CrossEntropyLoss()
-    tot, n = 0.0, 0
+    tot, n = torch.zeros((), dtype=torch.float64, device=device), 0
     for x, y in loader:
-        x = (x.to(device, non_blocking=True) - mean) / std
+        x = device_images(x, mean, std, channels_last)
         y = y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             loss = loss_fn(model(x), y)
@@ -76,27 +78,28 @@ def train_one_epoch(model: nn.Module, loader, opt: torch.optim.Optimizer, sched,
         scaler.step(opt)
         scaler.update()
         sched.step()
-        tot += float(loss.detach()) * len(y)
+        tot += loss.detach().double() * len(y)
         n += len(y)
-    return tot / max(n, 1)
+    return float(tot) / max(n, 1)
 
 
 @torch.no_grad()
 def predict(model: nn.Module, loader, mean: torch.Tensor, std: torch.Tensor, device: torch.device,
-            amp: bool = False) -> np.ndarray:
+            amp: bool = False, channels_last: bool = False) -> np.ndarray:
     """Probability of class 1 for every image of ``loader``: (n,) float64."""
     model.eval()
     out = []
     for x, _ in loader:
-        x = (x.to(device, non_blocking=True) - mean) / std
+        x = device_images(x, mean, std, channels_last)
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             logits = model(x)
-        out.append(torch.softmax(logits.float(), dim=1)[:, 1].double().cpu())
-    return torch.cat(out).numpy() if out else np.zeros(0)
+        out.append(torch.softmax(logits.float(), dim=1)[:, 1].double())
+    return torch.cat(out).cpu().numpy() if out else np.zeros(0)  # one device -> host copy per split
 
 
 def evaluate(model: nn.Module, loaders: Mapping[str, Any], splits: Mapping[str, Split], mean: torch.Tensor,
-             std: torch.Tensor, device: torch.device, epoch: int, amp: bool = False) -> tuple[dict, list[pd.DataFrame]]:
+             std: torch.Tensor, device: torch.device, epoch: int, amp: bool = False,
+             channels_last: bool = False) -> tuple[dict, list[pd.DataFrame]]:
     """Score every split of :data:`EVAL_SPLITS` (an empty split has no loader and NaN metrics).
 
     Returns ({``<split>_auroc``, ``<split>_auprc``}, one predictions frame per split with record_id,
@@ -106,7 +109,7 @@ def evaluate(model: nn.Module, loaders: Mapping[str, Any], splits: Mapping[str, 
     frames = []
     for s in EVAL_SPLITS:
         sp = splits[s]
-        score = predict(model, loaders[s], mean, std, device, amp) if s in loaders else np.zeros(0)
+        score = predict(model, loaders[s], mean, std, device, amp, channels_last) if s in loaders else np.zeros(0)
         m = split_metrics(sp.label, score)
         row[f"{s}_auroc"], row[f"{s}_auprc"] = m["auroc"], m["auprc"]
         frames.append(pd.DataFrame({"record_id": sp.record_id.astype(str), "patient_hash": sp.patient_hash.astype(str),

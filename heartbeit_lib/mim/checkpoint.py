@@ -6,7 +6,9 @@ Checkpoint (``checkpoints/last.pt``), the contract with fine-tuning (``models.cr
 images), plus ``mim`` (mask token, norm, head), ``optimizer``, ``scheduler``, ``epoch`` (completed),
 ``step``, ``rng`` (per rank), ``config``, ``history``, ``tokenizer`` {kind, fingerprint, vocab_size}.
 Every value is a tensor, number, string, list or dict, so ``weights_only`` loading reads it; the RNG states of
-every rank are stored so that a resumed run repeats the uninterrupted run's losses.
+every rank are stored (on CUDA: of the rank's own device only, so a process that sees fewer GPUs, one per Slurm
+task, can resume) so that a resumed run repeats the uninterrupted run's losses.  Resumed with another number of
+processes, every rank is reseeded from (seed, rank, epoch) instead (:func:`reseed`).
 """
 from __future__ import annotations
 
@@ -50,7 +52,7 @@ def rng_state() -> dict:
           "python_version": int(py_state[0]), "python_state": list(py_state[1]),
           "python_gauss": py_state[2]}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        st["cuda"] = torch.cuda.get_rng_state_all()
+        st["cuda"] = torch.cuda.get_rng_state()  # this process's device only
     return st
 
 
@@ -60,8 +62,21 @@ def set_rng_state(st: dict) -> None:
     np.random.set_state(("MT19937", st["numpy_keys"].numpy().astype(np.uint32), st["numpy_pos"],
                          st["numpy_has_gauss"], st["numpy_gauss"]))
     random.setstate((st["python_version"], tuple(st["python_state"]), st["python_gauss"]))
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
+    cuda = st.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        if isinstance(cuda, (list, tuple)):  # older checkpoints: every visible device's state, take ours if seen
+            dev = torch.cuda.current_device()
+            cuda = cuda[dev] if dev < len(cuda) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda)
+
+
+def reseed(seed: int, rank: int, epoch: int) -> None:
+    """Seed torch (CPU and CUDA), numpy and python from (seed, rank, epoch): distinct per rank."""
+    s = (int(seed) * 1_000_003 + int(rank) * 7_919 + int(epoch)) % 2 ** 32
+    torch.manual_seed(s)
+    np.random.seed(s)
+    random.seed(s)
 
 
 def gather_rng(world: int) -> list[dict]:
@@ -152,8 +167,11 @@ def resume(path: Path, model: MIMModel, opt: torch.optim.Optimizer, sched: Any, 
     opt.load_state_dict(ck["optimizer"])
     sched.load_state_dict(ck["scheduler"])
     rng = ck["rng"]
-    if len(rng) != world:
+    if len(rng) == world:
+        set_rng_state(rng[rank])
+    else:
         warnings.warn(f"{path}: saved by {len(rng)} process(es), resumed by {world}: same data order and "
-                      "masks, but drop-path random numbers will differ from an uninterrupted run")
-    set_rng_state(rng[rank] if len(rng) == world else rng[0])
+                      "masks, but each rank is reseeded from (seed, rank, epoch), so drop-path random numbers "
+                      "differ from an uninterrupted run")
+        reseed(int(config.get("seed", 0)), rank, int(ck["epoch"]))
     return int(ck["epoch"]), int(ck["step"]), list(ck["history"])

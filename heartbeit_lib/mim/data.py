@@ -9,20 +9,47 @@ exactly the image that was tokenized.  Randomness per epoch comes from the masks
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from heartbeit_lib import render
 from heartbeit_lib.mim import masking
 
 AUGMENTATIONS = "none (no crops, flips or intensity changes; the mask is the only per-epoch randomness)"
 TRAIN_STREAM, VAL_STREAM = 0, 1  # mask RNG streams
+# sites of generated ECGs: cohorts.build_pretraining_mix writes "deepfake" (the synthetic demo cohort's own sites
+# are made-up names: all its ECGs are deepfake-ecg output, reported as "real" by this rule)
+DEEPFAKE_SITES = ("deepfake",)
 
 
 class PretrainError(ValueError):
     """Invalid pretraining input or state (the message names the parameter/file and the reason)."""
+
+
+class StoreImages:
+    """uint8 grey images (B, H, W) of cohort-store rows, rendered on demand (what loader workers ship).
+
+    ``store.signals(rows[pos])`` float32 (B, 8, T) microvolts -> ``render.render_ecg`` uint8 (B, size, size),
+    255 = white.  The float32 RGB view the model needs is made on the device (``mim.model.DeviceImages``):
+    a 224-px batch of 128 is 6.4 MB here instead of 77 MB.
+    """
+
+    def __init__(self, store: Any, rows: np.ndarray, size: int, layout: str = "stack8"):
+        self.store, self.rows = store, np.asarray(rows, np.int64)
+        self.size, self.layout = int(size), layout
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def uint8_batch(self, pos: Sequence[int]) -> torch.Tensor:
+        """uint8 (len(pos), size, size) images of dataset positions ``pos``."""
+        x = self.store.signals(self.rows[np.asarray(pos, np.int64)])
+        return torch.from_numpy(np.ascontiguousarray(render.render_ecg(x, size=self.size, layout=self.layout)))
 
 
 class MIMDataset(Dataset):
@@ -30,21 +57,26 @@ class MIMDataset(Dataset):
 
     Parameters
     ----------
-    images : indexable of float (C, H, W) tensors in [0, 1], or of ``(image, label)`` pairs
-        (``render.RenderedECGDataset``; its batched ``render_batch`` is used when present).
+    images : :class:`StoreImages` (uint8 (H, W) grey, batched), or an indexable of float (C, H, W) tensors in
+        [0, 1] or of ``(image, label)`` pairs (``render.RenderedECGDataset``: its ``render_batch`` is used).
     tokens : int array (n, h, w) aligned with ``images``, or, with ``rows``, the token cache of a
         whole store (a memmap is kept as one and reopened by file name in loader workers).
     num_masked, min_block : :func:`masking.block_mask` parameters.
     seed, stream : mask RNG = ``default_rng((seed, stream, epoch, i))``.
     rows : item i has tokens ``tokens[rows[i]]`` (store rows of the images).
 
+    mask_keys : item i draws its masks as item ``mask_keys[i]`` (default i; :meth:`subset` keeps the parent's).
+
     Keys are ``(i, epoch)`` (what :class:`EpochSampler` yields) or a plain ``i`` (epoch 0).
-    Items: image float32 (C, H, W) in [0, 1], tokens int64 (h, w), mask bool (h, w).
+    Items: image uint8 (H, W) from :class:`StoreImages`, else float32 (C, H, W) in [0, 1]; tokens int64 (h, w);
+    mask bool (h, w).
     """
 
     def __init__(self, images: Any, tokens: np.ndarray, num_masked: int, min_block: int = 16,
-                 seed: int = 0, stream: int = TRAIN_STREAM, rows: np.ndarray | None = None):
+                 seed: int = 0, stream: int = TRAIN_STREAM, rows: np.ndarray | None = None,
+                 mask_keys: np.ndarray | None = None):
         self.rows = None if rows is None else np.asarray(rows, np.int64)
+        self.mask_keys = None if mask_keys is None else np.asarray(mask_keys, np.int64)
         n_tok = len(tokens) if self.rows is None else len(self.rows)
         if len(images) != n_tok:
             raise PretrainError(f"MIMDataset: {len(images)} images but {n_tok} token grids")
@@ -82,7 +114,18 @@ class MIMDataset(Dataset):
         n = len(self) if limit is None else min(limit, len(self))
         return self._tokens_at(np.arange(n))
 
+    def subset(self, pos: np.ndarray) -> "MIMDataset":
+        """Items ``pos`` of this dataset (store images only), with the same images, tokens and masks."""
+        if not isinstance(self.images, StoreImages) or self.rows is None:
+            raise PretrainError("MIMDataset.subset needs store images and store rows")
+        pos = np.asarray(pos, np.int64)
+        keys = pos if self.mask_keys is None else self.mask_keys[pos]
+        images = StoreImages(self.images.store, self.images.rows[pos], self.images.size, self.images.layout)
+        return MIMDataset(images, self.tokens, self.num_masked, self.min_block, self.seed, self.stream,
+                          rows=self.rows[pos], mask_keys=keys)
+
     def mask(self, i: int, epoch: int = 0) -> np.ndarray:
+        i = int(i) if self.mask_keys is None else int(self.mask_keys[int(i)])
         rng = np.random.default_rng((self.seed, self.stream, epoch, int(i)))
         return masking.block_mask(rng, self.grid, self.num_masked, min_block=self.min_block)
 
@@ -91,6 +134,8 @@ class MIMDataset(Dataset):
         return (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), 0)
 
     def _images(self, pos: list[int]) -> torch.Tensor:
+        if isinstance(self.images, StoreImages):
+            return self.images.uint8_batch(pos)
         if hasattr(self.images, "render_batch"):  # render.RenderedECGDataset: one vectorised render
             return self.images.render_batch(pos)[0]
         out = []
@@ -100,7 +145,8 @@ class MIMDataset(Dataset):
         return torch.stack(out)
 
     def get_batch(self, keys: Sequence) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One batch: images float32 (B, C, H, W) in [0, 1], tokens int64 (B, h, w), masks bool (B, h, w)."""
+        """One batch: images uint8 (B, H, W) (store images) or float32 (B, C, H, W) in [0, 1], tokens int64
+        (B, h, w), masks bool (B, h, w)."""
         ks = [self._key(k) for k in keys]
         pos = [i for i, _ in ks]
         images = self._images(pos)
@@ -178,12 +224,54 @@ class MIMData:
     vocab_size: int
     tokenizer: dict = dataclasses.field(default_factory=dict)  # kind, fingerprint, vocab_size
     info: dict = dataclasses.field(default_factory=dict)
+    val_source: np.ndarray | None = None  # per held-out item: "real" or "deepfake" (site in DEEPFAKE_SITES)
 
 
 def make_loader(ds: Dataset, sampler: EpochSampler, per_rank: int, workers: int, device: torch.device,
                 drop_last: bool) -> DataLoader:
-    """DataLoader over ``sampler``'s keys; batches come from :meth:`MIMDataset.__getitems__` already stacked."""
+    """DataLoader over ``sampler``'s keys; batches come from :meth:`MIMDataset.__getitems__` already stacked.
+
+    Workers stay alive across epochs (``persistent_workers``).  Shared memory: each worker keeps
+    ``prefetch_factor`` (2) batches in flight through ``/dev/shm``; with uint8 images that is
+    2 x per_rank x (S^2 + tokens + mask) bytes, about 13 MB per worker at 224 px and 128 per GPU, so
+    8 GPUs x 8 workers need ~1 GB of ``/dev/shm`` (docker: ``--shm-size=2g``; float32 RGB needed 12x more).
+    """
     return DataLoader(ds, batch_size=per_rank, sampler=sampler, num_workers=workers, drop_last=drop_last,
                       collate_fn=collate,
-                      pin_memory=device.type == "cuda", persistent_workers=False,
+                      pin_memory=device.type == "cuda", persistent_workers=workers > 0,
                       generator=torch.Generator().manual_seed(0))  # workers are seeded from this, not global RNG
+
+
+EVAL_SPLITS = ("val", "test", "external")
+EVAL_PATIENTS_FILE = "eval_patients.txt"  # written by 01_preprocess: salted hashes of val/test/external patients
+
+
+def pretraining_rows(manifest: Any, splits: Sequence[str] = ("train", "unassigned"),
+                     exclude_patients_of: Sequence[str] = EVAL_SPLITS,
+                     exclude_hashes: Sequence[str] | set = ()) -> np.ndarray:
+    """Sorted int64 store rows to pretrain on (and to fit the tokenizer on).
+
+    Rows whose ``split`` is in ``splits``, minus every row of a patient who has any row in
+    ``exclude_patients_of`` (whatever split the row itself carries: ``unassigned`` holds label -1 rows and the
+    internal-site ECGs of external patients) or whose ``patient_hash`` is in ``exclude_hashes`` (the
+    evaluation patients of the fine-tuning cohorts, for a store built from another source with the same salt).
+
+    ``manifest``: a DataFrame with at least ``split`` and ``patient_hash`` (a cohort store's manifest).
+    """
+    for col in ("split", "patient_hash"):
+        if col not in manifest.columns:
+            raise PretrainError(f"pretraining_rows: the manifest has no {col!r} column")
+    split = manifest["split"].astype(str).to_numpy()
+    pat = manifest["patient_hash"].astype(str).to_numpy()
+    excluded = set(pat[np.isin(split, list(exclude_patients_of))]) | set(exclude_hashes)
+    keep = np.isin(split, list(splits)) & ~np.isin(pat, list(excluded))
+    return np.flatnonzero(keep).astype(np.int64)
+
+
+def read_eval_patients(cohort_run: str | os.PathLike) -> set[str]:
+    """Salted patient hashes in ``<cohort_run>/eval_patients.txt`` (one per line)."""
+    p = Path(cohort_run) / EVAL_PATIENTS_FILE
+    if not p.is_file():
+        raise PretrainError(f"parameter 'eval_patients_of': {p} does not exist; rebuild that cohort with "
+                            "01_preprocess (it writes the evaluation patients' hashes)")
+    return {line.strip() for line in p.read_text().splitlines() if line.strip()}

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from heartbeit_lib.mim.model import mim_targets, normalize
+from heartbeit_lib.mim.model import DeviceImages, mim_targets
 
 
 def all_reduce(t: torch.Tensor, world: int) -> torch.Tensor:
@@ -29,12 +29,15 @@ def train_one_epoch(net: nn.Module, loader: DataLoader, opt: torch.optim.Optimiz
                     record_steps: bool = False, desc: str | None = None) -> tuple[dict, int]:
     """Train ``net`` (the MIM model, possibly DDP/compiled) for one pass over ``loader``.
 
-    Each batch: images float (B, 3, H, W) in [0, 1], tokens int64 (B, h, w), masks bool (B, h, w); loss =
-    cross-entropy of the ``num_masked`` masked positions per image.  ``clip_grad`` 0 = no clipping; ``desc``
+    Each batch: images uint8 (B, H, W) grey or float (B, 3, H, W) in [0, 1] (made the model's input on the
+    device, :class:`DeviceImages`), tokens int64 (B, h, w), masks bool (B, h, w); loss = cross-entropy of the
+    ``num_masked`` masked positions per image.  No host sync per step: sums stay on the device until the end
+    of the epoch (``record_steps`` and the progress bar, every 10th step, read the loss).  ``clip_grad`` 0 = no clipping; ``desc``
     not None shows a tqdm bar with that title.  Returns (log line with ``train_loss``, ``train_acc``, ``lr``,
     ``epoch_time_s``, ``data_wait_s``, and ``step_losses`` (rank-averaged) with ``record_steps``; global step).
     """
     net.train()
+    prep = DeviceImages(device)
     tot = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
     step_losses: list[float] = []
     t0 = time.perf_counter()
@@ -43,11 +46,11 @@ def train_one_epoch(net: nn.Module, loader: DataLoader, opt: torch.optim.Optimiz
     it = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True) if desc is not None else loader
     for images, tokens, mask in it:
         data_time += time.perf_counter() - t_data
-        images = images.to(device, non_blocking=True)
+        images = prep(images)
         tokens, mask = tokens.to(device, non_blocking=True), mask.to(device, non_blocking=True)
         target = mim_targets(tokens, mask, num_masked)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = net(normalize(images), mask, num_masked)
+            logits = net(images, mask, num_masked)
         loss = F.cross_entropy(logits.float(), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -84,11 +87,13 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_mas
     """Masked-token loss and accuracy over a loader (sums reduced over ranks): {loss, acc, count}."""
     was = model.training
     model.eval()
+    prep = DeviceImages(device)
     tot = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
     for images, tokens, mask in loader:
-        images, tokens, mask = (t.to(device, non_blocking=True) for t in (images, tokens, mask))
+        images = prep(images)
+        tokens, mask = tokens.to(device, non_blocking=True), mask.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(normalize(images), mask, num_masked)
+            logits = model(images, mask, num_masked)
         target = mim_targets(tokens, mask, num_masked)
         tot[0] += F.cross_entropy(logits.float(), target, reduction="sum").double()
         tot[1] += (logits.argmax(-1) == target).sum()

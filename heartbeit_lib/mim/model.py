@@ -137,6 +137,30 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+class DeviceImages:
+    """Loader batches -> the model's normalised float input, on the device, with constants made once.
+
+    Workers ship uint8 grey (B, H, W) (6.4 MB per batch of 128 at 224 px instead of 77 MB of float32 RGB);
+    here they become float (B, 3, H, W): ``x / 255`` repeated over 3 channels, then ``(x - mean) / std``
+    (:data:`NORMALIZE`).  Float (B, 3, H, W) batches in [0, 1] are normalised as they are.  Same values as
+    ``normalize(render._to_images(grey, 3, None))`` bit for bit (same float32 operations in the same order).
+    """
+
+    def __init__(self, device: torch.device | str, mean=NORMALIZE["mean"], std=NORMALIZE["std"]):
+        self.device = torch.device(device)
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+
+    def __call__(self, images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        x = images.to(self.device, non_blocking=True)
+        if x.dtype == torch.uint8:
+            if x.ndim == 3:
+                x = x[:, None]
+            x = x.float().div_(255.0).expand(-1, self.mean.shape[1], -1, -1)
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """[0, 1] images (B, 3, H, W) -> the model's input scale (:data:`NORMALIZE`)."""
     mean = torch.tensor(NORMALIZE["mean"], device=images.device, dtype=images.dtype).view(1, -1, 1, 1)

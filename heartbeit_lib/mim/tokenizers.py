@@ -46,7 +46,7 @@ import pickle
 import types
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -229,15 +229,18 @@ class DalleTokenizer:
 
     The view is the image resized by ``view_scale`` (BEiT: 224 -> 112) with antialiased bicubic
     interpolation (BEiT used PIL's Lanczos; torch has none), clamped to [0, 1], grey replicated to RGB.
+    ``amp`` (default: on CUDA) runs the encoder under bf16 autocast (~52 GFLOP per 112-px view); its tokens
+    may differ from fp32 ones where two codes' logits nearly tie, so it is part of the fingerprint.
     """
 
     kind = "dalle"
 
     def __init__(self, encoder: DalleEncoder, view_scale: float = 0.5, device: str | torch.device = "cpu",
-                 batch_size: int = 64, source: str = ""):
+                 batch_size: int = 64, source: str = "", amp: bool | None = None):
         self.encoder = encoder.to(device).eval().requires_grad_(False)
         self.view_scale = float(view_scale)
         self.device = torch.device(device)
+        self.amp = self.device.type == "cuda" if amp is None else bool(amp)
         self.batch_size = int(batch_size)
         self.source = source
         self._fp: str | None = None
@@ -259,17 +262,17 @@ class DalleTokenizer:
 
     @torch.no_grad()
     def tokenize(self, images: Any) -> Any:
-        x = to_float_images(images, channels=3)
-        h, w = x.shape[-2:]
+        h, w = to_float_images(images[:1], channels=3).shape[-2:]  # one image's layout, for the view size
         vh, vw = int(round(h * self.view_scale)), int(round(w * self.view_scale))
         if vh % 8 or vw % 8:
             raise TokenizerError(f"images of {h}x{w} px give a {vh}x{vw} DALL-E view, not a multiple of 8")
         out = []
-        for i in range(0, len(x), self.batch_size):
-            v = x[i:i + self.batch_size].to(self.device)
+        for i in range(0, len(images), self.batch_size):
+            v = to_float_images(images[i:i + self.batch_size], 3, self.device)  # uint8 crosses to the device
             if (vh, vw) != (h, w):
                 v = F.interpolate(v, size=(vh, vw), mode="bicubic", antialias=True, align_corners=False)
-            logits = self.encoder(map_pixels(v.clamp(0, 1)))
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                logits = self.encoder(map_pixels(v.clamp(0, 1)))
             out.append(logits.argmax(1))
         tokens = torch.cat(out) if out else torch.zeros((0, vh // 8, vw // 8), dtype=torch.int64)
         return _as_output(tokens.long(), images)
@@ -278,7 +281,8 @@ class DalleTokenizer:
         if self._fp is None:
             self._fp = _state_fingerprint(self.encoder.state_dict(),
                                           {"kind": self.kind, "view_scale": self.view_scale,
-                                           "eps": LOGIT_LAPLACE_EPS, "v": FORMAT_VERSION})
+                                           "eps": LOGIT_LAPLACE_EPS, "v": FORMAT_VERSION,
+                                           **({"amp": "bf16"} if self.amp else {})})
         return self._fp
 
 
@@ -584,11 +588,6 @@ def load_tokenizer(kind: str, path: str | os.PathLike | None = None, *, trust_pi
 # ----------------------------------------------------------------------------- token cache
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as f:  # a file object: np.save would append .npy to the temporary name
-        np.save(f, array)
-
-
 def _render_version() -> str:
     return render.RENDER_VERSION
 
@@ -606,10 +605,49 @@ def token_cache_path(store_root: str | os.PathLike, tokenizer: Any, size: int, l
     return Path(store_root) / "tokens" / f"{token_cache_key(tokenizer, size, layout, style)}.npy"
 
 
+class _TokenBatches(torch.utils.data.Dataset):
+    """Batch ``j`` of a store = (start row, uint8 (n, size, size) images): rendered in loader workers."""
+
+    def __init__(self, store: Any, starts: Sequence[int], n: int, batch_size: int, size: int, layout: str,
+                 style: dict, render_fn: Any):
+        self.store, self.starts, self.n, self.batch_size = store, list(starts), n, batch_size
+        self.size, self.layout, self.style, self.render_fn = size, layout, style, render_fn
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, j: int) -> tuple[int, torch.Tensor]:
+        s = self.starts[j]
+        idx = np.arange(s, min(s + self.batch_size, self.n))
+        imgs = self.render_fn(self.store.signals(idx), size=self.size, layout=self.layout, **self.style)
+        return s, torch.from_numpy(np.ascontiguousarray(np.asarray(imgs, np.uint8).reshape(len(idx), self.size,
+                                                                                             self.size)))
+
+
+def _rank_starts(n: int, batch_size: int, rank: int, world: int) -> list[int]:
+    """Batch starts of rank ``rank``: a contiguous run of whole batches (the same batches as one process)."""
+    starts = list(range(0, n, batch_size))
+    per = -(-len(starts) // world)
+    return starts[rank * per:(rank + 1) * per]
+
+
+def _no_barrier() -> None:
+    return None
+
+
 def precompute_tokens(store: Any, tokenizer: Any, size: int = 224, layout: str = "stack8", *,
                       style: dict | None = None, batch_size: int = 64, cache_dir: str | os.PathLike | None = None,
-                      progress: bool = False, render_fn: Any = None) -> np.ndarray:
+                      progress: bool = False, render_fn: Any = None, rank: int = 0, world: int = 1,
+                      barrier: Callable[[], None] = _no_barrier, num_workers: int = 0) -> np.ndarray:
     """Tokens of every ECG in a cohort store, rendered as in pretraining, cached on disk.
+
+    Several processes share the work: each renders and tokenizes a contiguous run of whole batches of
+    ``batch_size`` rows (the batches a single process would make) into one memory-mapped ``.npy`` that rank 0
+    creates, then rank 0 renames it into place; the file equals a single-process run's byte for byte.
+    ``barrier`` must synchronise all ranks without a short timeout (the lengthy part runs between two
+    barriers: pass a gloo group with a long timeout, never an NCCL barrier with its 10-minute watchdog).
+    Images are rendered as uint8 in ``num_workers`` DataLoader workers; on CUDA the tokenizer runs under bf16
+    autocast when it supports it (``DalleTokenizer.amp``; part of the cache key).
 
     Parameters
     ----------
@@ -619,6 +657,7 @@ def precompute_tokens(store: Any, tokenizer: Any, size: int = 224, layout: str =
     cache_dir : folder for the cache (default ``<store.root>/tokens``).
     render_fn : ``render_fn(x (n, 8, T) microvolts, size=, layout=, **style) -> uint8 (n, size, size)``;
         default ``render.render_ecg`` (tests pass a stand-in; the cache key does not see it).
+    rank, world, barrier : this process among ``world`` (all must call with the same arguments).
 
     Returns
     -------
@@ -636,20 +675,29 @@ def precompute_tokens(store: Any, tokenizer: Any, size: int = 224, layout: str =
         tokens = np.load(path, allow_pickle=False, mmap_mode="r")  # a large cache is paged in on demand
         if tokens.shape == (n, h, w):
             return tokens
+    barrier()  # every rank has looked before rank 0 may start a new file
     dtype = np.int16 if tokenizer.vocab_size <= np.iinfo(np.int16).max + 1 else np.int32
-    tokens = np.empty((n, h, w), dtype)
-    starts = range(0, n, batch_size)
-    if progress:
-        starts = tqdm(starts, desc="tokens", unit="batch")
-    for s in starts:
-        idx = np.arange(s, min(s + batch_size, n))
-        imgs = render_fn(store.signals(idx), size=size, layout=layout, **(style or {}))
-        tokens[idx] = np.asarray(tokenizer.tokenize(np.asarray(imgs).reshape(len(idx), size, size))).astype(dtype)
-    folder.mkdir(parents=True, exist_ok=True)
-    utils.atomic_write(path, lambda tmp: _save_npy(tmp, tokens))
-    tokens = np.load(path, allow_pickle=False, mmap_mode="r")
-    meta = {"key": key, "tokenizer_kind": tokenizer.kind, "tokenizer_fingerprint": tokenizer.fingerprint(),
-            "vocab_size": tokenizer.vocab_size, "size": size, "layout": layout, "style": style or {},
-            "render": _render_version(), "shape": list(tokens.shape), "dtype": str(tokens.dtype)}
-    utils.atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2, default=str) + "\n")
-    return tokens
+    partial = folder / f"{key}.partial-{world}.npy"
+    if rank == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=(n, h, w)).flush()
+    barrier()
+    out = np.lib.format.open_memmap(partial, mode="r+")
+    batches = _TokenBatches(store, _rank_starts(n, batch_size, rank, world), n, batch_size, size, layout,
+                            dict(style or {}), render_fn)
+    dev = getattr(tokenizer, "device", torch.device("cpu"))
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=num_workers,
+                                         pin_memory=dev.type == "cuda")
+    for s, imgs in (tqdm(loader, desc=f"tokens (rank {rank})", unit="batch") if progress else loader):
+        out[s:s + len(imgs)] = np.asarray(tokenizer.tokenize(imgs.to(dev, non_blocking=True)).cpu()).astype(dtype)
+    out.flush()
+    del out
+    barrier()
+    if rank == 0:
+        os.replace(partial, path)
+        meta = {"key": key, "tokenizer_kind": tokenizer.kind, "tokenizer_fingerprint": tokenizer.fingerprint(),
+                "vocab_size": tokenizer.vocab_size, "size": size, "layout": layout, "style": style or {},
+                "render": _render_version(), "shape": [n, h, w], "dtype": np.dtype(dtype).name}
+        utils.atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2, default=str) + "\n")
+    barrier()
+    return np.load(path, allow_pickle=False, mmap_mode="r")

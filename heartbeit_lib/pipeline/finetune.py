@@ -70,6 +70,8 @@ DEFAULT_IMAGE_SIZE = 224  # the paper's image side (px)
 # cache_images=True without an explicit cache: one per process, so an in-process sweep renders each split once
 IMAGE_CACHE = ImageCache(max_items=16)
 SIGNAL_NORMALIZATION = ((0.0,), (1.0,))  # signal models: identity (prepare_signals scales by a fixed constant)
+CUDA_EVAL_BATCH = 512  # evaluation batch on CUDA (no gradients: memory allows it); CPU keeps 2 x batch_size
+CNN_FAMILIES = ("resnet", "efficientnet")  # channels_last + cudnn.benchmark on CUDA
 
 
 class CohortNotFoundError(runs.ConfigError):
@@ -314,19 +316,19 @@ def make_optimizer(cfg: FinetuneConfig, params, total_steps: int):
 
 
 def _loaders(cfg: FinetuneConfig, store, splits: Mapping[str, Split], factory: Callable,
-             image_cache: ImageCache | None) -> tuple[Any, dict[str, Any]]:
+             image_cache: ImageCache | None, eval_batch: int) -> tuple[Any, dict[str, Any]]:
     """(train loader, {eval split: loader}) with the split datasets rendered through ``factory`` (or the cache)."""
     def make_ds(split: Split):
         if image_cache is None:
             return factory(store, split.indices, cfg.image_size, cfg.layout)
-        return image_cache.dataset(factory, store, split, cfg.image_size, cfg.layout)
+        return image_cache.dataset(factory, store, split, cfg.image_size, cfg.layout, cfg.num_workers)
 
     train = splits["train"]
     train_ds = make_ds(train)
     # BatchNorm cannot train on a last batch of one image: drop it (it comes back next epoch reshuffled)
     drop_last = len(train) % cfg.batch_size == 1 and len(train) > cfg.batch_size
     train_loader = make_loader(train_ds, cfg.batch_size, True, cfg.seed, cfg.num_workers, drop_last)
-    eval_loaders = {s: make_loader(make_ds(splits[s]), cfg.batch_size * 2, False, 0, cfg.num_workers)
+    eval_loaders = {s: make_loader(make_ds(splits[s]), eval_batch, False, 0, cfg.num_workers)
                     for s in EVAL_SPLITS if len(splits[s])}
     return train_loader, eval_loaders
 
@@ -384,9 +386,13 @@ def fit(cfg: FinetuneConfig, model: nn.Module, store, splits: Mapping[str, Split
     signal = models.model_family(cfg.model) == "signal"
     cache = (image_cache if image_cache is not None else IMAGE_CACHE) if cfg.cache_images and not signal else None
     default_factory = SignalDatasetFactory(cfg.signal_rate, seed=cfg.seed) if signal else default_dataset_factory
-    train_loader, eval_loaders = _loaders(cfg, store, splits, dataset_factory or default_factory, cache)
-
-    model = model.to(device)
+    eval_batch = max(CUDA_EVAL_BATCH, 2 * cfg.batch_size) if device.type == "cuda" else 2 * cfg.batch_size
+    train_loader, eval_loaders = _loaders(cfg, store, splits, dataset_factory or default_factory, cache, eval_batch)
+    channels_last = (device.type == "cuda" and not signal
+                     and models.model_spec(cfg.model).family in CNN_FAMILIES)
+    if device.type == "cuda" and (channels_last or signal):
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest convolutions
+    model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
     shape = (1, -1, 1) if signal else (1, -1, 1, 1)  # per lead of (B, leads, T) / per channel of (B, 3, H, W)
     mean = torch.tensor(normalization[0], dtype=torch.float32, device=device).view(shape)
     std = torch.tensor(normalization[1], dtype=torch.float32, device=device).view(shape)
@@ -402,9 +408,9 @@ def fit(cfg: FinetuneConfig, model: nn.Module, store, splits: Mapping[str, Split
     epochs = range(1, cfg.epochs + 1)
     for epoch in tqdm(epochs, desc=f"{cfg.model} f={cfg.fraction}", leave=False) if progress else epochs:
         t0 = time.time()
-        loss = engine.train_one_epoch(model, train_loader, opt, sched, scaler, mean, std, device, amp)
+        loss = engine.train_one_epoch(model, train_loader, opt, sched, scaler, mean, std, device, amp, channels_last)
         row: dict[str, Any] = {"epoch": epoch, "train_loss": loss, "lr": sched.get_last_lr()[0]}
-        scores, frames = engine.evaluate(model, eval_loaders, splits, mean, std, device, epoch, amp)
+        scores, frames = engine.evaluate(model, eval_loaders, splits, mean, std, device, epoch, amp, channels_last)
         row.update(scores, epoch_time_s=time.time() - t0)
         pred_frames += frames
         log.append(row)

@@ -14,6 +14,7 @@ from typing import ClassVar
 
 from heartbeit_lib.cohorts import (SPLIT_METHODS, SPLITS, CohortStore, Source, TaskConfig, build_store, demo_source,
                                    load_task, muse_source, ptbxl_source, task_names, wfdb_source)
+from heartbeit_lib import utils
 from heartbeit_lib.pipeline import runs
 from heartbeit_lib.report import qc
 
@@ -135,8 +136,18 @@ def store_metrics(store: CohortStore) -> dict:
     return out
 
 
+def write_eval_patients(run_dir: str | os.PathLike, store: CohortStore) -> int:
+    """``<run_dir>/eval_patients.txt``: sorted salted hashes of every patient with a val/test/external row,
+    which 02_pretrain drops from a pretraining store built with the same ``salt_file``; returns their count."""
+    m = store.manifest
+    pats = sorted(set(m.loc[m["split"].isin(("val", "test", "external")), "patient_hash"].astype(str)))
+    utils.atomic_write_text(Path(run_dir) / "eval_patients.txt", "".join(p + "\n" for p in pats))
+    return len(pats)
+
+
 def finish(run_dir: str | os.PathLike, store: CohortStore, source: Source) -> dict:
     """Write ``metrics.json`` and the data hashes into the run folder (marks it complete); returns the metrics."""
     metrics = store_metrics(store)
+    metrics["n_eval_patients"] = write_eval_patients(run_dir, store)
     runs.finish_run(run_dir, metrics=metrics, data_hashes=data_hashes(source))
     return metrics

@@ -3,8 +3,10 @@
 Pipeline (``notebooks/02_pretrain.ipynb``, or ``torchrun -m heartbeit_lib.pretrain`` on several GPUs):
 
 1. :func:`split_rows` - pretraining rows of a cohort store (``train_splits``, default train +
-   unassigned) and held-out rows (``val``; when the store has none, a seeded ``val_fraction`` of
-   the training *patients*).  Test and external rows are never seen.
+   unassigned, by :func:`pretraining_rows`: minus every ECG of a patient who has a val, test or external row,
+   whatever split the ECG carries, and minus the evaluation patients named in ``eval_patients_of``) and
+   held-out rows (``val``; when the store has none, a seeded ``val_fraction`` of the training *patients*).
+   The same rows fit the tokenizer.  Test and external rows are never seen.
 2. :func:`prepare_tokenizer` - load the DALL-E dVAE or an ECG k-means tokenizer, or fit the latter
    on rendered training ECGs; report codebook usage and reconstruction error.
 3. :func:`build_data` - tokens of every stored ECG, computed once and cached next to the store
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import datetime
 import json
 import os
 import random
@@ -44,6 +47,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import yaml
 from matplotlib.figure import Figure  # no pyplot: no global state, no backend switch
+from scipy import ndimage
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
@@ -53,8 +57,9 @@ from heartbeit_lib.cohorts import CohortStore
 from heartbeit_lib.mim import engine, tokenizers
 from heartbeit_lib.mim.checkpoint import (TRAJECTORY_FIELDS, ResumeError, checkpoint_state, gather_rng,  # noqa: F401
                                           load_mim_model, resume, save_checkpoint)
-from heartbeit_lib.mim.data import (AUGMENTATIONS, TRAIN_STREAM, VAL_STREAM, EpochSampler, MIMData,  # noqa: F401
-                                    MIMDataset, PretrainError, collate, make_loader)
+from heartbeit_lib.mim.data import (AUGMENTATIONS, DEEPFAKE_SITES, TRAIN_STREAM, VAL_STREAM, EpochSampler, MIMData,  # noqa: F401
+                                    MIMDataset, PretrainError, StoreImages, collate, make_loader, pretraining_rows,
+                                    read_eval_patients)
 from heartbeit_lib.mim.engine import evaluate  # noqa: F401  (public path pretrain.evaluate)
 from heartbeit_lib.mim.model import (NORMALIZE, MIMModel, lr_factor, masked_positions, mim_targets,  # noqa: F401
                                      normalize, param_groups)
@@ -71,7 +76,9 @@ class PretrainConfig(runs.TypedConfig):
 
     cohort_run: str | None = None  # 01_preprocess run folder (the cohort store); required
     modality: str = "image"  # image (BEiT MIM on rendered ECGs) or signal (ST-MEM on the same rows, pipeline.pretrain_signal)
-    train_splits: tuple[str, ...] = ("train", "unassigned")  # store splits to pretrain on; never test/external
+    train_splits: tuple[str, ...] = ("train", "unassigned")  # store splits to pretrain on, minus every ECG of a patient with a val/test/external row
+    eval_patients_of: tuple[str, ...] = ()  # fine-tuning cohort run folders whose eval_patients.txt patients are dropped (store built with their salt_file)
+    keep_eval_patients: bool = False  # True: old behaviour, evaluation patients' ECGs stay in pretraining and tokenizer fitting (reported)
     val_split: str | None = "val"  # held-out split for masked-token accuracy; None: hold out val_fraction of patients
     val_fraction: float = 0.1  # held-out share of training patients when val_split is None or has no rows
     max_train: int | None = None  # cap on pretraining ECGs, seeded subsample; None for all
@@ -152,11 +159,36 @@ class PretrainConfig(runs.TypedConfig):
 
 
 def init_distributed() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank); initialises the process group under torchrun when needed."""
+    """(rank, world_size, local_rank); initialises the process group under torchrun when needed.
+
+    On CUDA the process's device (``cuda:<local_rank>``) is set before the first collective, so NCCL never
+    puts every rank's buffers on GPU 0.
+    """
     rank, local_rank, world = utils.dist_info()
     if world > 1 and dist.is_available() and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank % torch.cuda.device_count())
+            dist.init_process_group("nccl", device_id=torch.device("cuda", torch.cuda.current_device()))
+        else:
+            dist.init_process_group("gloo")
     return rank, world, local_rank
+
+
+LONG_TIMEOUT = datetime.timedelta(hours=6)  # single-rank or uneven work between two barriers (token precompute)
+_LONG_GROUP: list = []
+
+
+def long_barrier() -> None:
+    """Barrier on a gloo group with a 6-hour timeout (no-op in one process).
+
+    For waits on long work (the token precompute, the k-means fit): an NCCL barrier would be killed by its
+    watchdog after the default 10 minutes.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    if not _LONG_GROUP:
+        _LONG_GROUP.append(dist.new_group(backend="gloo", timeout=LONG_TIMEOUT))
+    dist.barrier(group=_LONG_GROUP[0])
 
 
 def _barrier() -> None:
@@ -225,7 +257,9 @@ def _wrap(model: MIMModel, cfg: PretrainConfig, world: int, device: torch.device
     """The module the engine calls: DDP over several processes, ``torch.compile`` when asked."""
     net: nn.Module = model
     if world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # the backbone's buffers (relative-position indices) are constant: no 3.76 MB broadcast per step
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                  broadcast_buffers=False)
     return torch.compile(net) if cfg.compile else net
 
 
@@ -330,13 +364,26 @@ def train(cfg: PretrainConfig, data: MIMData, run_dir: str | os.PathLike, *,
 def split_rows(cfg: PretrainConfig, store: Any) -> dict[str, np.ndarray]:
     """Store rows for pretraining (``train``) and held-out evaluation (``val``), sorted int64.
 
+    ``train`` is :func:`pretraining_rows` (no ECG of a patient with a val/test/external row here or in
+    ``eval_patients_of``), or every row of ``train_splits`` with ``keep_eval_patients``; the returned dict
+    also counts ``eval_patient_overlap_ecgs`` and ``eval_patient_dropped_ecgs``.
     ``val`` is ``store.indices(cfg.val_split)``; when that is empty, a seeded ``val_fraction`` of the
     training patients is held out instead (drawn on patients in order of first appearance, so two
     builds of the same inputs with different salts hold out the same ECGs).  ``max_train``/``max_val`` cap the
     counts by a seeded subsample.
     """
     splits = list(cfg.train_splits)
-    train = np.unique(np.concatenate([store.indices(s) for s in splits])).astype(np.int64)
+    everything = np.unique(np.concatenate([store.indices(s) for s in splits])).astype(np.int64)
+    foreign = set().union(*(read_eval_patients(c) for c in cfg.eval_patients_of))
+    clean = pretraining_rows(store.manifest, splits, exclude_hashes=foreign)
+    train = everything if cfg.keep_eval_patients else clean
+    if cfg.keep_eval_patients:
+        print(f"keep_eval_patients=True: {len(everything) - len(clean)} ECGs of evaluation patients stay in "
+              "pretraining and the tokenizer fit (old behaviour)", file=sys.stderr)
+    # counts before the hold-out and max_train: ECGs of evaluation patients kept / left out
+    excl = {"eval_patient_overlap_ecgs": int(len(train) - len(clean)),
+            "eval_patient_dropped_ecgs": int(len(everything) - len(train)),
+            "keep_eval_patients": bool(cfg.keep_eval_patients)}
     val = store.indices(cfg.val_split) if cfg.val_split else np.zeros(0, np.int64)
     rng = np.random.default_rng(cfg.seed)
     held_out = "split"
@@ -354,7 +401,7 @@ def split_rows(cfg: PretrainConfig, store: Any) -> dict[str, np.ndarray]:
         val = np.sort(rng.choice(val, cfg.max_val, replace=False))
     if len(train) == 0:
         raise PretrainError(f"{store.root}: no rows in splits {splits} to pretrain on")
-    return {"train": train, "val": np.asarray(val, np.int64), "held_out": held_out}
+    return {"train": train, "val": np.asarray(val, np.int64), "held_out": held_out, **excl}
 
 
 def render_rows(store: Any, rows: np.ndarray, cfg: PretrainConfig, batch: int = 256) -> np.ndarray:
@@ -392,7 +439,7 @@ def prepare_tokenizer(cfg: PretrainConfig, store: Any, rows: dict, run_dir: str 
                 tok = tokenizers.fit_kmeans_tokenizer(render_rows(store, fit_rows, cfg), cfg.vocab_size, cfg.seed)
             tok.info["fit_seconds"] = time.perf_counter() - t0
             tok.save(fitted)
-        _barrier()
+        long_barrier()  # rank 0 fits (minutes at paper scale) while the others wait: gloo, long timeout
         tok = tokenizers.load_tokenizer("ecg_kmeans", fitted, device=device)
     if tok.grid_for(cfg.image_size) != cfg.grid:
         raise PretrainError(f"tokenizer {cfg.tokenizer} gives a {tok.grid_for(cfg.image_size)} grid for "
@@ -409,33 +456,50 @@ def prepare_tokenizer(cfg: PretrainConfig, store: Any, rows: dict, run_dir: str 
 
 def build_data(cfg: PretrainConfig, store: Any, tokenizer: Any, rows: dict, progress: bool = False) -> MIMData:
     """Cached tokens of the store and the train / held-out :class:`MIMDataset` s (images rendered on the fly)."""
-    rank, _, _ = init_distributed()
-    if rank == 0:
-        with cpu_threads(cfg.threads):
-            tokens = tokenizers.precompute_tokens(store, tokenizer, cfg.image_size, cfg.layout, progress=progress)
-    _barrier()
-    if rank != 0:
-        tokens = tokenizers.precompute_tokens(store, tokenizer, cfg.image_size, cfg.layout)
+    rank, world, _ = init_distributed()
+    with cpu_threads(cfg.threads):  # every rank tokenizes its share of the store (uint8 renders in workers)
+        tokens = tokenizers.precompute_tokens(store, tokenizer, cfg.image_size, cfg.layout, progress=progress,
+                                              rank=rank, world=world, barrier=long_barrier,
+                                              num_workers=cfg.num_workers)
 
     def ds(r: np.ndarray, stream: int) -> MIMDataset:
-        images = render.RenderedECGDataset(store, r, size=cfg.image_size, layout=cfg.layout, channels=3)
+        images = StoreImages(store, r, cfg.image_size, cfg.layout)  # uint8 (H, W); float RGB made on the device
         return MIMDataset(images, tokens, cfg.num_masked, cfg.min_block, cfg.seed, stream, rows=r)
 
     val = ds(rows["val"], VAL_STREAM) if len(rows["val"]) else None
+    site = store.manifest["site"].astype(str).to_numpy() if "site" in store.manifest.columns else None
+    val_source = None if site is None else np.where(np.isin(site[rows["val"]], DEEPFAKE_SITES), "deepfake", "real")
     info = {"n_train": int(len(rows["train"])), "n_val": int(len(rows["val"])), "held_out": rows["held_out"],
             "token_cache": str(tokenizers.token_cache_path(store.root, tokenizer, cfg.image_size, cfg.layout)),
-            "augmentations": AUGMENTATIONS}
+            "augmentations": AUGMENTATIONS,
+            **{k: rows[k] for k in ("eval_patient_overlap_ecgs", "eval_patient_dropped_ecgs", "keep_eval_patients")
+               if k in rows}}
     return MIMData(ds(rows["train"], TRAIN_STREAM), val, tokenizer.vocab_size,
                    {"kind": tokenizer.kind, "fingerprint": tokenizer.fingerprint(),
                     "vocab_size": tokenizer.vocab_size},
-                   info)
+                   info, val_source)
+
+
+def nearest_unmasked_tokens(tokens: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Each patch's token replaced by that of its nearest unmasked patch (Euclidean on the grid; ties go to
+    ``scipy.ndimage.distance_transform_edt``'s choice): (n, h, w) int -> (n, h, w).  Unmasked patches keep
+    their own token.  An image with every patch masked keeps its tokens (never the case in BEiT masking)."""
+    out = np.array(tokens, copy=True)
+    for i, m in enumerate(masks):
+        if m.any() and not m.all():
+            _, (iy, ix) = ndimage.distance_transform_edt(m, return_indices=True)
+            out[i] = tokens[i][iy, ix]
+    return out
 
 
 def token_baselines(data: MIMData) -> dict:
-    """Masked-token accuracy of two predictors that ignore the image, on the held-out masks.
+    """Masked-token accuracy of three predictors on the held-out masks (epoch 0), computed once.
 
     ``majority``: the most frequent training token everywhere.  ``position_majority``: the most
     frequent training token at each grid position (ECG images have a fixed layout).
+    ``nearest_unmasked``: each masked patch's token is its nearest unmasked neighbour's (the image's own
+    context, without learning).  With ``data.val_source``, each is also given on the ``real`` and
+    ``deepfake`` held-out ECGs (keys ``<name>_acc_<source>``).
     """
     if data.val is None:
         return {}
@@ -444,11 +508,44 @@ def token_baselines(data: MIMData) -> dict:
     majority = int(counts.argmax())
     flat = tr.reshape(len(tr), -1)
     pos_major = np.array([np.bincount(flat[:, j], minlength=data.vocab_size).argmax() for j in range(flat.shape[1])])
-    va = data.val.all_tokens().reshape(len(data.val), -1)
-    masks = np.stack([data.val.mask(i) for i in range(len(data.val))]).reshape(len(data.val), -1)
-    hit_major = (va == majority)[masks].mean()
-    hit_pos = (va == pos_major[None, :])[masks].mean()
-    return {"majority_token": majority, "majority_acc": float(hit_major), "position_majority_acc": float(hit_pos)}
+    va = data.val.all_tokens()
+    masks = np.stack([data.val.mask(i) for i in range(len(data.val))])
+    nn_pred = nearest_unmasked_tokens(va, masks).reshape(len(va), -1)
+    va, masks = va.reshape(len(va), -1), masks.reshape(len(va), -1)
+    hits = {"majority_acc": va == majority, "position_majority_acc": va == pos_major[None, :],
+            "nearest_unmasked_acc": va == nn_pred}
+    out: dict = {"majority_token": majority}
+    groups = {"": np.ones(len(va), bool)}
+    if data.val_source is not None:
+        groups.update({f"_{g}": data.val_source == g for g in ("real", "deepfake")})
+    for suffix, sel in groups.items():
+        if sel.any():
+            out.update({k + suffix: float(h[sel][masks[sel]].mean()) for k, h in hits.items()})
+    return out
+
+
+def heldout_by_source(cfg: PretrainConfig, data: MIMData, result: dict, device: str | None = None) -> dict:
+    """Masked-token loss/accuracy of the final model on the real and the deepfake held-out ECGs separately
+    (same images, tokens and masks as the per-epoch held-out evaluation), one process.
+
+    Returns ``{val_acc_real, val_loss_real, n_val_real, ... _deepfake}`` for each source present ({} without
+    a held-out set or sources).
+    """
+    if data.val is None or data.val_source is None or not result.get("history"):
+        return {}
+    dev = resolve_device(device or cfg.device)
+    model = load_mim_model(result["checkpoint"], dev)
+    out = {}
+    for src in ("real", "deepfake"):
+        pos = np.flatnonzero(data.val_source == src)
+        if len(pos) == 0:
+            continue
+        sub = data.val.subset(pos)
+        keys = EpochSampler(len(sub), 1, cfg.seed, shuffle=False, drop_last=False)  # epoch 0: the fixed val masks
+        loader = make_loader(sub, keys, cfg.batch_size, 0, dev, drop_last=False)
+        ev = engine.evaluate(model, loader, dev, cfg.num_masked, bool(cfg.amp and dev.type == "cuda"))
+        out.update({f"val_acc_{src}": ev["acc"], f"val_loss_{src}": ev["loss"], f"n_val_{src}": int(len(pos))})
+    return out
 
 
 def plot_curve(history: Sequence[dict] | str | os.PathLike, path: str | os.PathLike | None = None,
@@ -489,7 +586,7 @@ def plot_examples(data: MIMData, path: str | os.PathLike | None = None, n: int =
     axes = fig.subplots(n, 3, squeeze=False)
     for r in range(n):
         img, tok, mask = data.train[(r, epoch)]
-        grey = img[0].numpy()
+        grey = img.numpy() / 255.0 if img.dtype == torch.uint8 else img[0].numpy()
         s = grey.shape[0] // tok.shape[0]
         axes[r, 0].imshow(grey, cmap="gray", vmin=0, vmax=1)
         axes[r, 1].imshow(tok.numpy(), cmap="nipy_spectral", vmin=0, vmax=data.vocab_size - 1,
@@ -517,8 +614,10 @@ def data_hashes(store: Any, run_dir: str | os.PathLike, cfg: PretrainConfig) -> 
     return {k: runs.file_sha256(p) for k, p in files.items() if p.exists()}
 
 
-def summarize(result: dict, data: MIMData, tokenizer_report: dict, baselines: dict) -> dict:
-    """metrics.json content: final losses/accuracies, baselines, throughput, tokenizer usage."""
+def summarize(result: dict, data: MIMData, tokenizer_report: dict, baselines: dict,
+              by_source: dict | None = None) -> dict:
+    """metrics.json content: final losses/accuracies (also per held-out source, :func:`heldout_by_source`),
+    baselines, throughput, tokenizer usage, and the evaluation-patient exclusion counts."""
     last = result["history"][-1] if result["history"] else {}
     out = {"epochs_done": len(result["history"]), "backbone_params": result["params"],
            "world_size": result["world_size"], "resumed_from_epoch": result["resumed_from"],
@@ -527,7 +626,10 @@ def summarize(result: dict, data: MIMData, tokenizer_report: dict, baselines: di
            "tokenizer_codes_used": tokenizer_report.get("codes_used"),
            "tokenizer_perplexity": tokenizer_report.get("perplexity"),
            "tokenizer_recon_mse": tokenizer_report.get("recon_mse"),
-           "augmentations": AUGMENTATIONS}
+           "augmentations": AUGMENTATIONS,
+           **{k: data.info[k] for k in ("eval_patient_overlap_ecgs", "eval_patient_dropped_ecgs",
+                                        "keep_eval_patients") if k in data.info},
+           **(by_source or {})}
     for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
         if key in last:
             out[f"final_{key}"] = last[key]
@@ -545,12 +647,14 @@ def run(cfg: PretrainConfig, run_dir: str | os.PathLike, device: str = "cpu") ->
     rows = split_rows(cfg, store)
     tok, tok_report = prepare_tokenizer(cfg, store, rows, run_dir, device=device)
     data = build_data(cfg, store, tok, rows, progress=cfg.progress)
-    baselines = token_baselines(data)
-    if init_distributed()[0] == 0:
+    rank = init_distributed()[0]
+    baselines = token_baselines(data) if rank == 0 else {}  # once, not on every rank (a Python loop per ECG)
+    if rank == 0:
         plot_examples(data, run_dir / "examples.png")
     result = train(cfg, data, run_dir)
-    metrics = summarize(result, data, tok_report, baselines)
-    if init_distributed()[0] == 0:
+    by_source = heldout_by_source(cfg, data, result, device) if rank == 0 else {}
+    metrics = summarize(result, data, tok_report, baselines, by_source)
+    if rank == 0:
         plot_curve(result["history"], run_dir / "pretrain_curve.png", baselines)
         runs.finish_run(run_dir, metrics=metrics, data_hashes=data_hashes(store, run_dir, cfg))
     return metrics
