@@ -118,7 +118,7 @@ def test_resume_runs_only_missing_combinations_and_failures_do_not_stop(grid_roo
     (dirs[1] / "metrics.json").unlink()
     (dirs[1] / "stale.tmp").write_text("half-written")
     shutil.rmtree(dirs[3])
-    assert [s for _, s in sweep.status(spec)] == ["complete", "partial", "complete", "missing"]
+    assert [s for _, s, _ in sweep.status(spec)] == ["done", "failed", "done", "missing"]
     calls.clear()
     second = sweep.run_sweep(spec, executor=counting, progress=False)
     assert sorted(calls) == sorted([dirs[1].name, dirs[3].name]) == sorted(second.ran)
