@@ -349,6 +349,10 @@ def fit(cfg: FinetuneConfig, model: nn.Module, store, splits: Mapping[str, Split
     if state is not None:
         first, log, best_epoch, best_value = restore_resume_state(state, model, opt, sched, scaler, train_loader)
         pred_frames = [pd.read_parquet(run_dir / "predictions.parquet").query("epoch < @first")]
+        # the files may hold an epoch finished after resume.pt was written: keep what resume.pt knows
+        (run_dir / "log.jsonl").unlink(missing_ok=True)
+        for r in log:
+            runs.append_jsonl(run_dir / "log.jsonl", _nan_to_none(r))
     epochs = range(first, cfg.epochs + 1)
     for epoch in tqdm(epochs, desc=f"{cfg.model} f={cfg.fraction}", leave=False) if progress else epochs:
         t0 = time.time()
