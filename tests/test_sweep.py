@@ -204,7 +204,7 @@ def test_local_parallel_sweep_kill_one_job_and_rerun_submits_only_it(grid_root, 
     job = ex.submit(sweep.ComboJob(spec, spec.combinations()[1], "inline", threads=1))
     sweep._record_submitted(spec, spec.combinations()[1], job, "local_parallel")
     assert _state(spec, slow) in ("queued", "running")
-    _wait_for(lambda: (spec.run_dir(spec.combinations()[1]) / "log.jsonl").is_file(), what="the first epoch")
+    _wait_for(lambda: (spec.run_dir(spec.combinations()[1]) / "resume.pt").is_file(), what="the first epoch")
     assert _state(spec, slow) == "running"
     job.cancel()
     _wait_for(job.done, what="the killed job")
