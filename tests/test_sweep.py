@@ -164,7 +164,7 @@ def test_sweep_files_are_validated_before_anything_runs(tmp_path, capsys):
     assert not (out / "03_finetune").exists()  # a dry run writes nothing
 
 
-@pytest.mark.parametrize("name", ["paper", "cpu_tiny"])
+@pytest.mark.parametrize("name", ["paper", "cpu_tiny", "paper_slurm"])
 def test_shipped_sweep_files_load(name):
     spec = sweep.load_sweep(runs.PARAMETERS_DIR / "sweeps" / f"{name}.yaml")
     assert sorted(spec.grid["fraction"]) == FRACTIONS
