@@ -71,6 +71,7 @@ import itertools
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import sys
@@ -362,6 +363,12 @@ def _last_line(path: str | None) -> str:
     return lines[-1].strip()[:300] if lines else ""
 
 
+def _error_line(text: str) -> str:
+    """The last ``SomeError: message`` line of a traceback text ('' when there is none)."""
+    lines = [ln.strip() for ln in text.splitlines() if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", ln.strip())]
+    return lines[-1][:300] if lines else ""
+
+
 def combination_state(spec: SweepSpec, combo: Mapping[str, Any]) -> tuple[str, dict]:
     """(state, record) of one combination; state is one of :data:`STATES` (see the module docstring)."""
     rid = spec.run_id(combo)
@@ -571,7 +578,7 @@ def local_parallel_sweep(spec: SweepSpec, parallel: int | None = None, runner: s
             if err is None:
                 {"ran": summary.ran, "skipped": summary.skipped, "busy": summary.busy}[job.result()].append(rid)
             else:
-                summary.failed[rid] = str(err).strip().splitlines()[-1] if str(err).strip() else repr(err)
+                summary.failed[rid] = _error_line(str(err)) or repr(err)
                 write_record(spec, rid, state="failed", error=summary.failed[rid])
     summary.seconds = time.time() - t0
     return _write_summary(spec, summary)
