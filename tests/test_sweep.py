@@ -8,16 +8,23 @@ on the store's nested fraction subsets) and the run folders' own ``run.json``/``
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import shutil
+import subprocess
+import sys
+import time
 
 import pandas as pd
 import pytest
+import submitit
 import torch
 import yaml
 
 from heartbeit_lib import cohorts
 from heartbeit_lib.pipeline import finetune
+from heartbeit_lib.pipeline import metrics
 from heartbeit_lib.classify import registry as models
 from heartbeit_lib.pipeline import runs
 from heartbeit_lib.pipeline import sweep
@@ -118,7 +125,7 @@ def test_resume_runs_only_missing_combinations_and_failures_do_not_stop(grid_roo
     (dirs[1] / "metrics.json").unlink()
     (dirs[1] / "stale.tmp").write_text("half-written")
     shutil.rmtree(dirs[3])
-    assert [s for _, s in sweep.status(spec)] == ["complete", "partial", "complete", "missing"]
+    assert [s for _, s, _ in sweep.status(spec)] == ["done", "failed", "done", "missing"]
     calls.clear()
     second = sweep.run_sweep(spec, executor=counting, progress=False)
     assert sorted(calls) == sorted([dirs[1].name, dirs[3].name]) == sorted(second.ran)
@@ -157,10 +164,197 @@ def test_sweep_files_are_validated_before_anything_runs(tmp_path, capsys):
     assert not (out / "03_finetune").exists()  # a dry run writes nothing
 
 
-@pytest.mark.parametrize("name", ["paper", "cpu_tiny"])
+@pytest.mark.parametrize("name", ["paper", "cpu_tiny", "paper_slurm"])
 def test_shipped_sweep_files_load(name):
     spec = sweep.load_sweep(runs.PARAMETERS_DIR / "sweeps" / f"{name}.yaml")
     assert sorted(spec.grid["fraction"]) == FRACTIONS
     if name == "paper":
         assert {"heartbeit", "vit_b16", "efficientnet_b4", "resnet152"} <= set(spec.grid["model"])
         assert spec.params.get("epochs", 30) == 30
+
+
+# ---------------------------------------------------------------- executors, claims, status (issues 15, 17.7)
+
+
+def _wait_for(predicate, timeout_s: float = 120.0, what: str = ""):
+    t0 = time.time()
+    while not predicate():
+        assert time.time() - t0 < timeout_s, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def _state(spec, rid):
+    return {r: s for r, s, _ in sweep.status(spec)}[rid]
+
+
+@pytest.mark.timeout(600)
+def test_local_parallel_sweep_kill_one_job_and_rerun_submits_only_it(grid_root, tmp_path):
+    """Real subprocesses (submitit's LocalExecutor). Oracle: the state records, locks and run folders."""
+    out = tmp_path / "out"
+    shutil.copytree(grid_root / "01_preprocess", out / "01_preprocess")
+    path = write_sweep(tmp_path / "par.yaml", out, ["resnet152_scratch", "vit_b16_scratch"], [1.0],
+                       extra_params={"cache_images": True}, per_model={"vit_b16_scratch": {"epochs": 25}})
+    spec = dataclasses.replace(sweep.load_sweep(path), runner="inline")
+    fast, slow = (spec.run_id(c) for c in spec.combinations())
+    assert [s for _, s, _ in sweep.status(spec)] == ["missing", "missing"]
+
+    # submit the slow combination alone, watch it go queued -> running, then kill its process
+    ex = submitit.LocalExecutor(folder=spec.logs)
+    ex.update_parameters(timeout_min=10, gpus_per_node=0)
+    job = ex.submit(sweep.ComboJob(spec, spec.combinations()[1], "inline", threads=1))
+    sweep._record_submitted(spec, spec.combinations()[1], job, "local_parallel")
+    assert _state(spec, slow) in ("queued", "running")
+    _wait_for(lambda: (spec.run_dir(spec.combinations()[1]) / "resume.pt").is_file(), what="the first epoch")
+    assert _state(spec, slow) == "running"
+    job.cancel()
+    _wait_for(job.done, what="the killed job")
+    _wait_for(lambda: _state(spec, slow) == "failed", 30, "the lock to be released")
+    lines = sweep.status_lines(spec)
+    assert lines[0].startswith(f"missing   {fast}") and lines[1].startswith(f"failed    {slow}")
+    assert f"log={job.paths.stdout}" in lines[1] and "error=" in lines[1]
+    assert (spec.run_dir(spec.combinations()[1]) / "resume.pt").is_file()  # its last finished epoch
+
+    first = sweep.local_parallel_sweep(spec, parallel=2)  # runs the missing one and resumes the failed one
+    assert first.ok and sorted(first.ran) == sorted([fast, slow])
+    assert [s for _, s, _ in sweep.status(spec)] == ["done", "done"]
+    log = runs.read_jsonl(spec.run_dir(spec.combinations()[1]) / "log.jsonl")
+    assert [r["epoch"] for r in log] == list(range(1, 26))  # resumed: every epoch once
+    assert not (spec.run_dir(spec.combinations()[1]) / "resume.pt").exists()
+
+    # remove one finished run: a re-run submits only it
+    shutil.rmtree(spec.run_dir(spec.combinations()[0]))
+    again = sweep.local_parallel_sweep(spec, parallel=2)
+    assert again.ran == [fast] and again.skipped == [slow]
+
+
+def _sweep_in_subprocess(path: str) -> subprocess.Popen:
+    code = ("import json, sys, torch; torch.set_num_threads(1); from heartbeit_lib.pipeline import sweep; "
+            "s = sweep.run_sweep(sweep.load_sweep(sys.argv[1]), 'inline', progress=False, "
+            "executor_kw={'figure': False}); print('RESULT' + json.dumps(s.to_dict()))")
+    return subprocess.Popen([sys.executable, "-c", code, path], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.timeout(600)
+def test_two_sweeps_started_at_once_never_run_a_combination_twice(grid_root, tmp_path):
+    """Issue 17 item 7. Oracle: each sweep's own summary (ran / busy / skipped) and the run folders."""
+    out = tmp_path / "out"
+    shutil.copytree(grid_root / "01_preprocess", out / "01_preprocess")
+    path = write_sweep(tmp_path / "twice.yaml", out, ["resnet152_scratch", "vit_b16_scratch"], [0.5, 1.0],
+                       extra_params={"epochs": 3})
+    procs = [_sweep_in_subprocess(str(path)) for _ in range(2)]
+    results = []
+    for p in procs:
+        stdout, _ = p.communicate(timeout=500)
+        assert p.returncode == 0, stdout
+        results.append(json.loads(next(ln for ln in stdout.splitlines() if ln.startswith("RESULT"))[6:]))
+    a, b = (set(r["ran"]) for r in results)
+    spec = sweep.load_sweep(path)
+    every = {spec.run_id(c) for c in spec.combinations()}
+    assert not (a & b) and a | b == every  # each combination ran in exactly one sweep
+    for r in results:  # the other sweep's combinations were seen as running elsewhere or already complete
+        assert set(r["busy"]) | set(r["skipped"]) == every - set(r["ran"]) and not r["failed"]
+    for combo in spec.combinations():
+        d = spec.run_dir(combo)
+        assert sweep.is_done(d)
+        assert len(runs.read_jsonl(d / "log.jsonl")) == 3  # one training, never restarted or interleaved
+
+
+def test_slurm_sweep_sbatch_script_carries_the_resources(tmp_path, monkeypatch):
+    """Oracle: the text of the sbatch file submitit would submit (written without a cluster)."""
+    path = write_sweep(tmp_path / "slurm.yaml", tmp_path / "o", ["resnet152_scratch", "vit_b16_scratch"], [0.1, 1.0])
+    data = yaml.safe_load(path.read_text())
+    data.update(executor="slurm", array_parallelism=3, resources={
+        "default": {"partition": "gpu", "gpus": 1, "cpus": 8, "mem_gb": 64, "time_min": 240, "account": "lab",
+                    "constraint": "a100", "setup": ["source .venv/bin/activate"], "sbatch": {"qos": "high"}},
+        "vit": {"time_min": 480, "mem_gb": 96}})
+    path.write_text(yaml.safe_dump(data))
+    spec = sweep.load_sweep(path)
+    assert spec.executor == "slurm"
+    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 2))  # pretend srun exists
+    texts = {}
+    for model in ("resnet152_scratch", "vit_b16_scratch"):
+        ex = sweep.slurm_executor(spec, model)
+        ex.parameters["map_count"] = 5  # as submitit sets it for a 5-job array
+        texts[model] = ex._make_submission_file_text(ex._submitit_command_str, "uid")
+    for text in texts.values():
+        for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=1", "#SBATCH --cpus-per-task=8",
+                     "#SBATCH --account=lab", "#SBATCH --constraint=a100", "#SBATCH --qos=high",
+                     "#SBATCH --array=0-4%3", "source .venv/bin/activate", "--signal=USR2@120"):
+            assert line in text, line
+    assert "#SBATCH --time=240" in texts["resnet152_scratch"] and "#SBATCH --mem=64GB" in texts["resnet152_scratch"]
+    assert "#SBATCH --time=480" in texts["vit_b16_scratch"] and "#SBATCH --mem=96GB" in texts["vit_b16_scratch"]
+    data["resources"]["vit"]["gpu"] = 2
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(sweep.SweepError, match="gpu"):
+        sweep.load_sweep(path)
+
+
+def test_lr_grid_is_chosen_on_validation_never_on_test(tmp_path):
+    """Issue 18 section 4. Oracle: hand-written metrics.json files where the test AUROC prefers another rate."""
+    path = write_sweep(tmp_path / "lr.yaml", tmp_path / "o", ["resnet152_scratch", "vit_b16_scratch"], [0.1],
+                       seeds=(0, 1))
+    data = yaml.safe_load(path.read_text())
+    data["lr"] = {"default": [1e-3], "vit": [1e-4, 3e-4, 1e-3]}
+    path.write_text(yaml.safe_dump(data))
+    spec = sweep.load_sweep(path)
+    ids = [spec.run_id(c) for c in spec.combinations()]
+    assert ids == ["toy-resnet152_scratch-f0.1-s0-lr0.001", "toy-resnet152_scratch-f0.1-s1-lr0.001",
+                   "toy-vit_b16_scratch-f0.1-s0-lr0.0001", "toy-vit_b16_scratch-f0.1-s0-lr0.0003",
+                   "toy-vit_b16_scratch-f0.1-s0-lr0.001", "toy-vit_b16_scratch-f0.1-s1-lr0.0001",
+                   "toy-vit_b16_scratch-f0.1-s1-lr0.0003", "toy-vit_b16_scratch-f0.1-s1-lr0.001"]
+    p = spec.params_for(spec.combinations()[2])
+    assert p["lr"] == 1e-4 and p["lr_start"] == pytest.approx(3e-5)  # the paper's lr_start / lr ratio
+    # (val, test) AUROC per run: for vit seed 0 validation prefers 3e-4 while test would prefer 1e-3
+    scores = {ids[0]: (0.7, 0.7), ids[1]: (0.6, 0.6), ids[2]: (0.60, 0.90), ids[3]: (0.80, 0.50),
+              ids[4]: (0.75, 0.95), ids[5]: (0.7, 0.7), ids[6]: (0.7, 0.8)}  # ids[7] never finished
+    for combo in spec.combinations():
+        rid = spec.run_id(combo)
+        if rid in scores:
+            d = spec.run_dir(combo)
+            d.mkdir(parents=True)
+            (d / "run.json").write_text(json.dumps({"finished": "2026-01-01T00:00:00"}))
+            (d / "metrics.json").write_text(json.dumps({"val_auroc": scores[rid][0], "test_auroc": scores[rid][1]}))
+    table = sweep.choose_lr(spec)
+    chosen = dict(zip(table.run_id[table.chosen], table.lr[table.chosen]))
+    assert chosen == {ids[0]: 1e-3, ids[1]: 1e-3, ids[3]: 3e-4}  # vit seed 1 has an unfinished run: no choice
+    assert table.loc[table.run_id.isin(ids[5:]), "chosen_lr"].isna().all()
+    read = metrics.read_lr_choice(tmp_path / "o" / "03_finetune" / "lr-choice-lr.csv")
+    assert sorted(read.run_id[read.chosen]) == sorted(chosen)
+    data["params"]["lr"] = 1e-3  # a fixed rate and a grid at once is ambiguous
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(sweep.SweepError, match="lr"):
+        sweep.load_sweep(path)
+
+
+def test_finetune_resume_continues_exactly_where_it_stopped(grid_root, tmp_path, monkeypatch):
+    """Oracle: the same run uninterrupted; log rows (all but timings), predictions and best weights must match
+    exactly (CPU, single thread: deterministic)."""
+    out = tmp_path / "o"
+    base = dict(task=TASK, model="resnet152_scratch", fraction=1.0, epochs=4, image_size=32, model_size="micro",
+                batch_size=16, device="cpu", cohort_run=str(grid_root / "01_preprocess" / TASK), out_root=str(out))
+    whole = finetune.run_finetune(finetune.FinetuneConfig(**base, run_id="whole"), figure=False)
+    real, calls = finetune.engine.train_one_epoch, []
+
+    def dies_in_epoch_3(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("preempted")
+        return real(*a, **k)
+
+    monkeypatch.setattr(finetune.engine, "train_one_epoch", dies_in_epoch_3)
+    cfg = finetune.FinetuneConfig(**base, run_id="cut", resume=True)
+    with pytest.raises(KeyboardInterrupt):
+        finetune.run_finetune(cfg, figure=False)
+    assert [r["epoch"] for r in runs.read_jsonl(out / "03_finetune" / "cut" / "log.jsonl")] == [1, 2]
+    monkeypatch.setattr(finetune.engine, "train_one_epoch", real)
+    resumed = finetune.run_finetune(cfg, figure=False)
+    drop = ("epoch_time_s",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in resumed.log] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in whole.log]
+    pa = pd.read_parquet(out / "03_finetune" / "whole" / "predictions.parquet")
+    pb = pd.read_parquet(out / "03_finetune" / "cut" / "predictions.parquet")
+    pd.testing.assert_frame_equal(pa, pb)
+    wa, wb = (torch.load(out / "03_finetune" / r / "model_best.pt", weights_only=True) for r in ("whole", "cut"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not (out / "03_finetune" / "cut" / "resume.pt").exists()

@@ -497,3 +497,105 @@ def _merge(run_dir: Path, df: pd.DataFrame, task: TaskConfig, seed: int, n_shard
 
 
 # ====================================================================== splits
+
+
+# ---------------------------------------------------------------- array builds (Slurm array or local processes)
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildPlan:
+    """What every array task and the merge step derive, identically, from the inputs and build parameters."""
+
+    run_dir: Path
+    df: pd.DataFrame  # checked inputs with input_index
+    task: TaskConfig
+    seed: int
+    salt: str
+    params: dict  # what the output depends on (build_spec.json)
+    n_shards: int
+    manifest_columns: list[str]
+    dtypes: dict[str, Any]
+
+
+def plan_build(inputs: pd.DataFrame, run_dir: str | os.PathLike, *, task_cfg: "TaskConfig | str" = "custom",
+               seed: int = 0, shard_size: int = 512, preprocess_kw: Mapping[str, Any] | None = None,
+               salt: str | None = None, salt_file: str | os.PathLike | None = None) -> BuildPlan:
+    """The preparation :func:`build_store` does before its shards, as one object (same arguments).
+
+    Writes ``store/build_spec.json`` on the first call (later calls must match its fingerprint) and, without
+    ``salt``/``salt_file``, ``salt.txt``: call it once before starting the array tasks so they never race to
+    create either.
+    """
+    run_dir = Path(run_dir)
+    task = load_task(task_cfg)
+    if shard_size < 1:
+        raise CohortError(f"shard_size must be >= 1, got {shard_size}")
+    df = _check_inputs(inputs)
+    salt = salt if salt else read_or_create_salt(run_dir, salt_file)
+    (run_dir / "store" / "parts").mkdir(parents=True, exist_ok=True)
+    params = {"task": task.to_dict(), "seed": int(seed), "shard_size": int(shard_size),
+              "preprocess_kw": None if preprocess_kw is None else dict(preprocess_kw),
+              "leads": list(output_leads()), "format": STORE_FORMAT, "version": STORE_VERSION}
+    _check_or_write_build_spec(run_dir, _fingerprint(df, salt, params), params)
+    extra = [c for c in df.columns if c not in (*INPUT_COLUMNS, "reject", "input_index")]
+    manifest_columns = ["record_id", "patient_hash", "patient_source", "site", "label", "shard", "offset",
+                        "source_path", "input_index", "fs_source", "n_samples_source", *extra]
+    dtypes = {**_CORE_DTYPES, **{c: df[c].dtype for c in extra}}
+    return BuildPlan(run_dir, df, task, int(seed), salt, params, max(1, math.ceil(len(df) / shard_size)),
+                     manifest_columns, dtypes)
+
+
+def shard_ranges(n_shards: int, n_tasks: int) -> list[range]:
+    """``n_tasks`` contiguous shard ranges covering ``range(n_shards)``, sizes differing by at most one
+    (a task beyond ``n_shards`` gets an empty range)."""
+    if n_tasks < 1:
+        raise CohortError(f"n_tasks must be >= 1, got {n_tasks}")
+    q, r = divmod(n_shards, n_tasks)
+    starts = [i * q + min(i, r) for i in range(n_tasks + 1)]
+    return [range(starts[i], starts[i + 1]) for i in range(n_tasks)]
+
+
+def build_shard_range(inputs: pd.DataFrame, reader: Callable[[str], Any], run_dir: str | os.PathLike, *,
+                      task_index: int, n_tasks: int, workers: int = 1, **build_kw: Any) -> list[dict]:
+    """Build the shards of array task ``task_index`` of ``n_tasks`` (:func:`shard_ranges`); no merge.
+
+    Independent tasks (a Slurm array, local processes) may run at once over one ``run_dir``: each writes and
+    cleans only its own shards, and skips those already built (resumable). ``build_kw`` are
+    :func:`build_store`'s keyword arguments (task_cfg, seed, shard_size, preprocess_kw, salt, salt_file) and
+    must be the same in every task and in :func:`merge_store`. Returns the counts of the shards built.
+    """
+    plan = plan_build(inputs, run_dir, **build_kw)
+    store_dir, size = plan.run_dir / "store", plan.params["shard_size"]
+    mine = shard_ranges(plan.n_shards, n_tasks)[task_index]
+    for i in mine:  # half-written files of a killed task: only this task's shards (others may be writing)
+        for folder in (store_dir, store_dir / "parts"):
+            for stale in folder.glob(f"{shard_name(i)}.*.tmp-*"):
+                stale.unlink()
+    todo = [i for i in mine if not _shard_done(store_dir, i)]
+
+    def spec(i: int) -> ShardSpec:
+        return ShardSpec(i, plan.df.iloc[i * size:(i + 1) * size].to_dict("records"), reader, str(store_dir),
+                         plan.salt, plan.params["preprocess_kw"], plan.manifest_columns, plan.dtypes)
+
+    if workers <= 1 or getattr(reader, "in_process", False) or len(todo) <= 1:
+        return [build_shard(spec(i)) for i in todo]
+    return list(_map_in_processes(build_shard, map(spec, todo), workers, min(workers, len(todo))))
+
+
+def merge_store(inputs: pd.DataFrame, run_dir: str | os.PathLike, **build_kw: Any) -> "CohortStore":
+    """The merge step after the array tasks: manifest, rejects and ``store.json`` from the built shards.
+
+    Byte-identical to :func:`build_store` in one process with the same arguments; asserts
+    ``len(inputs) == len(manifest) + len(rejects)``.
+
+    Raises
+    ------
+    StoreError : a shard is not built yet (its task failed or is still running).
+    """
+    plan = plan_build(inputs, run_dir, **build_kw)
+    missing = [i for i in range(plan.n_shards) if not _shard_done(plan.run_dir / "store", i)]
+    if missing:
+        raise StoreError(f"{plan.run_dir}: {len(missing)} of {plan.n_shards} shards are not built yet (e.g. "
+                         f"{[shard_name(i) for i in missing[:5]]}); re-run their array tasks, then merge")
+    _merge(plan.run_dir, plan.df, plan.task, plan.seed, plan.n_shards, plan.params)
+    return CohortStore(plan.run_dir)

@@ -72,6 +72,7 @@ IMAGE_CACHE = ImageCache(max_items=16)
 SIGNAL_NORMALIZATION = ((0.0,), (1.0,))  # signal models: identity (prepare_signals scales by a fixed constant)
 CUDA_EVAL_BATCH = 512  # evaluation batch on CUDA (no gradients: memory allows it); CPU keeps 2 x batch_size
 CNN_FAMILIES = ("resnet", "efficientnet")  # channels_last + cudnn.benchmark on CUDA
+RESUME_FILE = "resume.pt"  # per-epoch training state of a run with resume=True; deleted when the run finishes
 
 
 class CohortNotFoundError(runs.ConfigError):
@@ -113,6 +114,7 @@ class FinetuneConfig(runs.TypedConfig):
     cache_images: bool = False  # render every split once per process and keep it in memory (small cohorts)
     out_root: str = "outputs"  # root of the run folders
     run_id: str | None = None  # run folder name; None: <task>-<model>-f<fraction>-s<seed>
+    resume: bool = False  # continue an interrupted run folder from its last finished epoch (resume.pt, written every epoch when True)
 
     choices: typing.ClassVar[dict[str, tuple]] = {"select_on": ("val", "test")}
 
@@ -374,8 +376,9 @@ def fit(cfg: FinetuneConfig, model: nn.Module, store, splits: Mapping[str, Split
     """
     _check_resolved(cfg)
     run_dir = Path(run_dir)
-    for name in ("log.jsonl", "predictions.parquet", "model_best.pt"):  # a rerun starts clean
-        (run_dir / name).unlink(missing_ok=True)
+    state = load_resume_state(run_dir, cfg) if cfg.resume else None
+    for name in ("log.jsonl", "predictions.parquet", "model_best.pt") if state is None else ():
+        (run_dir / name).unlink(missing_ok=True)  # a rerun starts clean
     sel = splits[cfg.select_on]
     if len(sel) == 0 or len(np.unique(sel.label)) < 2:
         raise SplitError(f"select_on={cfg.select_on!r}: that split needs both classes to choose an epoch "
@@ -405,7 +408,15 @@ def fit(cfg: FinetuneConfig, model: nn.Module, store, splits: Mapping[str, Split
     pred_frames: list[pd.DataFrame] = []
     best_epoch, best_value = None, -math.inf
     t_start = time.time()
-    epochs = range(1, cfg.epochs + 1)
+    first = 1
+    if state is not None:
+        first, log, best_epoch, best_value = restore_resume_state(state, model, opt, sched, scaler, train_loader)
+        pred_frames = [pd.read_parquet(run_dir / "predictions.parquet").query("epoch < @first")]
+        # the files may hold an epoch finished after resume.pt was written: keep what resume.pt knows
+        (run_dir / "log.jsonl").unlink(missing_ok=True)
+        for r in log:
+            runs.append_jsonl(run_dir / "log.jsonl", _nan_to_none(r))
+    epochs = range(first, cfg.epochs + 1)
     for epoch in tqdm(epochs, desc=f"{cfg.model} f={cfg.fraction}", leave=False) if progress else epochs:
         t0 = time.time()
         loss = engine.train_one_epoch(model, train_loader, opt, sched, scaler, mean, std, device, amp, channels_last)
@@ -421,6 +432,9 @@ def fit(cfg: FinetuneConfig, model: nn.Module, store, splits: Mapping[str, Split
         if math.isfinite(value) and value > best_value:  # strict: earliest epoch wins ties
             best_epoch, best_value = epoch, value
             save_best_weights(model, run_dir)
+        if cfg.resume:
+            save_resume_state(run_dir, cfg, epoch, log, best_epoch, best_value, model, opt, sched, scaler, train_loader)
+    (run_dir / RESUME_FILE).unlink(missing_ok=True)
     assert best_epoch == select_best_epoch(log, cfg.select_on)  # the online choice equals the offline rule
     metrics = _summary(cfg, log, best_epoch, splits)
     metrics.update(train_records_sha256=records_sha256(splits["train"].record_id),
@@ -429,6 +443,56 @@ def fit(cfg: FinetuneConfig, model: nn.Module, store, splits: Mapping[str, Split
                    normalize_std=list(normalization[1]), device=str(device), amp=amp)
     hashes = {f"split_{s}_records": records_sha256(splits[s].record_id) for s in splits}
     return FitResult(best_epoch, _nan_to_none(metrics), log, hashes, run_dir)
+
+
+def _resume_key(cfg: FinetuneConfig) -> dict[str, Any]:
+    """The config fields a resumed run must share with the interrupted one (all but ``resume``)."""
+    return {k: v for k, v in cfg.to_dict().items() if k != "resume"}
+
+
+def save_resume_state(run_dir: Path, cfg: FinetuneConfig, epoch: int, log: list[dict], best_epoch: int | None,
+                      best_value: float, model: nn.Module, opt, sched, scaler, train_loader) -> None:
+    """``resume.pt`` after ``epoch``: weights, optimiser, schedule, scaler, RNG and shuffling-generator states, the
+    log so far and the best epoch, so that a resumed run continues exactly as an uninterrupted one (on CPU)."""
+    state = {"config": _resume_key(cfg), "epoch": epoch, "log": log, "best_epoch": best_epoch,
+             "best_value": best_value, "model": model.state_dict(), "opt": opt.state_dict(),
+             "sched": sched.state_dict(), "scaler": scaler.state_dict(), "rng_cpu": torch.get_rng_state(),
+             "rng_loader": train_loader.generator.get_state(),
+             # the current device's state only: a requeued job may see another number of GPUs
+             "rng_cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+    utils.atomic_torch_save(state, run_dir / RESUME_FILE)
+
+
+def load_resume_state(run_dir: Path, cfg: FinetuneConfig) -> dict | None:
+    """The ``resume.pt`` of an interrupted run with the same config, else None (start clean).
+
+    Raises
+    ------
+    runs.ConfigError : the folder's ``resume.pt`` was written with other parameters.
+    """
+    path = Path(run_dir) / RESUME_FILE
+    if not (path.is_file() and (Path(run_dir) / "predictions.parquet").is_file()):
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state["config"] != _resume_key(cfg):
+        diff = sorted(k for k in state["config"] if state["config"][k] != _resume_key(cfg).get(k))
+        raise runs.ConfigError(f"{path}: written by a run with other parameters ({diff}); delete the run folder "
+                               "or run with resume=False")
+    return state
+
+
+def restore_resume_state(state: dict, model: nn.Module, opt, sched, scaler, train_loader
+                         ) -> tuple[int, list[dict], int | None, float]:
+    """Load ``state`` into the training objects; returns (first epoch to run, log, best epoch, best value)."""
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng_cpu"])
+    train_loader.generator.set_state(state["rng_loader"])
+    if state["rng_cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["rng_cuda"])
+    return state["epoch"] + 1, list(state["log"]), state["best_epoch"], float(state["best_value"])
 
 
 def _nan_to_none(d: Mapping[str, Any]) -> dict[str, Any]:

@@ -68,6 +68,33 @@ class MetricsConfig(runs.TypedConfig):
             raise runs.ConfigError(f"parameter 'splits': {bad or list(self.splits)} not in {list(SPLIT_LABELS)}")
 
 
+# ------------------------------------------------------------------------------ learning-rate choice
+
+
+LR_CHOICE_COLUMNS = ("task", "model", "fraction", "seed", "lr", "run_id", "val_auroc", "chosen", "chosen_lr")
+
+
+def read_lr_choice(path: str | os.PathLike) -> pd.DataFrame:
+    """The table ``python -m heartbeit_lib.sweep choose-lr`` writes (``lr-choice-<sweep>.csv``): one row per
+    run of an lr-grid sweep, ``chosen`` True on the rate with the best validation AUROC of each (task, model,
+    fraction, seed). Keep the runs of ``table.run_id[table.chosen]``.
+
+    Raises
+    ------
+    RunFolderError : the file is missing or lacks a column of :data:`LR_CHOICE_COLUMNS`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RunFolderError(f"lr choice table {path} does not exist; run python -m heartbeit_lib.sweep choose-lr "
+                             "<sweep yaml> first")
+    table = pd.read_csv(path)
+    missing = [c for c in LR_CHOICE_COLUMNS if c not in table.columns]
+    if missing:
+        raise RunFolderError(f"lr choice table {path}: missing column(s) {missing}")
+    table["chosen"] = table["chosen"].astype(bool)
+    return table
+
+
 # ------------------------------------------------------------------------------ collecting runs
 
 

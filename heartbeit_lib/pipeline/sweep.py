@@ -1,59 +1,104 @@
-"""Fine-tuning sweeps: ``notebooks/03_finetune.ipynb`` once per (task, model, fraction, seed).
+"""Fine-tuning sweeps: ``notebooks/03_finetune.ipynb`` once per (task, model, fraction, seed[, lr]).
 
 Usage::
 
-    python -m heartbeit_lib.sweep parameters/sweeps/paper.yaml            # papermill, HTML per run
-    python -m heartbeit_lib.sweep parameters/sweeps/cpu_tiny.yaml --dry-run
-    python -m heartbeit_lib.sweep parameters/sweeps/cpu_tiny.yaml --in-process   # same steps, no kernel
+    python -m heartbeit_lib.sweep parameters/sweeps/paper.yaml                  # the file's executor
+    python -m heartbeit_lib.sweep parameters/sweeps/paper_slurm.yaml --executor slurm
+    python -m heartbeit_lib.sweep parameters/sweeps/cpu_tiny.yaml --executor local_parallel --parallel 4
+    python -m heartbeit_lib.sweep status parameters/sweeps/paper.yaml           # one line per combination
+    python -m heartbeit_lib.sweep parameters/sweeps/cpu_tiny.yaml --in-process  # runner inline (no kernel)
+    python -m heartbeit_lib.sweep choose-lr parameters/sweeps/paper.yaml        # lr chosen on validation AUROC
 
 A sweep file (plain YAML)::
 
     name: paper                 # names the summary file
     notebook: 03_finetune       # optional (default)
-    out_root: outputs           # run folders: <out_root>/03_finetune/<task>-<model>-f<fraction>-s<seed>/
+    out_root: outputs           # run folders: <out_root>/03_finetune/<task>-<model>-f<fraction>-s<seed>[-lr<lr>]/
+    executor: sequential        # sequential (default) | local_parallel | slurm
+    runner: papermill           # papermill (notebook + HTML, default) | inline (run_finetune in-process, no HTML)
+    parallel: null              # local_parallel: combinations at once (None: one per GPU, else 2)
     grid:                       # lists; every combination runs (order: task, model, fraction, seed)
       task: [hcm]
       model: [heartbeit, vit_b16, efficientnet_b4, resnet152]
       fraction: [0.01, 0.1, 0.25, 0.5, 1.0]
       seed: [0]
+    lr:                         # optional learning-rate grid: per model name, registry family or `default`
+      default: [1.0e-4, 3.0e-4, 1.0e-3]     # (a plain list: every model); omit for the fixed params.lr
     params:                     # fixed notebook parameters; "{task}" etc. are filled in per run
       cohort_run: outputs/01_preprocess/{task}
       pretrain_run: outputs/02_pretrain/paper
       epochs: 30
     per_model:                  # optional overrides for one model (e.g. a weights file)
       vit_b16: {weights: /data/weights/vit_b16.safetensors}
+    resources:                  # slurm: per model name, registry family (beit, vit, efficientnet, resnet) or default
+      default: {partition: gpu, gpus: 1, cpus: 8, mem_gb: 64, time_min: 240, account: null, constraint: null,
+                setup: ["source .venv/bin/activate"], sbatch: {qos: normal}}   # sbatch: extra sbatch options
+      vit: {time_min: 480}
+    array_parallelism: 16       # slurm: at most this many array tasks at once
+    log_dir: null               # submitit logs (None: <out_root>/03_finetune/.sweep/<name>/logs)
 
 Every key under ``grid``/``params``/``per_model`` must be a notebook parameter; all combinations
 are validated against :class:`~heartbeit_lib.pipeline.finetune.FinetuneConfig` before the first one runs.
+With an ``lr`` grid the run id ends in ``-lr<lr>`` and ``lr_start`` defaults to 0.3 x ``lr`` (the paper's
+3e-4 / 1e-3) unless ``params`` sets it; :func:`choose_lr` then picks, for every (task, model, fraction,
+seed), the rate with the best **validation** AUROC (never a test figure) and writes the table
+``<out_root>/03_finetune/lr-choice-<name>.csv``. A fixed rate (the paper's) is ``params.lr`` without an
+``lr`` grid.
 
-Resumability: a combination whose run folder is complete (``runs.is_complete`` and a
-``metrics.json``) is skipped; a folder left half-written by a crash or a failure is deleted and
-the combination runs again. A failing combination is recorded (error type and message, in the
-summary file ``<out_root>/03_finetune/sweep-<name>.json``) and the sweep goes on; the exit code is
-1 when any failed.
+Claims and states: a combination runs only while its process holds an exclusive lock on
+``<out_root>/03_finetune/.sweep/<run_id>.lock`` (``fcntl.flock``: released by the kernel when the process
+dies, so a killed job leaves no stale lock), so two sweeps over one grid never run or delete the same
+combination twice; the loser skips it as running elsewhere. Next to the lock, ``<run_id>.json`` records
+the state the submitter and the job last wrote (queued, running, failed with the error, done; job id
+and log path). A combination's state (:func:`status`) is ``done`` (``run.json`` finished and
+``metrics.json``), ``running`` (lock held), ``queued`` (submitted, its job still alive), ``failed`` (an
+error recorded, a job that ended without a result, or a half-written folder) or ``missing``. Re-running
+a sweep submits only the missing and failed ones; a failed one restarts from scratch, except under
+``local_parallel``/``slurm`` where a folder with ``resume.pt`` (written every epoch with ``resume=True``)
+continues from its last epoch. A Slurm job that is preempted or reaches its time limit is requeued by
+submitit (:class:`ComboJob` is ``Checkpointable``) and resumes from its last epoch.
+A failing combination is recorded (error type and message, in the summary file
+``<out_root>/03_finetune/sweep-<name>.json``) and the sweep goes on; the exit code is 1 when any failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
 import itertools
+import json
+import math
 import os
+import re
 import shutil
+import socket
 import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
+import pandas as pd
+import submitit
+import torch
 import yaml
 from tqdm.auto import tqdm
 
+from heartbeit_lib.classify import registry
 from heartbeit_lib.pipeline import finetune
 from heartbeit_lib.pipeline import runs
 
 GRID_KEYS = ("task", "model", "fraction", "seed")
 NOTEBOOK = "03_finetune"
+EXECUTOR_NAMES = ("sequential", "local_parallel", "slurm")
+STATES = ("done", "queued", "running", "failed", "missing")
+LR_START_RATIO = 0.3  # lr_start / lr of the paper's OneCycle (3e-4 / 1e-3), used with an lr grid
+# resources key -> SlurmExecutor parameter (sbatch option); "sbatch" passes any other option through
+SLURM_KEYS = {"partition": "partition", "gpus": "gpus_per_node", "cpus": "cpus_per_task", "mem_gb": "mem",
+              "time_min": "time", "account": "account", "constraint": "constraint", "setup": "setup",
+              "sbatch": "additional_parameters"}
 
 
 class SweepError(runs.ConfigError):
@@ -71,11 +116,33 @@ class SweepSpec:
     out_root: str = "outputs"
     notebook: str = NOTEBOOK
     source: str = ""
+    lr: dict[str, list] | None = None  # lr grid: model name / family / "default" -> rates
+    executor: str = "sequential"
+    runner: str = "papermill"
+    parallel: int | None = None
+    resources: dict[str, dict] = dataclasses.field(default_factory=dict)
+    array_parallelism: int = 16
+    log_dir: str | None = None
+
+    def lr_values(self, model: str) -> list | None:
+        """The lr grid of ``model`` (model name, then its registry family, then ``default``), None: fixed."""
+        if not self.lr:
+            return None
+        for key in (model, registry.model_spec(model).family, "default"):
+            if key in self.lr:
+                return self.lr[key]
+        raise SweepError(f"sweep {self.name!r}: lr grid has no entry for model {model!r} (nor its family "
+                         f"{registry.model_spec(model).family!r} nor 'default')")
 
     def combinations(self) -> list[dict[str, Any]]:
-        """One dict per run, in grid order (task, model, fraction, seed, then any extra grid keys)."""
+        """One dict per run, in grid order (task, model, fraction, seed, then any extra grid keys, then lr)."""
         keys = list(GRID_KEYS) + [k for k in self.grid if k not in GRID_KEYS]
-        return [dict(zip(keys, vals)) for vals in itertools.product(*(self.grid[k] for k in keys))]
+        out = []
+        for vals in itertools.product(*(self.grid[k] for k in keys)):
+            combo = dict(zip(keys, vals))
+            lrs = self.lr_values(combo["model"])
+            out += [combo] if lrs is None else [{**combo, "lr": float(lr)} for lr in lrs]
+        return out
 
     def run_dir(self, combo: Mapping[str, Any]) -> Path:
         return Path(self.out_root) / NOTEBOOK / self.run_id(combo)
@@ -83,7 +150,7 @@ class SweepSpec:
     def run_id(self, combo: Mapping[str, Any]) -> str:
         rid = finetune.run_name(combo["task"], combo["model"], combo["fraction"], combo["seed"])
         extra = [k for k in combo if k not in GRID_KEYS]
-        return rid + "".join(f"-{k}{combo[k]}" for k in extra)
+        return rid + "".join(f"-{k}{combo[k]:g}" if k == "lr" else f"-{k}{combo[k]}" for k in extra)
 
     def params_for(self, combo: Mapping[str, Any]) -> dict[str, Any]:
         """The notebook parameters of one combination (fixed params formatted with the combo)."""
@@ -92,11 +159,23 @@ class SweepSpec:
         p.update({k: (v.format(**fmt) if isinstance(v, str) else v)
                   for k, v in self.per_model.get(combo["model"], {}).items()})
         p.update(combo)
+        if "lr" in combo and self.lr and "lr_start" not in p:
+            p["lr_start"] = combo["lr"] * LR_START_RATIO
         p.update(out_root=self.out_root, run_id=self.run_id(combo))
         return p
 
+    @property
+    def state_dir(self) -> Path:
+        """Locks and per-combination state records, shared by every sweep writing into ``out_root``."""
+        return Path(self.out_root) / NOTEBOOK / ".sweep"
 
-_TOP_KEYS = {"name", "notebook", "out_root", "grid", "params", "per_model"}
+    @property
+    def logs(self) -> Path:
+        return Path(self.log_dir) if self.log_dir else self.state_dir / self.name / "logs"
+
+
+_TOP_KEYS = {"name", "notebook", "out_root", "grid", "params", "per_model", "lr", "executor", "runner", "parallel",
+             "resources", "array_parallelism", "log_dir"}
 
 
 def load_sweep(path: str | Path, out_root: str | None = None) -> SweepSpec:
@@ -126,14 +205,32 @@ def load_sweep(path: str | Path, out_root: str | None = None) -> SweepSpec:
             raise SweepError(f"sweep file {path}: grid.{k} is empty")
     params = dict(data.get("params") or {})
     per_model = {str(k): dict(v or {}) for k, v in (data.get("per_model") or {}).items()}
-    clash = set(params) & set(grid)
+    lr = _lr_grid(data.get("lr"), path)
+    clash = set(params) & (set(grid) | ({"lr"} if lr else set()))
     if clash:
-        raise SweepError(f"sweep file {path}: {sorted(clash)} given both in grid and params")
+        raise SweepError(f"sweep file {path}: {sorted(clash)} given both in a grid and params")
     spec = SweepSpec(name=str(data.get("name") or path.stem), grid=grid, params=params, per_model=per_model,
                      out_root=str(Path(out_root or data.get("out_root") or "outputs").resolve()),
-                     notebook=str(data.get("notebook") or NOTEBOOK), source=str(path))
+                     notebook=str(data.get("notebook") or NOTEBOOK), source=str(path), lr=lr,
+                     executor=str(data.get("executor") or "sequential"), runner=str(data.get("runner") or "papermill"),
+                     parallel=data.get("parallel"), resources={str(k): dict(v or {}) for k, v in
+                                                               (data.get("resources") or {}).items()},
+                     array_parallelism=int(data.get("array_parallelism") or 16), log_dir=data.get("log_dir"))
     validate(spec)
     return spec
+
+
+def _lr_grid(value: Any, path: Path) -> dict[str, list] | None:
+    """``lr:`` of a sweep file as {model / family / default: [rates]} (a plain list means every model)."""
+    if value is None:
+        return None
+    grid = {"default": value} if isinstance(value, (list, tuple)) else value
+    if not isinstance(grid, dict) or not all(isinstance(v, (list, tuple)) and v for v in grid.values()):
+        raise SweepError(f"sweep file {path}: lr must be a list of rates or a mapping model/family -> list")
+    try:
+        return {str(k): [float(x) for x in v] for k, v in grid.items()}
+    except (TypeError, ValueError) as e:
+        raise SweepError(f"sweep file {path}: lr grid holds a non-number: {e}") from e
 
 
 def validate(spec: SweepSpec) -> None:
@@ -145,6 +242,14 @@ def validate(spec: SweepSpec) -> None:
         if bad:
             raise SweepError(f"sweep {spec.name!r}: {where} has unknown notebook parameter(s) {bad}; "
                              f"valid names are {sorted(fields)}")
+    for key, allowed in (("executor", EXECUTOR_NAMES), ("runner", tuple(RUNNERS))):
+        if getattr(spec, key) not in allowed:
+            raise SweepError(f"sweep {spec.name!r}: {key} {getattr(spec, key)!r} is not one of {allowed}")
+    for fam, res in spec.resources.items():
+        bad = sorted(set(res) - set(SLURM_KEYS))
+        if bad:
+            raise SweepError(f"sweep {spec.name!r}: resources.{fam} has unknown key(s) {bad}; "
+                             f"allowed {sorted(SLURM_KEYS)} (other sbatch options go under 'sbatch')")
     for combo in spec.combinations():
         try:
             finetune.FinetuneConfig.from_dict(spec.params_for(combo))
@@ -152,28 +257,208 @@ def validate(spec: SweepSpec) -> None:
             raise SweepError(f"sweep {spec.name!r}: combination {combo}: {e}") from e
 
 
-# ---------------------------------------------------------------- executors
+# ---------------------------------------------------------------- runners (how one combination runs)
 
 
 def papermill_executor(spec: SweepSpec, params: Mapping[str, Any], run_dir: Path, html: bool = True) -> None:
     """Execute the notebook with papermill (unknown names are rejected by ``runs.execute_notebook``)."""
     # the kernel runs in this process's working directory, so relative paths in the sweep file
-    # (cohort_run, pretrain_run, ...) mean the same for both executors
+    # (cohort_run, pretrain_run, ...) mean the same for both runners
     runs.execute_notebook(spec.notebook, dict(params), run_dir, html=html, cwd=os.getcwd())
 
 
-def inprocess_executor(spec: SweepSpec, params: Mapping[str, Any], run_dir: Path, **kw) -> None:
-    """The notebook's steps in this process (:func:`finetune.run_finetune`): no kernel, no HTML."""
+def inline_executor(spec: SweepSpec, params: Mapping[str, Any], run_dir: Path, **kw) -> None:
+    """The notebook's steps in this process through the stage's Python driver (:func:`finetune.run_finetune`):
+    no papermill, no Jupyter kernel. Writes the same run folder as the notebook (config.yaml, run.json,
+    log.jsonl, predictions.parquet, model_best.pt, metrics.json, learning_curves.png) minus the executed
+    notebook and its HTML rendering."""
     cfg = finetune.FinetuneConfig.from_dict(dict(params))
     finetune.run_finetune(cfg, **kw)
 
 
-EXECUTORS: dict[str, Callable] = {"papermill": papermill_executor, "inprocess": inprocess_executor}
+inprocess_executor = inline_executor  # the name before the cluster executors
+RUNNERS: dict[str, Callable] = {"papermill": papermill_executor, "inline": inline_executor,
+                                "inprocess": inline_executor}
+EXECUTORS = RUNNERS  # run_sweep's ``executor`` argument names a runner (kept for callers of the old API)
 
 
 def is_done(run_dir: Path) -> bool:
     """A finished run: ``run.json`` records a finish time and ``metrics.json`` exists."""
     return runs.is_complete(run_dir) and (Path(run_dir) / "metrics.json").is_file()
+
+
+# ---------------------------------------------------------------- claims and state records
+
+
+@contextlib.contextmanager
+def claim(spec: SweepSpec, run_id: str) -> Iterator[bool]:
+    """Try to take the exclusive lock of a combination without waiting; yields whether this process holds it.
+
+    ``fcntl.flock`` on ``<state_dir>/<run_id>.lock``: held until the block ends or the process dies (so a killed
+    job never leaves a stale claim); on NFS, Linux maps it to a POSIX lock that the server arbitrates.
+    """
+    spec.state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(spec.state_dir / f"{run_id}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def is_claimed(spec: SweepSpec, run_id: str) -> bool:
+    """True while another process holds the combination's lock."""
+    if not (spec.state_dir / f"{run_id}.lock").exists():
+        return False
+    with claim(spec, run_id) as mine:
+        return not mine
+
+
+def read_record(spec: SweepSpec, run_id: str) -> dict:
+    """The combination's last state record (``{}`` when none)."""
+    try:
+        return json.loads((spec.state_dir / f"{run_id}.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def write_record(spec: SweepSpec, run_id: str, **fields: Any) -> None:
+    """Update the combination's state record (atomic; fields merged into the previous record)."""
+    rec = {**read_record(spec, run_id), **fields, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    spec.state_dir.mkdir(parents=True, exist_ok=True)
+    runs.write_json(spec.state_dir / f"{run_id}.json", rec)
+
+
+def _job_alive(rec: Mapping[str, Any]) -> bool:
+    """Whether the job of a ``queued`` record may still start (local: its controller pid; slurm: sacct/squeue)."""
+    job_id, kind = rec.get("job_id"), rec.get("executor")
+    if not job_id:
+        return False
+    if kind == "local_parallel":
+        try:
+            os.kill(int(job_id), 0)
+            return rec.get("host") == socket.gethostname()
+        except (OSError, ValueError):
+            return False
+    if kind == "slurm":
+        state = submitit.SlurmJob(folder=rec.get("folder", "."), job_id=str(job_id)).state
+        return state.split()[0] not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY",
+                                        "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE", "FINISHED", "INTERRUPTED")
+    return False
+
+
+def _last_line(path: str | None) -> str:
+    """Last non-empty line of a log file ('' when there is none)."""
+    try:
+        lines = [ln for ln in Path(path).read_text(errors="replace").splitlines() if ln.strip()] if path else []
+    except OSError:
+        return ""
+    return lines[-1].strip()[:300] if lines else ""
+
+
+def _error_line(text: str) -> str:
+    """The last ``SomeError: message`` line of a traceback text ('' when there is none)."""
+    lines = [ln.strip() for ln in text.splitlines() if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", ln.strip())]
+    return lines[-1][:300] if lines else ""
+
+
+def combination_state(spec: SweepSpec, combo: Mapping[str, Any]) -> tuple[str, dict]:
+    """(state, record) of one combination; state is one of :data:`STATES` (see the module docstring)."""
+    rid = spec.run_id(combo)
+    rec = read_record(spec, rid)
+    if is_done(spec.run_dir(combo)):
+        return "done", rec
+    if is_claimed(spec, rid):
+        return "running", rec
+    st = rec.get("state")
+    if st in ("queued", "running"):
+        if st == "queued" and _job_alive(rec):
+            return "queued", rec
+        err = rec.get("error") or _last_line(rec.get("stderr")) or "the job ended without a result (killed?)"
+        return "failed", {**rec, "error": err}
+    if st == "failed" or spec.run_dir(combo).exists():
+        return "failed", {**rec, "error": rec.get("error") or "half-written run folder (no finish time)"}
+    return "missing", rec
+
+
+def status(spec: SweepSpec) -> list[tuple[str, str, dict]]:
+    """(run id, state, record) for every combination, in grid order."""
+    return [(spec.run_id(c), *combination_state(spec, c)) for c in spec.combinations()]
+
+
+def status_lines(spec: SweepSpec) -> list[str]:
+    """``<state> <run id>  log=<path>  <last error line>``, one per combination."""
+    out = []
+    for rid, st, rec in status(spec):
+        line = f"{st:9s} {rid}"
+        if rec.get("log"):
+            line += f"  log={rec['log']}"
+        if st == "failed":
+            line += f"  error={str(rec.get('error', '')).splitlines()[-1] if rec.get('error') else ''}"
+        out.append(line)
+    return out
+
+
+# ---------------------------------------------------------------- one combination (in any process)
+
+
+def run_combination(spec: SweepSpec, combo: Mapping[str, Any], runner: str | Callable = "papermill",
+                    resume: bool = False, threads: int | None = None, **runner_kw: Any) -> str:
+    """Claim, run and check one combination; returns ``ran``, ``skipped`` (done) or ``busy`` (claimed elsewhere).
+
+    ``resume``: a half-written folder holding ``resume.pt`` continues from its last epoch (the notebook's
+    ``resume`` parameter is set, so every epoch writes it); otherwise a half-written folder is deleted first.
+    ``threads``: torch / OpenMP threads of this process and of a papermill kernel it starts.
+    Raises what the runner raises (after recording it as ``failed``).
+    """
+    run = RUNNERS[runner] if isinstance(runner, str) else runner
+    run_dir, rid = spec.run_dir(combo), spec.run_id(combo)
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+    with claim(spec, rid) as mine:
+        if not mine:
+            return "busy"
+        if is_done(run_dir):
+            return "skipped"
+        write_record(spec, rid, state="running", host=socket.gethostname(), pid=os.getpid(), error=None)
+        can_resume = resume and (run_dir / finetune.RESUME_FILE).is_file()
+        if run_dir.exists() and not can_resume:  # half-written by a crash or an earlier failure: redo
+            shutil.rmtree(run_dir)
+        params = {**spec.params_for(combo), **({"resume": True} if resume else {})}
+        try:
+            run(spec, params, run_dir, **runner_kw)
+            if not is_done(run_dir):
+                raise RuntimeError(f"{run_dir}: the run ended without metrics.json / a finish time")
+        except BaseException as e:
+            write_record(spec, rid, state="failed", error=f"{type(e).__name__}: {e}".strip())
+            raise
+        write_record(spec, rid, state="done", error=None)
+        return "ran"
+
+
+class ComboJob(submitit.helpers.Checkpointable):
+    """A submitit job running one combination (:func:`run_combination` with ``resume=True``).
+
+    ``Checkpointable``: on preemption or time-out submitit calls :meth:`checkpoint` and requeues the same job;
+    the new process resumes from the run folder's ``resume.pt`` (written after every epoch).
+    """
+
+    def __init__(self, spec: SweepSpec, combo: Mapping[str, Any], runner: str, threads: int | None = None):
+        self.spec, self.combo, self.runner, self.threads = spec, dict(combo), runner, threads
+
+    def __call__(self) -> str:
+        return run_combination(self.spec, self.combo, self.runner, resume=True, threads=self.threads)
+
+
+# ---------------------------------------------------------------- executors (where combinations run)
 
 
 @dataclasses.dataclass
@@ -185,6 +470,8 @@ class SweepSummary:
     failed: dict[str, str]
     seconds: float
     path: Path | None = None
+    busy: list[str] = dataclasses.field(default_factory=list)  # claimed by another sweep while this one ran
+    submitted: list[str] = dataclasses.field(default_factory=list)  # slurm: submitted, not waited for
 
     @property
     def ok(self) -> bool:
@@ -192,54 +479,20 @@ class SweepSummary:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "total": self.total, "ran": self.ran, "skipped": self.skipped,
-                "failed": self.failed, "seconds": round(self.seconds, 2)}
+                "failed": self.failed, "busy": self.busy, "submitted": self.submitted,
+                "seconds": round(self.seconds, 2)}
 
     def __str__(self) -> str:
         lines = [f"sweep {self.name!r}: {self.total} combinations, {len(self.ran)} ran, "
-                 f"{len(self.skipped)} skipped (complete), {len(self.failed)} failed, {self.seconds:.0f} s"]
+                 f"{len(self.skipped)} skipped (complete or queued), {len(self.busy)} running elsewhere, "
+                 f"{len(self.submitted)} submitted, {len(self.failed)} failed, {self.seconds:.0f} s"]
         lines += [f"  FAILED {k}: {v.splitlines()[0][:300]}" for k, v in self.failed.items()]
         if self.path:
             lines.append(f"  summary: {self.path}")
         return "\n".join(lines)
 
 
-def run_sweep(spec: SweepSpec, executor: str | Callable = "papermill", progress: bool = True,
-              executor_kw: Mapping[str, Any] | None = None) -> SweepSummary:
-    """Run every combination that is not complete yet; record failures and go on.
-
-    Parameters
-    ----------
-    executor : ``"papermill"`` (default: the notebook, with its HTML rendering), ``"inprocess"``
-        (:func:`finetune.run_finetune`, same steps) or a callable ``(spec, params, run_dir, **kw)``.
-    progress : tqdm bar over the grid.
-
-    Returns
-    -------
-    SweepSummary (also written to ``<out_root>/03_finetune/sweep-<name>.json``).
-    """
-    run = EXECUTORS[executor] if isinstance(executor, str) else executor
-    combos = spec.combinations()
-    ran, skipped, failed = [], [], {}
-    t0 = time.time()
-    bar = tqdm(combos, desc=f"sweep {spec.name}", unit="run", disable=not progress)
-    for combo in bar:
-        run_dir = spec.run_dir(combo)
-        rid = run_dir.name
-        if is_done(run_dir):
-            skipped.append(rid)
-            continue
-        bar.set_postfix_str(rid)
-        if run_dir.exists():  # half-written by a crash or an earlier failure: redo from scratch
-            shutil.rmtree(run_dir)
-        try:
-            run(spec, spec.params_for(combo), run_dir, **dict(executor_kw or {}))
-            if not is_done(run_dir):
-                raise RuntimeError(f"{run_dir}: the run ended without metrics.json / a finish time")
-            ran.append(rid)
-        except Exception as e:  # noqa: BLE001 - one combination's failure must not stop the sweep
-            failed[rid] = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"
-    bar.close()
-    summary = SweepSummary(spec.name, len(combos), ran, skipped, failed, time.time() - t0)
+def _write_summary(spec: SweepSpec, summary: SweepSummary) -> SweepSummary:
     out = Path(spec.out_root) / NOTEBOOK / f"sweep-{spec.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     runs.write_json(out, summary.to_dict())
@@ -247,30 +500,209 @@ def run_sweep(spec: SweepSpec, executor: str | Callable = "papermill", progress:
     return summary
 
 
-def status(spec: SweepSpec) -> list[tuple[str, str]]:
-    """(run id, ``complete``/``partial``/``missing``) for every combination."""
-    out = []
+def run_sweep(spec: SweepSpec, executor: str | Callable = "papermill", progress: bool = True,
+              executor_kw: Mapping[str, Any] | None = None) -> SweepSummary:
+    """The sequential executor: every combination that is not complete, one after another in this process.
+
+    Parameters
+    ----------
+    executor : the runner: ``"papermill"`` (default: the notebook, with its HTML rendering), ``"inline"``
+        (``"inprocess"``; :func:`finetune.run_finetune`, same steps) or a callable ``(spec, params, run_dir, **kw)``.
+    progress : tqdm bar over the grid.
+
+    Returns
+    -------
+    SweepSummary (also written to ``<out_root>/03_finetune/sweep-<name>.json``).
+    """
+    combos = spec.combinations()
+    summary = SweepSummary(spec.name, len(combos), [], [], {}, 0.0)
+    t0 = time.time()
+    bar = tqdm(combos, desc=f"sweep {spec.name}", unit="run", disable=not progress)
+    for combo in bar:
+        rid = spec.run_id(combo)
+        bar.set_postfix_str(rid)
+        try:
+            outcome = run_combination(spec, combo, executor, **dict(executor_kw or {}))
+        except Exception as e:  # noqa: BLE001 - one combination's failure must not stop the sweep
+            summary.failed[rid] = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"
+            continue
+        {"ran": summary.ran, "skipped": summary.skipped, "busy": summary.busy}[outcome].append(rid)
+    bar.close()
+    summary.seconds = time.time() - t0
+    return _write_summary(spec, summary)
+
+
+def _to_submit(spec: SweepSpec) -> tuple[list[dict], list[str]]:
+    """(combinations to submit: missing or failed, run ids left alone: done, queued or running)."""
+    todo, left = [], []
     for combo in spec.combinations():
-        d = spec.run_dir(combo)
-        out.append((d.name, "complete" if is_done(d) else ("partial" if d.exists() else "missing")))
+        state, _ = combination_state(spec, combo)
+        (todo.append(combo) if state in ("missing", "failed") else left.append(spec.run_id(combo)))
+    return todo, left
+
+
+def _record_submitted(spec: SweepSpec, combo: Mapping[str, Any], job: submitit.Job, executor: str) -> None:
+    write_record(spec, spec.run_id(combo), state="queued", executor=executor, job_id=str(job.job_id),
+                 host=socket.gethostname(), folder=str(spec.logs), log=str(job.paths.stdout),
+                 stderr=str(job.paths.stderr), error=None)
+
+
+def local_parallel_sweep(spec: SweepSpec, parallel: int | None = None, runner: str | None = None,
+                         poll_s: float = 0.5, timeout_min: float = 24 * 60) -> SweepSummary:
+    """Run the missing and failed combinations as submitit local jobs (subprocesses), ``parallel`` at once.
+
+    On a machine with GPUs each job sees one (``CUDA_VISIBLE_DEVICES`` = its slot; ``parallel`` defaults to
+    the GPU count); on CPU the cores are split between the jobs (torch and OpenMP threads = cores // parallel).
+    Waits for every job; a job's error is recorded as that combination's failure.
+    """
+    n_gpu = torch.cuda.device_count()
+    parallel = int(parallel or spec.parallel or n_gpu or 2)
+    threads = None if n_gpu else max(1, (os.cpu_count() or 1) // parallel)
+    todo, left = _to_submit(spec)
+    summary = SweepSummary(spec.name, len(spec.combinations()), [], list(left), {}, 0.0)
+    ex = submitit.LocalExecutor(folder=spec.logs)
+    t0, running, free = time.time(), {}, list(range(parallel))
+    while todo or running:
+        while todo and free:
+            combo, slot = todo.pop(0), free.pop(0)
+            gpus = {"gpus_per_node": 1, "visible_gpus": [slot % n_gpu]} if n_gpu else {"gpus_per_node": 0}
+            ex.update_parameters(timeout_min=timeout_min, **gpus)
+            job = ex.submit(ComboJob(spec, combo, runner or spec.runner, threads))
+            _record_submitted(spec, combo, job, "local_parallel")
+            running[job] = (spec.run_id(combo), slot)
+        time.sleep(poll_s)
+        for job in [j for j in running if j.done()]:
+            rid, slot = running.pop(job)
+            free.append(slot)
+            err = job.exception()
+            if err is None:
+                {"ran": summary.ran, "skipped": summary.skipped, "busy": summary.busy}[job.result()].append(rid)
+            else:
+                summary.failed[rid] = _error_line(str(err)) or repr(err)
+                write_record(spec, rid, state="failed", error=summary.failed[rid])
+    summary.seconds = time.time() - t0
+    return _write_summary(spec, summary)
+
+
+def slurm_parameters(spec: SweepSpec, model: str) -> dict[str, Any]:
+    """SlurmExecutor parameters of ``model``'s jobs: ``resources.default`` updated with its family's, then its own."""
+    res: dict[str, Any] = {}
+    for key in ("default", registry.model_spec(model).family, model):
+        res.update(spec.resources.get(key, {}))
+    out = {SLURM_KEYS[k]: v for k, v in res.items() if v is not None}
+    if "mem" in out:
+        out["mem"] = f"{out['mem']}GB"
+    out.update(job_name=f"{spec.name}-{registry.model_spec(model).family}", array_parallelism=spec.array_parallelism,
+               signal_delay_s=120)  # USR2 two minutes before the limit: time to requeue
     return out
 
 
+def slurm_executor(spec: SweepSpec, model: str) -> submitit.SlurmExecutor:
+    """A SlurmExecutor (logs under ``spec.logs``) with ``model``'s resources; needs ``srun`` on the PATH."""
+    ex = submitit.SlurmExecutor(folder=spec.logs, max_num_timeout=10)
+    ex.update_parameters(**slurm_parameters(spec, model))
+    return ex
+
+
+def slurm_sweep(spec: SweepSpec, runner: str | None = None) -> SweepSummary:
+    """Submit the missing and failed combinations as Slurm job arrays (one per resource group) and return.
+
+    Each array task runs :class:`ComboJob`; ``python -m heartbeit_lib.sweep status <yaml>`` follows them.
+    """
+    todo, left = _to_submit(spec)
+    summary = SweepSummary(spec.name, len(spec.combinations()), [], list(left), {}, 0.0)
+    groups: dict[str, list[dict]] = {}
+    for combo in todo:  # one array per distinct resource set
+        groups.setdefault(json.dumps(slurm_parameters(spec, combo["model"]), sort_keys=True), []).append(combo)
+    t0 = time.time()
+    for combos in groups.values():
+        ex = slurm_executor(spec, combos[0]["model"])
+        with ex.batch():
+            jobs = [ex.submit(ComboJob(spec, c, runner or spec.runner)) for c in combos]
+        for combo, job in zip(combos, jobs):
+            _record_submitted(spec, combo, job, "slurm")
+            summary.submitted.append(spec.run_id(combo))
+    summary.seconds = time.time() - t0
+    return _write_summary(spec, summary)
+
+
+def execute(spec: SweepSpec, executor: str | None = None, runner: str | None = None, parallel: int | None = None,
+            progress: bool = True) -> SweepSummary:
+    """Run a sweep with ``executor`` (default: the file's) and ``runner`` (default: the file's)."""
+    executor, runner = executor or spec.executor, runner or spec.runner
+    if executor == "local_parallel":
+        return local_parallel_sweep(spec, parallel, runner)
+    if executor == "slurm":
+        return slurm_sweep(spec, runner)
+    return run_sweep(spec, runner, progress=progress)
+
+
+# ---------------------------------------------------------------- learning-rate choice
+
+
+def choose_lr(spec: SweepSpec, write: bool = True) -> pd.DataFrame:
+    """For every (task, model, fraction, seed) of an lr-grid sweep, the rate with the best validation AUROC.
+
+    Reads each run's ``metrics.json`` ``val_auroc`` (the AUROC at the epoch chosen on ``select_on``) and never a
+    test figure; ties go to the smaller rate. A cell with an incomplete run gets no choice (``chosen_lr`` NaN)
+    rather than a choice among the runs that happened to finish.
+
+    Returns
+    -------
+    DataFrame, one row per combination: task, model, fraction, seed, lr, run_id, val_auroc, chosen (bool),
+    chosen_lr; written to ``<out_root>/03_finetune/lr-choice-<name>.csv`` when ``write``.
+    """
+    if not spec.lr:
+        raise SweepError(f"sweep {spec.name!r} has no lr grid: nothing to choose")
+    rows = []
+    for combo in spec.combinations():
+        d = spec.run_dir(combo)
+        val = json.loads((d / "metrics.json").read_text()).get("val_auroc") if is_done(d) else None
+        rows.append({**{k: combo[k] for k in (*GRID_KEYS, "lr")}, "run_id": d.name,
+                     "val_auroc": math.nan if val is None else float(val)})
+    df = pd.DataFrame(rows)
+    df["chosen"] = False
+    df["chosen_lr"] = math.nan
+    for _, g in df.groupby(list(GRID_KEYS), sort=False):
+        if g["val_auroc"].isna().any():
+            continue
+        best = g.sort_values("lr", kind="stable")["val_auroc"].idxmax()  # first maximum: the smaller rate
+        df.loc[best, "chosen"] = True
+        df.loc[g.index, "chosen_lr"] = df.loc[best, "lr"]
+    if write:
+        out = Path(spec.out_root) / NOTEBOOK / f"lr-choice-{spec.name}.csv"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(out, index=False)
+    return df
+
+
+# ---------------------------------------------------------------- command line
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m heartbeit_lib.sweep",
-                                 description="Run notebooks/03_finetune.ipynb over a grid (resumable).")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv.pop(0) if argv[:1] and argv[0] in ("status", "choose-lr") else "run"
+    ap = argparse.ArgumentParser(prog=f"python -m heartbeit_lib.sweep{'' if command == 'run' else ' ' + command}",
+                                 description="Run notebooks/03_finetune.ipynb over a grid (resumable); "
+                                             "'status <yaml>' lists the combinations' states.")
     ap.add_argument("sweep", help="sweep YAML, e.g. parameters/sweeps/cpu_tiny.yaml")
     ap.add_argument("--out-root", default=None, help="override the file's out_root")
-    ap.add_argument("--in-process", action="store_true", help="run the notebook's steps in this process (no HTML)")
-    ap.add_argument("--dry-run", action="store_true", help="list the combinations and their status, run nothing")
+    ap.add_argument("--executor", choices=EXECUTOR_NAMES, default=None, help="override the file's executor")
+    ap.add_argument("--parallel", type=int, default=None, help="local_parallel: combinations at once")
+    ap.add_argument("--in-process", action="store_true", help="runner inline: the notebook's steps without a kernel")
+    ap.add_argument("--dry-run", action="store_true", help="same as the status command: run nothing")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     spec = load_sweep(args.sweep, out_root=args.out_root)
-    if args.dry_run:
-        for rid, st in status(spec):
-            print(f"{st:9s} {rid}")
+    if command == "status" or args.dry_run:
+        print("\n".join(status_lines(spec)))
         return 0
-    summary = run_sweep(spec, "inprocess" if args.in_process else "papermill", progress=not args.no_progress)
+    if command == "choose-lr":
+        table = choose_lr(spec)
+        print(table[table.chosen].to_string(index=False))
+        return 0
+    summary = execute(spec, args.executor, "inline" if args.in_process else None, args.parallel,
+                      progress=not args.no_progress)
     print(summary)
     return 0 if summary.ok else 1
 
