@@ -77,26 +77,26 @@ class MismatchError(PredictError):
 class PredictConfig(runs.TypedConfig):
     """Parameters of ``notebooks/07_predict.ipynb`` (its parameters cell is these field lines)."""
 
-    finetune_runs: tuple[str, ...] = ("outputs/03_finetune/demo-vit_b16_scratch-f1.0-s0",)  # finished 03_finetune run folders; several: an ensemble averaging probabilities
+    finetune_runs: tuple[str, ...] = ("outputs/03_finetune/demo-heartbeit-f1.0-s0",)  # 03_finetune run folder(s); several: probabilities averaged
     cohort_run: str | None = None  # 01_preprocess store to score (None: raw files under data_root)
-    split: str | None = None  # cohort_run: the split to score (train, val, test, external, unassigned); None: all rows
-    data_root: str | None = None  # folder of raw ECGs: MUSE XML, WFDB records or a PTB-XL root (when cohort_run is None)
+    split: str | None = None  # cohort_run: split to score (train, val, test, external, unassigned); None: all rows
+    data_root: str | None = None  # folder of raw ECGs: MUSE XML, WFDB records or a PTB-XL root (instead of cohort_run)
     source: str = "muse"  # format under data_root: muse, wfdb or ptbxl
-    labels: str | None = None  # CSV with record_id (path under data_root without suffix, or file stem) and label 0/1; None: unlabelled (ptbxl: the training task's labels)
+    labels: str | None = None  # CSV: record_id (file stem or path without suffix), label 0/1; None: unlabelled (ptbxl: task labels)
     ptbxl_database: str = "ptbxl_database.csv"  # source ptbxl: record table under data_root
     ptbxl_rate: int | None = None  # source ptbxl: 100 or 500 Hz files; None: 500 if every record has one, else 100
-    salt_file: str | None = None  # file holding the patient-hash salt (e.g. a store's salt.txt); None: a new salt in <run>/cohort/salt.txt
+    salt_file: str | None = None  # patient-hash salt file (e.g. a store's salt.txt); None: new salt in <run>/cohort/salt.txt
     image_size: int | None = None  # None: the size the model was trained at; another value is an error
     layout: str | None = None  # None: the layout the model was trained on; another value is an error
-    ylim_mv: tuple[float, ...] | None = None  # amplitude range (lo, hi) in mV; None: the training run's (if recorded); another value is an error
-    threshold_method: str = "youden"  # operating threshold on the training runs' val split: youden or sensitivity
-    target_sensitivity: float | None = None  # threshold_method sensitivity: the sensitivity to reach on val, in (0, 1]
+    ylim_mv: tuple[float, ...] | None = None  # (lo, hi) mV per band; None: as trained (if recorded); another value is an error
+    threshold_method: str = "youden"  # threshold on the training runs' val split: youden or sensitivity
+    target_sensitivity: float | None = None  # threshold_method sensitivity: sensitivity to reach on val, in (0, 1]
     recalibrate: str | None = None  # platt or isotonic; None: no recalibration
-    recalibrate_on: str = "val"  # training-run split the calibrator is fitted on (val or test); never the evaluated data
-    pictures: str = "top"  # per-ECG pages: top (highest scores), positives (decision 1), ids (picture_ids) or none
+    recalibrate_on: str = "val"  # training-run split the calibrator is fitted on: val or test (never the evaluated one)
+    pictures: str = "top"  # per-ECG pages: top (highest scores), positives (decision 1), ids (picture_ids), none
     n_pictures: int = 4  # top / positives: at most this many pages
     picture_ids: tuple[str, ...] = ()  # pictures ids: record ids to draw
-    saliency_method: str | None = "gradcam"  # map on the model input: fullgrad, gradcam, rollout (transformers); None: no map
+    saliency_method: str | None = "gradcam"  # map on the model input: fullgrad, gradcam, rollout; None: no map
     n_boot: int = 500  # bootstrap resamples of the AUROC/AUPRC confidence intervals
     batch_size: int = 64  # images per forward pass
     device: str | None = None  # cpu, cuda, cuda:N; None: cuda when available
@@ -114,8 +114,8 @@ class PredictConfig(runs.TypedConfig):
         if not [r for r in self.finetune_runs if r.strip()]:
             raise PredictError("parameter 'finetune_runs': empty; pass one or more 03_finetune run folders")
         if bool(self.cohort_run) == bool(self.data_root):
-            raise PredictError("parameters 'cohort_run' / 'data_root': pass exactly one (a cohort store, or a "
-                               f"folder of raw files), got cohort_run={self.cohort_run!r}, data_root={self.data_root!r}")
+            raise PredictError("parameters 'cohort_run' / 'data_root': pass exactly one (a cohort store, or a folder "
+                               f"of raw files), got cohort_run={self.cohort_run!r}, data_root={self.data_root!r}")
         if self.split and not self.cohort_run:
             raise PredictError("parameter 'split': only with cohort_run")
         if (self.threshold_method == "sensitivity") != (self.target_sensitivity is not None):
@@ -282,7 +282,8 @@ def _labels_from_csv(path: Path, record_ids: pd.Series) -> np.ndarray:
         raise PredictError(f"{path}: missing column(s) {miss}; needs record_id and label (0/1)")
     lab = pd.to_numeric(tab["label"], errors="coerce")
     if not lab.isin([0, 1]).all():
-        raise PredictError(f"{path}: label must be 0 or 1; bad rows e.g. {tab.loc[~lab.isin([0, 1]), 'record_id'].head(3).tolist()}")
+        bad = tab.loc[~lab.isin([0, 1]), "record_id"].head(3).tolist()
+        raise PredictError(f"{path}: label must be 0 or 1; bad rows e.g. {bad}")
     by_id = dict(zip(tab["record_id"].map(clean_id), lab.astype(int)))
     return np.array([by_id.get(r, by_id.get(Path(r).name, -1)) for r in record_ids], np.int64)
 
@@ -369,7 +370,8 @@ def training_scores(members: Sequence[Member], split: str) -> pd.DataFrame:
     for k, m in enumerate(members):
         pred = pd.read_parquet(m.run_dir / "predictions.parquet")
         sel = pred[(pred["split"] == split) & (pred["epoch"] == int(m.metrics["best_epoch"]))]
-        frames.append(sel[["record_id", "label", "score"]].rename(columns={"score": f"s{k}"}).set_index(["record_id", "label"]))
+        frames.append(sel[["record_id", "label", "score"]].rename(columns={"score": f"s{k}"})
+                      .set_index(["record_id", "label"]))
     df = pd.concat(frames, axis=1, join="inner")
     return pd.DataFrame({"record_id": df.index.get_level_values(0).astype(str),
                          "label": df.index.get_level_values(1).astype(np.int64), "score": df.mean(axis=1).to_numpy()})
