@@ -130,6 +130,11 @@ def test_raw_files_rejects_labels_salt_and_validation(world):
     assert ext["auroc"] == pytest.approx(roc_auc_score(pred["label"], pred["score"]))
     assert ext["brier"] == pytest.approx(np.mean((pred["score"] - pred["label"]) ** 2))
     assert any(table["data"].str.startswith("internal")) and table["data"].str.contains("platt on val").sum() == 2
+    raw_rows = table.set_index("data")
+    for name in table["data"][table["data"].str.contains("platt")]:  # decisions stay those of the raw scores
+        base = raw_rows.loc[name.split(", ")[0]]
+        assert raw_rows.loc[name, ["sensitivity", "specificity"]].tolist() == base[["sensitivity", "specificity"]].tolist()
+        assert raw_rows.loc[name, "brier"] != base["brier"]
     assert len(list((out / "pictures").glob("*.png"))) == 2
     assert len(re.findall(rb"/Type\s*/Page\b", (out / "pictures.pdf").read_bytes())) == 2
     run = json.loads((out / "run.json").read_text())

@@ -390,11 +390,13 @@ def operating_threshold(members: Sequence[Member], cfg: PredictConfig) -> calibr
 # ======================================================================== 5. external validation
 
 
-def evaluate(y: np.ndarray, p: np.ndarray, name: str, threshold: float, n_boot: int, seed: int) -> dict:
-    """One table row: AUROC/AUPRC with 95 % bootstrap CIs, calibration and the operating point at
-    ``threshold``; only the counts (and a note) where one class is missing."""
+def evaluate(y: np.ndarray, p: np.ndarray, name: str, threshold: float, n_boot: int, seed: int,
+             p_decision: np.ndarray | None = None) -> dict:
+    """One table row: AUROC/AUPRC with 95 % bootstrap CIs, calibration of ``p`` and the operating point of
+    ``p_decision >= threshold`` (default ``p``; recalibrated rows keep the decisions of the raw scores the threshold
+    was chosen on); only the counts (and a note) where one class is missing."""
     row: dict[str, Any] = {"data": name, "n": int(len(y)), "n_pos": int(np.sum(y == 1))}
-    op = calibration.operating_point(y, p, threshold, split=name)
+    op = calibration.operating_point(y, p if p_decision is None else p_decision, threshold, split=name)
     row.update(threshold=threshold, sensitivity=op.sensitivity, specificity=op.specificity, ppv=op.ppv, npv=op.npv)
     try:
         ci = metrics.bootstrap_ci(y, p, n_boot=n_boot, seed=seed)
@@ -428,7 +430,9 @@ def validate(members: Sequence[Member], pred: pd.DataFrame, threshold: calibrati
             if split != cfg.recalibrate_on:  # never evaluated on the split it was fitted on
                 y, p = curves[name]
                 curves[f"{name}, {cfg.recalibrate} on {cfg.recalibrate_on}"] = (y, cal.apply(p, split=split))
-    rows = [evaluate(y, p, name, threshold.value, cfg.n_boot, cfg.seed) for name, (y, p) in curves.items()]
+    raw = {name: curves[name][1] for name in split_of}
+    rows = [evaluate(y, p, name, threshold.value, cfg.n_boot, cfg.seed, raw.get(name.split(", ")[0]))
+            for name, (y, p) in curves.items()]
     return pd.DataFrame(rows), curves
 
 
