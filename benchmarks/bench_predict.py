@@ -64,7 +64,8 @@ def stage_read(paths: list[Path]):
 
 
 def stage_preprocess(recs) -> np.ndarray:
-    x = np.stack([signals.preprocess(r.signal, r.fs, list(r.leads), **PREPROCESS_KW) for r in recs])
+    x = np.concatenate([np.reshape(signals.preprocess(r.signal, r.fs, list(r.leads), **PREPROCESS_KW), (-1, 8, 2500))
+                        for r in recs])
     return x.astype(np.float16).astype(np.float32)  # the cohort store keeps float16
 
 
