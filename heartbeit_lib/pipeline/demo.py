@@ -177,8 +177,9 @@ def demo_sections(stages: Mapping[str, Path], ft_runs: Sequence[Path]) -> list[S
                                        "per comparison")]))]
     if pred is not None:
         secs.append(Section("Prediction on held-apart ECGs (07_predict)",
-                            "ECGs of the external site, never used for training or model selection, scored by one "
-                            "trained run; the threshold was chosen on that run's validation split.",
+                            "ECGs held apart from training and model selection (the demo's external site; fold 10 "
+                            "with PTBXL_ROOT), scored by one trained run; the threshold was chosen on that run's "
+                            "validation split.",
                             _table(pred / "validation.csv", "internal test split vs held-apart ECGs", PREDICT_COLUMNS),
                             _figures([(_first(pred, "reliability.png"), "reliability diagram"),
                                       (_first(pred, "pictures/*.png"), "the highest-scoring held-apart ECG")])))

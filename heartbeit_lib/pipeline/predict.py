@@ -440,7 +440,7 @@ def reliability_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: s
                        n_bins: int = calibration.N_BINS) -> Figure:
     """Reliability diagram (mean predicted vs observed fraction positive per equal-width bin, marker area ~
     count) of every row of :func:`validate`; the diagonal is perfect calibration."""
-    fig = Figure(figsize=(4.6, 4.2))
+    fig = Figure(figsize=(4.6, 4.2 + 0.22 * len(curves)))
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
     for name, (y, p) in curves.items():
@@ -449,8 +449,8 @@ def reliability_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: s
         ax.plot(r.mean_predicted[full], r.fraction_positive[full], marker="o", ms=4, label=f"{name} (n={len(y)})")
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted probability", ylabel="observed fraction positive",
            title="reliability")
-    ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.055 * len(curves), 1, 1))
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=7, loc="lower center", ncol=1, frameon=False)  # below: no overlap
     if path is not None:
         fig.savefig(path, dpi=100)
     return fig
