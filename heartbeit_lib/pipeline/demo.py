@@ -145,9 +145,18 @@ def _table(path: Path, caption: str, columns: Sequence[str] | None = None) -> li
     if not path.is_file():
         return []
     df = pd.read_csv(path)
+    df = df.rename(columns=lambda c: f"{float(c) * 100:g} % of training data" if _is_number(c) else c)  # fractions
     if columns is not None:
         df = df[[c for c in columns if c in df.columns]]
     return [PageTable(df, caption)]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 PREDICT_COLUMNS = ("data", "n", "n_pos", "auroc", "auroc_lo", "auroc_hi", "auprc", "brier", "ece", "slope",
