@@ -309,3 +309,44 @@ def _private_salt_file(tmp_path_factory, monkeypatch):
     """Every test gets its own default patient-hash salt file (never the user's ~/.local/share one);
     notebooks run by papermill inherit it through the environment."""
     monkeypatch.setenv("HEARTBEIT_SALT_FILE", str(tmp_path_factory.mktemp("salt") / "salt"))  # cohorts.ids.SALT_ENV
+# ---------------------------------------------------------------- tiny trained runs and raw files (07_predict)
+
+PREDICT_PREPROCESS = {"band": (0.5, 40.0), "order": 4, "median_kernel": 3, "start": 0, "pad": False}
+WFDB_LEADS = ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6")
+
+
+def predict_runs(root: Path, seeds=(0, 1)) -> list[Path]:
+    """A preprocessed toy cohort store (``signals.preprocess`` with :data:`PREDICT_PREPROCESS`, recorded in its
+    store.json) under ``root/01_preprocess/toypp`` and one 1-epoch micro ViT (32 px) run per seed on it."""
+    rng = np.random.default_rng(0)
+    n = 96
+    x, _ = synth_ecgs(n, rng)
+    label = (np.arange(n) // 2) % 2
+    x = synthetic.inject_st_elevation(x, np.where(label == 1, 300.0, 0.0))
+    meta = pd.DataFrame({"record_id": [f"r{i:04d}" for i in range(n)], "patient_id": [f"p{i // 2}" for i in range(n)],
+                         "site": ["A"] * (n - n // 6) + ["B"] * (n // 6), "label": label})
+    tc = cohorts.TaskConfig(name="toypp", external_site="B", val_size=0.25)
+    cohorts.build_store_from_arrays(root / "01_preprocess" / "toypp", x, meta, task=tc, seed=0, preprocess=True,
+                                    preprocess_kw=PREDICT_PREPROCESS)
+    out = []
+    for s in seeds:
+        tiny_run(root, "vit_b16_scratch", task="toypp", seed=s, cohort_run=str(root / "01_preprocess" / "toypp"))
+        out.append(root / "03_finetune" / f"toypp-vit_b16_scratch-f1.0-s{s}")
+    return out
+
+
+def write_wfdb_folder(folder: Path, n: int = 6, seed: int = 1) -> pd.DataFrame:
+    """``n`` synthetic 8-lead WFDB records (10 s at 500 Hz, mV, format 16) ``ecg000..`` under ``folder`` (half with
+    +300 uV ST elevation in V1-V4) and ``labels.csv`` (record_id, label); returns the labels table."""
+    import wfdb  # only the tests that write WFDB files need it
+
+    folder.mkdir(parents=True, exist_ok=True)
+    x, _ = synth_ecgs(n, np.random.default_rng(seed), t=5000)
+    label = np.arange(n) % 2
+    x = synthetic.inject_st_elevation(x, np.where(label == 1, 300.0, 0.0))
+    for i in range(n):
+        wfdb.wrsamp(f"ecg{i:03d}", fs=500, units=["mV"] * 8, sig_name=list(WFDB_LEADS),
+                    p_signal=(x[i].T / 1000.0).astype(np.float64), fmt=["16"] * 8, write_dir=str(folder))
+    tab = pd.DataFrame({"record_id": [f"ecg{i:03d}" for i in range(n)], "label": label})
+    tab.to_csv(folder / "labels.csv", index=False)
+    return tab

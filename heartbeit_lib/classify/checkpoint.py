@@ -144,11 +144,13 @@ def load_finetune_run(run_dir: str | os.PathLike, device: str | torch.device = "
     else:
         arch = name if spec.source is None else f"{name}_scratch"
         model = models.create_model(arch, num_classes=info["num_classes"], size=size, img_size=img, patch_size=patch)
+    weights = load_best_weights(run_dir)
     try:
-        model.load_state_dict(load_best_weights(run_dir), strict=True)
+        model.load_state_dict(weights, strict=True)
     except RuntimeError as e:
-        raise FinetuneRunError(f"{run_dir / WEIGHTS} does not fit {name} (size {size}, {img} px): "
-                               f"{str(e).splitlines()[0]}") from e
+        missing, unexpected = sorted(set(model.state_dict()) - set(weights)), sorted(set(weights) - set(model.state_dict()))
+        raise FinetuneRunError(f"{run_dir / WEIGHTS} does not fit {name} (size {size}, {img} px): missing keys "
+                               f"{missing[:5]}, unexpected keys {unexpected[:5]}; {str(e).splitlines()[0]}") from e
     info["normalize"] = (tuple(info.pop("normalize_mean") or ()), tuple(info.pop("normalize_std") or ()))
     info.setdefault("family", family)
     return model.to(device).eval(), info

@@ -11,8 +11,12 @@ Steps (each a papermill run with its HTML rendering, parameters from ``parameter
 5. ``05_wasserstein`` -> ``outputs/05_wasserstein/demo`` (needs a natural-image folder: ``../shared/data/
    imagenet-samples`` or ``IMAGE_DIR``; skipped with a message otherwise).
 6. ``06_saliency``  -> ``outputs/06_saliency/demo``.
+7. ``07_predict``   -> ``outputs/07_predict/demo``: the HeartBEiT run at 100 % scores the held-apart external site.
 
-The demo always starts fresh (it removes its own earlier run folders) and ends by printing where the report is.
+The demo always starts fresh (it removes its own earlier run folders) and ends on ``outputs/demo_report.html``, one
+page a person reads without clicking (:func:`write_demo_page`): what the data is, Table 2, the fraction curves,
+the pretraining curve, rendered and masked examples, a saliency overlay, the Wasserstein bars, the prediction on
+held-apart ECGs, then links to every run.
 Usage: ``python -m heartbeit_lib.demo [--out-root outputs]``.
 """
 
@@ -20,15 +24,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import html
 import os
 import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Mapping, Sequence
+
+import pandas as pd
+import yaml
 
 from heartbeit_lib.pipeline import runs
 from heartbeit_lib.pipeline import sweep
+from heartbeit_lib.report.summary_page import Link, PageFigure, PageTable, Section, write_summary_page
 
 RUN_ID = "demo"
 DEFAULT_IMAGES = runs.REPO_ROOT.parent / "shared" / "data" / "imagenet-samples"
@@ -78,7 +86,6 @@ def main(argv: list[str] | None = None) -> int:
     variant = "ptbxl" if ptbxl else "demo"
     image_dir = Path(os.environ.get("IMAGE_DIR", DEFAULT_IMAGES))
     t0 = time.time()
-    pages: list[Path] = []
 
     p01 = _params("01_preprocess", "ptbxl_subset_mi" if ptbxl else "demo")
     if ptbxl:
@@ -89,28 +96,122 @@ def main(argv: list[str] | None = None) -> int:
     ft_root = _finetune_sweep(out_root, task, cohort, pretrain)
     ft_runs = sorted(p for p in ft_root.glob(f"{task}-*-s0") if runs.is_complete(p))
     metrics = _step("04_metrics", {**_params("04_metrics", "demo"), "finetune_root": str(ft_root)}, out_root)
-    pages += [cohort, pretrain, *ft_runs, metrics]
+    stages: dict[str, Path] = {"01_preprocess": cohort, "02_pretrain": pretrain, "04_metrics": metrics}
     if image_dir.is_dir():
-        pages.append(_step("05_wasserstein", {**_params("05_wasserstein", variant), "cohort_run": str(cohort),
-                                              "image_dir": str(image_dir)}, out_root))
+        stages["05_wasserstein"] = _step("05_wasserstein", {**_params("05_wasserstein", variant),
+                                                            "cohort_run": str(cohort), "image_dir": str(image_dir)},
+                                         out_root)
     else:
         print(f"[demo] 05_wasserstein skipped: no natural-image folder at {image_dir} (set IMAGE_DIR)", flush=True)
-    pages.append(_step("06_saliency", {**_params("06_saliency", "demo"), "cohort_run": str(cohort),
-                                       "finetune_runs": [str(r) for r in ft_runs]}, out_root))
+    stages["06_saliency"] = _step("06_saliency", {**_params("06_saliency", "demo"), "cohort_run": str(cohort),
+                                                  "finetune_runs": [str(r) for r in ft_runs]}, out_root)
 
-    index = out_root / "demo_report.html"
-    rows = []
-    for run_dir in pages:
-        for h in sorted(run_dir.glob("*.html")):
-            rows.append(f'<li><a href="{html.escape(os.path.relpath(h, out_root))}">'
-                        f"{html.escape(os.path.relpath(h, out_root))}</a></li>")
-    index.write_text("<html><head><meta charset='utf-8'><title>HeartBEiT demo</title></head><body>"
-                     "<h1>HeartBEiT demo report</h1><p>Synthetic demo data unless PTBXL_ROOT was set.</p><ul>"
-                     + "\n".join(rows) + "</ul></body></html>\n")
+    ref = _predict_run(ft_runs)
+    if ref is not None:
+        held_apart = "test" if ptbxl else "external"  # PTB-XL folds have no external site: fold 10 stands in
+        stages["07_predict"] = _step("07_predict", {**_params("07_predict", "demo"), "cohort_run": str(cohort),
+                                                    "split": held_apart, "finetune_runs": [str(ref)]}, out_root)
+    index = write_demo_page(out_root / "demo_report.html", stages, ft_runs, synthetic=not ptbxl)
     print(f"[demo] finished in {time.time() - t0:.0f} s")
     print(f"[demo] report: {index}")
     print(f"[demo] metrics report: {metrics / 'report.html'}")
     return 0
+
+
+def _predict_run(ft_runs: Sequence[Path]) -> Path | None:
+    """The run 07 scores the held-apart ECGs with: HeartBEiT at 100 % of the training data, else the first image
+    model at 100 % (signal models have no rendering to reproduce), else None."""
+    full = [r for r in ft_runs if "-f1.0-" in r.name]
+    image = [r for r in full if (r / "model.json").is_file()]
+    return next((r for r in image if _run_config(r).get("model") == "heartbeit"), image[0] if image else None)
+
+
+def _run_config(run_dir: Path) -> dict:
+    p = Path(run_dir) / "config.yaml"
+    return (yaml.safe_load(p.read_text()) or {}) if p.is_file() else {}
+
+
+def _first(folder: Path | None, pattern: str) -> list[Path]:
+    """The first file matching ``pattern`` under ``folder`` (a list of 0 or 1 paths)."""
+    found = sorted(folder.glob(pattern)) if folder is not None and folder.is_dir() else []
+    return found[:1]
+
+
+def _figures(items: Sequence[tuple[list[Path], str]]) -> list[PageFigure]:
+    return [PageFigure(p, caption) for paths, caption in items for p in paths]
+
+
+def _table(path: Path, caption: str, columns: Sequence[str] | None = None) -> list[PageTable]:
+    if not path.is_file():
+        return []
+    df = pd.read_csv(path)
+    df = df.rename(columns=lambda c: f"{float(c) * 100:g} % of training data" if _is_number(c) else c)  # fractions
+    if columns is not None:
+        df = df[[c for c in columns if c in df.columns]]
+    return [PageTable(df, caption)]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+PREDICT_COLUMNS = ("data", "n", "n_pos", "auroc", "auroc_lo", "auroc_hi", "auprc", "brier", "ece", "slope",
+                   "sensitivity", "specificity", "ppv", "npv")
+
+
+def demo_sections(stages: Mapping[str, Path], ft_runs: Sequence[Path]) -> list[Section]:
+    """The page's sections from the run folders (a stage that did not run, or a file it did not write, is
+    left out, never shown as a broken image)."""
+    m, pre, sal, was, pred = (stages.get(k) for k in ("04_metrics", "02_pretrain", "06_saliency", "05_wasserstein",
+                                                      "07_predict"))
+    models = sorted({str(_run_config(r).get("model", r.name)) for r in ft_runs})
+    secs = [Section("Table 2: AUROC by model and training fraction",
+                    f"Fine-tuned models: {', '.join(models) or 'none'}. 95 % bootstrap intervals; the best model "
+                    "of each column in the 04_metrics report is bold.",
+                    _table(m / "tables" / "table2_auroc.csv", "Table 2 (AUROC, 95 % CI)") if m else [],
+                    _figures([(_first(m, "figures/fraction_*_test.png"), "AUROC against training fraction, "
+                               "internal test split"),
+                              (_first(m, "figures/fraction_*_external.png"), "... and the external site")])),
+            Section("Pretraining (masked image modelling)", "",
+                    figures=_figures([(_first(pre, "pretrain_curve.png"), "pretraining loss and masked-token accuracy"),
+                                      (_first(pre, "examples.png"), "rendered ECG images and their masked patches")])),
+            Section("Saliency", "Where a fine-tuned model looks on one positive ECG (06_saliency).",
+                    figures=_figures([(_first(sal, "overlays/*.png"), "saliency overlay")])),
+            Section("Wasserstein distances", "How far ECG images are from natural images (05_wasserstein).",
+                    figures=_figures([(_first(was, "supp_fig9_wasserstein.png"), "mean pixel Wasserstein distance "
+                                       "per comparison")]))]
+    if pred is not None:
+        secs.append(Section("Prediction on held-apart ECGs (07_predict)",
+                            "ECGs held apart from training and model selection (the demo's external site; fold 10 "
+                            "with PTBXL_ROOT), scored by one trained run; the threshold was chosen on that run's "
+                            "validation split.",
+                            _table(pred / "validation.csv", "internal test split vs held-apart ECGs", PREDICT_COLUMNS),
+                            _figures([(_first(pred, "reliability.png"), "reliability diagram"),
+                                      (_first(pred, "pictures/*.png"), "the highest-scoring held-apart ECG")])))
+    return [s for s in secs if s.tables or s.figures]
+
+
+def write_demo_page(path: str | os.PathLike, stages: Mapping[str, Path], ft_runs: Sequence[Path],
+                    synthetic: bool = True) -> Path:
+    """``demo_report.html``: the one page the demo ends on (sections of :func:`demo_sections`, figures embedded),
+    then links to every run's HTML pages (relative to the page)."""
+    path = Path(path)
+    intro = ("The numbered notebooks 01-07 run end to end on a small cohort: build the store, pretrain a micro "
+             "HeartBEiT by masked image modelling, fine-tune it and models trained from scratch at several training "
+             "fractions, compare them with bootstrap intervals, measure image distances, explain the models and "
+             "score held-apart ECGs with a trained model.")
+    notice = ("Synthetic data: the ECGs are generated (deepfake-ecg) and the positives carry an injected anterior ST "
+              "elevation. The models are tiny and trained for minutes; nothing here says anything clinical."
+              if synthetic else "PTB-XL subset with tiny CPU models: a smoke test, not a benchmark.")
+    links = []
+    for run_dir in [*(stages[k] for k in sorted(stages)), *ft_runs]:
+        for h in sorted(Path(run_dir).glob("*.html")):
+            links.append(Link(os.path.relpath(h, path.parent), os.path.relpath(h, path.parent)))
+    return write_summary_page(path, "HeartBEiT demo", intro, demo_sections(stages, ft_runs), links, notice=notice)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,7 @@ NOTEBOOK_CONFIGS = {
     "04_metrics": "heartbeit_lib.pipeline.metrics:MetricsConfig",
     "05_wasserstein": "heartbeit_lib.pipeline.wasserstein:WassersteinConfig",
     "06_saliency": "heartbeit_lib.pipeline.saliency:SaliencyConfig",
+    "07_predict": "heartbeit_lib.pipeline.predict:PredictConfig",
 }
 
 

@@ -268,8 +268,9 @@ def ecg_page_figure(signal: np.ndarray, fs: float, image: np.ndarray, *, record_
     text, positive = _decision_text(score, threshold, decision)
     fig.text(margin / fig_w, 1 - 5 / fig_h, f"ECG {record_id}", fontsize=12, fontweight="bold", va="top", **LITERAL)
     relation = ">=" if score >= threshold else "<"
+    digits = next((d for d in range(3, 8) if f"{score:.{d}f}" != f"{threshold:.{d}f}"), 8)  # show the difference
     fig.text(margin / fig_w, 1 - 12 / fig_h,
-             f"score {score:.3f} {relation} threshold {threshold:.3f}   decision: {text}", fontsize=10, va="top", color="#b00000" if positive else "black", **LITERAL)
+             f"score {score:.{digits}f} {relation} threshold {threshold:.{digits}f}   decision: {text}", fontsize=10, va="top", color="#b00000" if positive else "black", **LITERAL)
     if note:
         fig.text(1 - margin / fig_w, 1 - 5 / fig_h, note, fontsize=8, va="top", ha="right", **LITERAL)
     return fig

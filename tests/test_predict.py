@@ -1,0 +1,235 @@
+"""07_predict (heartbeit_lib.pipeline.predict) on tiny trained runs: scores, ensemble, threshold, rejects, errors, CLI.
+
+Oracles: the 03_finetune run's own ``predictions.parquet`` (scores of the same model on the same stored ECGs, to
+1e-5), ``numpy.mean`` for the ensemble, scikit-learn's ``roc_curve`` / ``roc_auc_score`` for the threshold and the
+AUROC, ``hashlib.sha256`` for the salted patient hashes, the number of inputs written for the rejects accounting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from conftest import REPO_ROOT, predict_runs, write_wfdb_folder
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from heartbeit_lib.classify.checkpoint import FinetuneRunError
+from heartbeit_lib.pipeline import predict
+
+BROKEN = REPO_ROOT / "tests" / "data" / "broken"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Two tiny trained runs (seeds 0, 1) on a preprocessed toy store, and a WFDB folder of 6 readable records,
+    their labels and 2 broken records."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("predict")
+    ft = predict_runs(root)
+    raw = root / "raw"
+    write_wfdb_folder(raw)
+    for name in ("mat_nan", "mat_truncated"):
+        for ext in (".hea", ".mat"):
+            shutil.copy(BROKEN / f"{name}{ext}", raw)
+    return root, ft, raw
+
+
+def cfg_for(world, **kw) -> predict.PredictConfig:
+    root, ft, raw = world
+    base = dict(finetune_runs=(str(ft[0]),), data_root=str(raw), source="wfdb", labels=str(raw / "labels.csv"),
+                out_root=str(root), device="cpu", pictures="none", n_boot=50)
+    if "cohort_run" in kw:
+        base.pop("data_root"), base.pop("labels")
+    return predict.PredictConfig(**{**base, **kw})
+
+
+def best_scores(run_dir, split: str) -> pd.DataFrame:
+    pred = pd.read_parquet(run_dir / "predictions.parquet")
+    best = json.loads((run_dir / "metrics.json").read_text())["best_epoch"]
+    return pred[(pred["split"] == split) & (pred["epoch"] == best)].set_index("record_id")
+
+
+def test_scores_on_the_training_store_reproduce_the_run(world):
+    root, ft, _ = world
+    cfg = cfg_for(world, cohort_run=str(root / "01_preprocess" / "toypp"), split="test", run_id="internal")
+    predict.run(cfg)
+    pred = pd.read_csv(root / "07_predict" / "internal" / "predictions.csv", dtype={"record_id": str})
+    ref = best_scores(ft[0], "test").loc[pred["record_id"]]
+    np.testing.assert_allclose(pred["score"], ref["score"], atol=1e-5)
+    np.testing.assert_array_equal(pred["label"], ref["label"])
+
+
+def test_ensemble_averages_member_probabilities(world):
+    root, ft, _ = world
+    cfg = cfg_for(world, finetune_runs=tuple(map(str, ft)), cohort_run=str(root / "01_preprocess" / "toypp"),
+                  split="test", run_id="ens")
+    predict.run(cfg)
+    pred = pd.read_csv(root / "07_predict" / "ens" / "predictions.csv", dtype={"record_id": str})
+    cols = [f"score_{p.name}" for p in ft]
+    np.testing.assert_allclose(pred["score"], pred[cols].mean(axis=1), rtol=0, atol=1e-12)
+    for c, run_dir in zip(cols, ft):
+        np.testing.assert_allclose(pred[c], best_scores(run_dir, "test").loc[pred["record_id"], "score"], atol=1e-5)
+    assert not np.allclose(pred[cols[0]], pred[cols[1]])  # two different models, so the mean is not trivial
+
+
+def test_threshold_is_chosen_on_validation_not_on_the_scored_data(world, tmp_path):
+    """A run whose validation scores put Youden's threshold at 0.6 while the scored ECGs would put it at 0.3."""
+    _, ft, _ = world
+    fake = tmp_path / "fake-run"
+    shutil.copytree(ft[0], fake)
+    val_y, val_p = np.array([0, 0, 0, 1, 1, 1]), np.array([0.1, 0.3, 0.5, 0.6, 0.7, 0.8])
+    ext_y, ext_p = np.array([0, 0, 1, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4, 0.5])
+    best = json.loads((fake / "metrics.json").read_text())["best_epoch"]
+    pd.DataFrame({"record_id": [f"v{i}" for i in range(6)], "patient_hash": "p", "split": "val", "epoch": best,
+                  "label": val_y, "score": val_p}).to_parquet(fake / "predictions.parquet", index=False)
+    member = predict.Member(fake, fake.name, None, None, {}, {"best_epoch": best}, None)
+    thr = predict.operating_threshold([member], cfg_for(world))
+    fpr, tpr, t = roc_curve(val_y, val_p)  # oracle: sklearn, Youden's J on the validation split
+    assert thr.value == pytest.approx(t[np.argmax(tpr - fpr)]) == 0.6 and thr.split == "val"
+    fpr, tpr, t = roc_curve(ext_y, ext_p)
+    assert t[np.argmax(tpr - fpr)] == pytest.approx(0.3) != thr.value  # the scored data would have chosen 0.3
+    sens = predict.operating_threshold([member], cfg_for(world, threshold_method="sensitivity", target_sensitivity=1.0))
+    assert sens.value == 0.6  # the highest threshold keeping every validation positive
+
+
+def test_raw_files_rejects_labels_salt_and_validation(world):
+    root, ft, raw = world
+    salt = root / "salt.txt"
+    salt.write_text("pepper\n")
+    cfg = cfg_for(world, finetune_runs=tuple(map(str, ft)), salt_file=str(salt), run_id="raw", pictures="top",
+                  n_pictures=2, recalibrate="platt")
+    res = predict.run(cfg)
+    out = root / "07_predict" / "raw"
+    pred = pd.read_csv(out / "predictions.csv", dtype={"record_id": str})
+    rej = pd.read_csv(out / "rejects.csv")
+    n_inputs = len(list(raw.glob("*.hea")))
+    assert n_inputs == 8 and len(pred) + len(rej) == n_inputs == res["n_inputs"]
+    assert sorted(rej["file"]) == ["mat_nan.hea", "mat_truncated.hea"] and rej["error_class"].str.len().min() > 0
+    assert list(pred.columns[:5]) == ["record_id", "path", "patient_hash", "label", "score"]
+    assert set(pred["path"]) == {f"ecg{i:03d}.hea" for i in range(6)}
+    expect = [hashlib.sha256(f"pepper\0record:{r}".encode()).hexdigest() for r in pred["record_id"]]
+    assert list(pred["patient_hash"]) == expect  # no patient id in the files: each record is its own patient
+    labels = pd.read_csv(raw / "labels.csv", dtype={"record_id": str}).set_index("record_id")
+    np.testing.assert_array_equal(pred["label"], labels.loc[pred["record_id"], "label"])
+    thr = json.loads((out / "threshold.json").read_text())
+    assert thr["split"] == "val"
+    np.testing.assert_array_equal(pred["decision"], (pred["score"] >= thr["value"]).astype(int))
+    table = pd.read_csv(out / "validation.csv")
+    ext = table[table["data"] == "external (scored ECGs)"].iloc[0]
+    assert ext["auroc"] == pytest.approx(roc_auc_score(pred["label"], pred["score"]))
+    assert ext["brier"] == pytest.approx(np.mean((pred["score"] - pred["label"]) ** 2))
+    assert any(table["data"].str.startswith("internal")) and table["data"].str.contains("platt on val").sum() == 2
+    raw_rows = table.set_index("data")
+    for name in table["data"][table["data"].str.contains("platt")]:  # decisions stay those of the raw scores
+        base = raw_rows.loc[name.split(", ")[0]]
+        assert raw_rows.loc[name, ["sensitivity", "specificity"]].tolist() == base[["sensitivity", "specificity"]].tolist()
+        assert raw_rows.loc[name, "brier"] != base["brier"]
+    assert len(list((out / "pictures").glob("*.png"))) == 2
+    assert len(re.findall(rb"/Type\s*/Page\b", (out / "pictures.pdf").read_bytes())) == 2
+    run = json.loads((out / "run.json").read_text())
+    assert run["finished"] and [t["run_dir"] for t in run["training_runs"]] == [str(p) for p in ft]
+    assert all(len(t["sha256"]["model_best.pt"]) == 64 for t in run["training_runs"])
+
+
+def test_recalibration_is_never_evaluated_on_its_fitting_split(world):
+    root, ft, _ = world
+    cfg = cfg_for(world, cohort_run=str(root / "01_preprocess" / "toypp"), split="external", recalibrate="isotonic",
+                  recalibrate_on="test", run_id="recal")
+    predict.run(cfg)
+    table = pd.read_csv(root / "07_predict" / "recal" / "validation.csv")
+    recal = table[table["data"].str.contains("isotonic on test")]
+    assert list(recal["data"]) == ["external (scored ECGs), isotonic on test"]  # not the internal test row
+
+
+def test_forced_rendering_mismatch_names_both_values(world):
+    with pytest.raises(predict.MismatchError, match=r"64.*32"):
+        predict.load_ensemble(cfg_for(world, image_size=64))
+    with pytest.raises(predict.MismatchError, match=r"grid4x2.*stack8"):
+        predict.load_ensemble(cfg_for(world, layout="grid4x2"))
+
+
+def test_cohort_store_preprocessed_otherwise_is_a_mismatch(world, tmp_path):
+    root, _, _ = world
+    other = tmp_path / "other"
+    shutil.copytree(root / "01_preprocess" / "toypp", other)
+    info = json.loads((other / "store.json").read_text())
+    info["preprocess_kw"]["median_kernel"] = 5
+    (other / "store.json").write_text(json.dumps(info))
+    _, rendering = predict.load_ensemble(cfg_for(world))
+    with pytest.raises(predict.MismatchError, match=r"median_kernel.: 5.*median_kernel.: 3"):
+        predict.prepare_inputs(cfg_for(world, cohort_run=str(other)), tmp_path, rendering)
+
+
+def test_members_trained_differently_cannot_be_averaged(world, tmp_path):
+    _, ft, _ = world
+    other = tmp_path / "other-run"
+    shutil.copytree(ft[1], other)
+    rec = json.loads((other / "model.json").read_text())
+    (other / "model.json").write_text(json.dumps({**rec, "layout": "grid4x2"}))
+    cfg = yaml.safe_load((other / "config.yaml").read_text())
+    (other / "config.yaml").write_text(yaml.safe_dump({**cfg, "layout": "grid4x2"}))
+    with pytest.raises(predict.MismatchError, match=r"layout.*stack8.*grid4x2"):
+        predict.load_ensemble(cfg_for(world, finetune_runs=(str(ft[0]), str(other))))
+    (other / "config.yaml").write_text(yaml.safe_dump(cfg))  # model.json says grid4x2, config.yaml stack8
+    with pytest.raises(predict.MismatchError, match=r"model.json records layout 'grid4x2' but config.yaml 'stack8'"):
+        predict.load_ensemble(cfg_for(world, finetune_runs=(str(other),)))
+
+
+@pytest.mark.parametrize("damage", ["unfinished", "no_weights", "missing_key", "not_a_folder"])
+def test_bad_finetune_runs_name_the_file(world, tmp_path, damage):
+    _, ft, _ = world
+    run = tmp_path / "run"
+    shutil.copytree(ft[0], run)
+    if damage == "unfinished":
+        (run / "run.json").write_text(json.dumps({"notebook": "03_finetune", "finished": None}))
+        match = "run.json"
+    elif damage == "no_weights":
+        (run / "model_best.pt").unlink()
+        match = "model_best.pt"
+    elif damage == "missing_key":
+        sd = torch.load(run / "model_best.pt", weights_only=True)
+        torch.save({k: v for k, v in sd.items() if k != "head.weight"}, run / "model_best.pt")
+        match = r"model_best.pt.*head.weight"
+    else:
+        run = tmp_path / "nothing"
+        match = "is not a folder"
+    with pytest.raises(FinetuneRunError, match=match):
+        predict.load_ensemble(cfg_for(world, finetune_runs=(str(run),)))
+
+
+def test_config_errors():
+    with pytest.raises(predict.PredictError, match="exactly one"):
+        predict.PredictConfig(finetune_runs=("x",), cohort_run="a", data_root="b")
+    with pytest.raises(predict.PredictError, match="target_sensitivity"):
+        predict.PredictConfig(finetune_runs=("x",), data_root="b", threshold_method="sensitivity")
+    with pytest.raises(predict.PredictError, match="ylim_mv"):
+        predict.PredictConfig(finetune_runs=("x",), data_root="b", ylim_mv=(1.0,))
+
+
+def test_cli_writes_the_files(world):
+    root, ft, raw = world
+    out = root / "cli"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "heartbeit_lib.predict", "-p", "finetune_runs", str(ft[0]),
+                          "-p", "data_root", str(raw), "-p", "source", "wfdb", "-p", "run_id", "cli",
+                          "-p", "out_root", str(out), "-p", "device", "cpu", "-p", "n_pictures", "1"],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run_dir = out / "07_predict" / "cli"
+    pred = pd.read_csv(run_dir / "predictions.csv")
+    rej = pd.read_csv(run_dir / "rejects.csv")
+    assert len(pred) == 6 and len(rej) == 2 and (pred["label"] == -1).all()  # no labels CSV given
+    assert (run_dir / "run.json").is_file() and len(list((run_dir / "pictures").glob("*.png"))) == 1
+    assert list(pd.read_csv(run_dir / "validation.csv")["data"]) == ["internal (training runs' test split)"]
+    assert (run_dir / "cohort" / "salt.txt").is_file()  # a new salt, in the run folder
