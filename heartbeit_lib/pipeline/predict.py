@@ -14,7 +14,7 @@ The steps, each one function here (the notebook calls them in order, :func:`run`
    (:func:`heartbeit_lib.cohorts.build_store` with the training store's ``preprocess_kw``) into ``<run>/cohort``:
    the same reader, the same filters, the same float16 storage the model was trained on, and the same rejects
    (``len(inputs) == len(predictions) + len(rejects)``). Patient ids are stored only as salted hashes
-   (``salt_file``, else a new salt in ``<run>/cohort/salt.txt``).
+   (``salt_file``, else the per-user default salt of :mod:`heartbeit_lib.cohorts.ids`, the one stores use by default).
 3. :func:`score`: render with the recorded rendering, one probability per member and their mean (``score``).
 4. :func:`operating_threshold`: chosen on the training runs' *validation* split (their ``predictions.parquet`` at
    the chosen epoch, averaged over members), Youden by default or a target sensitivity; never on the scored data.
@@ -85,7 +85,7 @@ class PredictConfig(runs.TypedConfig):
     labels: str | None = None  # CSV: record_id (file stem or path without suffix), label 0/1; None: unlabelled (ptbxl: task labels)
     ptbxl_database: str = "ptbxl_database.csv"  # source ptbxl: record table under data_root
     ptbxl_rate: int | None = None  # source ptbxl: 100 or 500 Hz files; None: 500 if every record has one, else 100
-    salt_file: str | None = None  # patient-hash salt file (e.g. a store's salt.txt); None: new salt in <run>/cohort/salt.txt
+    salt_file: str | None = None  # patient-hash salt file (the training store's); None: the per-user default salt (HEARTBEIT_SALT_FILE, else ~/.local/share/heartbeit/salt)
     image_size: int | None = None  # None: the size the model was trained at; another value is an error
     layout: str | None = None  # None: the layout the model was trained on; another value is an error
     ylim_mv: tuple[float, ...] | None = None  # (lo, hi) mV per band; None: as trained (if recorded); another value is an error
