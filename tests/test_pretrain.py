@@ -239,7 +239,9 @@ def test_store_pipeline_tokens_match_training_images(tmp_path, smooth_ecgs):
     tok, report = P.prepare_tokenizer(cfg, store, rows, run_dir)
     assert (run_dir / "tokenizer.pt").exists() and report["codes_used"] >= 2
     data = P.build_data(cfg, store, tok, rows)
-    cache = tokenizers.token_cache_path(store.root, tok, 64)
+    # the amplitude range is part of the cache key: tokens of other ranges are never reused
+    cache = tokenizers.token_cache_path(store.root, tok, 64, "stack8", {"ylim_mv": list(cfg.ylim_mv)})
+    assert cache != tokenizers.token_cache_path(store.root, tok, 64, "stack8", {"ylim_mv": [-2.0, 2.0]})
     assert cache.exists()
     img, toks, mask = data.train[(0, 0)]
     assert img.shape == (3, 64, 64) and toks.shape == (4, 4) and int(mask.sum()) == 6

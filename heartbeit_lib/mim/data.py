@@ -178,6 +178,8 @@ class MIMData:
     vocab_size: int
     tokenizer: dict = dataclasses.field(default_factory=dict)  # kind, fingerprint, vocab_size
     info: dict = dataclasses.field(default_factory=dict)
+    # model input normalisation of the [0, 1] images, stored in the checkpoint; None: mean = std = 0.5
+    normalize: dict | None = None
 
 
 def make_loader(ds: Dataset, sampler: EpochSampler, per_rank: int, workers: int, device: torch.device,

@@ -26,12 +26,12 @@ def all_reduce(t: torch.Tensor, world: int) -> torch.Tensor:
 
 def train_one_epoch(net: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer, sched, device: torch.device, *,
                     num_masked: int, amp: bool, clip_grad: float, world: int = 1, step: int = 0,
-                    record_steps: bool = False, desc: str | None = None) -> tuple[dict, int]:
+                    record_steps: bool = False, desc: str | None = None, norm: dict | None = None) -> tuple[dict, int]:
     """Train ``net`` (the MIM model, possibly DDP/compiled) for one pass over ``loader``.
 
     Each batch: images float (B, 3, H, W) in [0, 1], tokens int64 (B, h, w), masks bool (B, h, w); loss =
     cross-entropy of the ``num_masked`` masked positions per image.  ``clip_grad`` 0 = no clipping; ``desc``
-    not None shows a tqdm bar with that title.  Returns (log line with ``train_loss``, ``train_acc``, ``lr``,
+    not None shows a tqdm bar with that title; ``norm`` {mean, std} input normalisation (None: 0.5 / 0.5).  Returns (log line with ``train_loss``, ``train_acc``, ``lr``,
     ``epoch_time_s``, ``data_wait_s``, and ``step_losses`` (rank-averaged) with ``record_steps``; global step).
     """
     net.train()
@@ -47,7 +47,7 @@ def train_one_epoch(net: nn.Module, loader: DataLoader, opt: torch.optim.Optimiz
         tokens, mask = tokens.to(device, non_blocking=True), mask.to(device, non_blocking=True)
         target = mim_targets(tokens, mask, num_masked)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = net(normalize(images), mask, num_masked)
+            logits = net(normalize(images, norm), mask, num_masked)
         loss = F.cross_entropy(logits.float(), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -80,7 +80,7 @@ def train_one_epoch(net: nn.Module, loader: DataLoader, opt: torch.optim.Optimiz
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_masked: int, amp: bool,
-             world: int = 1) -> dict:
+             world: int = 1, norm: dict | None = None) -> dict:
     """Masked-token loss and accuracy over a loader (sums reduced over ranks): {loss, acc, count}."""
     was = model.training
     model.eval()
@@ -88,7 +88,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_mas
     for images, tokens, mask in loader:
         images, tokens, mask = (t.to(device, non_blocking=True) for t in (images, tokens, mask))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(normalize(images), mask, num_masked)
+            logits = model(normalize(images, norm), mask, num_masked)
         target = mim_targets(tokens, mask, num_masked)
         tot[0] += F.cross_entropy(logits.float(), target, reduction="sum").double()
         tot[1] += (logits.argmax(-1) == target).sum()

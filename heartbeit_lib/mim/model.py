@@ -137,8 +137,11 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """[0, 1] images (B, 3, H, W) -> the model's input scale (:data:`NORMALIZE`)."""
-    mean = torch.tensor(NORMALIZE["mean"], device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
-    std = torch.tensor(NORMALIZE["std"], device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
+def normalize(images: torch.Tensor, norm: dict | None = None) -> torch.Tensor:
+    """[0, 1] images (B, 3, H, W) -> the model's input scale: ``(x - mean) / std`` with ``norm``
+    {mean, std} (1 or 3 values; the rendered images' own statistics, ``render.image_stats``), None:
+    :data:`NORMALIZE` (mean = std = 0.5, checkpoints before issue 18)."""
+    norm = norm or NORMALIZE
+    mean = torch.tensor(norm["mean"], device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
+    std = torch.tensor(norm["std"], device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
     return (images - mean) / std

@@ -83,6 +83,7 @@ class PretrainConfig(runs.TypedConfig):
     model_size: str = "base"  # base: the paper's, 86M params | small | tiny | micro
     image_size: int = 224  # image side in px, a multiple of 16; 224 as the paper
     layout: str = "stack8"  # render layout: stack8 as the paper | grid4x2 | clinical3x4
+    ylim_mv: tuple[float, ...] = (-4.0, 4.0)  # amplitude range (lo, hi) of each lead band in mV, clipped beyond; the paper: (-2, 2)
     epochs: int = 300  # paper: 300
     batch_size: int = 128  # global batch over all processes
     lr: float = 5e-4  # peak AdamW learning rate, as the paper
@@ -133,6 +134,8 @@ class PretrainConfig(runs.TypedConfig):
                                    f"got {self.lr}, {self.min_lr}")
         if not 0 < self.layer_decay <= 1:
             raise runs.ConfigError(f"parameter 'layer_decay' must lie in (0, 1], got {self.layer_decay}")
+        if len(self.ylim_mv) != 2 or not self.ylim_mv[0] < self.ylim_mv[1]:
+            raise runs.ConfigError(f"parameter 'ylim_mv' must be two numbers lo < hi in mV, got {self.ylim_mv}")
         if not 0 <= self.val_fraction < 1:
             raise runs.ConfigError(f"parameter 'val_fraction' must lie in [0, 1), got {self.val_fraction}")
 
@@ -294,12 +297,13 @@ def train(cfg: PretrainConfig, data: MIMData, run_dir: str | os.PathLike, *,
         train_loader.generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         ep, step = engine.train_one_epoch(net, train_loader, opt, sched, device, num_masked=cfg.num_masked, amp=amp,
                                           clip_grad=cfg.clip_grad, world=world, step=step, record_steps=record_steps,
-                                          desc=f"epoch {epoch + 1}/{cfg.epochs}" if show else None)
+                                          desc=f"epoch {epoch + 1}/{cfg.epochs}" if show else None,
+                                          norm=data.normalize)
         line = {"epoch": epoch + 1, "step": step, "train_loss": ep["train_loss"], "train_acc": ep["train_acc"],
                 "lr": ep["lr"], "images_per_s": steps_per_epoch * cfg.batch_size / ep["epoch_time_s"],
                 "epoch_time_s": ep["epoch_time_s"], "data_wait_s": ep["data_wait_s"]}
         if val_loader is not None:
-            ev = engine.evaluate(net, val_loader, device, cfg.num_masked, amp, world)
+            ev = engine.evaluate(net, val_loader, device, cfg.num_masked, amp, world, norm=data.normalize)
             line.update(val_loss=ev["loss"], val_acc=ev["acc"])
         line["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         if record_steps:
@@ -307,7 +311,8 @@ def train(cfg: PretrainConfig, data: MIMData, run_dir: str | os.PathLike, *,
         history.append(line)
         rng_all = gather_rng(world)
         if rank == 0:
-            state = checkpoint_state(model, cfg, opt, sched, epoch + 1, step, rng_all, history, data.tokenizer)
+            state = checkpoint_state(model, cfg, opt, sched, epoch + 1, step, rng_all, history, data.tokenizer,
+                                     data.normalize)
             state.update(n_train=len(data.train), world_size=world)
             _end_epoch(cfg, run_dir, state, line, show)
         _barrier()
@@ -355,7 +360,8 @@ def render_rows(store: Any, rows: np.ndarray, cfg: PretrainConfig, batch: int = 
     """uint8 (n, S, S) images of store rows, rendered as in pretraining."""
     out = np.empty((len(rows), cfg.image_size, cfg.image_size), np.uint8)
     for s in range(0, len(rows), batch):
-        out[s:s + batch] = render.render_ecg(store.signals(rows[s:s + batch]), size=cfg.image_size, layout=cfg.layout)
+        out[s:s + batch] = render.render_ecg(store.signals(rows[s:s + batch]), size=cfg.image_size, layout=cfg.layout,
+                                             ylim_mv=cfg.ylim_mv)
     return out
 
 
@@ -406,23 +412,38 @@ def build_data(cfg: PretrainConfig, store: Any, tokenizer: Any, rows: dict, prog
     rank, _, _ = init_distributed()
     if rank == 0:
         with cpu_threads(cfg.threads):
-            tokens = tokenizers.precompute_tokens(store, tokenizer, cfg.image_size, cfg.layout, progress=progress)
+            tokens = tokenizers.precompute_tokens(store, tokenizer, cfg.image_size, cfg.layout, progress=progress,
+                                                  style=_style(cfg))
     _barrier()
     if rank != 0:
-        tokens = tokenizers.precompute_tokens(store, tokenizer, cfg.image_size, cfg.layout)
+        tokens = tokenizers.precompute_tokens(store, tokenizer, cfg.image_size, cfg.layout, style=_style(cfg))
 
     def ds(r: np.ndarray, stream: int) -> MIMDataset:
-        images = render.RenderedECGDataset(store, r, size=cfg.image_size, layout=cfg.layout, channels=3)
+        images = render.RenderedECGDataset(store, r, size=cfg.image_size, layout=cfg.layout, channels=3,
+                                           ylim_mv=cfg.ylim_mv)
         return MIMDataset(images, tokens, cfg.num_masked, cfg.min_block, cfg.seed, stream, rows=r)
 
     val = ds(rows["val"], VAL_STREAM) if len(rows["val"]) else None
     info = {"n_train": int(len(rows["train"])), "n_val": int(len(rows["val"])), "held_out": rows["held_out"],
-            "token_cache": str(tokenizers.token_cache_path(store.root, tokenizer, cfg.image_size, cfg.layout)),
+            "token_cache": str(tokenizers.token_cache_path(store.root, tokenizer, cfg.image_size, cfg.layout,
+                                                           _style(cfg))),
             "augmentations": AUGMENTATIONS}
     return MIMData(ds(rows["train"], TRAIN_STREAM), val, tokenizer.vocab_size,
                    {"kind": tokenizer.kind, "fingerprint": tokenizer.fingerprint(),
                     "vocab_size": tokenizer.vocab_size},
-                   info)
+                   info, normalize=image_normalization(cfg, store, rows["train"]))
+
+
+def _style(cfg: PretrainConfig) -> dict:
+    """Render style of the run (part of the token cache key: tokens of other amplitude ranges are not reused)."""
+    return {"ylim_mv": [float(v) for v in cfg.ylim_mv]}
+
+
+def image_normalization(cfg: PretrainConfig, store: Any, train_rows: np.ndarray) -> dict:
+    """{mean, std} (3 channels) of the run's rendered pretraining images (``render.image_stats``, 256 rows,
+    seed 0): the model's input normalisation, stored in the checkpoint and used again by fine-tuning."""
+    st = render.image_stats(store, train_rows, cfg.image_size, cfg.layout, ylim_mv=cfg.ylim_mv)
+    return {"mean": st["mean"] * 3, "std": st["std"] * 3}
 
 
 def token_baselines(data: MIMData) -> dict:
