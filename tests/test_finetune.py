@@ -129,9 +129,9 @@ def test_corrupt_pretrain_checkpoint_names_the_file(tmp_path, toy_root):
     ck = tmp_path / "02_pretrain" / "bad" / "checkpoints" / "last.pt"
     ck.parent.mkdir(parents=True)
     ck.write_bytes(b"\x80\x04garbage")
-    cfg = finetune.resolve_inputs(tiny_cfg(toy_root, model="heartbeit", pretrain_run=str(ck.parents[1])))
-    with pytest.raises(models.CorruptWeightsError, match=str(ck)):
-        finetune.build_model(cfg)
+    with pytest.raises(models.CorruptWeightsError, match=str(ck)):  # read when resolving its amplitude range
+        finetune.build_model(finetune.resolve_inputs(tiny_cfg(toy_root, model="heartbeit",
+                                                              pretrain_run=str(ck.parents[1]))))
 
 
 # ---------------------------------------------------------------- splits
@@ -141,10 +141,13 @@ def test_splits_come_from_the_store_and_fractions_are_nested(toy_root):
     store = cohorts.CohortStore(toy_root / "01_preprocess" / TASK)
     prev = None
     for f in (1.0, 0.5, 0.25, 0.1, 0.01):
-        sp = finetune.make_splits(store, f)
+        sp = finetune.make_splits(store, f, val_fraction="full")
         np.testing.assert_array_equal(sp["train"].indices, store.indices("train", f))
-        for s in finetune.EVAL_SPLITS:  # evaluation splits never depend on the fraction
+        for s in finetune.EVAL_SPLITS:  # with val_fraction full, evaluation splits never depend on the fraction
             np.testing.assert_array_equal(sp[s].indices, store.indices(s))
+        matched = finetune.make_splits(store, f)  # default: validation is the stored fraction-f subset
+        np.testing.assert_array_equal(matched["val"].indices, store.indices("val", f))
+        assert len(matched["val"]) <= len(sp["val"]) and set(matched["val"].label) == {0, 1}
         assert set(sp["train"].label) == {0, 1}  # stratified: both classes even at 1 %
         if prev is not None:
             assert set(sp["train"].record_id) < prev  # nested, strictly smaller
@@ -265,14 +268,17 @@ def test_load_finetune_run_rebuilds_the_chosen_epoch(toy_root, tmp_path, record)
     """Oracle: the run's own predictions.parquet scores at the best epoch (written during training, before
     the rebuild); the rebuilt model scores the test split again. Tolerance 1e-6 (float32 forward, same CPU).
     ``record=False`` deletes model.json: a run folder from before it existed rebuilds from config.yaml."""
-    res = finetune.run_finetune(tiny_cfg(tmp_path, model="vit_b16_scratch", epochs=2, cache_images=False,
-                                         cohort_run=str(toy_root / "01_preprocess" / TASK)), figure=False)
+    cfg = tiny_cfg(tmp_path, model="vit_b16_scratch", epochs=2, cache_images=False,
+                   cohort_run=str(toy_root / "01_preprocess" / TASK))
+    res = finetune.run_finetune(cfg, figure=False)
     if not record:
         (res.run_dir / "model.json").unlink()
     model, info = checkpoint.load_finetune_run(res.run_dir)
     assert (info["model"], info["size"], info["image_size"], info["patch_size"]) == ("vit_b16_scratch", "micro", 32, 16)
-    assert info["normalize"] == (tuple(models.DEFAULT_MEAN), tuple(models.DEFAULT_STD))
     store = cohorts.CohortStore(toy_root / "01_preprocess" / TASK)
+    # a transformer from scratch: the rendered training images' own statistics (issue 18), not 0.5 / 0.5
+    assert info["normalize"] == finetune.scratch_normalization(finetune.resolve_inputs(cfg), store)
+    assert info["normalize"] != (tuple(models.DEFAULT_MEAN), tuple(models.DEFAULT_STD))
     test = finetune.make_splits(store)["test"]
     loader = finetune.make_loader(finetune.default_dataset_factory(store, test.indices, 32, "stack8"), 64, False, 0, 0)
     mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in info["normalize"])

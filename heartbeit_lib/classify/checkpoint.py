@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
 import yaml
 
-from heartbeit_lib import utils
+from heartbeit_lib import render, utils
 from heartbeit_lib.classify import registry as models
 
 MODEL_RECORD = "model.json"
@@ -41,14 +41,17 @@ def load_best_weights(run_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def write_model_record(run_dir: str | os.PathLike, model: nn.Module, name: str, size: str | None, image_size: int,
-                       layout: str, normalization: tuple, num_classes: int = 2) -> Path:
-    """``model.json``: what :func:`load_finetune_run` needs to rebuild ``model`` (sizes as built, not inferred)."""
+                       layout: str, normalization: tuple, num_classes: int = 2,
+                       ylim_mv: Sequence[float] | None = None) -> Path:
+    """``model.json``: what :func:`load_finetune_run` needs to rebuild ``model`` (sizes as built, not inferred)
+    and to draw its inputs (``layout``, ``ylim_mv`` (lo, hi) mV; None: ``render.DEFAULT_YLIM_MV``)."""
     patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
     record = {"model": name, "size": size or "base", "image_size": int(image_size),
               "patch_size": int(patch[0] if isinstance(patch, (tuple, list)) else patch) if patch else None,
               "num_classes": int(num_classes), "layout": layout,
               "normalize_mean": [float(v) for v in normalization[0]],
-              "normalize_std": [float(v) for v in normalization[1]]}
+              "normalize_std": [float(v) for v in normalization[1]],
+              "ylim_mv": [float(v) for v in (render.DEFAULT_YLIM_MV if ylim_mv is None else ylim_mv)]}
     return utils.atomic_write_text(Path(run_dir) / MODEL_RECORD, json.dumps(record, indent=1) + "\n")
 
 

@@ -6,6 +6,7 @@ across models, seeds and runs, and the fraction subsets of ``train`` are nested.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from typing import Callable, Mapping, Sequence
 
@@ -37,8 +38,12 @@ class Split:
         return float(self.label.mean()) if len(self) else float("nan")
 
 
-def make_splits(store, fraction: float = 1.0) -> dict[str, Split]:
+def make_splits(store, fraction: float = 1.0, val_fraction: str = "matched") -> dict[str, Split]:
     """``train`` (the stored nested ``fraction`` subset), ``val``, ``test`` and ``external`` of a store.
+
+    ``val_fraction``: ``matched`` (default) -> the stored nested ``fraction`` subset of ``val`` too (at least
+    5 ECGs of each class, ``cohorts.fraction_mask``), so "1 % of labels" selects its epoch on 1 % of the
+    validation labels; ``full`` -> the whole validation split at every fraction (before issue 18).
 
     Rows with label -1 (unlabelled) are left out. ``external`` may be empty.
 
@@ -46,10 +51,13 @@ def make_splits(store, fraction: float = 1.0) -> dict[str, Split]:
     ------
     SplitError : the training split is empty, or a labelled split holds only one class in training.
     """
+    if val_fraction not in ("matched", "full"):
+        raise SplitError(f"val_fraction={val_fraction!r}: must be 'matched' or 'full'")
     man = store.manifest
     out = {}
     for name in ("train",) + EVAL_SPLITS:
-        idx = np.asarray(store.indices(name, fraction) if name == "train" else store.indices(name), dtype=np.int64)
+        f = fraction if name == "train" or (name == "val" and val_fraction == "matched") else 1.0
+        idx = np.asarray(store.indices(name, f), dtype=np.int64)
         lab = man["label"].to_numpy()[idx].astype(np.int64)
         idx = idx[lab >= 0]
         rows = man.iloc[idx]
@@ -73,9 +81,11 @@ def records_sha256(record_ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(sorted(map(str, record_ids))).encode()).hexdigest()
 
 
-def default_dataset_factory(store, indices: np.ndarray, image_size: int, layout: str) -> torch.utils.data.Dataset:
-    """``render.RenderedECGDataset``: (3, H, W) float images in [0, 1] and int64 labels."""
-    return render.RenderedECGDataset(store, indices, size=image_size, layout=layout, channels=3)
+def default_dataset_factory(store, indices: np.ndarray, image_size: int, layout: str,
+                            ylim_mv: tuple[float, float] | None = None) -> torch.utils.data.Dataset:
+    """``render.RenderedECGDataset``: (3, H, W) float images in [0, 1] and int64 labels; ``ylim_mv`` (lo, hi)
+    mV per lead band, None: ``render.DEFAULT_YLIM_MV``."""
+    return render.RenderedECGDataset(store, indices, size=image_size, layout=layout, channels=3, ylim_mv=ylim_mv)
 
     return render.RenderedECGDataset(store, indices, size=image_size, layout=layout, channels=3)
 
@@ -123,7 +133,10 @@ class ImageCache:
 
     def dataset(self, factory: Callable, store, split: Split, image_size: int, layout: str) -> "_CachedDataset":
         """The cached dataset of ``split`` (rendered through ``factory`` on first use)."""
-        key = (str(getattr(store, "root", id(store))), id(factory), image_size, layout,
+        # a functools.partial (the default factory with an amplitude range) is keyed by its function and arguments
+        fkey = (id(factory.func), factory.args, tuple(sorted(factory.keywords.items()))) \
+            if isinstance(factory, functools.partial) else id(factory)
+        key = (str(getattr(store, "root", id(store))), fkey, image_size, layout,
                hashlib.sha1(split.indices.tobytes() + split.label.tobytes()).hexdigest())
         if key not in self._items:
             while len(self._items) >= self.max_items:
