@@ -3,7 +3,9 @@
 Checkpoint (``checkpoints/last.pt``), the contract with fine-tuning (``models.create_model``):
 ``backbone`` (state dict of ``models.create_backbone(size, img_size, patch_size)``),
 ``backbone_config`` {size, img_size, patch_size}, ``normalize`` {mean, std} (applied to [0, 1]
-images), ``render`` {layout, ylim_mv} (checkpoints before issue 18 lack it: drawn at +-2 mV), plus ``mim`` (mask token, norm, head), ``optimizer``, ``scheduler``, ``epoch`` (completed),
+images; the rendered pretraining images' own mean/std since issue 18), ``render`` {layout, ylim_mv}
+(checkpoints before issue 18 lack it: drawn at +-2 mV), plus ``mim`` (mask token, norm, head), ``optimizer``,
+``scheduler``, ``epoch`` (completed),
 ``step``, ``rng`` (per rank), ``config``, ``history``, ``tokenizer`` {kind, fingerprint, vocab_size}.
 Every value is a tensor, number, string, list or dict, so ``weights_only`` loading reads it; the RNG states of
 every rank are stored so that a resumed run repeats the uninterrupted run's losses.
