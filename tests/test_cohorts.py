@@ -359,3 +359,16 @@ def test_pretraining_mix_copies_only_training_ecgs_plus_synthetic(tmp_path):
                                   ref.astype(np.float16).astype(np.float32))
     with pytest.raises(cohorts.CohortError, match="no ECGs"):
         cohorts.build_pretraining_mix(tmp_path / "src", tmp_path / "none", splits=())
+
+
+def test_task_variants_mi_diagnostic_stemi_noinj_stemi_lik50():
+    """Issue 18 s.7 task files on a hand-made table. Oracle: labels by hand from each file's stated rule."""
+    stm = pd.DataFrame({"diagnostic": [1, 1, 1, 0], "diagnostic_class": ["MI", "MI", "NORM", None]},
+                       index=["IMI", "INJAS", "NORM", "SR"])
+    db = pd.DataFrame({"scp_codes": ["{'IMI': 100}", "{'INJAS': 50}", "{'IMI': 15}", "{'NORM': 100}", "{'SR': 0}",
+                                     "{'IMI': 0, 'INJAS': 100}"],
+                       "infarction_stadium1": ["Stadium I"] * 6, "infarction_stadium2": [None] * 6})
+    want = {"mi": [1, 1, 1, 0, 0, 1], "mi_diagnostic": [1, 1, 1, 0, -1, 1], "stemi": [1, 1, 1, 0, 0, 1],
+            "stemi_noinj": [1, 0, 1, 0, 0, 1], "stemi_lik50": [1, 1, 0, 0, 0, 1]}
+    for name, labels in want.items():
+        np.testing.assert_array_equal(cohorts.ptbxl_labels(db, stm, cohorts.load_task(name)), labels, err_msg=name)

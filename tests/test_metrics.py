@@ -310,3 +310,43 @@ def test_metrics_config_validates():
     for kw in (dict(ci_method="normal"), dict(auprc_method="x"), dict(n_boot=0), dict(splits="train")):
         with pytest.raises(runs.ConfigError):
             PM.MetricsConfig(**kw)
+
+
+def test_pool_seeds_mean_interval_over_test_and_seeds_and_paired_differences():
+    """Issue 18 s.5. Oracles: sklearn roc_auc_score per seed (cell = their mean, sd = np.std ddof 1); the pooled
+    resample values recomputed by hand from the per-seed ones and the documented (B, S) seed draw; the pooled
+    interval is at least as wide as the widest single-seed interval's share of seed spread (here: seeds differ
+    a lot, so it must be wider than every single-seed interval); differences paired on the same draws."""
+    ids = np.array([f"r{i:03d}" for i in range(150)])
+    labels = (np.arange(150) % 3 == 0).astype(int)
+    rng = np.random.default_rng(1)
+    frames = []
+    for s, strength in enumerate((0.3, 1.0, 2.0)):  # seeds of very different quality: large seed variation
+        for m, k in (("heartbeit", strength), ("resnet152", 0.5 * strength)):
+            frames.append(pd.DataFrame({"task": "mi", "model": m, "fraction": 0.1, "seed": s, "split": "test",
+                                        "record_id": ids, "label": labels,
+                                        "score": labels * k + rng.normal(size=150)}))
+    preds = pd.concat(frames, ignore_index=True)
+    stats = {}
+    res, _ = PM.evaluate_predictions(preds, n_boot=200, seed=0, keep_stats=stats)
+    run_table = pd.DataFrame({"task": "mi", "model": ["heartbeit"] * 3 + ["resnet152"] * 3, "fraction": 0.1,
+                              "seed": [0, 1, 2] * 2, "lr": [1e-4, 1e-4, 1e-3, 3e-4, 3e-4, 3e-4]})
+    pooled, diffs = PM.pool_seeds(stats, run_table, seed=0)
+    assert len(pooled) == 2 and len(diffs) == 1
+    hb = pooled.set_index("model").loc["heartbeit"]
+    per_seed = [roc_auc_score(labels, preds[(preds.model == "heartbeit") & (preds.seed == s)].score) for s in range(3)]
+    assert hb["auroc"] == pytest.approx(np.mean(per_seed), abs=TOL) and hb["n_seeds"] == 3
+    assert hb["auroc_seed_sd"] == pytest.approx(np.std(per_seed, ddof=1), abs=TOL)
+    assert hb["lr"] == "0.0001/0.001" and pooled.set_index("model").loc["resnet152", "lr"] == "0.0003"
+    single = res[res.model == "heartbeit"]
+    assert (hb["auroc_hi"] - hb["auroc_lo"]) > (single["auroc_hi"] - single["auroc_lo"]).max()
+    # the pooled resample values: mean over the documented seed draw of the seeds' values on each test resample
+    sts = [stats[("mi", "test")][("heartbeit", 0.1, s)] for s in range(3)]
+    draw = np.random.default_rng(0).integers(0, 3, size=(200, 3))
+    want = np.stack([st.boot_auroc for st in sts], 1)[np.arange(200)[:, None], draw].mean(1)
+    np.testing.assert_allclose(M.seed_pool(sts, 0).boot_auroc, want)
+    d = diffs.iloc[0]
+    assert d["baseline"] == "resnet152" and d["auroc_diff"] == pytest.approx(
+        hb["auroc"] - pooled.set_index("model").loc["resnet152", "auroc"], abs=TOL)
+    assert d["auroc_diff_lo"] > 0  # heartbeit better on every seed: paired over test ECGs and seeds
+    assert M.seed_pool(sts[:1]) is sts[0]  # one seed: its own stats

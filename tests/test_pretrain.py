@@ -20,6 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from heartbeit_lib import render
 from heartbeit_lib.classify import registry as models
 from heartbeit_lib.pipeline import pretrain as P
 
@@ -185,7 +186,8 @@ def test_resume_after_kill_repeats_losses_and_checkpoint_contract(tmp_path):
     # contract: weights_only checkpoint, backbone loads into models.create_backbone with all keys matched
     bc = b["backbone_config"]
     assert bc == {"size": "micro", "img_size": 32, "patch_size": 16}
-    assert b["normalize"] == {"mean": [0.5] * 3, "std": [0.5] * 3}
+    assert b["normalize"] == {"mean": [0.5] * 3, "std": [0.5] * 3}  # MIMData without normalize: the old 0.5
+    assert b["render"] == {"layout": "stack8", "ylim_mv": [-4.0, 4.0]}  # the images' amplitude range, for fine-tuning
     bb = models.create_backbone(bc["size"], bc["img_size"], bc["patch_size"])
     result = bb.load_state_dict(b["backbone"], strict=True)
     assert not result.missing_keys and not result.unexpected_keys
@@ -239,7 +241,12 @@ def test_store_pipeline_tokens_match_training_images(tmp_path, smooth_ecgs):
     tok, report = P.prepare_tokenizer(cfg, store, rows, run_dir)
     assert (run_dir / "tokenizer.pt").exists() and report["codes_used"] >= 2
     data = P.build_data(cfg, store, tok, rows)
-    cache = tokenizers.token_cache_path(store.root, tok, 64)
+    # input normalisation: the rendered pretraining images' own statistics (issue 18), saved in the checkpoint
+    st = render.image_stats(store, rows["train"], 64, "stack8", ylim_mv=cfg.ylim_mv)
+    assert data.normalize == {"mean": st["mean"] * 3, "std": st["std"] * 3} and data.normalize["mean"][0] > 0.7
+    # the amplitude range is part of the cache key: tokens of other ranges are never reused
+    cache = tokenizers.token_cache_path(store.root, tok, 64, "stack8", {"ylim_mv": list(cfg.ylim_mv)})
+    assert cache != tokenizers.token_cache_path(store.root, tok, 64, "stack8", {"ylim_mv": [-2.0, 2.0]})
     assert cache.exists()
     img, toks, mask = data.train[(0, 0)]
     # workers ship uint8 grey (H, W); the float RGB input is made on the device (mim.model.DeviceImages)

@@ -154,15 +154,16 @@ def test_clipping_keeps_each_lead_in_its_band():
     geo = render.layout_geometry("stack8", 224)
     x = np.zeros((8, 2500), np.float32)
     x[3] = 5000.0                                                # 5 mV > the 2 mV top of the range
-    clipped = render.render_ecg(x, 224, clip=True)
+    geo = render.layout_geometry("stack8", 224, ylim_mv=(-2, 2))    # the paper's range (default: +-4 mV)
+    clipped = render.render_ecg(x, 224, clip=True, ylim_mv=(-2, 2))
     y0, y1 = geo["bands"][3]
     rows = np.flatnonzero((clipped[y0:y1] < 200).any(axis=1)) + y0
     assert rows.min() == y0 and rows.max() == y0                 # drawn at the band's top edge, half cut
     assert (clipped[y0, 5:-5] < 140).all() and (clipped[y0, 5:-5] > 100).all()   # half of a 1-px line
-    unclipped = render.render_ecg(x, 224, clip=False)            # 5 mV: 3 mV above band 3 = band 2's rows
+    unclipped = render.render_ecg(x, 224, clip=False, ylim_mv=(-2, 2))  # 5 mV: 3 mV above band 3 = band 2's rows
     expected = y0 + (2.0 - 5.0) / geo["mv_per_px"][3]               # 63.0, band 2's own baseline is at 70
     assert abs(_darkness_centroid(unclipped[:, 10:-10], int(expected) - 4, int(expected) + 4) - expected) < 0.05
-    ref = render.render_ecg_reference(x, 224, clip=True)
+    ref = render.render_ecg_reference(x, 224, clip=True, ylim_mv=(-2, 2))
     # matplotlib clips too (the bilinear resize blurs the edge line into the one row above)
     assert np.array_equal(ref[y0 - 4:y0 - 1], np.full((3, 224), 255, np.uint8))
 
@@ -330,3 +331,42 @@ def test_comparison_figure_is_written(tmp_path):
     assert path.exists() and path.parent == tmp_path / "render"
     with Image.open(path) as im:
         assert im.format == "PNG" and im.size[0] > 500
+
+
+@pytest.mark.parametrize("ylim", [None, (-3.0, 3.0), (-1.0, 5.0)])
+def test_trace_row_linear_in_mv_inside_the_range_and_clipped_outside(ylim):
+    """Issue 18 s.2. Oracle: the geometry rule row = y0 + (hi - v) / mv_per_px (a straight line in v) to
+    0.05 px for constant leads inside the range; beyond it the ink sits on the band edge row, identical for
+    every value beyond (clipped). None = the default range, -4..+4 mV."""
+    style = {} if ylim is None else {"ylim_mv": ylim}
+    geo = render.layout_geometry("stack8", 224, **style)
+    (y0, y1), (lo, hi) = geo["bands"][3], geo["ylim_mv"][3]
+    assert (lo, hi) == (ylim or render.DEFAULT_YLIM_MV)
+    inside = np.linspace(lo + 0.3, hi - 0.3, 7)
+    rows = []
+    for v in inside:
+        x = np.zeros((8, 2500), np.float32)
+        x[3] = v * 1000.0
+        rows.append(_darkness_centroid(render.render_ecg(x, 224, **style)[:, 10:-10], y0, y1))
+    np.testing.assert_allclose(rows, y0 + (hi - inside) / geo["mv_per_px"][3], atol=0.05)
+    slope = np.polyfit(inside, rows, 1)[0]
+    assert abs(slope + 1 / geo["mv_per_px"][3]) < 1e-3  # linear: one slope, -px per mV
+    beyond = []
+    for v in (hi + 0.5, hi + 3.0, lo - 0.5, lo - 3.0):
+        x = np.zeros((8, 2500), np.float32)
+        x[3] = v * 1000.0
+        beyond.append(render.render_ecg(x, 224, **style)[y0:y1, 10:-10])
+    assert np.array_equal(beyond[0], beyond[1]) and np.array_equal(beyond[2], beyond[3])   # clipped
+    assert (beyond[0][0] < 200).all() and (beyond[2][-1] < 200).all()                        # on the edge rows
+
+
+def test_clip_fractions_counts_leads_and_ecgs():
+    """Oracle: hand count. ECG 0 one lead at 4.5 mV, ECG 1 one lead at -2.5 mV, ECG 2 within 1 mV."""
+    x = np.zeros((3, 8, 100), np.float32)
+    x[0, 3, 50], x[1, 0, 10], x[2] = 4500.0, -2500.0, 900.0
+    got = render.clip_fractions(x)  # default +-4 mV: only ECG 0 clips
+    assert got == {"ylim_mv": [-4.0, 4.0], "clipped_lead_fraction": 1 / 24, "clipped_ecg_fraction": 1 / 3}
+    got = render.clip_fractions(x, (-2, 2))
+    assert got["clipped_lead_fraction"] == 2 / 24 and got["clipped_ecg_fraction"] == 2 / 3
+    with pytest.raises(render.RenderError, match="ylim_mv"):
+        render.clip_fractions(x, (2, -2))

@@ -447,7 +447,10 @@ def test_rebuilt_models_reproduce_the_runs_predictions(ft_root):
         pred = pd.read_parquet(f"{r.run_dir}/predictions.parquet")
         pred = pred[(pred.split == "test") & (pred.epoch == r.best_epoch)]
         rows = store.indices("test")
-        ds = render.RenderedECGDataset(store, rows, size=32)
+        # drawn at the run's amplitude range: the fixture's pretraining checkpoint predates it (+-2 mV)
+        ylim = ps.run_ylim(cfg, None, r.run_dir)
+        assert ylim == ((-2.0, 2.0) if r.model == "heartbeit" else (-4.0, 4.0))
+        ds = render.RenderedECGDataset(store, rows, size=32, ylim_mv=ylim)
         images, _ = ds.render_batch(range(len(rows)))
         p = saliency.predict_proba(model, images, 1, norm)
         np.testing.assert_allclose(p, pred["score"].to_numpy(), atol=1e-5)

@@ -161,3 +161,48 @@ def test_splits_identical_across_builds_and_salts(tmp_path):
         a.indices("training")
     c = cohorts.build_store_from_arrays(tmp_path / "c", x, meta, task=task, seed=1, shard_size=16, salt="one")
     assert not a.manifest["split"].equals(c.manifest["split"])  # the seed does matter
+
+
+def test_validation_shrinks_with_the_fraction_nested_stratified_with_a_floor_per_class():
+    """Issue 18 s.3: the fraction-f validation set. Oracle: max(ceil(f * n_class), min(n_class, 5)) rows of
+    each class (hand rule), set inclusion for nesting, training ranks unchanged by ranking validation."""
+    m = _manifest(n_patients=600, prevalence=0.1)
+    s = _with_splits(m, cohorts.load_task("custom"), seed=0)
+    val = s["split"] == "val"
+    n_c = s.loc[val, "label"].value_counts()
+    assert n_c[1] > 5  # enough positives that the 1 % set hits the floor and the 50 % set does not
+    prev_set, sizes = None, []
+    for f in (0.01, 0.1, 0.5, 1.0):
+        mask = cohorts.fraction_mask(s, f, "val")
+        assert (~mask | val).all()  # only validation rows (patient-disjoint from train by construction)
+        sub = s.loc[mask, "label"].value_counts()
+        for c in (0, 1):
+            assert sub.get(c, 0) == max(math.ceil(f * n_c[c] - 1e-9), min(n_c[c], 5))
+        rows = set(np.flatnonzero(mask))
+        assert prev_set is None or prev_set <= rows  # nested
+        prev_set = rows
+        sizes.append(len(rows))
+    assert sizes[0] < sizes[1] < sizes[2] < sizes[3] == val.sum()  # shrinks with the fraction
+    # ranking validation did not move the training ranks (the old single-rng rule, recomputed here)
+    rng, is_train, lab = np.random.default_rng(0), (s["split"] == "train").to_numpy(), s["label"].to_numpy()
+    for c in np.unique(lab[is_train]):
+        rows = np.flatnonzero(is_train & (lab == c))
+        np.testing.assert_array_equal(s["train_rank"].to_numpy()[rows], rng.permutation(len(rows)))
+    with pytest.raises(cohorts.CohortError, match="fraction subsets"):
+        cohorts.fraction_mask(s, 0.5, "test")
+
+
+def test_store_validation_fraction_few_positives_keeps_all(tmp_path):
+    """A store whose validation split has fewer than 5 positives: every fraction keeps them all."""
+    rng = np.random.default_rng(3)
+    n = 120
+    meta = pd.DataFrame({"record_id": [f"e{i}" for i in range(n)], "patient_id": [f"pt{i}" for i in range(n)],
+                         "site": "A", "label": (np.arange(n) % 20 == 0).astype(int)})  # 6 positives in all
+    st = cohorts.build_store_from_arrays(tmp_path / "s", rng.normal(0, 100, (n, 8, 2500)).astype(np.float32), meta,
+                                         task=cohorts.load_task("custom"), seed=0, shard_size=64)
+    full = st.indices("val")
+    pos_full = int(st.labels(full).sum())
+    assert pos_full < 5
+    for f in (0.1, 0.5):
+        v = st.indices("val", f)
+        assert set(v) <= set(full) and int(st.labels(v).sum()) == pos_full and len(v) < len(full)

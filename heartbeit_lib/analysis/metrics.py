@@ -701,6 +701,34 @@ def compare(a: BootstrapStats, b: BootstrapStats, alpha: float = 0.05, method: s
     return out
 
 
+def seed_pool(stats: Sequence[BootstrapStats], seed: int = 0) -> BootstrapStats:
+    """One model's :class:`BootstrapStats` over S fine-tuning seeds, scored on the same test resamples.
+
+    Point estimate: the mean over seeds of the full-set values. Resample ``b``: the mean over S seeds drawn
+    with replacement (``numpy.random.default_rng(seed)``, one (B, S) draw) of the seeds' values on test
+    resample ``b``, so its spread covers both test resampling and seed variation (a two-level bootstrap).
+    The draw depends only on (seed, B, S): two models pooled over the same seed list get the same draws,
+    so :func:`compare` of two pooled stats is paired over test ECGs and seeds. The jackknife is not pooled:
+    use the percentile method for pooled stats. One seed: the seed's own stats (no seed variation to add).
+    """
+    stats = list(stats)
+    if not stats:
+        raise MetricsInputError("stats", "no runs to pool over seeds")
+    if len(stats) == 1:
+        return stats[0]
+    a = stats[0]
+    if any(s.valid.shape != a.valid.shape or not np.array_equal(s.valid, a.valid) or s.n != a.n for s in stats):
+        raise RunMismatchError("seed_pool: the seeds were not scored on the same resamples")
+    draw = np.random.default_rng(seed).integers(0, len(stats), size=(a.valid.size, len(stats)))  # (B, S)
+    out = {}
+    for name in ("auroc", "auprc"):
+        boot = np.stack([getattr(s, f"boot_{name}") for s in stats], axis=1)                     # (B, S)
+        out[name] = float(np.mean([getattr(s, name) for s in stats]))
+        out[f"boot_{name}"] = np.take_along_axis(boot, draw, axis=1).mean(axis=1)
+    return BootstrapStats(out["auroc"], out["auprc"], out["boot_auroc"], out["boot_auprc"], a.valid.copy(), a.n,
+                          a.n_pos, a.auprc_method)
+
+
 # ------------------------------------------------------------------------------------ saved indices
 
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
 import yaml
 
-from heartbeit_lib import utils
+from heartbeit_lib import render, utils
 from heartbeit_lib.classify import registry as models
 from heartbeit_lib.mim import stmem
 
@@ -50,11 +50,12 @@ def load_best_weights(run_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def write_model_record(run_dir: str | os.PathLike, model: nn.Module, name: str, size: str | None,
                        image_size: int | None, layout: str | None, normalization: tuple, num_classes: int = 2,
-                       signal_rate: float | None = None) -> Path:
-    """``model.json``: what :func:`load_finetune_run` needs to rebuild ``model`` (sizes as built, not inferred).
+                       signal_rate: float | None = None, ylim_mv: Sequence[float] | None = None) -> Path:
+    """``model.json``: what :func:`load_finetune_run` needs to rebuild ``model`` (sizes as built, not inferred)
+    and to draw its inputs (``layout``, ``ylim_mv`` (lo, hi) mV; None: ``render.DEFAULT_YLIM_MV``).
 
     ``family`` is ``"image"`` or ``"signal"`` (:func:`registry.model_family`); a signal model records
-    ``signal_rate`` (Hz) and ``in_chans`` (leads) instead of ``image_size``/``patch_size``/``layout`` (None).
+    ``signal_rate`` (Hz) and ``in_chans`` (leads) instead of ``image_size``/``patch_size``/``layout``/``ylim_mv``.
     """
     family = models.model_family(name)
     if family == "signal":
@@ -65,7 +66,8 @@ def write_model_record(run_dir: str | os.PathLike, model: nn.Module, name: str, 
         patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
         record = {"model": name, "family": family, "size": size or "base", "image_size": int(image_size),
                   "patch_size": int(patch[0] if isinstance(patch, (tuple, list)) else patch) if patch else None,
-                  "num_classes": int(num_classes), "layout": layout}
+                  "num_classes": int(num_classes), "layout": layout,
+                  "ylim_mv": [float(v) for v in (render.DEFAULT_YLIM_MV if ylim_mv is None else ylim_mv)]}
     record.update(normalize_mean=[float(v) for v in normalization[0]],
                   normalize_std=[float(v) for v in normalization[1]])
     return utils.atomic_write_text(Path(run_dir) / MODEL_RECORD, json.dumps(record, indent=1) + "\n")

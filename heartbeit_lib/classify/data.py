@@ -6,6 +6,7 @@ across models, seeds and runs, and the fraction subsets of ``train`` are nested.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from typing import Callable, Mapping, Sequence
 
@@ -37,8 +38,12 @@ class Split:
         return float(self.label.mean()) if len(self) else float("nan")
 
 
-def make_splits(store, fraction: float = 1.0) -> dict[str, Split]:
+def make_splits(store, fraction: float = 1.0, val_fraction: str = "matched") -> dict[str, Split]:
     """``train`` (the stored nested ``fraction`` subset), ``val``, ``test`` and ``external`` of a store.
+
+    ``val_fraction``: ``matched`` (default) -> the stored nested ``fraction`` subset of ``val`` too (at least
+    5 ECGs of each class, ``cohorts.fraction_mask``), so "1 % of labels" selects its epoch on 1 % of the
+    validation labels; ``full`` -> the whole validation split at every fraction (before issue 18).
 
     Rows with label -1 (unlabelled) are left out. ``external`` may be empty.
 
@@ -46,10 +51,13 @@ def make_splits(store, fraction: float = 1.0) -> dict[str, Split]:
     ------
     SplitError : the training split is empty, or a labelled split holds only one class in training.
     """
+    if val_fraction not in ("matched", "full"):
+        raise SplitError(f"val_fraction={val_fraction!r}: must be 'matched' or 'full'")
     man = store.manifest
     out = {}
     for name in ("train",) + EVAL_SPLITS:
-        idx = np.asarray(store.indices(name, fraction) if name == "train" else store.indices(name), dtype=np.int64)
+        f = fraction if name == "train" or (name == "val" and val_fraction == "matched") else 1.0
+        idx = np.asarray(store.indices(name, f), dtype=np.int64)
         lab = man["label"].to_numpy()[idx].astype(np.int64)
         idx = idx[lab >= 0]
         rows = man.iloc[idx]
@@ -99,9 +107,10 @@ class GreyImageDataset(torch.utils.data.Dataset):
     bytes than ``render.RenderedECGDataset``'s float32 (3, H, W).
     """
 
-    def __init__(self, store, indices: np.ndarray, size: int, layout: str = "stack8"):
+    def __init__(self, store, indices: np.ndarray, size: int, layout: str = "stack8",
+                 ylim_mv: tuple[float, float] | None = None):
         self.store, self.indices = store, np.asarray(indices, np.int64)
-        self.size, self.layout = int(size), layout
+        self.size, self.layout, self.ylim_mv = int(size), layout, ylim_mv
         self.labels = store.manifest["label"].to_numpy(np.int64)[self.indices]
 
     def __len__(self) -> int:
@@ -109,7 +118,8 @@ class GreyImageDataset(torch.utils.data.Dataset):
 
     def __getitems__(self, pos) -> list:
         pos = np.asarray(pos, np.int64)
-        grey = render.render_ecg(self.store.signals(self.indices[pos]), size=self.size, layout=self.layout)
+        grey = render.render_ecg(self.store.signals(self.indices[pos]), size=self.size, layout=self.layout,
+                                 ylim_mv=self.ylim_mv)
         return list(zip(torch.from_numpy(np.ascontiguousarray(grey)).unbind(0),
                         torch.from_numpy(self.labels[pos]).unbind(0)))
 
@@ -117,9 +127,11 @@ class GreyImageDataset(torch.utils.data.Dataset):
         return self.__getitems__([i])[0]
 
 
-def default_dataset_factory(store, indices: np.ndarray, image_size: int, layout: str) -> torch.utils.data.Dataset:
-    """:class:`GreyImageDataset`: uint8 (H, W) grey images and int64 labels."""
-    return GreyImageDataset(store, indices, image_size, layout)
+def default_dataset_factory(store, indices: np.ndarray, image_size: int, layout: str,
+                            ylim_mv: tuple[float, float] | None = None) -> torch.utils.data.Dataset:
+    """:class:`GreyImageDataset`: uint8 (H, W) grey images and int64 labels; ``ylim_mv`` (lo, hi) mV per lead
+    band, None: ``render.DEFAULT_YLIM_MV``."""
+    return GreyImageDataset(store, indices, image_size, layout, ylim_mv)
 
 
 # cache_images above this many ECGs per split is refused: uint8 224-px images take 50 kB each (10 GB here),
@@ -182,7 +194,10 @@ class ImageCache:
     def dataset(self, factory: Callable, store, split: Split, image_size: int, layout: str,
                 num_workers: int = 0) -> "_CachedDataset":
         """The cached dataset of ``split`` (rendered through ``factory`` on first use)."""
-        key = (str(getattr(store, "root", id(store))), id(factory), image_size, layout,
+        # a functools.partial (the default factory with an amplitude range) is keyed by its function and arguments
+        fkey = (id(factory.func), factory.args, tuple(sorted(factory.keywords.items()))) \
+            if isinstance(factory, functools.partial) else id(factory)
+        key = (str(getattr(store, "root", id(store))), fkey, image_size, layout,
                hashlib.sha1(split.indices.tobytes() + split.label.tobytes()).hexdigest())
         if key not in self._items:
             while len(self._items) >= self.max_items:

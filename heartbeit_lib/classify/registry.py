@@ -571,7 +571,9 @@ def normalization_for(name: str, weights: str | os.PathLike | None = None) -> tu
     - timm models (``vit_b16``, ``beit_b16``): the statistics of their pretrained config (timm lists
       mean = std = 0.5 for both; the authors' code used ImageNet statistics for its BEiT baseline).
     - torchvision models (``efficientnet_b4``, ``resnet152``): ImageNet mean/std.
-    - ``*_scratch``: mean = std = 0.5 (images mapped to [-1, 1]).
+    - ``*_scratch``: mean = std = 0.5 (images mapped to [-1, 1]); fine-tuning replaces it for the transformers
+      (``vit_b16_scratch``, ``beit_b16_scratch``, ``heartbeit_scratch``) by the rendered training images' own
+      statistics (``pipeline.finetune.scratch_normalization``, issue 18), CNNs keep it.
     """
     spec = model_spec(name)
     if spec.source == "pretrain_checkpoint":

@@ -14,6 +14,8 @@ from .tasks import TaskConfig
 
 SPLITS = ("train", "val", "test", "external", "unassigned")
 FRACTION_EPS = 1e-9  # 0.1 * 30 == 3.0000000000000004 must give 3 rows, not 4
+VAL_MIN_PER_CLASS = 5  # a shrunken validation set keeps at least this many ECGs of each class (all, if fewer)
+RANKED_SPLITS = ("train", "val")  # splits with nested, stratified fraction subsets
 
 
 def _patient_codes(manifest: pd.DataFrame) -> np.ndarray:
@@ -90,22 +92,26 @@ def assign_splits(manifest: pd.DataFrame, task: TaskConfig, seed: int) -> np.nda
 
 
 def train_ranks(manifest: pd.DataFrame, seed: int) -> np.ndarray:
-    """Rank of each training row within its class (0, 1, ...), -1 outside ``train``.
+    """Rank of each training and validation row within its split and class (0, 1, ...), -1 elsewhere
+    (saved in the store as ``train_rank``).
 
-    A seeded random permutation per class (classes in sorted order, one
-    ``np.random.default_rng(seed)``). The fraction-``f`` training set is, in every class of
-    ``n_c`` training rows, the rows of rank < ``ceil(f * n_c)``: stratified, nested (the 1 % set
-    is inside the 10 % set), at least one row of each present class, and identical across runs.
+    A seeded random permutation per class (classes in sorted order): one ``np.random.default_rng(seed)``
+    for ``train`` (as before validation was ranked, so training subsets did not move), a second
+    ``default_rng([seed, 1])`` for ``val``. The fraction-``f`` subset of a split is, in every class of
+    ``n_c`` rows, the rows of rank < ``ceil(f * n_c)`` (:func:`fraction_mask`): stratified, nested (the
+    1 % set is inside the 10 % set), at least one row of each present class, identical across runs.
+    Validation and training are patient-disjoint by construction of the splits.
     """
     rank = np.full(len(manifest), -1, np.int64)
     if len(manifest) == 0:
         return rank
-    is_train = manifest["split"].to_numpy() == "train"
+    split = manifest["split"].to_numpy()
     labels = manifest["label"].to_numpy(np.int64)
-    rng = np.random.default_rng(seed)
-    for c in np.unique(labels[is_train]):
-        rows = np.flatnonzero(is_train & (labels == c))
-        rank[rows] = rng.permutation(len(rows))
+    for name, rng in (("train", np.random.default_rng(seed)), ("val", np.random.default_rng([seed, 1]))):
+        in_split = split == name
+        for c in np.unique(labels[in_split]):
+            rows = np.flatnonzero(in_split & (labels == c))
+            rank[rows] = rng.permutation(len(rows))
     return rank
 
 
@@ -116,15 +122,25 @@ def fraction_size(n: int, fraction: float) -> int:
     return min(n, math.ceil(fraction * n - FRACTION_EPS))
 
 
-def fraction_mask(manifest: pd.DataFrame, fraction: float) -> np.ndarray:
-    """Boolean mask of the training rows in the nested, stratified ``fraction`` subset."""
-    is_train = manifest["split"].to_numpy() == "train"
+def fraction_mask(manifest: pd.DataFrame, fraction: float, split: str = "train") -> np.ndarray:
+    """Boolean mask of the rows of ``split`` (train or val) in its nested, stratified ``fraction`` subset.
+
+    ``val`` keeps at least :data:`VAL_MIN_PER_CLASS` rows of each class (every row of a class that has
+    fewer), so a small fraction's validation set can still rank epochs by AUROC; that floor makes its
+    share larger than ``fraction`` (its counts are reported per fraction in Table 1).
+    """
+    if split not in RANKED_SPLITS:
+        raise CohortError(f"fraction subsets exist for {list(RANKED_SPLITS)}, not {split!r}")
+    in_split = manifest["split"].to_numpy() == split
     labels = manifest["label"].to_numpy(np.int64)
     rank = manifest["train_rank"].to_numpy(np.int64)
     mask = np.zeros(len(manifest), bool)
-    for c in np.unique(labels[is_train]):
-        in_c = is_train & (labels == c)
-        mask |= in_c & (rank < fraction_size(int(in_c.sum()), fraction))
+    for c in np.unique(labels[in_split]):
+        in_c = in_split & (labels == c)
+        n = fraction_size(int(in_c.sum()), fraction)
+        if split == "val":
+            n = max(n, min(int(in_c.sum()), VAL_MIN_PER_CLASS))
+        mask |= in_c & (rank < n)
     return mask
 
 

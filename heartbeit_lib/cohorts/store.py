@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import CohortError, StoreError
-from .splits import FRACTION_EPS, SPLITS, fraction_mask, fraction_size
+from .splits import FRACTION_EPS, RANKED_SPLITS, SPLITS, fraction_mask, fraction_size, train_ranks
 from .tasks import TaskConfig
 
 STORE_FORMAT = "heartbeit-cohort-store"
@@ -143,14 +143,18 @@ class CohortStore:
         return out
 
     def indices(self, split: str, fraction: float = 1.0) -> np.ndarray:
-        """Sorted int64 row indices of ``split``; ``fraction < 1`` (train only) gives the saved
-        nested, stratified subset (see :func:`train_ranks`)."""
+        """Sorted int64 row indices of ``split``; ``fraction < 1`` (train or val) gives the saved
+        nested, stratified subset (see :func:`train_ranks`, :func:`fraction_mask`)."""
         if split not in SPLITS:
             raise CohortError(f"split {split!r} is not one of {list(SPLITS)}")
         if fraction < 1.0 - FRACTION_EPS:
-            if split != "train":
-                raise CohortError(f"fraction {fraction} < 1 is only defined for 'train', not {split!r}")
-            return np.flatnonzero(fraction_mask(self.manifest, fraction)).astype(np.int64)
+            if split not in RANKED_SPLITS:
+                raise CohortError(f"fraction {fraction} < 1 is only defined for {list(RANKED_SPLITS)}, not {split!r}")
+            man = self.manifest
+            if split == "val" and (man.loc[man["split"] == "val", "train_rank"] < 0).any():
+                # a store built before validation rows were ranked: the same ranks, computed now
+                man = man.assign(train_rank=train_ranks(man, int(self.info.get("seed", 0))))
+            return np.flatnonzero(fraction_mask(man, fraction, split)).astype(np.int64)
         fraction_size(1, fraction)  # validates the range
         return np.flatnonzero(self.manifest["split"].to_numpy() == split).astype(np.int64)
 

@@ -30,9 +30,11 @@ class TaskConfig(TypedConfig):
     Label rules (``label_rule``)
         ``ptbxl_scp``: positive when ``scp_codes`` holds a diagnostic statement
         (``scp_statements.diagnostic == 1``) whose ``diagnostic_class`` is in ``scp_classes`` with
-        likelihood >= ``scp_min_likelihood`` (0 = any, as the PTB-XL benchmark), and, when
+        likelihood >= ``scp_min_likelihood`` (0 = any, as the PTB-XL benchmark) and not listed in
+        ``scp_exclude`` (codes, or prefixes ending in ``*``: ``INJ*``), and, when
         ``infarction_stadia`` is not empty, ``infarction_stadium1`` or ``infarction_stadium2`` is one
-        of them. ``csv_label``: 0/1 column ``label_column`` of the labels CSV. ``csv_threshold``:
+        of them. ``require_diagnostic``: records with no diagnostic statement at all (no diagnostic
+        superclass) get label -1 (``unassigned``: neither trained nor evaluated), as the PTB-XL benchmark. ``csv_label``: 0/1 column ``label_column`` of the labels CSV. ``csv_threshold``:
         positive when ``value_column`` compares to ``threshold`` by ``positive_if`` (``le`` = <=).
         ``given``: labels supplied with the data (demo, in-memory arrays). ``none``: unlabelled (-1).
     Splits (``split``)
@@ -50,6 +52,8 @@ class TaskConfig(TypedConfig):
     # ptbxl_scp
     scp_classes: tuple[str, ...] = ()
     scp_min_likelihood: float = 0.0
+    scp_exclude: tuple[str, ...] = ()  # statements that do not count; "INJ*" = every code starting with INJ
+    require_diagnostic: bool = False  # records without any diagnostic statement -> label -1 (dropped)
     infarction_stadia: tuple[str, ...] = ()
     # labels CSV (muse / wfdb): column names
     id_column: str = "ecg_id"
@@ -150,14 +154,15 @@ def ptbxl_labels(db: pd.DataFrame, statements: pd.DataFrame, task: TaskConfig) -
     statements : DataFrame
         ``scp_statements.csv`` indexed by statement code (``diagnostic``, ``diagnostic_class``).
     task : TaskConfig
-        ``scp_classes``, ``scp_min_likelihood``, ``infarction_stadia``.
+        ``scp_classes``, ``scp_min_likelihood``, ``scp_exclude``, ``require_diagnostic``, ``infarction_stadia``.
 
     Returns
     -------
-    ndarray int64 (len(db),)
+    ndarray int64 (len(db),): 1, 0, or -1 (no diagnostic statement, with ``require_diagnostic``)
     """
     diag = statements[(statements["diagnostic"] == 1) & statements["diagnostic_class"].isin(task.scp_classes)]
-    codes = set(diag.index)
+    prefixes = tuple(e[:-1] for e in task.scp_exclude if e.endswith("*"))
+    codes = {c for c in diag.index if c not in task.scp_exclude and not (prefixes and str(c).startswith(prefixes))}
     scp = db["scp_codes"].map(lambda v: ast.literal_eval(v) if isinstance(v, str) else v)
     pos = scp.map(lambda d: any(k in codes and float(lik) >= task.scp_min_likelihood for k, lik in d.items()))
     pos = np.array(pos.to_numpy(bool))  # a writable copy (pandas may hand out a read-only view)
@@ -171,7 +176,11 @@ def ptbxl_labels(db: pd.DataFrame, statements: pd.DataFrame, task: TaskConfig) -
         for c in cols:
             acute |= db[c].isin(stadia).to_numpy(bool)
         pos = pos & acute
-    return pos.astype(np.int64)
+    out = pos.astype(np.int64)
+    if task.require_diagnostic:
+        any_diag = set(statements.index[statements["diagnostic"] == 1])
+        out[~scp.map(lambda d: any(k in any_diag for k in d)).to_numpy(bool)] = -1
+    return out
 
 
 def threshold_labels(values: pd.Series, task: TaskConfig) -> np.ndarray:

@@ -3,7 +3,9 @@
 Checkpoint (``checkpoints/last.pt``), the contract with fine-tuning (``models.create_model``):
 ``backbone`` (state dict of ``models.create_backbone(size, img_size, patch_size)``),
 ``backbone_config`` {size, img_size, patch_size}, ``normalize`` {mean, std} (applied to [0, 1]
-images), plus ``mim`` (mask token, norm, head), ``optimizer``, ``scheduler``, ``epoch`` (completed),
+images; the rendered pretraining images' own mean/std since issue 18), ``render`` {layout, ylim_mv}
+(checkpoints before issue 18 lack it: drawn at +-2 mV), plus ``mim`` (mask token, norm, head), ``optimizer``,
+``scheduler``, ``epoch`` (completed),
 ``step``, ``rng`` (per rank), ``config``, ``history``, ``tokenizer`` {kind, fingerprint, vocab_size}.
 Every value is a tensor, number, string, list or dict, so ``weights_only`` loading reads it; the RNG states of
 every rank are stored (on CUDA: of the rank's own device only, so a process that sees fewer GPUs, one per Slurm
@@ -22,16 +24,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from heartbeit_lib import utils
+from heartbeit_lib import render, utils
 from heartbeit_lib.classify import registry as models
 from heartbeit_lib.mim.data import PretrainError
 from heartbeit_lib.mim.model import NORMALIZE, MIMModel
 
 # the config fields that define the training trajectory: a resumed run must agree on them
 TRAJECTORY_FIELDS = ("model_size", "image_size", "epochs", "batch_size", "lr", "min_lr", "warmup_epochs",
-                     "weight_decay", "layer_decay", "clip_grad", "drop_path", "num_masked", "min_block", "seed")
+                     "weight_decay", "layer_decay", "clip_grad", "drop_path", "num_masked", "min_block", "seed",
+                     "layout", "ylim_mv")
 # what an epoch-XXXX.pt keeps (no optimiser or RNG state: not resumable, small)
-_EPOCH_KEYS = ("backbone", "backbone_config", "normalize", "mim", "epoch", "step", "config", "tokenizer")
+_EPOCH_KEYS = ("backbone", "backbone_config", "normalize", "render", "mim", "epoch", "step", "config", "tokenizer")
 
 
 class ResumeError(PretrainError):
@@ -90,14 +93,22 @@ def gather_rng(world: int) -> list[dict]:
 
 
 def checkpoint_state(model: MIMModel, cfg: Any, opt: torch.optim.Optimizer, sched: Any, epoch: int,
-                     step: int, rng: list[dict], history: list[dict], tokenizer: dict) -> dict:
-    """The checkpoint dict of ``cfg`` (a ``PretrainConfig``) after ``epoch`` epochs (only tensors, numbers, strings, lists, dicts: ``weights_only`` loadable)."""
+                     step: int, rng: list[dict], history: list[dict], tokenizer: dict,
+                     normalize: dict | None = None) -> dict:
+    """The checkpoint dict of ``cfg`` (a ``PretrainConfig``) after ``epoch`` epochs (only tensors, numbers, strings, lists, dicts: ``weights_only`` loadable).
+
+    ``normalize`` {mean, std}: the input normalisation the model trained with (None: :data:`NORMALIZE`);
+    ``render`` {layout, ylim_mv}: how the images were drawn, which fine-tuning must repeat.
+    """
+    norm = normalize or NORMALIZE
     full = model.state_dict()
     return {
         "backbone": {k.removeprefix("backbone."): v.detach().cpu() for k, v in full.items()
                      if k.startswith("backbone.")},
         "backbone_config": {"size": cfg.model_size, "img_size": cfg.image_size, "patch_size": 16},
-        "normalize": {"mean": list(NORMALIZE["mean"]), "std": list(NORMALIZE["std"])},
+        "normalize": {"mean": [float(v) for v in norm["mean"]], "std": [float(v) for v in norm["std"]]},
+        "render": {"layout": cfg.layout, "ylim_mv": [float(v) for v in render.DEFAULT_YLIM_MV]
+                   if getattr(cfg, "ylim_mv", None) is None else [float(v) for v in cfg.ylim_mv]},
         "mim": {k: v.detach().cpu() for k, v in full.items() if not k.startswith("backbone.")},
         "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(),

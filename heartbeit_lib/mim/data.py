@@ -39,9 +39,11 @@ class StoreImages:
     a 224-px batch of 128 is 6.4 MB here instead of 77 MB.
     """
 
-    def __init__(self, store: Any, rows: np.ndarray, size: int, layout: str = "stack8"):
+    def __init__(self, store: Any, rows: np.ndarray, size: int, layout: str = "stack8",
+                 ylim_mv: Sequence[float] | None = None):
         self.store, self.rows = store, np.asarray(rows, np.int64)
         self.size, self.layout = int(size), layout
+        self.ylim_mv = None if ylim_mv is None else tuple(float(v) for v in ylim_mv)  # None: render's default
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -49,7 +51,8 @@ class StoreImages:
     def uint8_batch(self, pos: Sequence[int]) -> torch.Tensor:
         """uint8 (len(pos), size, size) images of dataset positions ``pos``."""
         x = self.store.signals(self.rows[np.asarray(pos, np.int64)])
-        return torch.from_numpy(np.ascontiguousarray(render.render_ecg(x, size=self.size, layout=self.layout)))
+        return torch.from_numpy(np.ascontiguousarray(render.render_ecg(x, size=self.size, layout=self.layout,
+                                                                          ylim_mv=self.ylim_mv)))
 
 
 class MIMDataset(Dataset):
@@ -225,6 +228,8 @@ class MIMData:
     tokenizer: dict = dataclasses.field(default_factory=dict)  # kind, fingerprint, vocab_size
     info: dict = dataclasses.field(default_factory=dict)
     val_source: np.ndarray | None = None  # per held-out item: "real" or "deepfake" (site in DEEPFAKE_SITES)
+    # model input normalisation of the [0, 1] images, stored in the checkpoint; None: mean = std = 0.5
+    normalize: dict | None = None
 
 
 def make_loader(ds: Dataset, sampler: EpochSampler, per_rank: int, workers: int, device: torch.device,

@@ -26,18 +26,18 @@ def all_reduce(t: torch.Tensor, world: int) -> torch.Tensor:
 
 def train_one_epoch(net: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer, sched, device: torch.device, *,
                     num_masked: int, amp: bool, clip_grad: float, world: int = 1, step: int = 0,
-                    record_steps: bool = False, desc: str | None = None) -> tuple[dict, int]:
+                    record_steps: bool = False, desc: str | None = None, norm: dict | None = None) -> tuple[dict, int]:
     """Train ``net`` (the MIM model, possibly DDP/compiled) for one pass over ``loader``.
 
     Each batch: images uint8 (B, H, W) grey or float (B, 3, H, W) in [0, 1] (made the model's input on the
-    device, :class:`DeviceImages`), tokens int64 (B, h, w), masks bool (B, h, w); loss = cross-entropy of the
-    ``num_masked`` masked positions per image.  No host sync per step: sums stay on the device until the end
-    of the epoch (``record_steps`` and the progress bar, every 10th step, read the loss).  ``clip_grad`` 0 = no clipping; ``desc``
-    not None shows a tqdm bar with that title.  Returns (log line with ``train_loss``, ``train_acc``, ``lr``,
+    device, :class:`DeviceImages`, with ``norm`` {mean, std}; None: 0.5 / 0.5), tokens int64 (B, h, w), masks bool
+    (B, h, w); loss = cross-entropy of the ``num_masked`` masked positions per image.  No host sync per step:
+    sums stay on the device until the end of the epoch (``record_steps`` and the progress bar, every 10th step,
+    read the loss).  ``clip_grad`` 0 = no clipping; ``desc`` not None shows a tqdm bar with that title.  Returns (log line with ``train_loss``, ``train_acc``, ``lr``,
     ``epoch_time_s``, ``data_wait_s``, and ``step_losses`` (rank-averaged) with ``record_steps``; global step).
     """
     net.train()
-    prep = DeviceImages(device)
+    prep = DeviceImages(device, norm)
     tot = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
     step_losses: list[float] = []
     t0 = time.perf_counter()
@@ -83,11 +83,11 @@ def train_one_epoch(net: nn.Module, loader: DataLoader, opt: torch.optim.Optimiz
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, num_masked: int, amp: bool,
-             world: int = 1) -> dict:
+             world: int = 1, norm: dict | None = None) -> dict:
     """Masked-token loss and accuracy over a loader (sums reduced over ranks): {loss, acc, count}."""
     was = model.training
     model.eval()
-    prep = DeviceImages(device)
+    prep = DeviceImages(device, norm)
     tot = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
     for images, tokens, mask in loader:
         images = prep(images)

@@ -142,14 +142,15 @@ class DeviceImages:
 
     Workers ship uint8 grey (B, H, W) (6.4 MB per batch of 128 at 224 px instead of 77 MB of float32 RGB);
     here they become float (B, 3, H, W): ``x / 255`` repeated over 3 channels, then ``(x - mean) / std``
-    (:data:`NORMALIZE`).  Float (B, 3, H, W) batches in [0, 1] are normalised as they are.  Same values as
+    (``norm``, default :data:`NORMALIZE`).  Float (B, 3, H, W) batches in [0, 1] are normalised as they are.  Same values as
     ``normalize(render._to_images(grey, 3, None))`` bit for bit (same float32 operations in the same order).
     """
 
-    def __init__(self, device: torch.device | str, mean=NORMALIZE["mean"], std=NORMALIZE["std"]):
+    def __init__(self, device: torch.device | str, norm: dict | None = None):
+        norm = norm or NORMALIZE  # {mean, std}: the rendered images' own statistics (render.image_stats)
         self.device = torch.device(device)
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.mean = torch.tensor(norm["mean"], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(norm["std"], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
 
     def __call__(self, images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
         x = images.to(self.device, non_blocking=True)
@@ -161,8 +162,11 @@ class DeviceImages:
         return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """[0, 1] images (B, 3, H, W) -> the model's input scale (:data:`NORMALIZE`)."""
-    mean = torch.tensor(NORMALIZE["mean"], device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
-    std = torch.tensor(NORMALIZE["std"], device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
+def normalize(images: torch.Tensor, norm: dict | None = None) -> torch.Tensor:
+    """[0, 1] images (B, 3, H, W) -> the model's input scale: ``(x - mean) / std`` with ``norm``
+    {mean, std} (1 or 3 values; the rendered images' own statistics, ``render.image_stats``), None:
+    :data:`NORMALIZE` (mean = std = 0.5, checkpoints before issue 18)."""
+    norm = norm or NORMALIZE
+    mean = torch.tensor(norm["mean"], device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
+    std = torch.tensor(norm["std"], device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
     return (images - mean) / std

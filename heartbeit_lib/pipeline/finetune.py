@@ -36,6 +36,7 @@ Per-epoch AUROC is ``sklearn.metrics.roc_auc_score``; AUPRC is average precision
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -53,7 +54,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from tqdm.auto import tqdm
 
-from heartbeit_lib import cohorts, utils
+from heartbeit_lib import cohorts, render, utils
 from heartbeit_lib.cohorts.store import N_LEADS
 from heartbeit_lib.classify import engine
 from heartbeit_lib.classify import registry as models
@@ -107,16 +108,18 @@ class FinetuneConfig(runs.TypedConfig):
     image_size: int | None = None  # rendered image side in px; None: the pretraining size for heartbeit, else the paper's 224
     layout: str = "stack8"  # ECG image layout (heartbeit_lib.render)
     signal_rate: int = 100  # input rate of the signal models in Hz (store 500 Hz resampled; PTB-XL benchmark: 100); image models ignore it
+    ylim_mv: tuple[float, ...] | None = None  # amplitude range (lo, hi) of each lead band in mV; None: heartbeit the checkpoint's, else +-4 mV
     device: str | None = None  # cpu, cuda, cuda:N; None: cuda when available, else cpu
     amp: bool = True  # mixed precision on cuda
     select_on: str = "val"  # split choosing the best epoch: val (default) or test (paper, optimistic)
+    val_fraction: str = "matched"  # matched: validation shrinks with fraction (nested, stratified, >= 5 per class) | full: whole split
     num_workers: int = 0  # DataLoader worker processes
     cache_images: bool = False  # render every split once per process and keep it in memory (small cohorts)
     out_root: str = "outputs"  # root of the run folders
     run_id: str | None = None  # run folder name; None: <task>-<model>-f<fraction>-s<seed>
     resume: bool = False  # continue an interrupted run folder from its last finished epoch (resume.pt, written every epoch when True)
 
-    choices: typing.ClassVar[dict[str, tuple]] = {"select_on": ("val", "test")}
+    choices: typing.ClassVar[dict[str, tuple]] = {"select_on": ("val", "test"), "val_fraction": ("matched", "full")}
 
     def validate(self) -> None:
         models.model_family(self.model)  # UnknownModelError (a ValueError) for a typo
@@ -134,6 +137,8 @@ class FinetuneConfig(runs.TypedConfig):
             raise runs.ConfigError(f"parameters 'lr_start'/'lr': need 0 < lr_start <= lr, got {self.lr_start}, {self.lr}")
         if self.signal_rate < 1:
             raise runs.ConfigError(f"parameter 'signal_rate': {self.signal_rate} Hz must be >= 1")
+        if self.ylim_mv is not None and (len(self.ylim_mv) != 2 or not self.ylim_mv[0] < self.ylim_mv[1]):
+            raise runs.ConfigError(f"parameter 'ylim_mv' must be None or two numbers lo < hi in mV, got {self.ylim_mv}")
         if self.weight_decay < 0 or self.num_workers < 0:
             raise runs.ConfigError("parameters 'weight_decay' and 'num_workers' must be >= 0")
         if not (self.device in (None, "auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
@@ -212,13 +217,27 @@ def resolve_inputs(cfg: FinetuneConfig) -> FinetuneConfig:
         if not (Path(pretrain) / "checkpoints" / "last.pt").is_file() and not Path(pretrain).is_file():
             raise PretrainRunNotFoundError(f"parameter 'pretrain_run': {pretrain} holds no checkpoints/last.pt")
     image_size, model_size = cfg.image_size, cfg.model_size
-    if models.model_spec(cfg.model).source == "pretrain_checkpoint" and not (image_size and model_size):
-        # heartbeit fine-tunes at its pretraining size and architecture: record both in config.yaml
-        bc = models.load_pretrain_checkpoint(model_weights(dataclasses.replace(cfg, pretrain_run=pretrain)),
-                                             mmap=True)["backbone_config"]
+    ylim = tuple(cfg.ylim_mv) if cfg.ylim_mv is not None else tuple(render.DEFAULT_YLIM_MV)
+    if models.model_spec(cfg.model).source == "pretrain_checkpoint":
+        # heartbeit fine-tunes at its pretraining size, architecture and amplitude range: record them in config.yaml
+        ck = models.load_pretrain_checkpoint(model_weights(dataclasses.replace(cfg, pretrain_run=pretrain)), mmap=True)
+        bc = ck["backbone_config"]
         image_size, model_size = image_size or int(bc["img_size"]), model_size or str(bc["size"])
+        ylim = checkpoint_ylim(ck, cfg.ylim_mv, pretrain or cfg.weights)
     return dataclasses.replace(cfg, cohort_run=cohort, pretrain_run=pretrain,
-                               image_size=image_size or DEFAULT_IMAGE_SIZE, model_size=model_size)
+                               image_size=image_size or DEFAULT_IMAGE_SIZE, model_size=model_size, ylim_mv=ylim)
+
+
+def checkpoint_ylim(ck: Mapping[str, Any], asked: Sequence[float] | None, where: Any) -> tuple[float, float]:
+    """The amplitude range (lo, hi) mV a pretraining checkpoint's images were drawn at (``render.ylim_mv``;
+    checkpoints before issue 18 lack it and were drawn at the old default, +-2 mV). ``asked`` (the
+    ``ylim_mv`` parameter) must be None or equal it, else :class:`runs.ConfigError` naming both."""
+    got = tuple(float(v) for v in (ck.get("render") or {}).get("ylim_mv", (-2.0, 2.0)))
+    if asked is not None and tuple(float(v) for v in asked) != got:
+        raise runs.ConfigError(f"parameter 'ylim_mv' = {tuple(asked)} mV, but the pretraining checkpoint {where} "
+                               f"was drawn at ylim_mv = {got} mV: fine-tuning must see the pretraining scale "
+                               "(leave ylim_mv None to take the checkpoint's)")
+    return got
 
 
 def _pretrain_modality(run_dir: Path) -> str:
@@ -272,8 +291,15 @@ def _check_resolved(cfg: FinetuneConfig) -> None:
         raise runs.ConfigError("image_size is None (automatic): pass the config through finetune.resolve_inputs first")
 
 
-def build_model(cfg: FinetuneConfig) -> tuple[nn.Module, tuple[tuple[float, ...], tuple[float, ...]]]:
-    """The model (2-neuron head, seeded init) and the (mean, std) normalisation its weights expect."""
+def build_model(cfg: FinetuneConfig, store=None) -> tuple[nn.Module, tuple[tuple[float, ...], tuple[float, ...]]]:
+    """The model (2-neuron head, seeded init) and the (mean, std) normalisation of its inputs.
+
+    Pretrained models: the normalisation their weights expect (heartbeit: its checkpoint's, ImageNet models:
+    ImageNet's). Transformers from scratch (``vit_b16_scratch``, ``beit_b16_scratch``, ``heartbeit_scratch``)
+    with ``store``: the rendered training images' own mean/std (:func:`scratch_normalization`); at 0.5 / 0.5 they
+    stay at the prevalence loss (issue 18). CNNs from scratch keep 0.5 / 0.5: BatchNorm after their stem removes
+    the input offset, and their results stay comparable with earlier runs.
+    """
     _check_resolved(cfg)
     torch.manual_seed(cfg.seed)
     weights = model_weights(cfg)
@@ -283,7 +309,20 @@ def build_model(cfg: FinetuneConfig) -> tuple[nn.Module, tuple[tuple[float, ...]
         return model, SIGNAL_NORMALIZATION
     model = models.create_model(cfg.model, num_classes=2, weights=weights, size=cfg.model_size or None,
                                 img_size=cfg.image_size)
+    spec = models.model_spec(cfg.model)
+    if store is not None and spec.source is None and spec.family in TRANSFORMER_FAMILIES:
+        return model, scratch_normalization(cfg, store)
     return model, models.normalization_for(cfg.model, weights=weights)
+
+
+TRANSFORMER_FAMILIES = ("vit", "beit")  # image transformers: no BatchNorm to absorb the input offset
+
+
+def scratch_normalization(cfg: FinetuneConfig, store) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) x 3 channels of the rendered images of the store's whole training split (256 rows drawn with
+    seed 0, ``render.image_stats``): one normaliser per (cohort, layout, size, ylim_mv), the same at every fraction."""
+    st = render.image_stats(store, store.indices("train"), cfg.image_size, cfg.layout, ylim_mv=cfg.ylim_mv)
+    return tuple(st["mean"] * 3), tuple(st["std"] * 3)
 
 
 # ---------------------------------------------------------------- splits and data
@@ -388,7 +427,8 @@ def fit(cfg: FinetuneConfig, model: nn.Module, store, splits: Mapping[str, Split
     torch.manual_seed(cfg.seed)
     signal = models.model_family(cfg.model) == "signal"
     cache = (image_cache if image_cache is not None else IMAGE_CACHE) if cfg.cache_images and not signal else None
-    default_factory = SignalDatasetFactory(cfg.signal_rate, seed=cfg.seed) if signal else default_dataset_factory
+    default_factory = (SignalDatasetFactory(cfg.signal_rate, seed=cfg.seed) if signal
+                       else functools.partial(default_dataset_factory, ylim_mv=cfg.ylim_mv))
     eval_batch = max(CUDA_EVAL_BATCH, 2 * cfg.batch_size) if device.type == "cuda" else 2 * cfg.batch_size
     train_loader, eval_loaders = _loaders(cfg, store, splits, dataset_factory or default_factory, cache, eval_batch)
     channels_last = (device.type == "cuda" and not signal
@@ -402,7 +442,7 @@ def fit(cfg: FinetuneConfig, model: nn.Module, store, splits: Mapping[str, Split
     opt, sched = make_optimizer(cfg, model.parameters(), cfg.epochs * len(train_loader))
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     write_model_record(run_dir, model, cfg.model, cfg.model_size or None, cfg.image_size, cfg.layout, normalization,
-                       signal_rate=cfg.signal_rate if signal else None)
+                       signal_rate=cfg.signal_rate if signal else None, ylim_mv=None if signal else cfg.ylim_mv)
 
     log: list[dict] = []
     pred_frames: list[pd.DataFrame] = []
@@ -440,7 +480,8 @@ def fit(cfg: FinetuneConfig, model: nn.Module, store, splits: Mapping[str, Split
     metrics.update(train_records_sha256=records_sha256(splits["train"].record_id),
                    final_train_loss=log[-1]["train_loss"], train_time_s=time.time() - t_start,
                    n_parameters=models.count_parameters(model), normalize_mean=list(normalization[0]),
-                   normalize_std=list(normalization[1]), device=str(device), amp=amp)
+                   normalize_std=list(normalization[1]), device=str(device), amp=amp,
+                   ylim_mv=None if cfg.ylim_mv is None else list(cfg.ylim_mv), val_fraction=cfg.val_fraction)
     hashes = {f"split_{s}_records": records_sha256(splits[s].record_id) for s in splits}
     return FitResult(best_epoch, _nan_to_none(metrics), log, hashes, run_dir)
 
@@ -548,8 +589,8 @@ def run_finetune(cfg: FinetuneConfig, dataset_factory: Callable | None = None, s
     run_dir = runs.start_run("03_finetune", cfg)
     if store is None:
         store = open_store(cfg)
-    splits = make_splits(store, cfg.fraction)
-    model, norm = build_model(cfg)
+    splits = make_splits(store, cfg.fraction, cfg.val_fraction)
+    model, norm = build_model(cfg, store)
     result = fit(cfg, model, store, splits, run_dir, normalization=norm, dataset_factory=dataset_factory,
                  image_cache=image_cache)
     if figure:

@@ -19,7 +19,8 @@ import yaml
 
 from heartbeit_lib.analysis.metrics import (AUPRC_METHODS, CI_METHODS, BootstrapStats, MetricsInputError,
                                             RunMismatchError, _check_labels, _check_method, bootstrap_indices,
-                                            bootstrap_indices_cached, bootstrap_metrics, compare, interval_summary)
+                                            bootstrap_indices_cached, bootstrap_metrics, compare, interval_summary,
+                                            seed_pool)
 from heartbeit_lib.classify import registry as models
 from heartbeit_lib.pipeline import runs
 from heartbeit_lib.report.tables import SPLIT_LABELS, SPLIT_ORDER, order_models
@@ -45,7 +46,7 @@ class MetricsConfig(runs.TypedConfig):
     stratify: bool = False  # resample within class (keeps the prevalence of every resample)
     reference_model: str = "heartbeit"  # model compared with every baseline (paired differences)
     splits: tuple[str, ...] = ("test", "external")  # evaluation splits: test (internal), external, val
-    finetune_seed: int | None = None  # fine-tuning seed shown in tables/figures (None: each cell must have exactly one)
+    finetune_seed: int | None = None  # fine-tuning seed shown in tables/figures; None: tables pool all seeds (mean, interval over test x seeds, sd)
     bootstrap_dir: str | None = None  # folder of saved resample indices to reuse (None: <run_dir>/bootstrap)
     figure_dpi: int = 110  # resolution of the PNG figures (300 for print)
     out_root: str = "outputs"  # root of the run folders
@@ -153,6 +154,8 @@ def list_runs(sweep_dir: str | os.PathLike) -> pd.DataFrame:
                                "complete": not missing, "missing": ",".join(missing),
                                "model_size": str(cfg.get("model_size") or "base"),
                                "image_size": int(cfg.get("image_size") or 224), "family": _family(d, cfg["model"])}
+        if cfg.get("lr") is not None:  # the (validation-chosen or fixed) peak learning rate of the run
+            row["lr"] = float(cfg["lr"])
         if not missing:
             try:
                 met = json.loads((d / "metrics.json").read_text())
@@ -166,7 +169,7 @@ def list_runs(sweep_dir: str | os.PathLike) -> pd.DataFrame:
                 for m in ("auroc", "auprc"):
                     if f"{s}_{m}" in met and met[f"{s}_{m}"] is not None:
                         row[f"reported_{s}_{m}"] = float(met[f"{s}_{m}"])
-            for k in ("n_train", "prevalence_train"):
+            for k in ("n_train", "prevalence_train", "n_val", "prevalence_val"):
                 if k in met:
                     row[k] = met[k]
         rows.append(row)
@@ -243,7 +246,7 @@ _RUN_KEYS = ("task", "model", "fraction", "seed")
 def evaluate_predictions(preds, n_boot: int = 500, seed: int = 0, alpha: float = 0.05,
                          method: str = "percentile", auprc_method: str = "ap", stratify: bool = False,
                          reference_model: str = "heartbeit", splits: Sequence[str] = ("test", "external"),
-                         indices_dir: str | os.PathLike | None = None):
+                         indices_dir: str | os.PathLike | None = None, keep_stats: dict | None = None):
     """Bootstrap AUROC/AUPRC of every run and paired differences against a reference model.
 
     Parameters
@@ -254,6 +257,8 @@ def evaluate_predictions(preds, n_boot: int = 500, seed: int = 0, alpha: float =
         ``reported_auroc`` are carried into the results when present)
     indices_dir : folder where the resample indices are saved once per ``<task>-<split>`` and
         re-read (a mismatch of record ids raises); None draws them in memory
+    keep_stats : a dict that receives ``{(task, split): {(model, fraction, seed): BootstrapStats}}`` (the
+        resampled values, for :func:`pool_seeds`)
     others : as :func:`bootstrap_ci`
 
     Returns
@@ -312,7 +317,57 @@ def evaluate_predictions(preds, n_boot: int = 500, seed: int = 0, alpha: float =
                     row[f"reported_{col}"] = first[f"reported_{col}"]
             results.append(row)
         diffs.extend(_paired_differences(task, split, stats, reference_model, alpha, method))
+        if keep_stats is not None:
+            keep_stats[(task, split)] = stats
     return pd.DataFrame(results), pd.DataFrame(diffs)
+
+
+def pool_seeds(stats_by_split: dict, run_table: pd.DataFrame | None = None, seed: int = 0, alpha: float = 0.05,
+               reference_model: str = "heartbeit") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Tables 2-3 cells over fine-tuning seeds: per (task, split, model, fraction) the seed-mean AUROC/AUPRC with
+    a 95 % interval over test resamples and seeds (:func:`analysis.metrics.seed_pool`: every test resample
+    paired with a resample of the seeds), the seed sd beside it, and paired differences reference - baseline
+    on the same test resamples and seed draws (over the seeds both models have).
+
+    ``stats_by_split``: what :func:`evaluate_predictions` put into ``keep_stats``. ``run_table`` (:func:`list_runs`)
+    adds ``lr``: the runs' peak learning rate(s) of the cell ("1e-4" or "1e-4/1e-3" when seeds differ).
+    Intervals: percentile (a single seed keeps its run's own interval, percentile as well).
+    Returns (seed_results, seed_differences).
+    """
+    lr_of = {}
+    if run_table is not None and "lr" in run_table.columns:
+        lr_of = {tuple(r[k] for k in _RUN_KEYS): r["lr"] for _, r in run_table.iterrows() if pd.notna(r["lr"])}
+    rows, diffs = [], []
+    for (task, split), stats in sorted(stats_by_split.items()):
+        cells: dict[tuple, dict[int, BootstrapStats]] = {}
+        for (model, fraction, fseed), st in stats.items():
+            cells.setdefault((model, fraction), {})[fseed] = st
+        pooled = {}
+        for (model, fraction), by_seed in sorted(cells.items()):
+            seeds = sorted(by_seed)
+            pooled[(model, fraction)] = (seeds, seed_pool([by_seed[s] for s in seeds], seed))
+            row = {"task": task, "split": split, "model": model, "fraction": fraction, "n_seeds": len(seeds),
+                   "seeds": ",".join(map(str, seeds))}
+            row.update(interval_summary(pooled[(model, fraction)][1], alpha, "percentile"))
+            for m in ("auroc", "auprc"):
+                vals = [getattr(by_seed[s], m) for s in seeds]
+                row[f"{m}_seed_sd"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
+            lrs = sorted({lr_of[(task, model, fraction, s)] for s in seeds if (task, model, fraction, s) in lr_of})
+            row["lr"] = "/".join(f"{v:g}" for v in lrs) if lrs else None
+            rows.append(row)
+        for (model, fraction), by_seed in sorted(cells.items()):
+            if model != reference_model:
+                continue
+            for (other, f2), other_seeds in sorted(cells.items()):
+                common = sorted(set(by_seed) & set(other_seeds))
+                if other == reference_model or f2 != fraction or not common:
+                    continue
+                row = {"task": task, "split": split, "fraction": fraction, "seeds": ",".join(map(str, common)),
+                       "reference": reference_model, "baseline": other}
+                row.update(compare(seed_pool([by_seed[s] for s in common], seed),
+                                   seed_pool([other_seeds[s] for s in common], seed), alpha, "percentile"))
+                diffs.append(row)
+    return pd.DataFrame(rows), pd.DataFrame(diffs)
 
 
 def _paired_differences(task: str, split: str, stats: dict[tuple, BootstrapStats], reference_model: str,

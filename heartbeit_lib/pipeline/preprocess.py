@@ -119,7 +119,8 @@ def data_hashes(source: Source) -> dict[str, str]:
 
 
 def store_metrics(store: CohortStore) -> dict:
-    """Counts for ``metrics.json``: inputs, stored, rejected (by error type), per split, per fraction."""
+    """Counts for ``metrics.json``: inputs, stored, rejected (by error type), per split, per fraction (training
+    and matched validation ECGs), and the clipped-lead and clipped-ECG fractions at the default amplitude range."""
     m = store.manifest
     rej = store.rejects
     out = {"task": store.task, "split_method": store.info["split_method"],
@@ -133,6 +134,8 @@ def store_metrics(store: CohortStore) -> dict:
         out[f"n_{s}_patients"] = int(sub["patient_hash"].nunique())
     for f in store.info["fractions"]:
         out[f"n_train_f{f:g}"] = int(len(store.indices("train", f)))
+        out[f"n_val_f{f:g}"] = int(len(store.indices("val", f)))
+    out.update(qc.clipping(store))
     return out
 
 

@@ -91,6 +91,7 @@ class PretrainConfig(runs.TypedConfig):
     model_size: str = "base"  # base: the paper's, 86M params | small | tiny | micro
     image_size: int = 224  # image side in px, a multiple of 16; 224 as the paper
     layout: str = "stack8"  # render layout: stack8 as the paper | grid4x2 | clinical3x4
+    ylim_mv: tuple[float, ...] = (-4.0, 4.0)  # amplitude range (lo, hi) of each lead band in mV, clipped beyond; the paper: (-2, 2)
     epochs: int = 300  # paper: 300
     batch_size: int = 128  # global batch over all processes
     lr: float = 5e-4  # peak AdamW learning rate, as the paper
@@ -146,6 +147,8 @@ class PretrainConfig(runs.TypedConfig):
         if not 0 < self.mask_ratio < 1 or self.signal_rate < 1:
             raise runs.ConfigError(f"parameters 'mask_ratio'/'signal_rate' need 0 < mask_ratio < 1 and "
                                    f"signal_rate >= 1 Hz, got {self.mask_ratio}, {self.signal_rate}")
+        if len(self.ylim_mv) != 2 or not self.ylim_mv[0] < self.ylim_mv[1]:
+            raise runs.ConfigError(f"parameter 'ylim_mv' must be two numbers lo < hi in mV, got {self.ylim_mv}")
         if not 0 <= self.val_fraction < 1:
             raise runs.ConfigError(f"parameter 'val_fraction' must lie in [0, 1), got {self.val_fraction}")
 
@@ -334,12 +337,13 @@ def train(cfg: PretrainConfig, data: MIMData, run_dir: str | os.PathLike, *,
         train_loader.generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         ep, step = engine.train_one_epoch(net, train_loader, opt, sched, device, num_masked=cfg.num_masked, amp=amp,
                                           clip_grad=cfg.clip_grad, world=world, step=step, record_steps=record_steps,
-                                          desc=f"epoch {epoch + 1}/{cfg.epochs}" if show else None)
+                                          desc=f"epoch {epoch + 1}/{cfg.epochs}" if show else None,
+                                          norm=data.normalize)
         line = {"epoch": epoch + 1, "step": step, "train_loss": ep["train_loss"], "train_acc": ep["train_acc"],
                 "lr": ep["lr"], "images_per_s": steps_per_epoch * cfg.batch_size / ep["epoch_time_s"],
                 "epoch_time_s": ep["epoch_time_s"], "data_wait_s": ep["data_wait_s"]}
         if val_loader is not None:
-            ev = engine.evaluate(net, val_loader, device, cfg.num_masked, amp, world)
+            ev = engine.evaluate(net, val_loader, device, cfg.num_masked, amp, world, norm=data.normalize)
             line.update(val_loss=ev["loss"], val_acc=ev["acc"])
         line["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         if record_steps:
@@ -347,7 +351,8 @@ def train(cfg: PretrainConfig, data: MIMData, run_dir: str | os.PathLike, *,
         history.append(line)
         rng_all = gather_rng(world)
         if rank == 0:
-            state = checkpoint_state(model, cfg, opt, sched, epoch + 1, step, rng_all, history, data.tokenizer)
+            state = checkpoint_state(model, cfg, opt, sched, epoch + 1, step, rng_all, history, data.tokenizer,
+                                     data.normalize)
             state.update(n_train=len(data.train), world_size=world)
             _end_epoch(cfg, run_dir, state, line, show)
         _barrier()
@@ -408,7 +413,8 @@ def render_rows(store: Any, rows: np.ndarray, cfg: PretrainConfig, batch: int = 
     """uint8 (n, S, S) images of store rows, rendered as in pretraining."""
     out = np.empty((len(rows), cfg.image_size, cfg.image_size), np.uint8)
     for s in range(0, len(rows), batch):
-        out[s:s + batch] = render.render_ecg(store.signals(rows[s:s + batch]), size=cfg.image_size, layout=cfg.layout)
+        out[s:s + batch] = render.render_ecg(store.signals(rows[s:s + batch]), size=cfg.image_size, layout=cfg.layout,
+                                             ylim_mv=cfg.ylim_mv)
     return out
 
 
@@ -458,26 +464,28 @@ def build_data(cfg: PretrainConfig, store: Any, tokenizer: Any, rows: dict, prog
     """Cached tokens of the store and the train / held-out :class:`MIMDataset` s (images rendered on the fly)."""
     rank, world, _ = init_distributed()
     with cpu_threads(cfg.threads):  # every rank tokenizes its share of the store (uint8 renders in workers)
-        tokens = tokenizers.precompute_tokens(store, tokenizer, cfg.image_size, cfg.layout, progress=progress,
-                                              rank=rank, world=world, barrier=long_barrier,
+        tokens = tokenizers.precompute_tokens(store, tokenizer, cfg.image_size, cfg.layout, style=_style(cfg),
+                                              progress=progress, rank=rank, world=world, barrier=long_barrier,
                                               num_workers=cfg.num_workers)
 
     def ds(r: np.ndarray, stream: int) -> MIMDataset:
-        images = StoreImages(store, r, cfg.image_size, cfg.layout)  # uint8 (H, W); float RGB made on the device
+        # uint8 (H, W); the float RGB input is made on the device
+        images = StoreImages(store, r, cfg.image_size, cfg.layout, ylim_mv=cfg.ylim_mv)
         return MIMDataset(images, tokens, cfg.num_masked, cfg.min_block, cfg.seed, stream, rows=r)
 
     val = ds(rows["val"], VAL_STREAM) if len(rows["val"]) else None
     site = store.manifest["site"].astype(str).to_numpy() if "site" in store.manifest.columns else None
     val_source = None if site is None else np.where(np.isin(site[rows["val"]], DEEPFAKE_SITES), "deepfake", "real")
     info = {"n_train": int(len(rows["train"])), "n_val": int(len(rows["val"])), "held_out": rows["held_out"],
-            "token_cache": str(tokenizers.token_cache_path(store.root, tokenizer, cfg.image_size, cfg.layout)),
+            "token_cache": str(tokenizers.token_cache_path(store.root, tokenizer, cfg.image_size, cfg.layout,
+                                                           _style(cfg))),
             "augmentations": AUGMENTATIONS,
             **{k: rows[k] for k in ("eval_patient_overlap_ecgs", "eval_patient_dropped_ecgs", "keep_eval_patients")
                if k in rows}}
     return MIMData(ds(rows["train"], TRAIN_STREAM), val, tokenizer.vocab_size,
                    {"kind": tokenizer.kind, "fingerprint": tokenizer.fingerprint(),
                     "vocab_size": tokenizer.vocab_size},
-                   info, val_source)
+                   info, val_source, normalize=image_normalization(cfg, store, rows["train"]))
 
 
 def nearest_unmasked_tokens(tokens: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -490,6 +498,18 @@ def nearest_unmasked_tokens(tokens: np.ndarray, masks: np.ndarray) -> np.ndarray
             _, (iy, ix) = ndimage.distance_transform_edt(m, return_indices=True)
             out[i] = tokens[i][iy, ix]
     return out
+
+
+def _style(cfg: PretrainConfig) -> dict:
+    """Render style of the run (part of the token cache key: tokens of other amplitude ranges are not reused)."""
+    return {"ylim_mv": [float(v) for v in cfg.ylim_mv]}
+
+
+def image_normalization(cfg: PretrainConfig, store: Any, train_rows: np.ndarray) -> dict:
+    """{mean, std} (3 channels) of the run's rendered pretraining images (``render.image_stats``, 256 rows,
+    seed 0): the model's input normalisation, stored in the checkpoint and used again by fine-tuning."""
+    st = render.image_stats(store, train_rows, cfg.image_size, cfg.layout, ylim_mv=cfg.ylim_mv)
+    return {"mean": st["mean"] * 3, "std": st["std"] * 3}
 
 
 def token_baselines(data: MIMData) -> dict:

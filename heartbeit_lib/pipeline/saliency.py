@@ -54,6 +54,7 @@ class SaliencyConfig(runs.TypedConfig):
     n_figures: int = 4  # of those, ECGs drawn as overlay figures
     positives_only: bool = True  # draw only label-1 ECGs
     split: str = "test"  # split to draw from: train, val, test, external
+    ylim_mv: tuple[float, ...] | None = None  # amplitude range (lo, hi) mV; None: each run's own (runs before issue 18: +-2 mV); a value must equal it
     target_class: int = 1  # class whose logit is explained (1: the positive class)
     faithfulness: bool = True  # deletion/insertion curves for every method and random maps
     n_faithfulness: int = 16  # ECGs per run for the faithfulness checks
@@ -136,6 +137,16 @@ def find_finetune_runs(finetune_runs: str | Sequence[str]) -> pd.DataFrame:
     keep = ["run_dir", "task", "model", "family", "fraction", "seed", "best_epoch", "reported_test_auroc",
             "model_size", "image_size", "layout", "cohort_run"]
     return ok[[c for c in keep if c in ok.columns]]
+
+
+def run_ylim(run_cfg: dict, asked, run_dir) -> tuple[float, float]:
+    """The amplitude range (lo, hi) mV a fine-tuning run saw (its ``config.yaml``; runs before issue 18 lack
+    it and drew at +-2 mV); ``asked`` (parameter ``ylim_mv``) must be None or equal it, else ConfigError."""
+    got = tuple(float(v) for v in (run_cfg.get("ylim_mv") or (-2.0, 2.0)))
+    if asked is not None and tuple(float(v) for v in asked) != got:
+        raise runs.ConfigError(f"parameter 'ylim_mv' = {tuple(asked)} mV, but run {run_dir} was trained on images "
+                               f"drawn at ylim_mv = {got} mV; leave ylim_mv None to use each run's own")
+    return got
 
 
 def load_finetune_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu"
@@ -265,9 +276,10 @@ def compute(run_table: pd.DataFrame, cfg: SaliencyConfig, progress: bool = False
             continue
         size = int(rcfg.get("image_size") or 224)
         layout = str(rcfg.get("layout") or "stack8")
-        info = dict(info, image_size=size, layout=layout, cohort_run=cohort)
+        ylim = run_ylim(rcfg, cfg.ylim_mv, info["run_dir"])
+        info = dict(info, image_size=size, layout=layout, cohort_run=cohort, ylim_mv=list(ylim))
         sig = store.signals(rows)
-        grey = render.render_ecg(sig, size, layout)                               # (n, H, W) uint8
+        grey = render.render_ecg(sig, size, layout, ylim_mv=ylim)                 # (n, H, W) uint8
         images = torch.from_numpy(grey).float().div(255.0)[:, None].expand(-1, 3, -1, -1).contiguous()
         prob = predict_proba(model, images, cfg.target_class, norm, cfg.batch_size)
         man = store.manifest.iloc[rows]

@@ -32,6 +32,7 @@ class WassersteinConfig(runs.TypedConfig):
     seed: int = 0  # seeds the two samples and the bootstrap
     ecg_split: str | None = None  # draw ECGs from this split only; None: the whole store
     layout: str = "stack8"  # render.render_ecg layout (paper: 8 stacked leads)
+    ylim_mv: tuple[float, ...] = (-4.0, 4.0)  # amplitude range (lo, hi) of each lead band in mV, clipped beyond; the paper: (-2, 2)
     image_size: int = 224  # image side in pixels (paper: 224)
     n_boot: int = 1000  # bootstrap replicates for the CIs; 0: no CIs
     include_self: bool = True  # same-set means over all n^2 pairs incl. the zero self-pairs as the paper; false: i, j distinct
@@ -46,6 +47,8 @@ class WassersteinConfig(runs.TypedConfig):
         for f in ("n_ecg", "n_natural"):
             if getattr(self, f) < 2:
                 raise runs.ConfigError(f"parameter {f!r}: need at least 2 images for pairs, got {getattr(self, f)}")
+        if len(self.ylim_mv) != 2 or not self.ylim_mv[0] < self.ylim_mv[1]:
+            raise runs.ConfigError(f"parameter 'ylim_mv' must be two numbers lo < hi in mV, got {self.ylim_mv}")
         if self.n_boot < 0:
             raise runs.ConfigError(f"parameter 'n_boot': must be >= 0, got {self.n_boot}")
         if self.spatial and not 2 <= self.n_spatial <= min(self.n_ecg, self.n_natural):

@@ -198,7 +198,12 @@ def write_figures(preds: pd.DataFrame, results: pd.DataFrame, differences: pd.Da
                   out_dir: str | os.PathLike, reference_model: str = "heartbeit", finetune_seed: int | None = None,
                   auprc_method: str = "ap", splits: Sequence[str] = ("test", "external"),
                   dpi: int = 110) -> list[Path]:
-    """For every task and split: ``roc_pr_<task>_<split>.png`` and ``fraction_<task>_<split>.png``."""
+    """For every task and split: ``roc_pr_<task>_<split>.png`` and ``fraction_<task>_<split>.png``.
+    Several seeds per cell with ``finetune_seed`` None: the figures show the smallest seed (ROC curves are per run;
+    the seed-pooled numbers are in the tables)."""
+    if finetune_seed is None and len(results) and results.groupby(["task", "split", "model", "fraction"])[
+            "seed"].nunique().max() > 1:
+        finetune_seed = int(results["seed"].min())
     res = select_seed(results, finetune_seed)
     diffs = differences
     if diffs is not None and len(diffs) and finetune_seed is not None:

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from heartbeit_lib import render
 from heartbeit_lib.cohorts import N_SAMPLES, SPLITS, STORE_FS, CohortStore
 
 
@@ -45,6 +46,41 @@ def table1(store_or_manifest: "CohortStore | pd.DataFrame | str | os.PathLike") 
     out = pd.DataFrame.from_dict(rows, orient="index")
     out.index.name = "split"
     return out
+
+
+def fraction_table(store: CohortStore) -> pd.DataFrame:
+    """Table 1, per training fraction: the training subset and the validation subset fine-tuning selects its
+    epoch on by default (``val_fraction: matched``; nested, stratified, at least 5 ECGs of each class, so a
+    small fraction's validation share can exceed the fraction), and the full validation split for comparison.
+
+    Returns a DataFrame indexed by fraction with int columns ``train_ecgs``, ``train_positives``,
+    ``val_ecgs``, ``val_positives``, ``val_full_ecgs``.
+    """
+    rows = {}
+    full = store.indices("val")
+    for f in store.info.get("fractions", [1.0]):
+        tr, va = store.indices("train", f), store.indices("val", f)
+        rows[float(f)] = {"train_ecgs": len(tr), "train_positives": int((store.labels(tr) == 1).sum()),
+                          "val_ecgs": len(va), "val_positives": int((store.labels(va) == 1).sum()),
+                          "val_full_ecgs": len(full)}
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = "fraction"
+    return out
+
+
+def clipping(store: CohortStore, ylim_mv: Sequence[float] | None = None, batch: int = 512) -> dict:
+    """Share of stored leads and ECGs that the renderer clips at ``ylim_mv`` (None: ``render.DEFAULT_YLIM_MV``):
+    ``render.clip_fractions`` over the whole store, read ``batch`` ECGs at a time. Keys ``clip_ylim_mv``,
+    ``clipped_lead_fraction``, ``clipped_ecg_fraction``."""
+    n_lead = n_ecg = 0.0
+    for s in range(0, len(store), batch):
+        rows = np.arange(s, min(s + batch, len(store)))
+        got = render.clip_fractions(store.signals(rows), ylim_mv)
+        n_lead += got["clipped_lead_fraction"] * len(rows)
+        n_ecg += got["clipped_ecg_fraction"] * len(rows)
+    lo, hi = render.clip_fractions(np.zeros((0, 8, 1)), ylim_mv)["ylim_mv"]
+    n = max(len(store), 1)
+    return {"clip_ylim_mv": [lo, hi], "clipped_lead_fraction": n_lead / n, "clipped_ecg_fraction": n_ecg / n}
 
 
 def to_markdown(df: pd.DataFrame) -> str:

@@ -110,6 +110,13 @@ def evaluation_table1(preds: pd.DataFrame, run_table: pd.DataFrame | None = None
                 rows.append({"task": task_label(task), "split": f"train ({fraction_label(frac)})", "ecgs": n,
                              "patients": pd.NA, "positives": int(round(prev * n)) if np.isfinite(prev) else pd.NA,
                              "prevalence_%": round(100 * prev, 1)})
+                if "n_val" in g and pd.notna(g["n_val"].iloc[0]):  # the validation set the fraction selected on
+                    nv = int(g["n_val"].iloc[0])
+                    pv = float(g["prevalence_val"].iloc[0]) if "prevalence_val" in g else math.nan
+                    rows.append({"task": task_label(task), "split": f"validation ({fraction_label(frac)})",
+                                 "ecgs": nv, "patients": pd.NA,
+                                 "positives": int(round(pv * nv)) if np.isfinite(pv) else pd.NA,
+                                 "prevalence_%": round(100 * pv, 1)})
         sub = preds[preds["task"] == task]
         for split in [s for s in ("val", "test", "external") if s in set(sub["split"])]:
             recs = sub[sub["split"] == split].drop_duplicates("record_id")
@@ -171,10 +178,12 @@ def metric_table(results: pd.DataFrame, metric: str = "auroc", decimals: int = 2
     (:func:`select_seed`). Bold = highest point estimate in the column within the task and split
     (all tied models bold). With signal models among the results (:func:`has_signal_models`) the rows get a
     ``family`` level (image models first, then signal models), so the two families sit side by side.
+    Seed-pooled results (``pipeline.metrics.pool_seeds``: no ``seed`` column) give
+    the seed-mean with its interval over test resamples and seeds, and ``sd`` over seeds when there are several.
     """
     if metric not in ("auroc", "auprc"):
         raise TableError(f"metric: {metric!r} is not 'auroc' or 'auprc'")
-    res = select_seed(results)
+    res = select_seed(results) if "seed" in results.columns else results
     res = res[res["split"].isin(list(splits))]
     fractions = sorted(res["fraction"].unique())
     cols = [fraction_label(f) for f in fractions]
@@ -194,7 +203,9 @@ def metric_table(results: pd.DataFrame, metric: str = "auroc", decimals: int = 2
                         bolds.append(False)
                         continue
                     r = r.iloc[0]
-                    cells.append(format_cell(r[metric], r[f"{metric}_lo"], r[f"{metric}_hi"], decimals))
+                    cell = format_cell(r[metric], r[f"{metric}_lo"], r[f"{metric}_hi"], decimals)
+                    sd = r.get(f"{metric}_seed_sd", float("nan"))
+                    cells.append(f"{cell} sd {sd:.{decimals}f}" if cell and sd is not None and np.isfinite(sd) else cell)
                     bolds.append(bool(np.isfinite(r[metric]) and r[metric] == best.loc[f]))
                 index.append((task_label(task), split_label(split), *((family[model],) if with_family else ()),
                               model_label(model)))
@@ -256,12 +267,18 @@ def write_table(cells: pd.DataFrame, out_dir: str | os.PathLike, name: str, bold
 
 def write_tables(results: pd.DataFrame, preds: pd.DataFrame, out_dir: str | os.PathLike,
                  run_table: pd.DataFrame | None = None, differences: pd.DataFrame | None = None,
-                 finetune_seed: int | None = None, decimals: int = 2) -> dict[str, dict]:
+                 finetune_seed: int | None = None, decimals: int = 2,
+                 seed_results: pd.DataFrame | None = None) -> dict[str, dict]:
     """Tables 1-3 as CSV / Markdown / HTML plus the full-precision ``results.csv`` and
-    ``differences.csv``. Returns ``{name: {"markdown": str, "html": str, "paths": {...}}}``."""
+    ``differences.csv``. Returns ``{name: {"markdown": str, "html": str, "paths": {...}}}``.
+
+    ``seed_results`` (``pipeline.metrics.pool_seeds``) with ``finetune_seed`` None: Tables 2-3 show the seed-mean
+    cells (several seeds per cell allowed), ``seed_results.csv`` is written, and when runs carry a learning
+    rate, ``table_lr`` lists the rate(s) of every cell (each run's own rate is in ``results.csv``)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    res = select_seed(results, finetune_seed)
+    pooled = seed_results is not None and finetune_seed is None and len(seed_results)
+    res = seed_results if pooled else select_seed(results, finetune_seed)
     out: dict[str, dict] = {}
     t1 = evaluation_table1(preds, run_table).set_index(["task", "split"])
     cap1 = "Table 1. ECGs, patients, positives and prevalence per task and split"
@@ -271,6 +288,16 @@ def write_tables(results: pd.DataFrame, preds: pd.DataFrame, out_dir: str | os.P
         t = metric_table(res, metric, decimals)
         out[name] = {"paths": write_table(t.cells, out_dir, name, t.bold, t.caption),
                      "markdown": t.to_markdown(), "html": t.to_html()}
+    if pooled:
+        seed_results.to_csv(out_dir / "seed_results.csv", index=False)
+        if seed_results["lr"].notna().any():
+            lr = seed_results.assign(task=seed_results["task"].map(task_label), split=seed_results["split"].map(
+                split_label), model=seed_results["model"].map(model_label), fraction=seed_results["fraction"].map(
+                fraction_label)).pivot_table(index=["task", "split", "model"], columns="fraction", values="lr",
+                                             aggfunc="first")
+            cap = "Learning rate (peak) of each cell's runs (several: the seeds' validation choices differ)"
+            out["table_lr"] = {"paths": write_table(lr, out_dir, "table_lr", None, cap),
+                               "markdown": table_to_markdown(lr, None, cap), "html": table_to_html(lr, None, cap)}
     results.to_csv(out_dir / "results.csv", index=False)
     if differences is not None:
         differences.to_csv(out_dir / "differences.csv", index=False)
