@@ -35,8 +35,9 @@ import submitit
 from heartbeit_lib.pipeline import runs
 
 # stage -> module whose main(argv) is the torchrun entry point
-STAGES = {"pretrain": "heartbeit_lib.pipeline.pretrain", "pretrain_signal": "heartbeit_lib.pipeline.pretrain_signal"}
-NOTEBOOK_OF = {"pretrain": "02_pretrain", "pretrain_signal": "02_pretrain_signal"}
+# (pretrain_signal is the same entry point with ``-p modality signal``: ST-MEM on the image pretraining's rows)
+STAGES = {"pretrain": "heartbeit_lib.pipeline.pretrain", "pretrain_signal": "heartbeit_lib.pipeline.pretrain"}
+NOTEBOOK_OF = {"pretrain": "02_pretrain", "pretrain_signal": "02_pretrain"}
 
 
 class LaunchError(runs.ConfigError):
@@ -48,9 +49,12 @@ def stage_entry(stage: str) -> Callable[[Sequence[str]], int]:
     if stage not in STAGES:
         raise LaunchError(f"stage {stage!r} is not one of {sorted(STAGES)}")
     try:
-        return importlib.import_module(STAGES[stage]).main
+        main = importlib.import_module(STAGES[stage]).main
     except ModuleNotFoundError as e:
         raise LaunchError(f"stage {stage!r}: its module {STAGES[stage]} does not exist in this version") from e
+    if stage == "pretrain_signal":
+        return lambda argv: main([*argv, "-p", "modality", "signal"])
+    return main
 
 
 class DistributedJob(submitit.helpers.Checkpointable):

@@ -107,8 +107,9 @@ def test_requeue_resumes_and_the_sbatch_script_carries_the_resources(tmp_path, m
     assert again.argv[-3:] == ["-p", "resume", "true"] and again.stage == "pretrain"
     with pytest.raises(launch.LaunchError, match="run_id"):
         launch.check_run_id(["-f", "parameters/02_pretrain/paper.yaml"], world=16)
-    with pytest.raises(launch.LaunchError, match="pretrain_signal"):
-        launch.stage_entry("pretrain_signal")  # not in this version: a clear error before anything is submitted
+    assert callable(launch.stage_entry("pretrain_signal"))  # 02 with modality signal (ST-MEM)
+    with pytest.raises(launch.LaunchError, match="not one of"):
+        launch.stage_entry("pretrain_images")  # unknown stage: a clear error before anything is submitted
     monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 2))  # pretend srun exists
     args, rest = launch.parse(["pretrain", "-f", "parameters/02_pretrain/paper.yaml", "-p", "run_id", "paper",
                                "--nodes", "2", "--gpus-per-node", "8", "--cpus-per-task", "12", "--mem-gb", "480",

@@ -232,4 +232,4 @@ def test_cli_writes_the_files(world):
     assert len(pred) == 6 and len(rej) == 2 and (pred["label"] == -1).all()  # no labels CSV given
     assert (run_dir / "run.json").is_file() and len(list((run_dir / "pictures").glob("*.png"))) == 1
     assert list(pd.read_csv(run_dir / "validation.csv")["data"]) == ["internal (training runs' test split)"]
-    assert (run_dir / "cohort" / "salt.txt").is_file()  # a new salt, in the run folder
+    assert not (run_dir / "cohort" / "salt.txt").exists()  # the per-user default salt, never in the run folder
