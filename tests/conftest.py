@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from heartbeit_lib import cohorts
 from heartbeit_lib.classify import registry as models
 from heartbeit_lib.cohorts import synthetic
 from heartbeit_lib.pipeline import finetune
+from heartbeit_lib.pipeline import pretrain as P
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -350,3 +352,29 @@ def write_wfdb_folder(folder: Path, n: int = 6, seed: int = 1) -> pd.DataFrame:
     tab = pd.DataFrame({"record_id": [f"ecg{i:03d}" for i in range(n)], "label": label})
     tab.to_csv(folder / "labels.csv", index=False)
     return tab
+
+
+# ---------------------------------------------------------------- distributed pretraining (test_ddp, test_launch)
+
+
+def tiny_pretrain_config():
+    """A 2-epoch micro MIM run on 32-px images: the same trajectory for every process layout."""
+    return P.PretrainConfig(model_size="micro", image_size=32, epochs=2, batch_size=8, num_masked=2, min_block=1,
+                            warmup_epochs=0.5, lr=2e-3, drop_path=0.0, device="cpu", progress=False, save_every=1)
+
+
+def tiny_mim_data():
+    """40 seeded random images with 2x2 tokens of a 16-code vocabulary: 32 to train, 8 held out."""
+    g = torch.Generator().manual_seed(7)
+    images = torch.rand(40, 3, 32, 32, generator=g)
+    tokens = torch.randint(0, 16, (40, 2, 2), generator=g).numpy()
+    return P.MIMData(P.MIMDataset(images[:32], tokens[:32], 2, 1, 0, P.TRAIN_STREAM),
+                     P.MIMDataset(images[32:], tokens[32:], 2, 1, 0, P.VAL_STREAM),
+                     16, {"kind": "test", "fingerprint": "ddp", "vocab_size": 16})
+
+
+def free_port() -> int:
+    """A free localhost TCP port for a process group's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

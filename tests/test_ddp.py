@@ -16,28 +16,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+from conftest import free_port, tiny_mim_data, tiny_pretrain_config
+
 from heartbeit_lib.pipeline import pretrain as P
-
-
-def _cfg() -> P.PretrainConfig:
-    return P.PretrainConfig(model_size="micro", image_size=32, epochs=2, batch_size=8, num_masked=2, min_block=1,
-                            warmup_epochs=0.5, lr=2e-3, drop_path=0.0, device="cpu", progress=False, save_every=1)
-
-
-def _data() -> P.MIMData:
-    g = torch.Generator().manual_seed(7)
-    images = torch.rand(40, 3, 32, 32, generator=g)
-    tokens = torch.randint(0, 16, (40, 2, 2), generator=g).numpy()
-    return P.MIMData(P.MIMDataset(images[:32], tokens[:32], 2, 1, 0, P.TRAIN_STREAM),
-                     P.MIMDataset(images[32:], tokens[32:], 2, 1, 0, P.VAL_STREAM),
-                     16, {"kind": "test", "fingerprint": "ddp", "vocab_size": 16})
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
@@ -45,7 +32,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     try:
-        res = P.train(_cfg(), _data(), os.path.join(out_dir, "ddp"), record_steps=True)
+        res = P.train(tiny_pretrain_config(), tiny_mim_data(), os.path.join(out_dir, "ddp"), record_steps=True)
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump({"history": res["history"], "world": res["world_size"]}, f)
     finally:
@@ -55,18 +42,12 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
             dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.timeout(180)
 def test_two_process_gloo_matches_single_process(tmp_path):
     torch.set_num_threads(1)
-    single = P.train(_cfg(), _data(), tmp_path / "single", record_steps=True)
+    single = P.train(tiny_pretrain_config(), tiny_mim_data(), tmp_path / "single", record_steps=True)
     # fork: the children inherit the imported modules (spawning would re-import torch and timm twice)
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    mp.start_processes(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert all(r["world"] == 2 for r in ranks)
     s_steps = np.concatenate([h["step_losses"] for h in single["history"]])

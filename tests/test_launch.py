@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 
 import cloudpickle
@@ -23,24 +22,13 @@ import torch
 import torch.multiprocessing as mp
 
 from heartbeit_lib import launch
+from conftest import free_port, tiny_mim_data, tiny_pretrain_config
+
 from heartbeit_lib.pipeline import pretrain as P
 
 # the job pickles this module's functions by value: the job's process need not import tests/
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-
-def _cfg() -> P.PretrainConfig:
-    return P.PretrainConfig(model_size="micro", image_size=32, epochs=2, batch_size=8, num_masked=2, min_block=1,
-                            warmup_epochs=0.5, lr=2e-3, drop_path=0.0, device="cpu", progress=False, save_every=1)
-
-
-def _data() -> P.MIMData:
-    g = torch.Generator().manual_seed(7)
-    images = torch.rand(40, 3, 32, 32, generator=g)
-    tokens = torch.randint(0, 16, (40, 2, 2), generator=g).numpy()
-    return P.MIMData(P.MIMDataset(images[:32], tokens[:32], 2, 1, 0, P.TRAIN_STREAM),
-                     P.MIMDataset(images[32:], tokens[32:], 2, 1, 0, P.VAL_STREAM),
-                     16, {"kind": "test", "fingerprint": "ddp", "vocab_size": 16})
+cloudpickle.register_pickle_by_value(sys.modules["conftest"])  # the shared builders travel the same way
 
 
 def _train(out_dir: str, tag: str) -> dict:
@@ -49,7 +37,7 @@ def _train(out_dir: str, tag: str) -> dict:
 
     torch.set_num_threads(1)
     try:
-        res = P.train(_cfg(), _data(), os.path.join(out_dir, tag), record_steps=True)
+        res = P.train(tiny_pretrain_config(), tiny_mim_data(), os.path.join(out_dir, tag), record_steps=True)
         rank = int(os.environ["RANK"])
         with open(os.path.join(out_dir, f"{tag}-rank{rank}.json"), "w") as f:
             json.dump({"history": res["history"], "world": res["world_size"]}, f)
@@ -65,21 +53,15 @@ def _torchrun_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     _train(out_dir, "torchrun")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.timeout(300)
 def test_launcher_two_processes_match_the_torchrun_path(tmp_path):
-    mp.start_processes(_torchrun_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True,
+    mp.start_processes(_torchrun_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True,
                        start_method="fork")
     args, rest = launch.parse(["pretrain", "--executor", "local", "--nodes", "1", "--gpus-per-node", "2",
                                "--no-gpu", "--time-min", "5", "--log-dir", str(tmp_path / "logs")])
     assert rest == []
     ex = launch.make_executor(args)
-    env = {"MASTER_PORT": str(_free_port()), "OMP_NUM_THREADS": "1"}
+    env = {"MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the local job's processes inherit it (on Slurm the port comes from the job id)
     try:

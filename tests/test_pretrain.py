@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from heartbeit_lib import render
 from heartbeit_lib.classify import registry as models
 from heartbeit_lib.pipeline import pretrain as P
+from heartbeit_lib.pipeline import runs
 
 
 @pytest.fixture(autouse=True)
@@ -289,7 +290,7 @@ def test_held_out_patients_do_not_depend_on_the_salt(tmp_path, smooth_ecgs):
 def test_cli_parameter_values():
     """``-p`` values: None/null -> None, YAML lists -> tuples in the config, other strings kept for the Config's
     coercion (a run_id "007" must not become the int 7)."""
-    cfg = P.PretrainConfig.from_dict({k: P._cli_value(v) for k, v in
+    cfg = P.PretrainConfig.from_dict({k: runs.cli_value(v) for k, v in
                                       (("train_splits", "[train, val]"), ("run_id", "007"), ("max_train", "None"),
                                        ("epochs", "3"))})
     assert (cfg.train_splits, cfg.run_id, cfg.max_train, cfg.epochs) == (("train", "val"), "007", None, 3)

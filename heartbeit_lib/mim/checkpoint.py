@@ -127,7 +127,7 @@ def load_mim_model(checkpoint: str | os.PathLike, device: str | torch.device = "
 
     Raises :class:`CheckpointError` naming the file when it is missing, corrupt, holds pickled objects
     (never unpickled) or lacks the checkpoint's entries."""
-    ck = _load_checkpoint_file(checkpoint, ("backbone_config", "backbone", "mim"))
+    ck = load_checkpoint_file(checkpoint, ("backbone_config", "backbone", "mim"))
     bc = ck["backbone_config"]
     vocab = ck["mim"]["head.weight"].shape[0]
     model = MIMModel(models.create_backbone(bc["size"], img_size=int(bc["img_size"]),
@@ -137,7 +137,7 @@ def load_mim_model(checkpoint: str | os.PathLike, device: str | torch.device = "
 
 
 
-def _load_checkpoint_file(path: str | os.PathLike, keys: tuple[str, ...]) -> dict[str, Any]:
+def load_checkpoint_file(path: str | os.PathLike, keys: tuple[str, ...]) -> dict[str, Any]:
     """A checkpoint dict read with ``weights_only=True`` holding ``keys``, else :class:`CheckpointError`."""
     try:
         ck = models.load_weights_file(path)
@@ -149,32 +149,31 @@ def _load_checkpoint_file(path: str | os.PathLike, keys: tuple[str, ...]) -> dic
     return ck
 
 
-def save_checkpoint(state: dict, ckpt_dir: Path, keep_epoch: bool) -> None:
-    """Write ``state`` to ``ckpt_dir/last.pt`` atomically; with ``keep_epoch`` also ``epoch-XXXX.pt`` (no
-    optimiser or RNG state)."""
+def save_checkpoint(state: dict, ckpt_dir: Path, keep_epoch: bool, epoch_keys: tuple[str, ...] = _EPOCH_KEYS) -> None:
+    """Write ``state`` to ``ckpt_dir/last.pt`` atomically; with ``keep_epoch`` also ``epoch-XXXX.pt`` holding only
+    ``epoch_keys`` (weights, no optimiser or RNG state)."""
     utils.atomic_torch_save(state, ckpt_dir / "last.pt")
     if keep_epoch:
-        utils.atomic_torch_save({k: state[k] for k in _EPOCH_KEYS}, ckpt_dir / f"epoch-{state['epoch']:04d}.pt")
+        utils.atomic_torch_save({k: state[k] for k in epoch_keys}, ckpt_dir / f"epoch-{state['epoch']:04d}.pt")
 
 
-def resume(path: Path, model: MIMModel, opt: torch.optim.Optimizer, sched: Any, config: Mapping[str, Any],
-           tokenizer: Mapping[str, Any], n_train: int, rank: int = 0, world: int = 1) -> tuple[int, int, list[dict]]:
-    """Load ``path`` (a ``last.pt``) into model, optimiser, scheduler and this rank's RNGs.
-
-    ``config`` is the run's config dict; it, the tokenizer fingerprint and ``n_train`` must match the
-    checkpoint's (:data:`TRAJECTORY_FIELDS`), else :class:`ResumeError`.  Returns (epochs done, step, history).
-    """
-    ck = _load_checkpoint_file(path, ("config", "tokenizer", "backbone", "mim", "optimizer", "scheduler", "rng",
-                                      "epoch", "step", "history"))
-    diff = {f: (ck["config"].get(f), config.get(f)) for f in TRAJECTORY_FIELDS if ck["config"].get(f) != config.get(f)}
-    if ck["tokenizer"].get("fingerprint") != tokenizer.get("fingerprint"):
-        diff["tokenizer"] = (ck["tokenizer"].get("fingerprint"), tokenizer.get("fingerprint"))
+def check_resumable(ck: Mapping[str, Any], path: Path, config: Mapping[str, Any], n_train: int,
+                    fields: tuple[str, ...] = TRAJECTORY_FIELDS, diff: Mapping[str, tuple] | None = None) -> None:
+    """Raise :class:`ResumeError` naming every setting that differs from the checkpoint's: ``fields`` of the
+    config, ``n_train`` and the caller's own ``diff`` entries (checkpoint value, current value)."""
+    diff = dict(diff or {})
+    diff.update({f: (ck["config"].get(f), config.get(f)) for f in fields if ck["config"].get(f) != config.get(f)})
     if ck.get("n_train", n_train) != n_train:
         diff["n_train"] = (ck["n_train"], n_train)
     if diff:
         raise ResumeError(f"{path}: cannot resume, these settings differ from the checkpoint's "
                           f"(checkpoint, now): {diff}; use a new run_id or resume=false")
-    model.load_state_dict({**{f"backbone.{n}": v for n, v in ck["backbone"].items()}, **ck["mim"]})
+
+
+def restore_training_state(ck: Mapping[str, Any], path: Path, opt: torch.optim.Optimizer, sched: Any,
+                           config: Mapping[str, Any], rank: int = 0, world: int = 1) -> tuple[int, int, list[dict]]:
+    """Optimiser, scheduler and this rank's RNGs from a checked checkpoint (a changed world size reseeds each
+    rank from (seed, rank, epoch)); returns (epochs done, step, history)."""
     opt.load_state_dict(ck["optimizer"])
     sched.load_state_dict(ck["scheduler"])
     rng = ck["rng"]
@@ -186,3 +185,18 @@ def resume(path: Path, model: MIMModel, opt: torch.optim.Optimizer, sched: Any, 
                       "differ from an uninterrupted run")
         reseed(int(config.get("seed", 0)), rank, int(ck["epoch"]))
     return int(ck["epoch"]), int(ck["step"]), list(ck["history"])
+
+
+def resume(path: Path, model: MIMModel, opt: torch.optim.Optimizer, sched: Any, config: Mapping[str, Any],
+           tokenizer: Mapping[str, Any], n_train: int, rank: int = 0, world: int = 1) -> tuple[int, int, list[dict]]:
+    """Load ``path`` (a ``last.pt``) into model, optimiser, scheduler and this rank's RNGs.
+
+    ``config`` is the run's config dict; it, the tokenizer fingerprint and ``n_train`` must match the
+    checkpoint's (:data:`TRAJECTORY_FIELDS`), else :class:`ResumeError`.  Returns (epochs done, step, history).
+    """
+    ck = load_checkpoint_file(path, ("config", "tokenizer", "backbone", "mim", "optimizer", "scheduler", "rng",
+                                      "epoch", "step", "history"))
+    fp = (ck["tokenizer"].get("fingerprint"), tokenizer.get("fingerprint"))
+    check_resumable(ck, path, config, n_train, diff={"tokenizer": fp} if fp[0] != fp[1] else None)
+    model.load_state_dict({**{f"backbone.{n}": v for n, v in ck["backbone"].items()}, **ck["mim"]})
+    return restore_training_state(ck, path, opt, sched, config, rank, world)

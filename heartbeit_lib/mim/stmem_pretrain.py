@@ -25,9 +25,10 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from heartbeit_lib import utils
 from heartbeit_lib.mim import stmem
-from heartbeit_lib.mim.checkpoint import ResumeError, set_rng_state
+from heartbeit_lib.mim import checkpoint
+from heartbeit_lib.mim.checkpoint import (ResumeError, check_resumable, load_checkpoint_file,  # noqa: F401
+                                         restore_training_state)
 
 # config fields that define the signal pretraining trajectory: a resumed run must agree on them
 TRAJECTORY_FIELDS = ("model_size", "signal_rate", "mask_ratio", "epochs", "batch_size", "lr", "min_lr",
@@ -127,29 +128,21 @@ def checkpoint_state(model: stmem.STMEM, cfg: Any, opt, sched, epoch: int, step:
 
 def save_checkpoint(state: dict, ckpt_dir: Path, keep_epoch: bool) -> None:
     """``last.pt`` atomically; with ``keep_epoch`` also ``epoch-XXXX.pt`` (weights only, not resumable)."""
-    utils.atomic_torch_save(state, ckpt_dir / "last.pt")
-    if keep_epoch:
-        utils.atomic_torch_save({k: state[k] for k in _EPOCH_KEYS}, ckpt_dir / f"epoch-{state['epoch']:04d}.pt")
+    checkpoint.save_checkpoint(state, ckpt_dir, keep_epoch, _EPOCH_KEYS)
 
 
 def resume(path: Path, model: stmem.STMEM, opt, sched, config: Mapping[str, Any], n_train: int,
            rank: int = 0, world: int = 1) -> tuple[int, int, list[dict]]:
-    """Load ``last.pt`` into model, optimiser, scheduler and this rank's RNGs; returns (epochs done, step, history).
+    """Load ``last.pt`` into model, optimiser, scheduler and this rank's RNGs (:func:`mim.checkpoint.
+    restore_training_state`); returns (epochs done, step, history).
 
-    Raises :class:`ResumeError` when :data:`TRAJECTORY_FIELDS`, the modality or ``n_train`` differ.
+    Raises :class:`ResumeError` when :data:`TRAJECTORY_FIELDS`, the modality or ``n_train`` differ, and
+    :class:`CheckpointError` naming the file when it is not a readable pretraining checkpoint.
     """
-    ck = torch.load(path, map_location="cpu", weights_only=True)
-    diff = {f: (ck["config"].get(f), config.get(f)) for f in TRAJECTORY_FIELDS if ck["config"].get(f) != config.get(f)}
-    if ck.get("modality") != "signal":
-        diff["modality"] = (ck.get("modality", "image"), "signal")
-    if ck.get("n_train", n_train) != n_train:
-        diff["n_train"] = (ck["n_train"], n_train)
-    if diff:
-        raise ResumeError(f"{path}: cannot resume, these settings differ from the checkpoint's "
-                          f"(checkpoint, now): {diff}; use a new run_id or resume=false")
+    ck = load_checkpoint_file(path, ("config", "backbone", "decoder", "optimizer", "scheduler", "rng",
+                                      "epoch", "step", "history"))
+    modality = ck.get("modality", "image")
+    check_resumable(ck, path, config, n_train, TRAJECTORY_FIELDS,
+                    diff=None if modality == "signal" else {"modality": (modality, "signal")})
     model.load_state_dict({**{f"encoder.{k}": v for k, v in ck["backbone"].items()}, **ck["decoder"]})
-    opt.load_state_dict(ck["optimizer"])
-    sched.load_state_dict(ck["scheduler"])
-    rng = ck["rng"]
-    set_rng_state(rng[rank] if len(rng) == world else rng[0])
-    return int(ck["epoch"]), int(ck["step"]), list(ck["history"])
+    return restore_training_state(ck, path, opt, sched, config, rank, world)

@@ -205,17 +205,7 @@ def resolve_inputs(cfg: FinetuneConfig) -> FinetuneConfig:
         return _resolve_signal_inputs(dataclasses.replace(cfg, cohort_run=cohort))
     pretrain = cfg.pretrain_run
     if models.model_spec(cfg.model).source == "pretrain_checkpoint" and not cfg.weights:
-        if not pretrain:
-            found = _latest_complete(out_root / "02_pretrain", lambda p: (p / "checkpoints" / "last.pt").is_file()
-                                     and _pretrain_modality(p) == "image")
-            if found is None:
-                raise PretrainRunNotFoundError(
-                    f"model 'heartbeit' needs a pretraining run: parameter 'pretrain_run' is not set (None) and "
-                    f"{out_root / '02_pretrain'} holds no complete run with checkpoints/last.pt; run "
-                    "notebooks/02_pretrain.ipynb or pass -p pretrain_run <run folder>")
-            pretrain = str(found)
-        if not (Path(pretrain) / "checkpoints" / "last.pt").is_file() and not Path(pretrain).is_file():
-            raise PretrainRunNotFoundError(f"parameter 'pretrain_run': {pretrain} holds no checkpoints/last.pt")
+        pretrain = _pretrain_run(cfg, "image")
     image_size, model_size = cfg.image_size, cfg.model_size
     ylim = tuple(cfg.ylim_mv) if cfg.ylim_mv is not None else tuple(render.DEFAULT_YLIM_MV)
     if models.model_spec(cfg.model).source == "pretrain_checkpoint":
@@ -248,27 +238,34 @@ def _pretrain_modality(run_dir: Path) -> str:
         return "image"
 
 
+def _pretrain_run(cfg: FinetuneConfig, modality: str) -> str:
+    """``cfg.pretrain_run``, or when None the latest complete 02_pretrain run of ``modality`` under ``out_root``;
+    either must hold ``checkpoints/last.pt`` (or be a checkpoint file), else :class:`PretrainRunNotFoundError`."""
+    pretrain = cfg.pretrain_run
+    if not pretrain:
+        root = Path(cfg.out_root) / "02_pretrain"
+        found = _latest_complete(root, lambda p: (p / "checkpoints" / "last.pt").is_file()
+                                 and _pretrain_modality(p) == modality)
+        if found is None:
+            raise PretrainRunNotFoundError(
+                f"model {cfg.model!r} needs a pretraining run with modality {modality}: parameter 'pretrain_run' "
+                f"is not set (None) and {root} holds no complete one with checkpoints/last.pt; run "
+                f"notebooks/02_pretrain.ipynb (-p modality {modality}) or pass -p pretrain_run <run folder>")
+        pretrain = str(found)
+    if not (Path(pretrain) / "checkpoints" / "last.pt").is_file() and not Path(pretrain).is_file():
+        raise PretrainRunNotFoundError(f"parameter 'pretrain_run': {pretrain} holds no checkpoints/last.pt")
+    return pretrain
+
+
 def _resolve_signal_inputs(cfg: FinetuneConfig) -> FinetuneConfig:
     """:func:`resolve_inputs` for the signal models: ``stmem`` finds its signal pretraining run (latest complete
     ``02_pretrain`` run with ``modality: signal`` when ``pretrain_run`` is None) and takes the checkpoint's size;
     ``image_size`` becomes None (signal models read no image)."""
     pretrain, size = cfg.pretrain_run, cfg.model_size
     if cfg.model == "stmem" and not cfg.weights:
-        if not pretrain:
-            root = Path(cfg.out_root) / "02_pretrain"
-            found = _latest_complete(root, lambda p: (p / "checkpoints" / "last.pt").is_file()
-                                     and _pretrain_modality(p) == "signal")
-            if found is None:
-                raise PretrainRunNotFoundError(
-                    f"model 'stmem' needs a signal pretraining run: parameter 'pretrain_run' is not set (None) and "
-                    f"{root} holds no complete run with modality signal; run notebooks/02_pretrain.ipynb with "
-                    "-p modality signal or pass -p pretrain_run <run folder>")
-            pretrain = str(found)
-        if not (Path(pretrain) / "checkpoints" / "last.pt").is_file() and not Path(pretrain).is_file():
-            raise PretrainRunNotFoundError(f"parameter 'pretrain_run': {pretrain} holds no checkpoints/last.pt")
+        pretrain = _pretrain_run(cfg, "signal")
     if cfg.model == "stmem" and not size:
-        ck = torch.load(models.resolve_pretrain_checkpoint(cfg.weights or pretrain), map_location="cpu",
-                        weights_only=True, mmap=True)
+        ck = models.load_weights_file(models.resolve_pretrain_checkpoint(cfg.weights or pretrain))
         size = str(ck["backbone_config"]["size"])
     return dataclasses.replace(cfg, pretrain_run=pretrain if cfg.model == "stmem" else None, image_size=None,
                                model_size=size)

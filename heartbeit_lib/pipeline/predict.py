@@ -32,7 +32,6 @@ member's folder, its run.json, config and file hashes).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -46,7 +45,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
-import yaml
 from matplotlib.figure import Figure
 
 from heartbeit_lib import render
@@ -56,7 +54,6 @@ from heartbeit_lib.classify.checkpoint import MODEL_RECORD, WEIGHTS, FinetuneRun
 from heartbeit_lib.cohorts import (REJECT_COLUMNS, STORE_FS, CohortStore, Source, build_store, clean_id, load_task,
                                    muse_source, output_leads, ptbxl_source, wfdb_source)
 from heartbeit_lib.pipeline import runs
-from heartbeit_lib.pipeline.pretrain import _cli_value
 from heartbeit_lib.report import ecg_page
 from heartbeit_lib.utils import atomic_write, resolve_device
 
@@ -590,13 +587,7 @@ def run(cfg: PredictConfig, run_dir: str | os.PathLike | None = None) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m heartbeit_lib.predict -f parameters/07_predict/demo.yaml -p finetune_runs RUN -p data_root DIR
     -p source muse -p run_id ID -p out_root OUT`` (``-f`` YAML files, later wins; ``-p`` wins over files)."""
-    ap = argparse.ArgumentParser(description="Score new ECGs with trained 03_finetune run(s) (notebook 07_predict)")
-    ap.add_argument("-f", "--parameters", action="append", default=[], help="YAML parameter file(s), later wins")
-    ap.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
-    args = ap.parse_args(argv)
-    params = runs.load_parameter_files(*args.parameters)
-    params.update({k: _cli_value(v) for k, v in args.param})
-    cfg = PredictConfig.from_dict(params)
+    cfg = runs.config_from_cli(PredictConfig, argv, "Score new ECGs with trained 03_finetune run(s) (notebook 07_predict)")
     print(json.dumps(run(cfg), indent=1, default=str))
     return 0
 

@@ -28,7 +28,6 @@ trajectory (up to float summation order) when ``drop_path`` is 0 (drop-path draw
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import datetime
@@ -45,7 +44,6 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import yaml
 from matplotlib.figure import Figure  # no pyplot: no global state, no backend switch
 from scipy import ndimage
 from threadpoolctl import threadpool_limits
@@ -680,25 +678,11 @@ def run(cfg: PretrainConfig, run_dir: str | os.PathLike, device: str = "cpu") ->
     return metrics
 
 
-def _cli_value(text: str) -> Any:
-    """A ``-p`` value: ``None``/``null`` -> None, ``[a, b]`` -> a YAML list, anything else the string (the
-    Config coerces it, so ``-p run_id 007`` stays ``"007"``)."""
-    if text.strip() in ("None", "null", "~"):
-        return None
-    return yaml.safe_load(text) if text.strip().startswith("[") else text
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``torchrun --nproc_per_node=N -m heartbeit_lib.pretrain -f parameters/02_pretrain/paper.yaml
     -p cohort_run outputs/01_preprocess/<id> -p run_id <id>`` (a run_id is required with several
     processes so that every rank writes the same folder)."""
-    ap = argparse.ArgumentParser(description="HeartBEiT MIM pretraining (multi-GPU/multi-node via torchrun)")
-    ap.add_argument("-f", "--parameters", action="append", default=[], help="YAML parameter file(s), later wins")
-    ap.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
-    args = ap.parse_args(argv)
-    params = runs.load_parameter_files(*args.parameters)
-    params.update({k: _cli_value(v) for k, v in args.param})
-    cfg = PretrainConfig.from_dict(params)
+    cfg = runs.config_from_cli(PretrainConfig, argv, "HeartBEiT MIM pretraining (multi-GPU/multi-node via torchrun)")
     rank, world, local_rank = init_distributed()
     if world > 1 and not cfg.run_id:
         raise PretrainError("with several processes pass -p run_id <id> so all ranks use one run folder")

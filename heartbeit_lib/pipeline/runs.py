@@ -20,6 +20,7 @@ string ``"false"``).
 
 from __future__ import annotations
 
+import argparse
 import ast
 import dataclasses
 import datetime as _dt
@@ -149,6 +150,26 @@ def write_parameters_cells(notebooks: Sequence[str] | None = None) -> list[Path]
             nbformat.write(nb, str(path))
             changed.append(path)
     return changed
+
+
+def cli_value(text: str) -> Any:
+    """A ``-p NAME VALUE`` value from the command line: ``None``/``null`` -> None, ``[a, b]`` -> a YAML list,
+    anything else the string (the Config coerces it, so ``-p run_id 007`` stays ``"007"``)."""
+    if text.strip() in ("None", "null", "~"):
+        return None
+    return yaml.safe_load(text) if text.strip().startswith("[") else text
+
+
+def config_from_cli(cls: type[TypedConfig], argv: Sequence[str] | None, description: str) -> TypedConfig:
+    """``cls`` from ``-f file.yaml`` (repeatable, a later file wins) and ``-p name value`` (wins over files), the
+    convention of every ``python -m heartbeit_lib.<stage>`` command line (papermill's own ``-f`` / ``-p``)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("-f", "--parameters", action="append", default=[], help="YAML parameter file(s), later wins")
+    ap.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    args = ap.parse_args(argv)
+    params = load_parameter_files(*args.parameters)
+    params.update({k: cli_value(v) for k, v in args.param})
+    return cls.from_dict(params)
 
 
 # ---------------------------------------------------------------- provenance
