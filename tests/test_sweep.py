@@ -22,6 +22,7 @@ import submitit
 import torch
 import yaml
 
+from conftest import write_fake_run
 from heartbeit_lib import cohorts
 from heartbeit_lib.pipeline import finetune
 from heartbeit_lib.pipeline import metrics
@@ -360,3 +361,26 @@ def test_finetune_resume_continues_exactly_where_it_stopped(grid_root, tmp_path,
     wa, wb = (torch.load(out / "03_finetune" / r / "model_best.pt", weights_only=True) for r in ("whole", "cut"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert not (out / "03_finetune" / "cut" / "resume.pt").exists()
+
+
+def test_metrics_keeps_only_the_validation_chosen_rate(tmp_path):
+    """04 over an lr grid: without lr_choice two runs of one cell are an error naming them; with the table of
+    choose-lr only the chosen run of each cell is read. Oracle: the run folders written here."""
+
+    root = tmp_path / "03_finetune"
+    dirs = []
+    for lr in (1e-4, 1e-3):
+        d = write_fake_run(root, "mi", "vit_b16_scratch", 0.1, seed=0)
+        dirs.append(d.rename(d.with_name(f"{d.name}-lr{lr}")))
+    with pytest.raises(metrics.RunFolderError, match="lr_choice"):
+        metrics.list_runs(root)
+    choice = pd.DataFrame({"task": "mi", "model": "vit_b16_scratch", "fraction": 0.1, "seed": 0, "lr": [1e-4, 1e-3],
+                           "run_id": [d.name for d in dirs], "val_auroc": [0.8, 0.7], "chosen": [True, False],
+                           "chosen_lr": 1e-4})
+    choice.to_csv(tmp_path / "lr-choice-x.csv", index=False)
+    table = metrics.list_runs(root, [tmp_path / "lr-choice-x.csv"])
+    assert table.run_dir.tolist() == [str(dirs[0])]
+    preds = metrics.collect_runs(root, lr_choice=[tmp_path / "lr-choice-x.csv"])
+    assert set(preds.run_dir) == {str(dirs[0])}
+    with pytest.raises(metrics.RunFolderError, match="does not exist"):
+        metrics.list_runs(root, [tmp_path / "missing.csv"])

@@ -47,6 +47,7 @@ class MetricsConfig(runs.TypedConfig):
     reference_model: str = "heartbeit"  # model compared with every baseline (paired differences)
     splits: tuple[str, ...] = ("test", "external")  # evaluation splits: test (internal), external, val
     finetune_seed: int | None = None  # fine-tuning seed shown in tables/figures; None: tables pool all seeds (mean, interval over test x seeds, sd)
+    lr_choice: tuple[str, ...] = ()  # lr-choice-<sweep>.csv files of 'python -m heartbeit_lib.sweep choose-lr': of an lr grid keep the validation-chosen run of each cell
     bootstrap_dir: str | None = None  # folder of saved resample indices to reuse (None: <run_dir>/bootstrap)
     figure_dpi: int = 110  # resolution of the PNG figures (300 for print)
     out_root: str = "outputs"  # root of the run folders
@@ -120,7 +121,7 @@ def _family(run_dir: Path, model: str) -> str:
         return "image"
 
 
-def list_runs(sweep_dir: str | os.PathLike) -> pd.DataFrame:
+def list_runs(sweep_dir: str | os.PathLike, lr_choice: Sequence[str | os.PathLike] = ()) -> pd.DataFrame:
     """Every 03_finetune run folder under ``sweep_dir`` (itself a run folder, a sweep folder such as
     ``outputs/03_finetune`` or a folder of sweeps, searched 3 levels deep).
 
@@ -132,16 +133,25 @@ def list_runs(sweep_dir: str | os.PathLike) -> pd.DataFrame:
     select_on``, ``reported_<split>_auroc/auprc`` and ``n_train, prevalence_train`` when present, from
     ``config.yaml`` ``model_size`` (default ``base``) and ``image_size`` (default 224 px), and ``family``
     (``image``/``signal``, :func:`_family`).
+    lr_choice : ``lr-choice-<sweep>.csv`` tables (:func:`read_lr_choice`): the runs of an lr grid that were
+        not chosen on validation are left out (runs no table names are kept)
 
     Raises
     ------
-    FileNotFoundError when ``sweep_dir`` does not exist; RunFolderError for unreadable YAML/JSON.
+    FileNotFoundError when ``sweep_dir`` does not exist; RunFolderError for unreadable YAML/JSON, and for two
+    complete runs of one (task, model, fraction, seed), e.g. the rates of an lr grid without ``lr_choice``.
     """
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"finetune_root {sweep_dir}: no such folder (expected 03_finetune run folders)")
     rows = []
+    not_chosen = set()
+    for path in lr_choice:
+        choice = read_lr_choice(path)
+        not_chosen |= set(choice.run_id[~choice.chosen].astype(str))
     for d in _find_run_dirs(sweep_dir):
+        if d.name in not_chosen:
+            continue
         try:
             cfg = yaml.safe_load((d / "config.yaml").read_text()) or {}
         except yaml.YAMLError as e:
@@ -175,10 +185,17 @@ def list_runs(sweep_dir: str | os.PathLike) -> pd.DataFrame:
         rows.append(row)
     cols = ["run_dir", "task", "model", "fraction", "seed", "complete", "missing"]
     df = pd.DataFrame(rows, columns=cols + sorted({k for r in rows for k in r} - set(cols)))
+    done = df[df["complete"]]
+    twice = done[done.duplicated(["task", "model", "fraction", "seed"], keep=False)]
+    if len(twice):
+        raise RunFolderError(f"finetune_root {sweep_dir}: {len(twice)} complete runs share (task, model, fraction, "
+                             f"seed), e.g. {sorted(twice.run_dir)[:3]}; for an lr grid pass lr_choice (the table of "
+                             "'python -m heartbeit_lib.sweep choose-lr'), else point finetune_root at one sweep")
     return df.sort_values(["task", "model", "fraction", "seed"]).reset_index(drop=True)
 
 
-def collect_runs(sweep_dir: str | os.PathLike, splits: Sequence[str] | None = None) -> pd.DataFrame:
+def collect_runs(sweep_dir: str | os.PathLike, splits: Sequence[str] | None = None,
+                 lr_choice: Sequence[str | os.PathLike] = ()) -> pd.DataFrame:
     """Predictions of every complete 03_finetune run under ``sweep_dir`` at its best epoch.
 
     Parameters
@@ -186,6 +203,7 @@ def collect_runs(sweep_dir: str | os.PathLike, splits: Sequence[str] | None = No
     sweep_dir : folder of run folders (see :func:`list_runs`); incomplete runs are skipped (their
         ``metrics.json`` is written last, so a folder without it is still running or crashed)
     splits : keep only these splits (default: all of val, test, external)
+    lr_choice : as :func:`list_runs`
 
     Returns
     -------
@@ -198,7 +216,7 @@ def collect_runs(sweep_dir: str | os.PathLike, splits: Sequence[str] | None = No
     RunFolderError when a complete run's predictions lack a contract column, hold no rows for the
     best epoch, or repeat a record within a split.
     """
-    table = list_runs(sweep_dir)
+    table = list_runs(sweep_dir, lr_choice)
     frames = []
     for _, r in table[table["complete"]].iterrows():
         path = Path(r["run_dir"]) / "predictions.parquet"
