@@ -384,3 +384,19 @@ def test_metrics_keeps_only_the_validation_chosen_rate(tmp_path):
     assert set(preds.run_dir) == {str(dirs[0])}
     with pytest.raises(metrics.RunFolderError, match="does not exist"):
         metrics.list_runs(root, [tmp_path / "missing.csv"])
+
+
+def test_lr_grid_and_resources_take_a_signal_family(tmp_path):
+    """Signal models (not image-registry specs) get their lr grid and Slurm resources by the family key `signal`.
+    Oracle: the grid written here."""
+    path = write_sweep(tmp_path / "sig.yaml", tmp_path / "o", ["stmem_scratch", "xresnet1d101", "vit_b16_scratch"],
+                       [1.0], per_model={"xresnet1d101": {"model_size": None}})
+    data = yaml.safe_load(path.read_text())
+    data["lr"] = {"default": [1e-3], "signal": [3e-4, 1e-3]}
+    data["resources"] = {"signal": {"time_min": 30}}
+    path.write_text(yaml.safe_dump(data))
+    spec = sweep.load_sweep(path)
+    assert [(c["model"], c["lr"]) for c in spec.combinations()] == [
+        ("stmem_scratch", 3e-4), ("stmem_scratch", 1e-3), ("xresnet1d101", 3e-4), ("xresnet1d101", 1e-3),
+        ("vit_b16_scratch", 1e-3)]
+    assert models.sweep_family("inception1d") == "signal" and models.sweep_family("vit_b16") == "vit"

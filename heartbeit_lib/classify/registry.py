@@ -439,6 +439,12 @@ def model_family(name: str) -> str:
     return "image"
 
 
+def sweep_family(name: str) -> str:
+    """The key sweep files group ``name`` by (lr grids, Slurm resources): its image architecture (``beit``,
+    ``vit``, ``resnet``, ``efficientnet``) or ``signal`` for the 1-D models."""
+    return "signal" if name in SIGNAL_MODELS else model_spec(name).family
+
+
 def _create_signal_model(name: str, num_classes: int, weights, size: str | None, drop_path_rate: float | None,
                          in_chans: int | None = None, signal_rate: float | None = None, **kw) -> nn.Module:
     """A signal classifier (N, in_chans, T) -> (N, num_classes); ``stmem`` loads its encoder strictly."""

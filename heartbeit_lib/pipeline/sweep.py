@@ -22,7 +22,7 @@ A sweep file (plain YAML)::
       model: [heartbeit, vit_b16, efficientnet_b4, resnet152]
       fraction: [0.01, 0.1, 0.25, 0.5, 1.0]
       seed: [0]
-    lr:                         # optional learning-rate grid: per model name, registry family or `default`
+    lr:                         # optional learning-rate grid: per model name, family (beit, vit, ..., signal) or `default`
       default: [1.0e-4, 3.0e-4, 1.0e-3]     # (a plain list: every model); omit for the fixed params.lr
     params:                     # fixed notebook parameters; "{task}" etc. are filled in per run
       cohort_run: outputs/01_preprocess/{task}
@@ -30,7 +30,7 @@ A sweep file (plain YAML)::
       epochs: 30
     per_model:                  # optional overrides for one model (e.g. a weights file)
       vit_b16: {weights: /data/weights/vit_b16.safetensors}
-    resources:                  # slurm: per model name, registry family (beit, vit, efficientnet, resnet) or default
+    resources:                  # slurm: per model name, registry family (beit, vit, efficientnet, resnet, signal) or default
       default: {partition: gpu, gpus: 1, cpus: 8, mem_gb: 64, time_min: 240, account: null, constraint: null,
                 setup: ["source .venv/bin/activate"], sbatch: {qos: normal}}   # sbatch: extra sbatch options
       vit: {time_min: 480}
@@ -128,11 +128,11 @@ class SweepSpec:
         """The lr grid of ``model`` (model name, then its registry family, then ``default``), None: fixed."""
         if not self.lr:
             return None
-        for key in (model, registry.model_spec(model).family, "default"):
+        for key in (model, registry.sweep_family(model), "default"):
             if key in self.lr:
                 return self.lr[key]
         raise SweepError(f"sweep {self.name!r}: lr grid has no entry for model {model!r} (nor its family "
-                         f"{registry.model_spec(model).family!r} nor 'default')")
+                         f"{registry.sweep_family(model)!r} nor 'default')")
 
     def combinations(self) -> list[dict[str, Any]]:
         """One dict per run, in grid order (task, model, fraction, seed, then any extra grid keys, then lr)."""
@@ -587,12 +587,12 @@ def local_parallel_sweep(spec: SweepSpec, parallel: int | None = None, runner: s
 def slurm_parameters(spec: SweepSpec, model: str) -> dict[str, Any]:
     """SlurmExecutor parameters of ``model``'s jobs: ``resources.default`` updated with its family's, then its own."""
     res: dict[str, Any] = {}
-    for key in ("default", registry.model_spec(model).family, model):
+    for key in ("default", registry.sweep_family(model), model):
         res.update(spec.resources.get(key, {}))
     out = {SLURM_KEYS[k]: v for k, v in res.items() if v is not None}
     if "mem" in out:
         out["mem"] = f"{out['mem']}GB"
-    out.update(job_name=f"{spec.name}-{registry.model_spec(model).family}", array_parallelism=spec.array_parallelism,
+    out.update(job_name=f"{spec.name}-{registry.sweep_family(model)}", array_parallelism=spec.array_parallelism,
                signal_delay_s=120)  # USR2 two minutes before the limit: time to requeue
     return out
 
