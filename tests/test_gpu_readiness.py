@@ -283,5 +283,7 @@ def test_baselines_and_accuracy_are_reported_for_real_and_deepfake(tmp_path):
     n = by["n_val_real"] + by["n_val_deepfake"]
     acc = (by["val_acc_real"] * by["n_val_real"] + by["val_acc_deepfake"] * by["n_val_deepfake"]) / n
     assert acc == pytest.approx(res["history"][-1]["val_acc"], abs=1e-9)  # same images, tokens and masks
+    loss = (by["val_loss_real"] * by["n_val_real"] + by["val_loss_deepfake"] * by["n_val_deepfake"]) / n
+    assert loss == pytest.approx(res["history"][-1]["val_loss"], rel=1e-5)  # and the same input normalisation
     m = P.summarize(res, data, {}, base, by)
     assert m["eval_patient_overlap_ecgs"] == 0 and "val_acc_real" in m

@@ -561,7 +561,8 @@ def heldout_by_source(cfg: PretrainConfig, data: MIMData, result: dict, device: 
         sub = data.val.subset(pos)
         keys = EpochSampler(len(sub), 1, cfg.seed, shuffle=False, drop_last=False)  # epoch 0: the fixed val masks
         loader = make_loader(sub, keys, cfg.batch_size, 0, dev, drop_last=False)
-        ev = engine.evaluate(model, loader, dev, cfg.num_masked, bool(cfg.amp and dev.type == "cuda"))
+        ev = engine.evaluate(model, loader, dev, cfg.num_masked, bool(cfg.amp and dev.type == "cuda"),
+                             norm=data.normalize)
         out.update({f"val_acc_{src}": ev["acc"], f"val_loss_{src}": ev["loss"], f"n_val_{src}": int(len(pos))})
     return out
 
