@@ -361,6 +361,30 @@ def test_pretraining_mix_copies_only_training_ecgs_plus_synthetic(tmp_path):
         cohorts.build_pretraining_mix(tmp_path / "src", tmp_path / "none", splits=())
 
 
+def test_pretraining_mix_drops_the_evaluation_patients_of_every_named_cohort(tmp_path):
+    """Two cohorts of one archive split differently (PTB-XL mi on folds, stemi on a random patient split): the mix
+    built from the first's train ECGs must hold no ECG of a val/test/external patient of the second, and a cohort
+    with another salt is refused. Oracle: the two manifests written here."""
+    x, meta = _stored(40), _meta(40)
+    a = cohorts.build_store_from_arrays(tmp_path / "a", x, meta, seed=0, shard_size=8, salt="s")
+    b = cohorts.build_store_from_arrays(tmp_path / "b", x, meta, seed=1, shard_size=8, salt="s")
+    ma, mb = a.manifest, b.manifest
+    eval_b = set(mb.patient_hash[mb.split.isin(["val", "test", "external"])])
+    train_a = ma[ma.split == "train"]
+    leak = train_a.patient_hash.isin(eval_b)
+    assert leak.any() and (~leak).any()  # the fixture has both kinds, else the test proves nothing
+    mix = cohorts.build_pretraining_mix(tmp_path / "a", tmp_path / "mix", exclude_patients_of=[tmp_path / "b"])
+    kept = sorted(mix.manifest.record_id)
+    assert kept == sorted(f"{s}_{r}" for s, r in zip(train_a.site[~leak], train_a.record_id[~leak]))
+    info = json.loads((tmp_path / "mix" / "mix.json").read_text())
+    assert info["eval_patient_ecgs_dropped"][str(tmp_path / "b")] == int(leak.sum())
+    plain = cohorts.build_pretraining_mix(tmp_path / "a", tmp_path / "plain")  # the old rule: the leak is back
+    assert len(plain) == len(train_a)
+    cohorts.build_store_from_arrays(tmp_path / "c", x, meta, seed=1, shard_size=8, salt="other")
+    with pytest.raises(cohorts.CohortError, match="salt"):
+        cohorts.build_pretraining_mix(tmp_path / "a", tmp_path / "bad", exclude_patients_of=[tmp_path / "c"])
+
+
 def test_task_variants_mi_diagnostic_stemi_noinj_stemi_lik50():
     """Issue 18 s.7 task files on a hand-made table. Oracle: labels by hand from each file's stated rule."""
     stm = pd.DataFrame({"diagnostic": [1, 1, 1, 0], "diagnostic_class": ["MI", "MI", "NORM", None]},

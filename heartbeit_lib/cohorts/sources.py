@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -246,14 +247,19 @@ def build_store_from_arrays(run_dir: str | os.PathLike, x: np.ndarray, meta: pd.
 
 def build_pretraining_mix(cohort_run: str | os.PathLike, run_dir: str | os.PathLike, n_synthetic: int = 0,
                           splits: Sequence[str] = ("train",), synthetic_seed: int = 1234,
-                          shard_size: int = 256) -> CohortStore:
+                          shard_size: int = 256,
+                          exclude_patients_of: Sequence[str | os.PathLike] = ()) -> CohortStore:
     """An unlabelled pretraining store: a labelled cohort's ``splits`` ECGs plus ``n_synthetic``
     deepfake-ecg ECGs (for CPU-scale pretraining when the labelled cohort is small).
 
-    Only the named splits of ``cohort_run`` are copied (default ``train``), so the validation and
-    test ECGs of the downstream task are never seen in pretraining. Every row gets label -1 (task
-    ``unlabelled``); ``02_pretrain`` then holds out a seeded share of patients for masked-token
-    accuracy. Record ids are prefixed ``<site>_`` (cohort rows) and ``df`` (synthetic rows).
+    Only the named splits of ``cohort_run`` are copied (default ``train``), minus every ECG of a patient
+    with a val/test/external row in ``cohort_run`` or in any cohort of ``exclude_patients_of``: a model
+    fine-tuned on several cohorts of one archive (PTB-XL ``mi`` on the benchmark folds, ``stemi`` on a
+    patient-wise random split) must not have seen any of their evaluation patients. The copied rows get new
+    patient hashes, so 02's ``eval_patients_of`` cannot find them later: exclude here. Every row gets
+    label -1 (task ``unlabelled``); ``02_pretrain`` then holds out a seeded share of patients for
+    masked-token accuracy. Record ids are prefixed ``<site>_`` (cohort rows) and ``df`` (synthetic rows).
+    ``<run_dir>/mix.json`` records the sources, the excluded cohorts and how many ECGs each cost.
 
     Parameters
     ----------
@@ -262,14 +268,26 @@ def build_pretraining_mix(cohort_run: str | os.PathLike, run_dir: str | os.PathL
     n_synthetic : deepfake ECGs generated (~95 ECGs/s on 2 cores), preprocessed like the demo source
     splits : cohort splits to copy
     synthetic_seed : seed of :func:`synthetic.generate_ecgs`
+    exclude_patients_of : further 01 cohort runs of the same archive, built with the same salt file
+
+    Raises
+    ------
+    CohortError when nothing is left, or when a cohort of ``exclude_patients_of`` holds a record of
+    ``cohort_run`` under another patient hash (another salt: the exclusion would silently miss).
     """
     from heartbeit_lib.cohorts import synthetic  # deferred: imports torch and the generator
 
     src = CohortStore(cohort_run)
     idx = np.concatenate([src.indices(s) for s in splits]) if splits else np.zeros(0, np.int64)
-    if len(idx) == 0 and n_synthetic <= 0:
-        raise CohortError(f"{cohort_run}: no ECGs in splits {list(splits)} and n_synthetic = {n_synthetic}")
     idx = np.sort(idx)
+    dropped = {}
+    for other in [cohort_run, *exclude_patients_of]:
+        keep = ~src.manifest["patient_hash"].iloc[idx].isin(_eval_patients(other, src, cohort_run)).to_numpy()
+        dropped[str(other)] = int((~keep).sum())
+        idx = idx[keep]
+    if len(idx) == 0 and n_synthetic <= 0:
+        raise CohortError(f"{cohort_run}: no ECGs in splits {list(splits)} (after excluding evaluation patients) "
+                          f"and n_synthetic = {n_synthetic}")
     m = src.manifest.iloc[idx]
     xs = [src.signals(idx)] if len(idx) else []  # float32 already
     meta = [pd.DataFrame({"record_id": (m["site"].astype(str) + "_" + m["record_id"].astype(str)).to_numpy(),
@@ -281,5 +299,21 @@ def build_pretraining_mix(cohort_run: str | os.PathLike, run_dir: str | os.PathL
         meta.append(pd.DataFrame({"record_id": [f"df{i:06d}" for i in range(n_synthetic)],
                                   "patient_id": [f"dfP{i:06d}" for i in range(n_synthetic)],
                                   "site": "deepfake", "label": -1}))
-    return build_store_from_arrays(run_dir, np.concatenate(xs), pd.concat(meta, ignore_index=True),
-                                   task="unlabelled", preprocess=False, shard_size=shard_size)
+    store = build_store_from_arrays(run_dir, np.concatenate(xs), pd.concat(meta, ignore_index=True),
+                                    task="unlabelled", preprocess=False, shard_size=shard_size)
+    info = {"cohort_run": str(cohort_run), "splits": list(splits), "n_cohort_ecgs": int(len(idx)),
+            "n_synthetic": int(n_synthetic), "synthetic_seed": int(synthetic_seed),
+            "eval_patient_ecgs_dropped": dropped}
+    Path(run_dir, "mix.json").write_text(json.dumps(info, indent=1) + "\n")
+    print(f"pretraining mix: {len(idx)} cohort ECGs + {n_synthetic} deepfake; evaluation-patient ECGs dropped {dropped}")
+    return store
+
+
+def _eval_patients(cohort_run: str | os.PathLike, src: CohortStore, src_run: str | os.PathLike) -> set[str]:
+    """Patient hashes with a val/test/external row in ``cohort_run``, checked to share ``src``'s salt."""
+    m = CohortStore(cohort_run).manifest
+    both = m.merge(src.manifest[["record_id", "patient_hash"]], on="record_id", suffixes=("", "_src"))
+    if (both["patient_hash"] != both["patient_hash_src"]).any():
+        raise CohortError(f"{cohort_run}: its records carry other patient hashes than in {src_run} (built with "
+                          "another salt file?): its evaluation patients cannot be excluded; rebuild both with one salt")
+    return set(m.loc[m["split"].isin(["val", "test", "external"]), "patient_hash"].astype(str))
