@@ -176,6 +176,13 @@ def test_shipped_sweep_files_load(name):
         assert spec.params.get("epochs", 30) == 30
 
 
+@pytest.mark.parametrize("path", sorted((runs.PARAMETERS_DIR / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_sweep_file_validates(path):
+    """Every combination of every sweep file is a valid 03 configuration (load_sweep validates them all)."""
+    spec = sweep.load_sweep(path)
+    assert spec.combinations()
+
+
 # ---------------------------------------------------------------- executors, claims, status (issues 15, 17.7)
 
 
