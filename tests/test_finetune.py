@@ -337,3 +337,24 @@ def test_heartbeit_ylim_comes_from_the_checkpoint_and_a_mismatch_names_both(toy_
         finetune.resolve_inputs(tiny_cfg(toy_root, model="heartbeit", pretrain_run=str(ck.parents[1]),
                                          ylim_mv=(-4.0, 4.0)))
     assert finetune.resolve_inputs(tiny_cfg(toy_root)).ylim_mv == (-4.0, 4.0)  # other models: the default
+
+
+def test_layer_decay_scales_each_block_of_the_transformer():
+    """Issue 18 s.4: layer_decay d gives the patch embedding lr x d^(L+1), block i lr x d^(L-i), the head lr; off (1)
+    keeps one group. Oracle: the powers by hand for the micro BEiT (L = 2 blocks) and OneCycle's initial lr
+    max_lr / div_factor."""
+    cfg = finetune.FinetuneConfig(task="mi", model="beit_b16_scratch", model_size="micro", image_size=32,
+                                  layer_decay=0.5, lr=1e-3, lr_start=3e-4)
+    net = models.create_model("beit_b16_scratch", num_classes=2, size="micro", img_size=32)
+    opt, _ = finetune.make_optimizer(cfg, finetune.optimizer_params(cfg, net), 10)
+    scales = sorted({g["lr_scale"] for g in opt.param_groups})
+    assert scales == [0.125, 0.25, 0.5, 1.0]
+    for g in opt.param_groups:
+        assert g["lr"] == pytest.approx(3e-4 * g["lr_scale"], rel=1e-9)
+    head = [g for g in opt.param_groups if any(p is net.head.weight for p in g["params"])]
+    assert head and head[0]["lr_scale"] == 1.0
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(net.parameters()))
+    off = finetune.FinetuneConfig(task="mi", model="beit_b16_scratch", model_size="micro", image_size=32)
+    assert len(finetune.make_optimizer(off, finetune.optimizer_params(off, net), 10)[0].param_groups) == 1
+    with pytest.raises(runs.ConfigError, match="layer_decay"):
+        finetune.FinetuneConfig(task="mi", model="resnet152_scratch", layer_decay=0.75)

@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
+from timm.optim import param_groups_layer_decay
 import yaml
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -105,6 +106,7 @@ class FinetuneConfig(runs.TypedConfig):
     lr: float = 0.001  # OneCycle peak learning rate (paper: 1e-3)
     lr_start: float = 0.0003  # OneCycle initial learning rate (paper: 3e-4)
     weight_decay: float = 0.0  # Adam weight decay
+    layer_decay: float = 1.0  # layer-wise lr decay of the transformers (beit, vit): block i peaks at lr x decay^(L+1-i); 1: off (the paper)
     image_size: int | None = None  # rendered image side in px; None: the pretraining size for heartbeit, else the paper's 224
     layout: str = "stack8"  # ECG image layout (heartbeit_lib.render)
     signal_rate: int = 100  # input rate of the signal models in Hz (store 500 Hz resampled; PTB-XL benchmark: 100); image models ignore it
@@ -139,6 +141,12 @@ class FinetuneConfig(runs.TypedConfig):
             raise runs.ConfigError(f"parameter 'signal_rate': {self.signal_rate} Hz must be >= 1")
         if self.ylim_mv is not None and (len(self.ylim_mv) != 2 or not self.ylim_mv[0] < self.ylim_mv[1]):
             raise runs.ConfigError(f"parameter 'ylim_mv' must be None or two numbers lo < hi in mV, got {self.ylim_mv}")
+        if not 0 < self.layer_decay <= 1:
+            raise runs.ConfigError(f"parameter 'layer_decay' must lie in (0, 1], got {self.layer_decay}")
+        if self.layer_decay < 1 and (models.model_family(self.model) == "signal"
+                                     or models.model_spec(self.model).family not in TRANSFORMER_FAMILIES):
+            raise runs.ConfigError(f"parameter 'layer_decay': {self.layer_decay} applies to the image transformers "
+                                   f"(beit, vit families), not to {self.model!r}; leave it at 1")
         if self.weight_decay < 0 or self.num_workers < 0:
             raise runs.ConfigError("parameters 'weight_decay' and 'num_workers' must be >= 0")
         if not (self.device in (None, "auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
@@ -344,11 +352,25 @@ def resolve_device(device: str | None) -> torch.device:
     return utils.resolve_device(device)
 
 
+def optimizer_params(cfg: FinetuneConfig, model: nn.Module):
+    """``model.parameters()``, or with ``layer_decay`` < 1 timm's layer-decay groups (``lr_scale`` =
+    ``layer_decay ** (L + 1 - layer)`` over ``model.group_matcher()``: 0 = patch embedding, i + 1 = block i,
+    L + 1 = final norm and head; 1-D parameters without weight decay)."""
+    if cfg.layer_decay == 1.0:
+        return model.parameters()
+    return param_groups_layer_decay(model, cfg.weight_decay, no_weight_decay_list=model.no_weight_decay(),
+                                    layer_decay=cfg.layer_decay)
+
+
 def make_optimizer(cfg: FinetuneConfig, params, total_steps: int):
     """Adam + OneCycleLR stepped once per batch: lr ``lr_start`` -> ``lr`` (after ``pct_start`` = 30 %
-    of the steps) -> ``lr_start / 1e4`` (cosine), as the paper's "OneCycle between 3e-4 and 1e-3"."""
+    of the steps) -> ``lr_start / 1e4`` (cosine), as the paper's "OneCycle between 3e-4 and 1e-3"; groups
+    with an ``lr_scale`` (:func:`optimizer_params`) follow the same cycle scaled."""
+    params = list(params)
     opt = torch.optim.Adam(params, lr=cfg.lr_start, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(1, total_steps),
+    scales = [g.get("lr_scale", 1.0) for g in opt.param_groups]
+    max_lr = cfg.lr if all(x == 1.0 for x in scales) else [cfg.lr * x for x in scales]
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=max(1, total_steps),
                                                 div_factor=cfg.lr / cfg.lr_start)
     return opt, sched
 
@@ -436,7 +458,7 @@ def fit(cfg: FinetuneConfig, model: nn.Module, store, splits: Mapping[str, Split
     shape = (1, -1, 1) if signal else (1, -1, 1, 1)  # per lead of (B, leads, T) / per channel of (B, 3, H, W)
     mean = torch.tensor(normalization[0], dtype=torch.float32, device=device).view(shape)
     std = torch.tensor(normalization[1], dtype=torch.float32, device=device).view(shape)
-    opt, sched = make_optimizer(cfg, model.parameters(), cfg.epochs * len(train_loader))
+    opt, sched = make_optimizer(cfg, optimizer_params(cfg, model), cfg.epochs * len(train_loader))
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     write_model_record(run_dir, model, cfg.model, cfg.model_size or None, cfg.image_size, cfg.layout, normalization,
                        signal_rate=cfg.signal_rate if signal else None, ylim_mv=None if signal else cfg.ylim_mv)
