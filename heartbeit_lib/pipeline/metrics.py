@@ -348,11 +348,14 @@ def pool_seeds(stats_by_split: dict, run_table: pd.DataFrame | None = None, seed
     on the same test resamples and seed draws (over the seeds both models have).
 
     ``stats_by_split``: what :func:`evaluate_predictions` put into ``keep_stats``. ``run_table`` (:func:`list_runs`)
-    adds ``lr``: the runs' peak learning rate(s) of the cell ("1e-4" or "1e-4/1e-3" when seeds differ).
+    adds ``lr``: the runs' peak learning rate(s) of the cell ("1e-4" or "1e-4/1e-3" when seeds differ), and
+    ``family`` (image / signal), so pooled tables keep the family level.
     Intervals: percentile (a single seed keeps its run's own interval, percentile as well).
     Returns (seed_results, seed_differences).
     """
-    lr_of = {}
+    lr_of, family_of = {}, {}
+    if run_table is not None and "family" in run_table.columns:
+        family_of = dict(zip(run_table["model"], run_table["family"]))
     if run_table is not None and "lr" in run_table.columns:
         lr_of = {tuple(r[k] for k in _RUN_KEYS): r["lr"] for _, r in run_table.iterrows() if pd.notna(r["lr"])}
     rows, diffs = [], []
@@ -366,6 +369,8 @@ def pool_seeds(stats_by_split: dict, run_table: pd.DataFrame | None = None, seed
             pooled[(model, fraction)] = (seeds, seed_pool([by_seed[s] for s in seeds], seed))
             row = {"task": task, "split": split, "model": model, "fraction": fraction, "n_seeds": len(seeds),
                    "seeds": ",".join(map(str, seeds))}
+            if model in family_of:
+                row["family"] = family_of[model]
             row.update(interval_summary(pooled[(model, fraction)][1], alpha, "percentile"))
             for m in ("auroc", "auprc"):
                 vals = [getattr(by_seed[s], m) for s in seeds]
