@@ -7,9 +7,11 @@ nearest-neighbour search on the token grid, and hand-built manifests with known 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -231,6 +233,14 @@ def test_split_rows_drop_eval_patients_and_count_them(tmp_path, capsys):
                                         keep_eval_patients=True), store)
     assert old["eval_patient_overlap_ecgs"] == 6 and len(old["train"]) == 30
     assert "keep_eval_patients=True" in capsys.readouterr().err
+    # a pretraining mix re-hashed its patients: eval_patients_of would find none, so it is refused by name, and
+    # the exclusion the mix build made is carried into the counts
+    (Path(store.root) / "mix.json").write_text(json.dumps({"eval_patient_ecgs_dropped": {"cohort_b": 7}}))
+    with pytest.raises(P.PretrainError, match="eval_patients_of.*mix"):
+        P.split_rows(P.PretrainConfig(cohort_run=str(store.root), val_split=None, val_fraction=0.0,
+                                      eval_patients_of=(str(tmp_path / "ft"),)), store)
+    rows3 = P.split_rows(P.PretrainConfig(cohort_run=str(store.root), val_split=None, val_fraction=0.0), store)
+    assert rows3["mix_eval_patient_ecgs_dropped"] == {"cohort_b": 7}
 
 
 def test_preprocess_writes_the_eval_patients_file(tmp_path):

@@ -364,6 +364,11 @@ def train(cfg: PretrainConfig, data: MIMData, run_dir: str | os.PathLike, *,
 # ============================================================================ pipeline (notebook)
 
 
+# what split_rows counts of the evaluation-patient exclusion, reported in 02's metrics.json (image and signal)
+EXCLUSION_KEYS = ("eval_patient_overlap_ecgs", "eval_patient_dropped_ecgs", "keep_eval_patients",
+                  "mix_eval_patient_ecgs_dropped")
+
+
 def split_rows(cfg: PretrainConfig, store: Any) -> dict[str, np.ndarray]:
     """Store rows for pretraining (``train``) and held-out evaluation (``val``), sorted int64.
 
@@ -377,6 +382,11 @@ def split_rows(cfg: PretrainConfig, store: Any) -> dict[str, np.ndarray]:
     """
     splits = list(cfg.train_splits)
     everything = np.unique(np.concatenate([store.indices(s) for s in splits])).astype(np.int64)
+    mix = Path(store.root) / "mix.json"  # a cohorts.build_pretraining_mix store: it re-hashed its patients
+    if cfg.eval_patients_of and mix.is_file():
+        raise PretrainError(f"parameter 'eval_patients_of': {store.root} is a pretraining mix, whose rows carry new "
+                            "patient hashes, so no evaluation patient would be found; exclude them when building it "
+                            "(cohorts.build_pretraining_mix(..., exclude_patients_of=[...]))")
     foreign = set().union(*(read_eval_patients(c) for c in cfg.eval_patients_of))
     clean = pretraining_rows(store.manifest, splits, exclude_hashes=foreign)
     train = everything if cfg.keep_eval_patients else clean
@@ -387,6 +397,8 @@ def split_rows(cfg: PretrainConfig, store: Any) -> dict[str, np.ndarray]:
     excl = {"eval_patient_overlap_ecgs": int(len(train) - len(clean)),
             "eval_patient_dropped_ecgs": int(len(everything) - len(train)),
             "keep_eval_patients": bool(cfg.keep_eval_patients)}
+    if mix.is_file():  # what the mix build already left out, per cohort named there
+        excl["mix_eval_patient_ecgs_dropped"] = json.loads(mix.read_text()).get("eval_patient_ecgs_dropped", {})
     val = store.indices(cfg.val_split) if cfg.val_split else np.zeros(0, np.int64)
     rng = np.random.default_rng(cfg.seed)
     held_out = "split"
@@ -478,8 +490,7 @@ def build_data(cfg: PretrainConfig, store: Any, tokenizer: Any, rows: dict, prog
             "token_cache": str(tokenizers.token_cache_path(store.root, tokenizer, cfg.image_size, cfg.layout,
                                                            _style(cfg))),
             "augmentations": AUGMENTATIONS,
-            **{k: rows[k] for k in ("eval_patient_overlap_ecgs", "eval_patient_dropped_ecgs", "keep_eval_patients")
-               if k in rows}}
+            **{k: rows[k] for k in EXCLUSION_KEYS if k in rows}}
     return MIMData(ds(rows["train"], TRAIN_STREAM), val, tokenizer.vocab_size,
                    {"kind": tokenizer.kind, "fingerprint": tokenizer.fingerprint(),
                     "vocab_size": tokenizer.vocab_size},
@@ -646,8 +657,7 @@ def summarize(result: dict, data: MIMData, tokenizer_report: dict, baselines: di
            "tokenizer_perplexity": tokenizer_report.get("perplexity"),
            "tokenizer_recon_mse": tokenizer_report.get("recon_mse"),
            "augmentations": AUGMENTATIONS,
-           **{k: data.info[k] for k in ("eval_patient_overlap_ecgs", "eval_patient_dropped_ecgs",
-                                        "keep_eval_patients") if k in data.info},
+           **{k: data.info[k] for k in EXCLUSION_KEYS if k in data.info},
            **(by_source or {})}
     for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
         if key in last:

@@ -158,8 +158,9 @@ def plot_curve(history: Sequence[dict], path: str | os.PathLike | None = None):
     return fig
 
 
-def summarize(result: dict, n_train: int, n_val: int) -> dict:
-    """metrics.json content: final losses, sizes, throughput."""
+def summarize(result: dict, n_train: int, n_val: int, rows: dict | None = None) -> dict:
+    """metrics.json content: final losses, sizes, throughput, and the evaluation-patient exclusion counts of
+    ``rows`` (:func:`pretrain.split_rows`), as the image pretraining reports them."""
     last = result["history"][-1] if result["history"] else {}
     out = {"modality": "signal", "epochs_done": len(result["history"]), "backbone_params": result["params"],
            "world_size": result["world_size"], "resumed_from_epoch": result["resumed_from"],
@@ -168,6 +169,7 @@ def summarize(result: dict, n_train: int, n_val: int) -> dict:
     for key in ("train_loss", "val_loss"):
         if key in last:
             out[f"final_{key}"] = last[key]
+    out.update({k: rows[k] for k in pretrain.EXCLUSION_KEYS if rows and k in rows})
     return out
 
 
@@ -184,7 +186,7 @@ def run(cfg: pretrain.PretrainConfig, run_dir: str | os.PathLike,
         utils.atomic_write(run_dir / "pretraining_rows.npy", lambda tmp: tmp.write_bytes(_npy_bytes(rows["train"])))
     train_ds, val_ds = build_data(cfg, store, rows)
     result = train(cfg, train_ds, val_ds, run_dir, on_epoch_end=on_epoch_end)
-    metrics = summarize(result, len(rows["train"]), len(rows["val"]))
+    metrics = summarize(result, len(rows["train"]), len(rows["val"]), rows)
     if rank == 0:
         plot_curve(result["history"], run_dir / "pretrain_curve.png")
         hashes = {"cohort manifest.parquet": runs.file_sha256(Path(store.root) / "manifest.parquet")}
