@@ -218,7 +218,7 @@ def test_local_parallel_sweep_kill_one_job_and_rerun_submits_only_it(grid_root, 
     assert _state(spec, slow) == "running"
     job.cancel()
     _wait_for(job.done, what="the killed job")
-    _wait_for(lambda: _state(spec, slow) == "failed", 30, "the lock to be released")
+    _wait_for(lambda: _state(spec, slow) == "failed", 180, "the lock to be released")
     lines = sweep.status_lines(spec)
     assert lines[0].startswith(f"missing   {fast}") and lines[1].startswith(f"failed    {slow}")
     assert f"log={job.paths.stdout}" in lines[1] and "error=" in lines[1]
