@@ -12,9 +12,11 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -193,6 +195,19 @@ def _wait_for(predicate, timeout_s: float = 120.0, what: str = ""):
         time.sleep(0.1)
 
 
+def _kill_lock_holders(lock: Path) -> None:
+    """SIGKILL every process holding a flock on ``lock`` (from /proc/locks). submitit's cancel sends SIGINT, which a
+    job started from a long pytest session can inherit as ignored; the test means "the job's process died"."""
+    ino = os.stat(lock).st_ino
+    for line in Path("/proc/locks").read_text().splitlines():
+        parts = line.split()
+        if len(parts) > 5 and parts[5].rsplit(":", 1)[-1] == str(ino) and parts[4] != str(os.getpid()):
+            try:
+                os.kill(int(parts[4]), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError, ValueError):
+                pass
+
+
 def _state(spec, rid):
     return {r: s for r, s, _ in sweep.status(spec)}[rid]
 
@@ -218,7 +233,8 @@ def test_local_parallel_sweep_kill_one_job_and_rerun_submits_only_it(grid_root, 
     assert _state(spec, slow) == "running"
     job.cancel()
     _wait_for(job.done, what="the killed job")
-    _wait_for(lambda: _state(spec, slow) == "failed", 180, "the lock to be released")
+    _kill_lock_holders(spec.state_dir / f"{slow}.lock")
+    _wait_for(lambda: _state(spec, slow) == "failed", 60, "the lock to be released")
     lines = sweep.status_lines(spec)
     assert lines[0].startswith(f"missing   {fast}") and lines[1].startswith(f"failed    {slow}")
     assert f"log={job.paths.stdout}" in lines[1] and "error=" in lines[1]
