@@ -234,7 +234,8 @@ def test_local_parallel_sweep_kill_one_job_and_rerun_submits_only_it(grid_root, 
     job.cancel()
     _wait_for(job.done, what="the killed job")
     _kill_lock_holders(spec.state_dir / f"{slow}.lock")
-    _wait_for(lambda: _state(spec, slow) == "failed", 60, "the lock to be released")
+    _wait_for(lambda: _state(spec, slow) == "failed", 60,
+              f"the lock to be released (status: {sweep.status_lines(spec)}, record: {sweep.read_record(spec, slow)})")
     lines = sweep.status_lines(spec)
     assert lines[0].startswith(f"missing   {fast}") and lines[1].startswith(f"failed    {slow}")
     assert f"log={job.paths.stdout}" in lines[1] and "error=" in lines[1]

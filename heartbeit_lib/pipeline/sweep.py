@@ -344,7 +344,7 @@ def _job_alive(rec: Mapping[str, Any]) -> bool:
     if kind == "local_parallel":
         try:
             os.kill(int(job_id), 0)
-            return rec.get("host") == socket.gethostname()
+            return rec.get("host") == socket.gethostname() and not _zombie(int(job_id))
         except (OSError, ValueError):
             return False
     if kind == "slurm":
@@ -352,6 +352,14 @@ def _job_alive(rec: Mapping[str, Any]) -> bool:
         return state.split()[0] not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY",
                                         "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE", "FINISHED", "INTERRUPTED")
     return False
+
+
+def _zombie(pid: int) -> bool:
+    """True for a process that has exited but was not reaped yet (Linux /proc state Z): its job is over."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _last_line(path: str | None) -> str:
