@@ -559,11 +559,11 @@ def finish(run_dir: str | os.PathLike, result: dict, members: Sequence[Member], 
     hashes = {"predictions.csv": runs.file_sha256(Path(run_dir) / "predictions.csv")}
     if (inputs.store.root / "manifest.parquet").is_file():
         hashes["scored store manifest.parquet"] = runs.file_sha256(inputs.store.root / "manifest.parquet")
-    runs.finish_run(run_dir, metrics=result, data_hashes=hashes)
     info = json.loads((Path(run_dir) / "run.json").read_text())
     info["training_runs"] = training_provenance(members)
     info["scored_store"] = str(inputs.store.root)
     runs.write_json(Path(run_dir) / "run.json", info)
+    runs.finish_run(run_dir, metrics=result, data_hashes=hashes)  # last: it lets go of the run folder's lock
 
 
 def run(cfg: PredictConfig, run_dir: str | os.PathLike | None = None) -> dict:

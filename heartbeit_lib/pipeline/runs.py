@@ -24,6 +24,7 @@ import argparse
 import ast
 import dataclasses
 import datetime as _dt
+import fcntl
 import hashlib
 import importlib
 import inspect
@@ -47,6 +48,7 @@ import yaml
 from nbconvert import HTMLExporter
 
 from heartbeit_lib.config import ConfigError, TypedConfig, UnknownParameterError, _plain  # noqa: F401 (re-exported)
+from heartbeit_lib.safety import safe_component
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -232,17 +234,54 @@ def default_run_id(cfg: TypedConfig | None = None) -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
 
 
+RUN_LOCK = ".run.lock"  # in every run folder, flock-ed from start_run to finish_run (or the process's end)
+_HELD_LOCKS: dict[str, int] = {}  # resolved run folder -> descriptor of its lock, held by this process
+
+
+class RunFolderBusyError(ConfigError):
+    """Another process is writing the same run folder (two runs with one ``run_id``)."""
+
+
+def lock_run_folder(run_dir: str | os.PathLike) -> None:
+    """Hold an exclusive ``flock`` on ``<run_dir>/.run.lock`` until :func:`finish_run` or the process ends (the
+    kernel releases it: no stale lock after a kill). A second process starting the same folder is refused
+    with :class:`RunFolderBusyError` naming it; this process may restart its own run (a re-executed notebook).
+    """
+    run_dir = Path(run_dir)
+    key = str(run_dir.resolve())
+    if key in _HELD_LOCKS:
+        os.close(_HELD_LOCKS.pop(key))
+    fd = os.open(run_dir / RUN_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunFolderBusyError(f"run folder {run_dir} (run_id {run_dir.name!r}) is being written by another "
+                                 "process: wait for it to finish or pick another run_id") from None
+    _HELD_LOCKS[key] = fd
+
+
+def release_run_folder(run_dir: str | os.PathLike) -> None:
+    """Let go of the lock :func:`lock_run_folder` took (nothing when this process holds none)."""
+    fd = _HELD_LOCKS.pop(str(Path(run_dir).resolve()), None)
+    if fd is not None:
+        os.close(fd)
+
+
 def start_run(notebook: str, cfg: TypedConfig, run_id: str = "", out_root: str | os.PathLike = "") -> Path:
-    """Create ``<out_root>/<notebook>/<run_id>/`` and write ``config.yaml`` and ``run.json``.
+    """Create ``<out_root>/<notebook>/<run_id>/``, lock it (:func:`lock_run_folder`) and write ``config.yaml``
+    and ``run.json``.
 
     ``out_root`` defaults to ``cfg.out_root`` if the config has one, else ``outputs``
     (relative paths are taken from the current directory, which is the notebook folder's parent
-    when run through :func:`execute_notebook`).
+    when run through :func:`execute_notebook`). ``run_id`` must be one plain name
+    (:func:`heartbeit_lib.safety.safe_component`): the run folder never lies outside ``<out_root>/<notebook>``.
     """
     out_root = out_root or getattr(cfg, "out_root", "") or str(REPO_ROOT / "outputs")
-    run_id = run_id or getattr(cfg, "run_id", "") or default_run_id(cfg)
-    run_dir = Path(out_root) / notebook / run_id
+    run_id = safe_component("parameter 'run_id'", run_id or getattr(cfg, "run_id", "") or default_run_id(cfg))
+    run_dir = Path(out_root) / safe_component("notebook", notebook) / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
+    lock_run_folder(run_dir)
     with open(run_dir / "config.yaml", "w") as f:
         yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
     info = {
@@ -271,6 +310,7 @@ def finish_run(run_dir: str | os.PathLike, metrics: Mapping[str, Any] | None = N
     _write_json(run_dir / "run.json", info)
     if metrics is not None:
         _write_json(run_dir / "metrics.json", dict(metrics))
+    release_run_folder(run_dir)
     return run_dir
 
 
