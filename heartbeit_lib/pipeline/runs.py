@@ -314,6 +314,18 @@ def finish_run(run_dir: str | os.PathLike, metrics: Mapping[str, Any] | None = N
     return run_dir
 
 
+def mark_failed(run_dir: str | os.PathLike, error: BaseException) -> None:
+    """Record ``failed: "<ErrorClass>: <message>"`` (and no finish time) in a run folder's ``run.json``, so a run
+    that stopped half-way never reads as finished; written even when the run failed before ``run.json`` existed."""
+    p = Path(run_dir) / "run.json"
+    try:
+        info = json.loads(p.read_text()) if p.is_file() else {}
+    except json.JSONDecodeError:
+        info = {}
+    info.update(finished=None, failed=f"{type(error).__name__}: {error}"[:2000], failed_at=_now())
+    _write_json(p, info)
+
+
 def is_complete(run_dir: str | os.PathLike) -> bool:
     """True when ``run.json`` exists and records a finish time."""
     p = Path(run_dir) / "run.json"
@@ -437,9 +449,13 @@ def execute_notebook(notebook: str | os.PathLike, params: Mapping[str, Any], run
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     out_nb = run_dir / notebook.name
-    papermill.execute_notebook(str(notebook), str(out_nb), parameters=dict(params),
-                               kernel_name=kernel_name, progress_bar=progress_bar,
-                               cwd=str(cwd or REPO_ROOT))
+    try:
+        papermill.execute_notebook(str(notebook), str(out_nb), parameters=dict(params),
+                                   kernel_name=kernel_name, progress_bar=progress_bar,
+                                   cwd=str(cwd or REPO_ROOT))
+    except BaseException as e:  # the folder may hold half of the outputs: say so in run.json
+        mark_failed(run_dir, e)
+        raise
     if html:
         notebook_to_html(out_nb)
     return out_nb
