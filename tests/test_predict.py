@@ -314,3 +314,63 @@ def test_a_failed_run_leaves_no_finished_looking_folder(world):
     assert info["finished"] is None and info["failed"].startswith("PredictError") and "no-such-record" in info["failed"]
     predict.run(ok)  # the same id runs again: the stale .partial folder is replaced, the run renamed into place
     assert not (root / "07_predict" / ".again.partial").exists() and runs.is_complete(final)
+
+
+# ---------------------------------------------------------------- threshold uncertainty and operating points
+
+
+def _fake_val_run(ft0, tmp_path, y, p):
+    fake = tmp_path / "fake-run"
+    shutil.copytree(ft0, fake)
+    best = json.loads((fake / "metrics.json").read_text())["best_epoch"]
+    pd.DataFrame({"record_id": [f"v{i}" for i in range(len(y))], "patient_hash": "p", "split": "val", "epoch": best,
+                  "label": y, "score": p}).to_parquet(fake / "predictions.parquet", index=False)
+    return predict.Member(fake, fake.name, None, None, {}, {"best_epoch": best}, None)
+
+
+@pytest.mark.parametrize("n_pos", [10, 60])
+def test_threshold_report_interval_and_small_validation_warning(world, tmp_path, n_pos):
+    """The interval is calibration.threshold_interval on the validation scores (tested against sklearn in
+    test_calibration); the warning comes exactly when validation holds fewer than 50 positives."""
+    _, ft, _ = world
+    rng = np.random.default_rng(n_pos)
+    y = np.r_[np.ones(n_pos), np.zeros(80)].astype(int)
+    p = np.clip(rng.normal(0.35 + 0.3 * y, 0.15), 0, 1).round(3)
+    member = _fake_val_run(ft[0], tmp_path, y, p)
+    cfg = cfg_for(world, n_boot=100)
+    thr = predict.operating_threshold([member], cfg)
+    if n_pos < predict.MIN_VAL_POSITIVES:
+        with pytest.warns(UserWarning, match=f"{n_pos} validation positives"):
+            rep = predict.threshold_report([member], thr, cfg)
+        assert "bootstrap interval" in rep["warning"]
+    else:
+        rep = predict.threshold_report([member], thr, cfg)
+        assert rep["warning"] is None
+    assert (rep["n_val"], rep["n_val_positives"]) == (len(y), n_pos)
+    want = predict.calibration.threshold_interval(y, p, thr, n_boot=100, seed=cfg.seed)
+    assert rep["interval"] == dataclasses.asdict(want) and want.value_lo <= thr.value <= want.value_hi
+    assert want.value_hi > want.value_lo  # a threshold chosen on 90-140 records moves between resamples
+
+
+def test_operating_points_on_validation_and_scored_ecgs(world):
+    """Each row: the validation threshold for the target (sensitivity/specificity reached on validation), and its
+    rates on the labelled scored ECGs recomputed with numpy from predictions.csv; threshold.json carries the report."""
+    root, ft, _ = world
+    cfg = cfg_for(world, finetune_runs=tuple(map(str, ft)), run_id="points", threshold_method="specificity",
+                  target_specificity=0.9)
+    with pytest.warns(UserWarning, match="validation positives"):
+        res = predict.run(cfg)
+    out = root / "07_predict" / "points"
+    pts = pd.read_csv(out / "operating_points.csv")
+    pred = pd.read_csv(out / "predictions.csv")
+    assert list(pts["target"]) == ["sensitivity"] * 3 + ["specificity"] * 3
+    ok = pts[pts["note"].isna()]
+    assert len(ok) >= 3
+    for _, r in ok.iterrows():
+        assert r[f"val_{r['target']}"] >= r["value"] - 1e-12
+        called = pred["score"] >= r["threshold"]
+        assert r["scored_sensitivity"] == pytest.approx(called[pred["label"] == 1].mean(), nan_ok=True)
+        assert r["scored_specificity"] == pytest.approx((~called)[pred["label"] == 0].mean(), nan_ok=True)
+    thr = json.loads((out / "threshold.json").read_text())
+    assert thr["method"] == "specificity" and thr["specificity"] >= 0.9 and thr["target_specificity"] == 0.9
+    assert thr["interval"]["n_used"] > 0 and thr["warning"] and res["threshold"]["warning"] == thr["warning"]

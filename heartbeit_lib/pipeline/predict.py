@@ -21,7 +21,10 @@ The steps, each one function here (the notebook calls them in order, :func:`run`
    signals resampled to their rate (``classify.signal_data.prepare_signals``, as in training); one probability per
    member and their mean (``score``).
 4. :func:`operating_threshold`: chosen on the training runs' *validation* split (their ``predictions.parquet`` at
-   the chosen epoch, averaged over members), Youden by default or a target sensitivity; never on the scored data.
+   the chosen epoch, averaged over members), Youden by default, a target sensitivity or a target specificity; never
+   on the scored data. :func:`threshold_report`: its bootstrap interval and sensitivity/specificity on validation,
+   a warning under :data:`MIN_VAL_POSITIVES` validation positives; :func:`operating_points`: the thresholds for
+   sensitivity and specificity 0.80/0.90/0.95 on validation (and how they do on labelled scored ECGs).
 5. :func:`validate`: when the scored ECGs carry labels, AUROC/AUPRC with bootstrap CIs, Brier, ECE, calibration
    slope/intercept and sensitivity/specificity/PPV/NPV at that threshold, for the training runs' internal test
    split next to the external data; optionally recalibrated (Platt or isotonic fitted on a named training split).
@@ -30,6 +33,7 @@ The steps, each one function here (the notebook calls them in order, :func:`run`
    model's lead x time map drawn into the same layout, :func:`member_maps`).
 
 Files in ``<out_root>/07_predict/<run_id>/``: ``predictions.csv``, ``rejects.csv``, ``threshold.json``,
+``operating_points.csv``,
 ``validation.csv`` and ``reliability.png`` (labels only), ``pictures/*.png`` and ``pictures.pdf``, ``cohort/``
 (the preprocessed inputs), ``config.yaml``, ``metrics.json`` and ``run.json`` (with ``training_runs``: each
 member's folder, its run.json, config and file hashes).
@@ -44,6 +48,7 @@ import re
 import shutil
 import sys
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -70,6 +75,8 @@ from heartbeit_lib.utils import atomic_write, resolve_device
 NOTEBOOK = "07_predict"
 SPLITS = ("train", "val", "test", "external", "unassigned")
 CHUNK = 256  # ECGs rendered at once (256 x 224 x 224 uint8 = 13 MB)
+OPERATING_TARGETS = (0.80, 0.90, 0.95)  # sensitivities and specificities offered in operating_points.csv
+MIN_VAL_POSITIVES = 50  # fewer validation positives than this: the threshold is a rough estimate (warned)
 PICTURE_SIZE = 224  # px of the model-input panel of a signal-only ensemble's pages (its saliency drawn in stack8)
 
 
@@ -97,8 +104,9 @@ class PredictConfig(runs.TypedConfig):
     image_size: int | None = None  # None: the size the model was trained at; another value is an error
     layout: str | None = None  # None: the layout the model was trained on; another value is an error
     ylim_mv: tuple[float, ...] | None = None  # (lo, hi) mV per band; None: as trained (if recorded); another value is an error
-    threshold_method: str = "youden"  # threshold on the training runs' val split: youden or sensitivity
+    threshold_method: str = "youden"  # threshold on the training runs' val split: youden, sensitivity or specificity
     target_sensitivity: float | None = None  # threshold_method sensitivity: sensitivity to reach on val, in (0, 1]
+    target_specificity: float | None = None  # threshold_method specificity: specificity to reach on val, in (0, 1]
     recalibrate: str | None = None  # platt or isotonic; None: no recalibration
     recalibrate_on: str = "val"  # training-run split the calibrator is fitted on: val or test (never the evaluated one)
     pictures: str = "top"  # per-ECG pages: top (highest scores), positives (decision 1), ids (picture_ids), none
@@ -126,10 +134,13 @@ class PredictConfig(runs.TypedConfig):
                                f"of raw files), got cohort_run={self.cohort_run!r}, data_root={self.data_root!r}")
         if self.split and not self.cohort_run:
             raise PredictError("parameter 'split': only with cohort_run")
-        if (self.threshold_method == "sensitivity") != (self.target_sensitivity is not None):
-            raise PredictError("parameters 'threshold_method'/'target_sensitivity': the target is required for "
-                               f"'sensitivity' and only allowed there (got {self.threshold_method!r}, "
-                               f"{self.target_sensitivity!r})")
+        for name in ("sensitivity", "specificity"):
+            target = getattr(self, f"target_{name}")
+            if (self.threshold_method == name) != (target is not None):
+                raise PredictError(f"parameters 'threshold_method'/'target_{name}': the target is required for "
+                                   f"{name!r} and only allowed there (got {self.threshold_method!r}, {target!r})")
+            if target is not None and not 0 < target <= 1:
+                raise PredictError(f"parameter 'target_{name}': {target!r} is not in (0, 1]")
         if self.ylim_mv is not None and len(self.ylim_mv) != 2:
             raise PredictError(f"parameter 'ylim_mv': {list(self.ylim_mv)} is not a pair (lo, hi) in mV")
         if self.pictures == "ids" and not self.picture_ids:
@@ -431,14 +442,64 @@ def training_scores(members: Sequence[Member], split: str) -> pd.DataFrame:
                          "label": df.index.get_level_values(1).astype(np.int64), "score": df.mean(axis=1).to_numpy()})
 
 
-def operating_threshold(members: Sequence[Member], cfg: PredictConfig) -> calibration.Threshold:
-    """The threshold chosen on the training runs' validation split (``calibration.choose_threshold``)."""
+def _validation_scores(members: Sequence[Member]) -> pd.DataFrame:
     val = training_scores(members, "val")
     if val.empty:
         raise PredictError(f"{members[0].run_dir / 'predictions.parquet'}: no validation scores at the chosen epoch; "
                            "the threshold is chosen on the validation split only")
+    return val
+
+
+def operating_threshold(members: Sequence[Member], cfg: PredictConfig) -> calibration.Threshold:
+    """The threshold chosen on the training runs' validation split (``calibration.choose_threshold``)."""
+    val = _validation_scores(members)
     return calibration.choose_threshold(val["label"], val["score"], split="val", method=cfg.threshold_method,
-                                        target_sensitivity=cfg.target_sensitivity)
+                                        target_sensitivity=cfg.target_sensitivity,
+                                        target_specificity=cfg.target_specificity)
+
+
+def threshold_report(members: Sequence[Member], threshold: calibration.Threshold, cfg: PredictConfig) -> dict:
+    """How much to trust ``threshold``: the validation counts, its bootstrap interval on validation and the
+    interval of its sensitivity/specificity there (``calibration.threshold_interval``, ``cfg.n_boot`` resamples),
+    and a ``warning`` (also raised as a :class:`UserWarning`) when validation holds fewer than
+    :data:`MIN_VAL_POSITIVES` positives: such a threshold may give a very different sensitivity elsewhere."""
+    val = _validation_scores(members)
+    n_pos = int((val["label"] == 1).sum())
+    ci = calibration.threshold_interval(val["label"], val["score"], threshold, n_boot=cfg.n_boot, seed=cfg.seed)
+    warning = None
+    if n_pos < MIN_VAL_POSITIVES:
+        warning = (f"the threshold {threshold.value:.4g} was chosen on {n_pos} validation positives (< "
+                   f"{MIN_VAL_POSITIVES}): its 95 % bootstrap interval is {ci.value_lo:.4g}-{ci.value_hi:.4g} and "
+                   f"its validation sensitivity {ci.sensitivity_lo:.2f}-{ci.sensitivity_hi:.2f}; expect another "
+                   "sensitivity on new data (see operating_points.csv; choose it on a larger validation set)")
+        warnings.warn(warning, UserWarning, stacklevel=2)
+    return {"n_val": len(val), "n_val_positives": n_pos, "interval": dataclasses.asdict(ci), "warning": warning}
+
+
+def operating_points(members: Sequence[Member], pred: pd.DataFrame,
+                     targets: Sequence[float] = OPERATING_TARGETS) -> pd.DataFrame:
+    """The operating points clinicians ask for: per target sensitivity and target specificity, the threshold chosen
+    on the training runs' validation split, its sensitivity/specificity there, and (labelled scored ECGs only) on
+    the scored ECGs. A target no validation threshold reaches gets a ``note``."""
+    val = _validation_scores(members)
+    lab = pred[pred["label"] >= 0]
+    rows = []
+    for name in ("sensitivity", "specificity"):
+        for target in targets:
+            row: dict[str, Any] = {"target": name, "value": float(target)}
+            try:
+                t = calibration.choose_threshold(val["label"], val["score"], split="val", method=name,
+                                                 **{f"target_{name}": float(target)})
+            except calibration.CalibrationError as e:
+                rows.append({**row, "note": str(e)})
+                continue
+            row.update(threshold=t.value, val_sensitivity=t.sensitivity, val_specificity=t.specificity)
+            if len(lab):
+                op = calibration.operating_point(lab["label"], lab["score"], t.value, split="external")
+                row.update(scored_sensitivity=op.sensitivity, scored_specificity=op.specificity, scored_ppv=op.ppv,
+                           scored_npv=op.npv)
+            rows.append({**row, "note": ""})
+    return pd.DataFrame(rows)
 
 
 # ======================================================================== 5. external validation
@@ -610,12 +671,16 @@ def draw_pictures(members: Sequence[Member], inputs: Inputs, pred: pd.DataFrame,
 
 
 def write_outputs(run_dir: str | os.PathLike, pred: pd.DataFrame, inputs: Inputs,
-                  threshold: calibration.Threshold, table: pd.DataFrame | None) -> None:
-    """``predictions.csv``, ``rejects.csv``, ``threshold.json`` and (labels only) ``validation.csv``."""
+                  threshold: calibration.Threshold, table: pd.DataFrame | None, report: dict | None = None,
+                  points: pd.DataFrame | None = None) -> None:
+    """``predictions.csv``, ``rejects.csv``, ``threshold.json`` (with :func:`threshold_report`),
+    ``operating_points.csv`` and (labels only) ``validation.csv``."""
     run_dir = Path(run_dir)
     atomic_write(run_dir / "predictions.csv", lambda t: pred.to_csv(t, index=False))
     atomic_write(run_dir / "rejects.csv", lambda t: inputs.rejects.to_csv(t, index=False))
-    runs.write_json(run_dir / "threshold.json", dataclasses.asdict(threshold))
+    runs.write_json(run_dir / "threshold.json", {**dataclasses.asdict(threshold), **(report or {})})
+    if points is not None:
+        atomic_write(run_dir / "operating_points.csv", lambda t: points.to_csv(t, index=False))
     if table is not None and len(table):
         atomic_write(run_dir / "validation.csv", lambda t: table.to_csv(t, index=False))
 
@@ -633,11 +698,13 @@ def training_provenance(members: Sequence[Member]) -> list[dict]:
 
 
 def run_metrics(pred: pd.DataFrame, inputs: Inputs, threshold: calibration.Threshold, table: pd.DataFrame | None,
-                members: Sequence[Member]) -> dict:
-    """``metrics.json``: counts, threshold, fraction called positive, and the validation rows."""
+                members: Sequence[Member], report: dict | None = None) -> dict:
+    """``metrics.json``: counts, threshold (and its :func:`threshold_report`), fraction called positive, and the
+    validation rows."""
     out = {"n_inputs": inputs.n_inputs, "n_scored": len(pred), "n_rejected": len(inputs.rejects),
            "n_members": len(members), "members": [m.name for m in members],
-           "threshold": dataclasses.asdict(threshold), "n_positive_decisions": int(pred["decision"].sum()),
+           "threshold": {**dataclasses.asdict(threshold), **(report or {})},
+           "n_positive_decisions": int(pred["decision"].sum()),
            "mean_score": float(pred["score"].mean()) if len(pred) else None}
     if table is not None and len(table):
         out["validation"] = json.loads(table.to_json(orient="records"))
@@ -698,13 +765,14 @@ def _run_steps(cfg: PredictConfig, run_dir: Path) -> dict:
     inputs = prepare_inputs(cfg, run_dir, rendering)
     member_scores = score(members, inputs, rendering, cfg.batch_size)
     threshold = operating_threshold(members, cfg)
+    report = threshold_report(members, threshold, cfg)
     pred = predictions_table(members, inputs, member_scores, threshold)
     table, curves = validate(members, pred, threshold, cfg)
     if curves:
         reliability_figure(curves, run_dir / "reliability.png")
-    write_outputs(run_dir, pred, inputs, threshold, table)
+    write_outputs(run_dir, pred, inputs, threshold, table, report, operating_points(members, pred))
     draw_pictures(members, inputs, pred, choose_pictures(pred, cfg), rendering, threshold, cfg, run_dir)
-    result = run_metrics(pred, inputs, threshold, table, members)
+    result = run_metrics(pred, inputs, threshold, table, members, report)
     finish(run_dir, result, members, inputs)
     return result
 
