@@ -103,6 +103,8 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from heartbeit_lib.safety import write_csv
+
 # Leads of the stored 8-lead ECG, in the order of the signal's first axis and of the stack8 rows.
 LEADS: tuple[str, ...] = ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6")
 LAYOUTS: tuple[str, ...] = ("stack8", "grid4x2", "clinical3x4")
@@ -1250,7 +1252,7 @@ def export_pngs(cohort_run: str | os.PathLike, out_dir: str | os.PathLike, size:
                 records.append(dict(record_id=record_ids[row], split=split, label=label,
                                     path=str(rel), row=int(row)))
     index = out / "index.csv"
-    pd.DataFrame(records, columns=["record_id", "split", "label", "path", "row"]).to_csv(index, index=False)
+    write_csv(pd.DataFrame(records, columns=["record_id", "split", "label", "path", "row"]), index, index=False)
     return index
 
 

@@ -166,6 +166,7 @@ def test_no_raw_patient_ids_anywhere(tmp_path):
 def test_salt_file_and_missing_patient_ids(tmp_path):
     salt_file = tmp_path / "salt.secret"
     salt_file.write_text("pepper\n")
+    salt_file.chmod(0o600)  # a salt file must be private (issue 27)
     x, meta = _stored(4), _meta(4)
     meta.loc[1, "patient_id"] = None  # no id anywhere -> the record is its own patient
     inputs = meta.assign(source_path=[cohorts.ArrayReader.path(i) for i in range(4)])

@@ -184,6 +184,7 @@ def test_concurrent_salt_creation_agrees_on_one_salt(tmp_path):
 
 def test_legacy_salt_in_the_run_folder_is_reused(tmp_path):
     (tmp_path / "salt.txt").write_text("legacy\n")
+    (tmp_path / "salt.txt").chmod(0o600)
     assert ids.read_or_create_salt(tmp_path) == "legacy"
     assert ids.salt_path(tmp_path) == tmp_path / "salt.txt"
     assert not ids.default_salt_path().exists()

@@ -128,7 +128,7 @@ def test_size_caps(tmp_path, monkeypatch):
     monkeypatch.setattr(io.muse, "MAX_XML_BYTES", 1000)
     with pytest.raises(io.FileTooLargeError, match="over the cap of 1000"):
         io.read_muse(big)
-    assert io.MAX_XML_BYTES == 64 * 2**20 and io.MAX_LINE_CHARS == 4096 and io.MAX_HEADER_BYTES == 2**20
+    assert io.MAX_XML_BYTES == 16 * 2**20 and io.MAX_LINE_CHARS == 4096 and io.MAX_HEADER_BYTES == 2**20
 
 
 def test_bounds_in_from_numpy():

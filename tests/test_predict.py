@@ -108,6 +108,7 @@ def test_raw_files_rejects_labels_salt_and_validation(world):
     root, ft, raw = world
     salt = root / "salt.txt"
     salt.write_text("pepper\n")
+    salt.chmod(0o600)
     cfg = cfg_for(world, finetune_runs=tuple(map(str, ft)), salt_file=str(salt), run_id="raw", pictures="top",
                   n_pictures=2, recalibrate="platt")
     res = predict.run(cfg)

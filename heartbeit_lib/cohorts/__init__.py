@@ -41,7 +41,7 @@ from .build import FLOAT16_MAX, INPUT_COLUMNS, REJECTABLE, ShardSpec, build_shar
 from .build import BuildPlan, build_shard_range, merge_store, plan_build, shard_ranges  # array builds
 from .errors import (AmplitudeRangeError, CohortError, LabelError, NonFiniteOutputError, RecordError, SplitError,
                      StoreError, StoredShapeError, TaskError, WorkerDiedError)
-from .ids import clean_id, default_salt_path, hash_patient, read_or_create_salt, salt_path
+from .ids import SaltFileError, clean_id, default_salt_path, hash_patient, read_or_create_salt, salt_path
 from .sources import (ArrayReader, ArrayRecord, Source, build_pretraining_mix, build_store_from_arrays, demo_source,
                       muse_source, ptbxl_source, wfdb_source)
 from .splits import SPLITS, assign_splits, check_disjoint, fraction_mask, fraction_size, train_ranks

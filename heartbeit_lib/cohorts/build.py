@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from heartbeit_lib import io as hio
 from heartbeit_lib import signals
+from heartbeit_lib.safety import write_csv
 from heartbeit_lib.utils import atomic_write, atomic_write_text
 
 from .errors import (AmplitudeRangeError, CohortError, LabelError, NonFiniteOutputError, RecordError, StoreError,
@@ -105,11 +106,22 @@ def _check_range(y: np.ndarray, where: str) -> None:
                                   f"+-{FLOAT16_MAX:.0f} uV (wrong gain or unit?)")
 
 
+MAX_REASON_CHARS = 500  # a reject reason is a sentence; readers quote at most a short excerpt of a file
+
+
+def _reason_text(err: BaseException) -> str:
+    """``str(err)`` with control characters escaped (one line in rejects.csv and logs) and cut to
+    :data:`MAX_REASON_CHARS`: an error message never carries more than a short excerpt of an input."""
+    text = str(err).encode("unicode_escape", "backslashreplace").decode("ascii") if not str(err).isprintable() \
+        else str(err)
+    return text if len(text) <= MAX_REASON_CHARS else text[:MAX_REASON_CHARS] + "..."
+
+
 class _Rejects(list):
     """Reject rows of one shard (``REJECT_COLUMNS``)."""
 
     def add(self, row: dict, stage: str, err: BaseException) -> None:
-        path, why = str(row["source_path"]), str(err)
+        path, why = str(row["source_path"]), _reason_text(err)
         self.append({"input_index": int(row["input_index"]), "source_path": path,
                      "record_id": str(row["record_id"]), "stage": stage, "error_type": type(err).__name__,
                      "reason": why if path in why else f"{path}: {why}"})
@@ -485,7 +497,7 @@ def _merge(run_dir: Path, df: pd.DataFrame, task: TaskConfig, seed: int, n_shard
     manifest = manifest[cols + [c for c in manifest.columns if c not in cols]]
     _write_parquet(run_dir / "manifest.parquet", manifest)
     _write_parquet(run_dir / "rejects.parquet", rejects)
-    atomic_write(run_dir / "rejects.csv", lambda tmp: rejects.to_csv(tmp, index=False))
+    atomic_write(run_dir / "rejects.csv", lambda tmp: write_csv(rejects, tmp, index=False))
     info = {"format": STORE_FORMAT, "version": STORE_VERSION, "task": task.name,
             "n_inputs": len(df), "n_stored": len(manifest), "n_rejected": len(rejects),
             "n_shards": n_shards, "shard_size": params["shard_size"], "dtype": "float16",

@@ -6,6 +6,7 @@ import hashlib
 import math
 import os
 import secrets
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -45,14 +46,55 @@ def _create_salt_exclusively(p: Path) -> str:
     return salt
 
 
+MAX_SALT_BYTES = 4096  # a salt is 32 hex characters; a bigger "salt file" is something else
+
+
+class SaltFileError(StoreError):
+    """The salt file is not a private regular file of this user (mode 0600) holding one line of text."""
+
+
+def _read_salt_file(p: Path) -> str:
+    """The text of the salt file ``p``, refused unless it is a regular file (a symlink to one is followed, a
+    dangling one is refused) owned by this user, readable by nobody else (mode 0600 / 0400), at most
+    :data:`MAX_SALT_BYTES` bytes: opened non-blocking (a FIFO never hangs), checked on the open descriptor."""
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        why = "is a dangling symlink" if p.is_symlink() else "does not exist"
+        raise SaltFileError(f"salt file {p} {why}") from None
+    except OSError as e:
+        raise SaltFileError(f"salt file {p}: cannot open ({e.strerror or e})") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file (a FIFO, device or socket)"
+        raise SaltFileError(f"salt file {p} is {kind}")
+    with os.fdopen(fd, "rb") as f:
+        if hasattr(os, "getuid") and st.st_uid != os.getuid():
+            raise SaltFileError(f"salt file {p} is owned by uid {st.st_uid}, not by this user ({os.getuid()})")
+        if st.st_mode & 0o077:
+            raise SaltFileError(f"salt file {p} has mode {stat.S_IMODE(st.st_mode):04o}: others may read it; "
+                                f"make it private with chmod 600 {p}")
+        if st.st_size > MAX_SALT_BYTES:
+            raise SaltFileError(f"salt file {p} holds {st.st_size} bytes, over {MAX_SALT_BYTES}: not a salt")
+        data = f.read(MAX_SALT_BYTES + 1)
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise SaltFileError(f"salt file {p} is not text") from None
+    if "\n" in text or "\0" in text:
+        raise SaltFileError(f"salt file {p} holds more than one line")
+    return text
+
+
 def _read_salt(p: Path, wait: bool = False) -> str:
     """The salt in ``p``; with ``wait``, give a concurrent creator up to 5 s to finish writing it."""
     for _ in range(100 if wait else 1):
-        salt = p.read_text().strip()
+        salt = _read_salt_file(p)
         if salt:
             return salt
         time.sleep(0.05)
-    raise StoreError(f"salt file {p} is empty")
+    raise SaltFileError(f"salt file {p} is empty")
 
 
 def salt_path(run_dir: str | os.PathLike, salt_file: str | os.PathLike | None = None) -> Path:
@@ -71,8 +113,10 @@ def read_or_create_salt(run_dir: str | os.PathLike, salt_file: str | os.PathLike
     concurrent builds agree on one salt. Record the path (:func:`salt_path`), never the salt."""
     p = salt_path(run_dir, salt_file)
     if salt_file and not p.exists():
-        raise StoreError(f"salt_file {p} does not exist")
-    if p.exists():
+        if p.is_symlink():
+            raise SaltFileError(f"salt file {p} is a dangling symlink")
+        raise SaltFileError(f"salt_file {p} does not exist")
+    if p.exists() or p.is_symlink():
         return _read_salt(p, wait=not salt_file)
     return _create_salt_exclusively(p)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 from pathlib import Path
@@ -77,13 +78,36 @@ def _record_files(paths: Iterable[str]) -> list[Path]:
     out: set[Path] = set()
     for s in paths:
         p = Path(s)
-        if p.exists():
+        if p.is_file():  # regular files only (a FIFO would hang the hashing)
             out.add(p)
             for ext in (".dat", ".mat"):
                 q = p.with_suffix(ext)
-                if q.exists():
+                if q.is_file():
                     out.add(q)
     return sorted(out)
+
+
+def _outside_root(paths: Iterable[str], root: Path, rejects: Iterable[str] | None = None) -> list[str]:
+    """Per input, why it is refused ('' when it is not): the earlier reason in ``rejects``, else when the file or
+    its record's ``.hea`` / ``.dat`` / ``.mat`` siblings resolve (symlinks, ``..``) outside ``root``: a symlink
+    to a secret (the salt file) must not be read, nor its content quoted into a reject."""
+    top = root.resolve()
+    out = []
+    for s, why in zip(paths, rejects if rejects is not None else itertools.repeat("")):
+        if not why:
+            p = Path(s)
+            for f in (p, *(p.with_suffix(e) for e in (".hea", ".dat", ".mat") if e != p.suffix)):
+                if (f.is_symlink() or f.exists()) and top not in f.resolve().parents:
+                    why = f"{f.name} resolves outside data_root {root} (a symlink or '..' leaving it): not read"
+                    break
+        out.append(why)
+    return out
+
+
+def _printable_name(text: str) -> str:
+    """A file name as valid UTF-8 text: bytes that are not UTF-8 (held as surrogates by ``os.fsdecode``)
+    become ``\\xNN`` escapes, so parquet and CSV can store the name."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def ptbxl_source(root: str | os.PathLike, task: TaskConfig, database: str = "ptbxl_database.csv",
@@ -116,7 +140,8 @@ def ptbxl_source(root: str | os.PathLike, task: TaskConfig, database: str = "ptb
         "patient_id": db["patient_id"].map(clean_id),
         "site": db["site"].map(clean_id) if "site" in db.columns else "",
         "label": label.astype(np.int64),
-        "reject": np.where(has, "", f"no {rate} Hz record file in {database}"),
+        "reject": _outside_root([f"{p}.hea" if h else "" for p, h in zip(db["path"], has)], root,
+                                np.where(has, "", f"no {rate} Hz record file in {database}")),
         "ecg_id": db["ecg_id"].astype(np.int64),
         "strat_fold": db["strat_fold"].astype(np.int64),
         "scp_codes": db["scp_codes"].astype(str),
@@ -125,7 +150,8 @@ def ptbxl_source(root: str | os.PathLike, task: TaskConfig, database: str = "ptb
         "age": pd.to_numeric(db["age"], errors="coerce").astype(float),
         "sex": pd.to_numeric(db["sex"], errors="coerce").fillna(-1).astype(np.int64),
     })
-    files = (root / database, root / "scp_statements.csv", *_record_files(inputs.loc[has, "source_path"]))
+    files = (root / database, root / "scp_statements.csv",
+             *_record_files(inputs.loc[inputs["reject"] == "", "source_path"]))
     return Source("ptbxl", inputs, hio.read_ecg, str(root), tuple(files))
 
 
@@ -168,16 +194,21 @@ def _csv_source(kind: str, root: str | os.PathLike, task: TaskConfig, labels_csv
             "source_path": paths, "record_id": ids,
             "patient_id": tab[task.patient_column].map(clean_id) if task.patient_column in tab.columns else "",
             "site": tab[task.site_column].map(clean_id) if task.site_column in tab.columns else "",
-            "label": label, "reject": why})
+            "label": label, "reject": _outside_root(paths, root, why)})
         if task.value_column and task.value_column in tab.columns:
             inputs[task.value_column] = pd.to_numeric(tab[task.value_column], errors="coerce").astype(float)
         files = (csv, *_record_files(p for p, r in zip(inputs["source_path"], inputs["reject"]) if not r))
     else:  # unlabelled folder: every record file, patient ids from the records themselves
-        inputs = pd.DataFrame({"source_path": [str(p) for p in found],
-                               "record_id": [str(p.relative_to(root).with_suffix("")) for p in found],
-                               "patient_id": "", "site": "", "label": -1})
-        files = tuple(_record_files(inputs["source_path"]))
-    return Source(kind, inputs, hio.read_ecg, str(root), tuple(files))
+        names = [str(p) for p in found]
+        not_utf8 = ["file name is not valid UTF-8 (bytes shown as \\xNN): not read"
+                    if _printable_name(n) != n else "" for n in names]
+        inputs = pd.DataFrame({"source_path": [_printable_name(n) for n in names],
+                               "record_id": [_printable_name(str(p.relative_to(root).with_suffix(""))) for p in found],
+                               "patient_id": "", "site": "", "label": -1,
+                               "reject": _outside_root(names, root, not_utf8)})
+        files = tuple(_record_files(inputs.loc[inputs["reject"] == "", "source_path"]))
+    files = tuple(f for f in files if _printable_name(str(f)) == str(f))  # provenance keys are text too
+    return Source(kind, inputs, hio.read_ecg, str(root), files)
 
 
 def muse_source(root: str | os.PathLike, task: TaskConfig, labels_csv: str | None = None) -> Source:

@@ -3,7 +3,6 @@ their label rules."""
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import os
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from heartbeit_lib import io as hio
 from heartbeit_lib.config import ConfigError, TypedConfig, UnknownParameterError
 
 from .errors import TaskError
@@ -163,7 +163,7 @@ def ptbxl_labels(db: pd.DataFrame, statements: pd.DataFrame, task: TaskConfig) -
     diag = statements[(statements["diagnostic"] == 1) & statements["diagnostic_class"].isin(task.scp_classes)]
     prefixes = tuple(e[:-1] for e in task.scp_exclude if e.endswith("*"))
     codes = {c for c in diag.index if c not in task.scp_exclude and not (prefixes and str(c).startswith(prefixes))}
-    scp = db["scp_codes"].map(lambda v: ast.literal_eval(v) if isinstance(v, str) else v)
+    scp = db["scp_codes"].map(hio.parse_scp_codes)  # typed MetadataError for a hostile literal
     pos = scp.map(lambda d: any(k in codes and float(lik) >= task.scp_min_likelihood for k, lik in d.items()))
     pos = np.array(pos.to_numpy(bool))  # a writable copy (pandas may hand out a read-only view)
     if task.infarction_stadia:

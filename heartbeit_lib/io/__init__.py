@@ -29,7 +29,7 @@ Checks shared by all readers (:func:`validate_signal`):
   anything larger is a wrong gain or unit (-> :class:`AmplitudeError`);
 * a count or checksum field that is present but cannot be parsed is an error, never a skipped check;
 * size caps against hostile inputs (each a :class:`FileTooLargeError`): MUSE XML files up to
-  :data:`MAX_XML_BYTES` (64 MiB; real exports are 0.1-1 MB), WFDB headers up to
+  :data:`MAX_XML_BYTES` (16 MiB; real exports are 0.1-1 MB), WFDB headers up to
   :data:`MAX_HEADER_BYTES` (1 MiB) and header lines up to :data:`MAX_LINE_CHARS` (4,096 characters;
   real lines are under 200). Tokens are parsed without backtracking regular expressions, so time
   grows linearly with the input;
@@ -53,10 +53,10 @@ from .errors import (AmplitudeError, Base64Error, ChecksumError, ECGReadError, E
                      UnsafeXMLError, UnsupportedFormatError, WrongRootError, UnsafePathError, FileTooLargeError)
 from .leads import CANONICAL_LEADS, append_limb_leads, canonical_lead, derive_limb_leads
 from .muse import read_muse
-from .ptbxl import load_ptbxl, load_scp_statements, ptbxl_superclasses
+from .ptbxl import load_ptbxl, load_scp_statements, parse_scp_codes, ptbxl_superclasses
 from .read import read_ecg
-from .record import (FLAT_PTP_UV, FS_MAX_HZ, FS_MIN_HZ, MAX_ABS_UV, MAX_HEADER_BYTES, MAX_LINE_CHARS,
-                     MAX_XML_BYTES, ECGRecord, validate_signal)
+from .record import (FLAT_PTP_UV, FS_MAX_HZ, FS_MIN_HZ, MAX_ABS_UV, MAX_HEADER_BYTES, MAX_LINE_CHARS, MAX_SIGNALS,
+                     MAX_TOTAL_SAMPLES, MAX_XML_BYTES, ECGRecord, excerpt, validate_signal)
 from .wfdb import CINC2020_GAIN_FIXES, read_wfdb
 
 __all__ = [
@@ -99,6 +99,7 @@ __all__ = [
     "read_wfdb_header",
     "read_numpy_table",
     "load_ptbxl",
+    "parse_scp_codes",
     "load_scp_statements",
     "ptbxl_superclasses",
     "load_cinc",

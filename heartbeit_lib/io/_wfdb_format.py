@@ -9,7 +9,9 @@ import math
 import os
 import re
 import shutil
+import struct
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -19,7 +21,8 @@ import scipy.io
 from .errors import (EmptyFileError, FileTooLargeError, HeaderSignalMismatchError, HeaderSyntaxError,
                      LeadMismatchError, MissingFileError, MissingWaveformError, UnknownSamplingRateError,
                      UnsafePathError, UnsupportedFormatError)
-from .record import FS_MAX_HZ, FS_MIN_HZ, MAX_HEADER_BYTES, MAX_LINE_CHARS, read_bytes
+from .record import (FS_MAX_HZ, FS_MIN_HZ, MAX_HEADER_BYTES, MAX_LINE_CHARS, MAX_SIGNALS, MAX_TOTAL_SAMPLES, excerpt,
+                     open_regular, read_bytes)
 
 
 WFDB_SUFFIXES = (".hea", ".dat", ".mat")
@@ -107,13 +110,13 @@ def _parse_signal_line(hea: Path, k: int, line: str) -> dict[str, Any]:
         raise HeaderSyntaxError(hea, f"{where}: needs at least a file name and a format")
     long_tok = next((t for t in tok[1:8] if len(t) > MAX_NUMBER_CHARS), None)
     if long_tok is not None:
-        raise HeaderSyntaxError(hea, f"{where}: field {long_tok[:20]!r}... is over {MAX_NUMBER_CHARS} characters")
+        raise HeaderSyntaxError(hea, f"{where}: field {excerpt(long_tok)} is over {MAX_NUMBER_CHARS} characters")
     _check_signal_file_name(hea, where, tok[0])
     m = re.fullmatch(r"(\d+)(?:x(\d+))?(?::(\d+))?(?:\+(\d+))?", tok[1])
     if not m:
-        raise HeaderSyntaxError(hea, f"{where}: format {tok[1]!r} is not WFDB syntax")
+        raise HeaderSyntaxError(hea, f"{where}: format {excerpt(tok[1])} is not WFDB syntax")
     if m.group(1) not in _WFDB_FORMATS:
-        raise UnsupportedFormatError(hea, f"{where}: {m.group(1)!r} is not a WFDB signal format")
+        raise UnsupportedFormatError(hea, f"{where}: {excerpt(m.group(1))} is not a WFDB signal format")
     sig: dict[str, Any] = {
         "file": tok[0], "fmt": m.group(1), "spf": int(m.group(2) or 1), "skew": int(m.group(3) or 0),
         "offset": int(m.group(4) or 0), "gain": None, "baseline": None, "units": None, "adczero": 0,
@@ -122,14 +125,14 @@ def _parse_signal_line(hea: Path, k: int, line: str) -> dict[str, Any]:
     if len(tok) > 2:
         g = re.fullmatch(rf"({_NUM})(?:\(([-+]?\d+)\))?(?:/(\S+))?", tok[2])
         if not g:
-            raise HeaderSyntaxError(hea, f"{where}: gain {tok[2]!r} is not 'gain(baseline)/units'")
+            raise HeaderSyntaxError(hea, f"{where}: gain {excerpt(tok[2])} is not 'gain(baseline)/units'")
         sig["gain"] = float(g.group(1))
         sig["baseline"] = int(g.group(2)) if g.group(2) is not None else None
         sig["units"] = g.group(3)
     for i, key in ((3, "adcres"), (4, "adczero"), (5, "initval"), (6, "checksum"), (7, "blocksize")):
         if len(tok) > i:
             if not re.fullmatch(r"[-+]?\d+", tok[i]):
-                raise HeaderSyntaxError(hea, f"{where}: {key} {tok[i]!r} is not an integer")
+                raise HeaderSyntaxError(hea, f"{where}: {key} {excerpt(tok[i])} is not an integer")
             sig[key] = int(tok[i])
     if sig["baseline"] is None:
         sig["baseline"] = sig["adczero"]  # WFDB: baseline defaults to the ADC zero
@@ -141,9 +144,9 @@ def _check_signal_file_name(hea: Path, where: str, name: str) -> None:
     header must not make the reader open a file elsewhere on the machine)."""
     parts = name.split("/")
     if any(len(p.encode("utf-8", "replace")) > 255 for p in parts):  # open() would raise ENAMETOOLONG
-        raise HeaderSyntaxError(hea, f"{where}: signal file name {name[:40]!r}... is over 255 bytes")
+        raise HeaderSyntaxError(hea, f"{where}: signal file name {excerpt(name)} is over 255 bytes")
     if name.startswith("/") or "\\" in name or ".." in parts or (parts and parts[0].endswith(":")):
-        raise UnsafePathError(hea, f"{where}: signal file {name[:80]!r} is outside the header's folder")
+        raise UnsafePathError(hea, f"{where}: signal file {excerpt(name, 40)} is outside the header's folder")
 
 
 def read_wfdb_header(path: str | os.PathLike) -> dict[str, Any]:
@@ -185,32 +188,37 @@ def read_wfdb_header(path: str | os.PathLike) -> dict[str, Any]:
     fixed_text = None
     m = re.fullmatch(r"([^/]+)\.(mat|dat|hea)", tokens[0], flags=re.I)
     if m:
-        flags.append(f"record name {tokens[0]!r} on line 1 carried a file suffix (stripped)")
+        flags.append(f"record name {excerpt(tokens[0], 40)} on line 1 carried a file suffix (stripped)")
         tokens[0] = m.group(1)
         lines[spec_idx[0]] = " ".join(tokens)
         fixed_text = "\n".join(lines) + "\n"
     if "/" in tokens[0]:
-        raise UnsupportedFormatError(hea, f"multi-segment record {tokens[0]!r} is not supported")
+        raise UnsupportedFormatError(hea, f"multi-segment record {excerpt(tokens[0])} is not supported")
     if len(tokens) < 2 or not _is_uint(tokens[1]):
-        raise HeaderSyntaxError(hea, f"record line {record_line!r} has no signal count (expected 'name n_sig fs n_samples ...')")
+        raise HeaderSyntaxError(hea, f"record line {excerpt(record_line)} has no signal count (expected 'name n_sig fs n_samples ...')")
     n_sig = int(tokens[1])
     if n_sig == 0:
         raise MissingWaveformError(hea, "header declares 0 signals")
+    if n_sig > MAX_SIGNALS:
+        raise FileTooLargeError(hea, f"header declares {n_sig} signals, over the cap of {MAX_SIGNALS}")
     if len(tokens) < 3:
-        raise UnknownSamplingRateError(hea, f"record line {record_line!r} gives no sampling frequency (WFDB would silently assume 250 Hz)")
+        raise UnknownSamplingRateError(hea, f"record line {excerpt(record_line)} gives no sampling frequency (WFDB would silently assume 250 Hz)")
     fs_m = re.fullmatch(rf"({_NUM})(/{_NUM})?(\(.*\))?", tokens[2]) if len(tokens[2]) <= MAX_NUMBER_CHARS else None
     if not fs_m:
-        raise UnknownSamplingRateError(hea, f"sampling frequency {tokens[2][:40]!r} on the record line is not a number")
+        raise UnknownSamplingRateError(hea, f"sampling frequency {excerpt(tokens[2])} on the record line is not a number")
     fs = float(fs_m.group(1))
     if not math.isfinite(fs) or fs <= 0:
-        raise UnknownSamplingRateError(hea, f"sampling frequency {tokens[2]!r} Hz must be finite and > 0")
+        raise UnknownSamplingRateError(hea, f"sampling frequency {excerpt(tokens[2])} Hz must be finite and > 0")
     if not FS_MIN_HZ <= fs <= FS_MAX_HZ:
         raise UnknownSamplingRateError(hea, f"sampling frequency {fs:g} Hz outside {FS_MIN_HZ:g}-{FS_MAX_HZ:g} Hz")
     sig_len = None
     if len(tokens) > 3:
         if not _is_uint(tokens[3]):
-            raise HeaderSyntaxError(hea, f"number of samples {tokens[3][:40]!r} on the record line is not an integer")
+            raise HeaderSyntaxError(hea, f"number of samples {excerpt(tokens[3])} on the record line is not an integer")
         sig_len = int(tokens[3])
+        if sig_len * n_sig > MAX_TOTAL_SAMPLES:
+            raise FileTooLargeError(hea, f"header declares {n_sig} signals x {sig_len} samples, over the cap of "
+                                         f"{MAX_TOTAL_SAMPLES} samples")
     if len(spec_idx) - 1 != n_sig:
         raise LeadMismatchError(hea, f"record line declares {n_sig} signals but {len(spec_idx) - 1} signal lines follow")
     signals = [_parse_signal_line(hea, k, lines[i].strip()) for k, i in enumerate(spec_idx[1:])]
@@ -226,14 +234,73 @@ def _is_uint(text: str) -> bool:
     return text.isascii() and text.isdigit() and len(text) <= 20
 
 
+def signal_file_size(hea: Path, fname: str) -> int:
+    """Bytes of the signal file ``fname`` named in ``hea``: a regular file (:func:`open_regular`: a FIFO,
+    a directory or a device is a typed error) that resolves inside the header's folder (a symlink leaving it
+    raises :class:`UnsafePathError`)."""
+    f = hea.parent / fname
+    if hea.parent.resolve() not in f.resolve().parents:
+        raise UnsafePathError(hea, f"signal file {excerpt(fname, 40)} resolves outside the header's folder "
+                                   "(a symlink leaving it): not read")
+    fd = open_regular(f, f"signal file named in {hea.name}")
+    try:
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
+def _mat_largest_array(mat: Path, limit: int) -> int:
+    """Most elements any variable of a MATLAB v5 file declares (product of its dimensions), read from each
+    element's first bytes only (a compressed one: its first 64 bytes inflated), never inflating a variable: a
+    70 kB file may declare 36 million zeros. Stops past ``limit`` or after 1,000 variables; 0 when the file is
+    not MAT v5 (scipy decides then)."""
+    with open(mat, "rb") as f:
+        head = f.read(128)
+        if len(head) < 128 or head[126:128] not in (b"IM", b"MI"):
+            return 0
+        order = "<" if head[126:128] == b"IM" else ">"
+        largest = 0
+        for _ in range(1000):
+            tag = f.read(8)
+            if len(tag) < 8:
+                break
+            typ, nbytes = struct.unpack(order + "II", tag)
+            start = f.tell()
+            first = f.read(min(nbytes, 4096))
+            inner = zlib.decompressobj().decompress(first, 64) if typ == 15 else tag + first[:56]
+            f.seek(start + nbytes + (0 if typ == 15 else -nbytes % 8))
+            # miMATRIX: tag (8), array-flags element (16), dimensions element: tag (type, n bytes), int32 dims
+            if len(inner) >= 32 and struct.unpack(order + "I", inner[:4])[0] == 14:
+                n_dims = struct.unpack(order + "I", inner[28:32])[0] // 4
+                dims = inner[32:32 + 4 * n_dims]
+                if n_dims and len(dims) == 4 * n_dims:
+                    largest = max(largest, math.prod(struct.unpack(order + f"{n_dims}i", dims)))
+            if largest > limit:
+                break
+    return largest
+
+
 def load_mat(mat: Path, hea: Path, n_sig: int, sig_len: int | None) -> np.ndarray:
-    """Signal array ``(n_sig, sig_len)`` from a MATLAB file (CinC: variable ``val``, int16)."""
-    if mat.stat().st_size == 0:
+    """Signal array ``(n_sig, sig_len)`` from a MATLAB file (CinC: variable ``val``, int16); the shapes the
+    file declares (``scipy.io.whosmat``) are checked against :data:`MAX_TOTAL_SAMPLES` before any array is
+    loaded (a small compressed file may declare a huge array)."""
+    size = signal_file_size(hea, mat.name)
+    if size == 0:
         raise EmptyFileError(mat, f"signal file is empty (named in {hea.name})")
+    if size > 8 * MAX_TOTAL_SAMPLES:
+        raise FileTooLargeError(mat, f"signal file holds {size} bytes, over the cap of {8 * MAX_TOTAL_SAMPLES}")
+    if _mat_largest_array(mat, MAX_TOTAL_SAMPLES) > MAX_TOTAL_SAMPLES:
+        raise FileTooLargeError(mat, f"declares an array over the cap of {MAX_TOTAL_SAMPLES} samples; named in "
+                                     f"{hea.name}")
     try:
         scipy.io.matlab.matfile_version(str(mat))
+        declared = scipy.io.whosmat(str(mat))
     except Exception as e:
-        raise UnsupportedFormatError(mat, f"not a MATLAB file ({type(e).__name__}: {e}); named in {hea.name}") from None
+        raise UnsupportedFormatError(mat, f"not a MATLAB file ({type(e).__name__}); named in {hea.name}") from None
+    big = [(name, shape) for name, shape, _ in declared if math.prod(shape) > MAX_TOTAL_SAMPLES]
+    if big:
+        raise FileTooLargeError(mat, f"declares array {big[0][0][:20]!r} of shape {big[0][1]}, over the cap of "
+                                     f"{MAX_TOTAL_SAMPLES} samples; named in {hea.name}")
     try:
         content = scipy.io.loadmat(str(mat))
     except Exception as e:
@@ -261,10 +328,13 @@ def _check_dat_sizes(info: dict[str, Any], per_file: dict[str, list[int]], flags
         if len({sigs[i]["fmt"] for i in idx}) > 1 or len({sigs[i]["offset"] for i in idx}) > 1:
             raise HeaderSyntaxError(hea, f"signals stored in {fname} disagree on format or byte offset")
         f = hea.parent / fname
-        size = f.stat().st_size
+        size = signal_file_size(hea, fname)
         if size == 0:
             raise EmptyFileError(f, f"signal file is empty (named in {hea.name})")
         fmt, offset = sigs[idx[0]]["fmt"], sigs[idx[0]]["offset"]
+        if sig_len is None and size > offset + 4 * MAX_TOTAL_SAMPLES:  # at most 4 bytes a sample in any format
+            raise FileTooLargeError(f, f"signal file holds {size} bytes, over the cap of {4 * MAX_TOTAL_SAMPLES} "
+                                       f"after the byte offset (named in {hea.name})")
         if sig_len is not None and fmt in _FMT_BYTES:
             spf = sum(sigs[i]["spf"] for i in idx)
             expected = offset + math.ceil(sig_len * spf * _FMT_BYTES[fmt])
@@ -284,10 +354,15 @@ def _decode_fast(info: dict[str, Any], per_file: dict[str, list[int]]) -> np.nda
     out = np.empty((n_sig, 0), dtype=np.float64)
     for fname, idx in per_file.items():
         fmt, offset = sigs[idx[0]]["fmt"], sigs[idx[0]]["offset"]
-        raw = (hea.parent / fname).read_bytes()[offset:]
         width = int(_FMT_BYTES[fmt])
-        n_frames = len(raw) // (width * len(idx)) if sig_len is None else sig_len
-        raw = raw[: n_frames * width * len(idx)]
+        size = signal_file_size(hea, fname)
+        n_frames = max(size - offset, 0) // (width * len(idx)) if sig_len is None else sig_len
+        if n_frames * n_sig > MAX_TOTAL_SAMPLES:
+            raise FileTooLargeError(hea.parent / fname, f"{fname} holds {n_frames} frames of {n_sig} signals, over "
+                                    f"the cap of {MAX_TOTAL_SAMPLES} samples")
+        with open(hea.parent / fname, "rb") as fh:  # only the bytes the header declares
+            fh.seek(offset)
+            raw = fh.read(n_frames * width * len(idx))
         if fmt == "24":
             b = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
             v = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)

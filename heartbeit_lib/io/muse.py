@@ -6,6 +6,7 @@ import base64
 import binascii
 import datetime as _dt
 import os
+import re
 import zlib
 from pathlib import Path
 from typing import Any
@@ -158,7 +159,7 @@ def read_muse(
         A strip over :data:`MAX_DURATION_FACTOR` times this long raises UnknownSamplingRateError.
 
     Bounds (a typed error beyond them): ``SampleBase * 10**SampleExponent`` within 50-10,000 Hz
-    (exponent within -6..6, checked before the power); file size up to 64 MiB; ``NumberofLeads``,
+    (exponent within -6..6, checked before the power); file size up to 16 MiB; ``NumberofLeads``,
     ``LeadSampleCountTotal``, ``LeadByteCountTotal`` and ``LeadDataCRC32``, when present, must parse
     (an unparsable one is an error, never a skipped check); samples within +-50 mV after scaling
     (:func:`~heartbeit_lib.io.record.validate_signal`).
@@ -227,7 +228,7 @@ def _sample_rate(path: Path, wave: Element, waveform: str) -> float:
     (the exponent is checked before the power: 10.0**400 would raise OverflowError)."""
     base_txt, exp_txt = _text(wave, "SampleBase"), _text(wave, "SampleExponent")
     base = parse_number(base_txt)
-    exp_ok = exp_txt is None or (len(exp_txt) <= 4 and exp_txt.lstrip("+-").isdigit() and exp_txt.isascii())
+    exp_ok = exp_txt is None or re.fullmatch(r"[+-]?[0-9]{1,3}", exp_txt) is not None  # not "+-1", "--1"
     if not exp_ok:
         raise UnknownSamplingRateError(path, f"SampleExponent {exp_txt[:40]!r} is not a small integer")
     exponent = int(exp_txt) if exp_txt is not None else 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import math
 import os
 from io import BytesIO
 from pathlib import Path
@@ -46,18 +47,37 @@ def load_ptbxl(root: str | os.PathLike, sampling_rate: int = 500, database: str 
     if missing:
         raise MetadataError(csv, f"missing column(s) {missing}")
 
-    def parse(v: Any, ecg_id: Any) -> dict:
-        try:
-            d = ast.literal_eval(v)
-        except (ValueError, SyntaxError) as e:
-            raise MetadataError(csv, f"ecg_id {ecg_id}: scp_codes {v!r} is not a dict literal ({e})") from None
-        if not isinstance(d, dict):
-            raise MetadataError(csv, f"ecg_id {ecg_id}: scp_codes {v!r} is not a dict")
-        return d
-
-    df["scp_codes"] = [parse(v, i) for i, v in zip(df.index, df["scp_codes"])]
+    df["scp_codes"] = [parse_scp_codes(v, csv, f"ecg_id {i}") for i, v in zip(df.index, df["scp_codes"])]
     df["path"] = [str(root / f) if isinstance(f, str) and f.strip() else None for f in df[col]]
     return df
+
+
+MAX_SCP_CHARS = 2000  # a PTB-XL scp_codes literal is under 100 characters
+
+
+def parse_scp_codes(value: Any, path: Any = "<scp_codes>", where: str = "") -> dict[str, float]:
+    """A PTB-XL ``scp_codes`` cell (``"{'IMI': 100.0, 'SR': 0.0}"``, or an already parsed dict) as a flat
+    ``{code: likelihood}`` dict; anything else raises :class:`MetadataError` naming ``path`` and ``where``:
+    over :data:`MAX_SCP_CHARS` characters, not a literal, nested or unhashable keys (``{[1]: 2}`` makes
+    ``ast.literal_eval`` raise TypeError), deep nesting (RecursionError), keys that are not text or values
+    that are not finite numbers. The message quotes at most 40 characters of the cell."""
+    where = f"{where}: " if where else ""
+    if isinstance(value, str):
+        if len(value) > MAX_SCP_CHARS:
+            raise MetadataError(path, f"{where}scp_codes of {len(value)} characters, over {MAX_SCP_CHARS}")
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as e:
+            raise MetadataError(path, f"{where}scp_codes {value[:40]!r} is not a dict literal "
+                                      f"({type(e).__name__})") from None
+    if not isinstance(value, dict):
+        raise MetadataError(path, f"{where}scp_codes is a {type(value).__name__}, not a dict")
+    out = {}
+    for k, v in value.items():
+        if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise MetadataError(path, f"{where}scp_codes entry {str(k)[:20]!r}: {str(v)[:20]!r} is not code: number")
+        out[k] = float(v)
+    return out
 
 
 def load_scp_statements(root: str | os.PathLike) -> pd.DataFrame:

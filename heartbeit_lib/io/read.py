@@ -12,7 +12,7 @@ from ._wfdb_format import WFDB_SUFFIXES
 from .arrays import from_numpy
 from .errors import MissingFileError, UnsupportedFormatError
 from .muse import read_muse
-from .record import ECGRecord
+from .record import ECGRecord, open_regular
 from .wfdb import read_wfdb
 
 
@@ -35,6 +35,7 @@ def read_ecg(path: str | os.PathLike, **kw: Any) -> ECGRecord:
     if suffix == ".npy":
         if "fs" not in kw or "leads" not in kw:
             raise UnsupportedFormatError(path, "a .npy ECG needs fs= and leads= keyword arguments")
+        os.close(open_regular(path, ".npy array"))  # a FIFO or a directory: a typed error, never a hang
         try:
             arr = np.load(path, allow_pickle=False)
         except FileNotFoundError:

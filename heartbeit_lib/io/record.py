@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -27,9 +28,15 @@ FS_MAX_HZ: float = 10_000.0
 MAX_ABS_UV: float = 50_000.0
 #: Size caps of the text formats (a typed error beyond them): MUSE exports are 0.1-1 MB, WFDB
 #: headers a few kB with lines under 200 characters.
-MAX_XML_BYTES: int = 64 * 2**20
+MAX_XML_BYTES: int = 16 * 2**20
 MAX_HEADER_BYTES: int = 2**20
 MAX_LINE_CHARS: int = 4096
+#: Signal caps (typed errors beyond them, checked from the header and the file size before reading): at most
+#: 64 signals per record (12 leads and a few extra channels) and 16 million samples over all signals (a 30-min
+#: 12-lead Holter-style CinC record at 257 Hz is 5.6 million), so a record never allocates more than 128 MB of
+#: float64 nor reads more bytes than its header declares.
+MAX_SIGNALS: int = 64
+MAX_TOTAL_SAMPLES: int = 16_000_000
 
 
 # Physical unit -> factor to microvolts (WFDB units are free text; MUSE uses MICROVOLTS).
@@ -176,21 +183,44 @@ def units_factor(path: Any, units: Any, what: str) -> float:
     return _UNIT_TO_UV[key]
 
 
-def read_bytes(path: Path, what: str = "file", max_bytes: int | None = None) -> bytes:
-    """The bytes of ``path``; typed errors when missing, unreadable, empty or over ``max_bytes``
-    (checked on the open file before reading, so a huge file is never loaded)."""
+def excerpt(text: Any, n: int = 16) -> str:
+    """At most ``n`` characters of file content for an error message, escaped (``repr``: no newline or control
+    character reaches a log or a CSV) and marked when cut. Messages never quote more of a file than this."""
+    text = str(text)
+    return repr(text[:n]) + ("..." if len(text) > n else "")
+
+
+def open_regular(path: Path, what: str = "file") -> int:
+    """A read-only descriptor of ``path`` if it is a regular file (a symlink to one is followed): opened
+    non-blocking, so a FIFO never hangs, and checked on the descriptor (no race with a swap). Directories,
+    FIFOs, devices (``/dev/zero``) and sockets raise :class:`UnreadableFileError`; the caller closes it."""
     try:
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise MissingFileError(path, f"{what} does not exist") from None
+    except OSError as e:
+        raise UnreadableFileError(path, f"cannot read {what}: {e.strerror or e}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, device or socket)"
+        raise UnreadableFileError(path, f"cannot read {what}: is {kind}")
+    return fd
+
+
+def read_bytes(path: Path, what: str = "file", max_bytes: int | None = None) -> bytes:
+    """The bytes of the regular file ``path`` (:func:`open_regular`); typed errors when missing, unreadable,
+    not a regular file, empty or over ``max_bytes`` (checked on the open file before reading, so a huge file
+    is never loaded)."""
+    fd = open_regular(path, what)
+    try:
+        with os.fdopen(fd, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if max_bytes is not None and size > max_bytes:
                 raise FileTooLargeError(path, f"{what} holds {size} bytes, over the cap of {max_bytes}")
             data = f.read() if max_bytes is None else f.read(max_bytes + 1)
-        if max_bytes is not None and len(data) > max_bytes:  # grew, or a device without a size
+        if max_bytes is not None and len(data) > max_bytes:  # grew meanwhile
             raise FileTooLargeError(path, f"{what} is over the cap of {max_bytes} bytes")
-    except FileNotFoundError:
-        raise MissingFileError(path, f"{what} does not exist") from None
-    except IsADirectoryError:
-        raise UnreadableFileError(path, f"cannot read {what}: is a directory") from None
     except OSError as e:
         raise UnreadableFileError(path, f"cannot read {what}: {e.strerror or e}") from None
     if not data.strip():

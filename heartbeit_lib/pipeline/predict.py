@@ -70,6 +70,7 @@ from heartbeit_lib.cohorts import (REJECT_COLUMNS, STORE_FS, CohortStore, Source
                                    muse_source, output_leads, ptbxl_source, wfdb_source)
 from heartbeit_lib.pipeline import runs
 from heartbeit_lib.report import ecg_page
+from heartbeit_lib.safety import write_csv
 from heartbeit_lib.utils import atomic_write, resolve_device
 
 NOTEBOOK = "07_predict"
@@ -676,13 +677,13 @@ def write_outputs(run_dir: str | os.PathLike, pred: pd.DataFrame, inputs: Inputs
     """``predictions.csv``, ``rejects.csv``, ``threshold.json`` (with :func:`threshold_report`),
     ``operating_points.csv`` and (labels only) ``validation.csv``."""
     run_dir = Path(run_dir)
-    atomic_write(run_dir / "predictions.csv", lambda t: pred.to_csv(t, index=False))
-    atomic_write(run_dir / "rejects.csv", lambda t: inputs.rejects.to_csv(t, index=False))
+    atomic_write(run_dir / "predictions.csv", lambda t: write_csv(pred, t, index=False))
+    atomic_write(run_dir / "rejects.csv", lambda t: write_csv(inputs.rejects, t, index=False))
     runs.write_json(run_dir / "threshold.json", {**dataclasses.asdict(threshold), **(report or {})})
     if points is not None:
-        atomic_write(run_dir / "operating_points.csv", lambda t: points.to_csv(t, index=False))
+        atomic_write(run_dir / "operating_points.csv", lambda t: write_csv(points, t, index=False))
     if table is not None and len(table):
-        atomic_write(run_dir / "validation.csv", lambda t: table.to_csv(t, index=False))
+        atomic_write(run_dir / "validation.csv", lambda t: write_csv(table, t, index=False))
 
 
 def training_provenance(members: Sequence[Member]) -> list[dict]:

@@ -36,6 +36,7 @@ from heartbeit_lib.classify.signal_models import Inception1d, XResNet1d
 from heartbeit_lib.pipeline import runs
 from heartbeit_lib.pipeline.metrics import list_runs, run_file_hashes
 from heartbeit_lib.report.tables import order_models
+from heartbeit_lib.safety import write_csv
 from heartbeit_lib.utils import resolve_device
 
 
@@ -329,7 +330,7 @@ def save_tables(result: SaliencyResult, run_dir: str | os.PathLike) -> dict[str,
                                     for r in result.runs], ignore_index=True)}
     for name, df in tables.items():
         paths[name] = run_dir / f"{name}.csv"
-        df.to_csv(paths[name], index=False)
+        write_csv(df, paths[name], index=False)
     return paths
 
 

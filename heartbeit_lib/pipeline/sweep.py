@@ -727,7 +727,7 @@ def choose_lr(spec: SweepSpec, write: bool = True) -> pd.DataFrame:
     if write:
         out = Path(spec.out_root) / NOTEBOOK / f"lr-choice-{spec.name}.csv"
         out.parent.mkdir(parents=True, exist_ok=True)
-        df.to_csv(out, index=False)
+        safety.write_csv(df, out, index=False)
     return df
 
 

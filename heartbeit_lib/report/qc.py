@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 
 from heartbeit_lib import render
 from heartbeit_lib.cohorts import N_SAMPLES, SPLITS, STORE_FS, CohortStore
+from heartbeit_lib.safety import write_csv
 
 
 def _as_manifest(store_or_manifest: "CohortStore | pd.DataFrame | str | os.PathLike") -> pd.DataFrame:
@@ -96,7 +97,7 @@ def save_table(df: pd.DataFrame, path_stem: str | os.PathLike) -> tuple[Path, Pa
     """Write ``<stem>.csv`` and ``<stem>.md``; returns both paths."""
     stem = Path(path_stem)
     csv, md = stem.with_suffix(".csv"), stem.with_suffix(".md")
-    df.to_csv(csv)
+    write_csv(df, csv)
     md.write_text(to_markdown(df))
     return csv, md
 

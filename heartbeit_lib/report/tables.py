@@ -17,6 +17,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from heartbeit_lib.safety import write_csv
+
 #: evaluation split -> its name in the tables
 SPLIT_LABELS = {"test": "internal", "external": "external", "val": "validation"}
 #: display names; unknown models are shown by their registry name
@@ -259,7 +261,7 @@ def write_table(cells: pd.DataFrame, out_dir: str | os.PathLike, name: str, bold
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out_dir / f"{name}.csv", "md": out_dir / f"{name}.md", "html": out_dir / f"{name}.html"}
-    cells.to_csv(paths["csv"])
+    write_csv(cells, paths["csv"])
     paths["md"].write_text(table_to_markdown(cells, bold, caption))
     paths["html"].write_text(table_to_html(cells, bold, caption))
     return paths
@@ -289,7 +291,7 @@ def write_tables(results: pd.DataFrame, preds: pd.DataFrame, out_dir: str | os.P
         out[name] = {"paths": write_table(t.cells, out_dir, name, t.bold, t.caption),
                      "markdown": t.to_markdown(), "html": t.to_html()}
     if pooled:
-        seed_results.to_csv(out_dir / "seed_results.csv", index=False)
+        write_csv(seed_results, out_dir / "seed_results.csv", index=False)
         if seed_results["lr"].notna().any():
             lr = seed_results.assign(task=seed_results["task"].map(task_label), split=seed_results["split"].map(
                 split_label), model=seed_results["model"].map(model_label), fraction=seed_results["fraction"].map(
@@ -298,7 +300,7 @@ def write_tables(results: pd.DataFrame, preds: pd.DataFrame, out_dir: str | os.P
             cap = "Learning rate (peak) of each cell's runs (several: the seeds' validation choices differ)"
             out["table_lr"] = {"paths": write_table(lr, out_dir, "table_lr", None, cap),
                                "markdown": table_to_markdown(lr, None, cap), "html": table_to_html(lr, None, cap)}
-    results.to_csv(out_dir / "results.csv", index=False)
+    write_csv(results, out_dir / "results.csv", index=False)
     if differences is not None:
-        differences.to_csv(out_dir / "differences.csv", index=False)
+        write_csv(differences, out_dir / "differences.csv", index=False)
     return out
