@@ -103,7 +103,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from heartbeit_lib.safety import write_csv
+from heartbeit_lib.safety import file_name_from, write_csv
 
 # Leads of the stored 8-lead ECG, in the order of the signal's first axis and of the stack8 rows.
 LEADS: tuple[str, ...] = ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6")
@@ -1198,7 +1198,7 @@ class RenderTransform:
 
 
 def _safe_name(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(s)).strip("._") or "ecg"
+    return file_name_from(s, "ecg")
 
 
 def export_pngs(cohort_run: str | os.PathLike, out_dir: str | os.PathLike, size: int = 224,

@@ -15,6 +15,7 @@ Imports only :mod:`heartbeit_lib.config` (for :class:`ConfigError`), so any laye
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -80,6 +81,17 @@ def remove_tree(path: str | os.PathLike, root: str | os.PathLike) -> None:
         raise UnsafeValueError(f"refusing to delete {path}: a symlink (to {os.readlink(path)})")
     inside(f"refusing to delete {path}", path, root)
     shutil.rmtree(path)
+
+
+def file_name_from(text: Any, default: str = "file", max_chars: int = 100) -> str:
+    """A file name made from free text (a record id): characters outside ``A-Z a-z 0-9 _ . -`` become ``_``;
+    longer than ``max_chars`` -> its first 80 characters, ``-`` and 12 hex digits of its sha256 (distinct
+    ids stay distinct; a 250-character record id no longer fails with "file name too long")."""
+    text = str(text)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or default
+    if len(name) > max_chars:
+        name = f"{name[:80]}-{hashlib.sha256(text.encode('utf-8', 'surrogateescape')).hexdigest()[:12]}"
+    return name
 
 
 # ---------------------------------------------------------------- Slurm scripts

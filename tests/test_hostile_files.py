@@ -272,3 +272,30 @@ def test_a_file_name_that_is_not_utf8_is_a_reject(tmp_path):
     assert len(bad_rows) == 1 and bad_rows["record_id"].iloc[0] == "bad\\xff"
     assert len(store) + len(store.rejects) == 2
     pd.read_csv(tmp_path / "run" / "rejects.csv")  # written, readable
+
+
+def test_a_hostile_task_name_is_text_in_the_markdown_table_and_its_html_rendering():
+    """Oracle: nbconvert's own Markdown -> HTML filter (what the executed 04 notebook's HTML shows)."""
+    from nbconvert.filters.markdown_mistune import markdown2html_mistune
+
+    from heartbeit_lib.report.tables import table_to_markdown
+    evil = "<img src=x onerror=alert(1)>"
+    cells = pd.DataFrame({"AUROC": ["0.70 [0.60-0.80]", "[click](javascript:alert(1))"]},
+                         index=pd.Index([evil, "a|b *c*"], name="task"))
+    md = table_to_markdown(cells, caption=evil)
+    page = markdown2html_mistune(md)
+    assert "<img" not in page and "javascript:" not in page.replace("(javascript:", "") and "<a " not in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page and "<em>" not in page
+    assert md.count("\n") == 2 + 2 + 2  # caption, blank, header, rule, two rows: no cell broke the table
+
+
+def test_a_250_character_record_id_makes_a_short_distinct_file_name():
+    """Item 9: 07 crashed after scoring on a 250-character record id (file name too long)."""
+    from heartbeit_lib import render
+    from heartbeit_lib.pipeline import predict
+    a, b = "x" * 249 + "a", "x" * 249 + "b"
+    for name in (predict._safe_name, render._safe_name):
+        na, nb = name(a), name(b)
+        assert len(na) <= 100 and na != nb
+        assert name("ok-id_1.2") == "ok-id_1.2" and name("../..") not in ("..", "", ".")
+    assert len(f"999_{predict._safe_name('é' * 250)}.png".encode()) < 255

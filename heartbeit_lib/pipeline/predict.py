@@ -70,7 +70,7 @@ from heartbeit_lib.cohorts import (REJECT_COLUMNS, STORE_FS, CohortStore, Source
                                    muse_source, output_leads, ptbxl_source, wfdb_source)
 from heartbeit_lib.pipeline import runs
 from heartbeit_lib.report import ecg_page
-from heartbeit_lib.safety import write_csv
+from heartbeit_lib.safety import file_name_from, write_csv
 from heartbeit_lib.utils import atomic_write, resolve_device
 
 NOTEBOOK = "07_predict"
@@ -593,7 +593,7 @@ def choose_pictures(pred: pd.DataFrame, cfg: PredictConfig) -> np.ndarray:
 
 
 def _safe_name(record_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", record_id).strip("._") or "record"
+    return file_name_from(record_id, "record")
 
 
 def signal_method(member: Member, method: str) -> str:

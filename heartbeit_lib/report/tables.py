@@ -11,8 +11,9 @@ import dataclasses
 import html
 import math
 import os
+import re
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -220,20 +221,32 @@ def metric_table(results: pd.DataFrame, metric: str = "auroc", decimals: int = 2
                  pd.DataFrame(bold_rows, index=idx, columns=cols), caption)
 
 
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")  # inside a table cell only these start markup
+
+
+def markdown_text(text: Any) -> str:
+    """``text`` shown literally in Markdown (and in the HTML nbconvert or Jupyter make of it): HTML-escaped
+    (``<img onerror=...>`` stays text) and Markdown punctuation backslash-escaped (no link, emphasis or table
+    cell from a task name or record id); newlines become spaces."""
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(" ".join(str(text).split()), quote=False))
+
+
 def table_to_markdown(cells: pd.DataFrame, bold: pd.DataFrame | None = None, caption: str = "") -> str:
-    """GitHub Markdown; bold cells wrapped in ``**``; index levels become the first columns."""
+    """GitHub Markdown; bold cells wrapped in ``**``; index levels become the first columns. Every cell, header
+    and the caption are escaped (:func:`markdown_text`): task and model names, record ids come from inputs."""
     flat = cells.reset_index()
     n_idx = flat.shape[1] - cells.shape[1]
-    header = [str(c) for c in flat.columns]
+    header = [markdown_text(c) for c in flat.columns]
+    caption = markdown_text(caption) if caption else ""
     lines = ([f"**{caption}**", ""] if caption else []) + [
         "| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     for i in range(len(flat)):
         vals = []
         for j, v in enumerate(flat.iloc[i]):
-            s = "" if (v is None or (not isinstance(v, str) and pd.isna(v))) else str(v)
+            s = "" if (v is None or (not isinstance(v, str) and pd.isna(v))) else markdown_text(v)
             if bold is not None and j >= n_idx and s and bool(bold.iloc[i, j - n_idx]):
                 s = f"**{s}**"
-            vals.append(s.replace("|", "\\|"))
+            vals.append(s)
         lines.append("| " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"
 
