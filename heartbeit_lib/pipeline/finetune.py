@@ -122,6 +122,7 @@ class FinetuneConfig(runs.TypedConfig):
     resume: bool = False  # continue an interrupted run folder from its last finished epoch (resume.pt, written every epoch when True)
 
     choices: typing.ClassVar[dict[str, tuple]] = {"select_on": ("val", "test"), "val_fraction": ("matched", "full")}
+    path_components: typing.ClassVar[tuple[str, ...]] = ("run_id", "task", "model")  # the run folder's name
 
     def validate(self) -> None:
         models.model_family(self.model)  # UnknownModelError (a ValueError) for a typo

@@ -716,11 +716,11 @@ def finish(run_dir: str | os.PathLike, result: dict, members: Sequence[Member], 
     hashes = {"predictions.csv": runs.file_sha256(Path(run_dir) / "predictions.csv")}
     if (inputs.store.root / "manifest.parquet").is_file():
         hashes["scored store manifest.parquet"] = runs.file_sha256(inputs.store.root / "manifest.parquet")
-    runs.finish_run(run_dir, metrics=result, data_hashes=hashes)
     info = json.loads((Path(run_dir) / "run.json").read_text())
     info["training_runs"] = training_provenance(members)
     info["scored_store"] = str(inputs.store.root)
     runs.write_json(Path(run_dir) / "run.json", info)
+    runs.finish_run(run_dir, metrics=result, data_hashes=hashes)  # last: it lets go of the run folder's lock
 
 
 def run(cfg: PredictConfig, run_dir: str | os.PathLike | None = None) -> dict:
@@ -734,26 +734,30 @@ def run(cfg: PredictConfig, run_dir: str | os.PathLike | None = None) -> dict:
     run_id = cfg.run_id or runs.default_run_id(cfg)
     cfg = dataclasses.replace(cfg, run_id=run_id)
     final = Path(cfg.out_root or runs.REPO_ROOT / "outputs") / NOTEBOOK / run_id
-    staging = final.with_name(f".{run_id}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    runs.start_run(NOTEBOOK, cfg, run_id=staging.name, out_root=final.parent.parent)
+    runs.lock_run_folder(final)  # a second call with this run_id is refused until this one ends
     try:
-        result = _run_steps(cfg, staging)
-    except BaseException as e:
-        runs.mark_failed(staging, e)
-        raise
-    info = json.loads((staging / "run.json").read_text())
-    info["run_id"] = run_id
-    if info.get("scored_store", "").startswith(str(staging)):
-        info["scored_store"] = str(final) + info["scored_store"][len(str(staging)):]
-    runs.write_json(staging / "run.json", info)
-    old = final.with_name(f".{run_id}.replaced")
-    if final.exists():
+        staging = final.with_name(f".{run_id}.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        runs.start_run(NOTEBOOK, cfg, run_id=staging.name, out_root=final.parent.parent)
+        try:
+            result = _run_steps(cfg, staging)
+        except BaseException as e:
+            runs.mark_failed(staging, e)
+            raise
+        info = json.loads((staging / "run.json").read_text())
+        info["run_id"] = run_id
+        if info.get("scored_store", "").startswith(str(staging)):
+            info["scored_store"] = str(final) + info["scored_store"][len(str(staging)):]
+        runs.write_json(staging / "run.json", info)
+        old = final.with_name(f".{run_id}.replaced")
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)
+        staging.rename(final)
         shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-    staging.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-    return result
+        return result
+    finally:
+        runs.release_run_folder(final)
 
 
 def _run_steps(cfg: PredictConfig, run_dir: Path) -> dict:

@@ -24,6 +24,7 @@ import argparse
 import ast
 import dataclasses
 import datetime as _dt
+import fcntl
 import hashlib
 import importlib
 import inspect
@@ -47,6 +48,7 @@ import yaml
 from nbconvert import HTMLExporter
 
 from heartbeit_lib.config import ConfigError, TypedConfig, UnknownParameterError, _plain  # noqa: F401 (re-exported)
+from heartbeit_lib.safety import UnsafeValueError, inside, no_control, safe_component
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -232,16 +234,62 @@ def default_run_id(cfg: TypedConfig | None = None) -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
 
 
+_HELD_LOCKS: dict[str, int] = {}  # resolved run folder -> descriptor of its lock, held by this process
+
+
+class RunFolderBusyError(ConfigError):
+    """Another process is writing the same run folder (two runs with one ``run_id``)."""
+
+
+def lock_run_folder(run_dir: str | os.PathLike) -> None:
+    """Hold an exclusive ``flock`` on ``.<name>.lock`` beside the run folder until :func:`finish_run` /
+    :func:`release_run_folder` or the process ends (the kernel releases it: no stale lock after a kill; beside,
+    not inside, so the folder may be renamed or replaced while it is held). A second process starting the same
+    folder is refused with :class:`RunFolderBusyError` naming it; this process may restart its own run (a
+    re-executed notebook).
+    """
+    run_dir = Path(run_dir)
+    key = str(run_dir.resolve())
+    if key in _HELD_LOCKS:
+        os.close(_HELD_LOCKS.pop(key))
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir.parent / f".{run_dir.name}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunFolderBusyError(f"run folder {run_dir} (run_id {run_dir.name!r}) is being written by another "
+                                 "process: wait for it to finish or pick another run_id") from None
+    _HELD_LOCKS[key] = fd
+
+
+def release_run_folder(run_dir: str | os.PathLike) -> None:
+    """Let go of the lock :func:`lock_run_folder` took (nothing when this process holds none)."""
+    fd = _HELD_LOCKS.pop(str(Path(run_dir).resolve()), None)
+    if fd is not None:
+        os.close(fd)
+
+
 def start_run(notebook: str, cfg: TypedConfig, run_id: str = "", out_root: str | os.PathLike = "") -> Path:
-    """Create ``<out_root>/<notebook>/<run_id>/`` and write ``config.yaml`` and ``run.json``.
+    """Create ``<out_root>/<notebook>/<run_id>/``, lock it (:func:`lock_run_folder`) and write ``config.yaml``
+    and ``run.json``.
 
     ``out_root`` defaults to ``cfg.out_root`` if the config has one, else ``outputs``
     (relative paths are taken from the current directory, which is the notebook folder's parent
-    when run through :func:`execute_notebook`).
+    when run through :func:`execute_notebook`). The run folder never lies outside ``<out_root>/<notebook>``:
+    ``cfg.run_id`` is one plain name (:func:`heartbeit_lib.safety.safe_component`, checked by the config) and
+    a ``run_id`` argument (a caller's staging name) one component that resolves inside.
     """
     out_root = out_root or getattr(cfg, "out_root", "") or str(REPO_ROOT / "outputs")
-    run_id = run_id or getattr(cfg, "run_id", "") or default_run_id(cfg)
-    run_dir = Path(out_root) / notebook / run_id
+    parent = Path(out_root) / safe_component("notebook", notebook)
+    if run_id:
+        if "/" in run_id or run_id in (".", "..") or len(run_id.encode()) > 240:
+            raise UnsafeValueError(f"parameter 'run_id': {run_id!r} is not one folder name (at most 240 bytes)")
+        inside("parameter 'run_id'", parent / run_id, parent)
+    else:
+        run_id = safe_component("parameter 'run_id'", getattr(cfg, "run_id", "") or default_run_id(cfg))
+    run_dir = parent / no_control("parameter 'run_id'", run_id)
+    lock_run_folder(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "config.yaml", "w") as f:
         yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
@@ -271,6 +319,7 @@ def finish_run(run_dir: str | os.PathLike, metrics: Mapping[str, Any] | None = N
     _write_json(run_dir / "run.json", info)
     if metrics is not None:
         _write_json(run_dir / "metrics.json", dict(metrics))
+    release_run_folder(run_dir)
     return run_dir
 
 

@@ -78,8 +78,8 @@ import json
 import math
 import os
 import re
-import shutil
 import socket
+import string
 import sys
 import time
 import traceback
@@ -92,6 +92,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from heartbeit_lib import safety
 from heartbeit_lib.classify import registry
 from heartbeit_lib.pipeline import finetune
 from heartbeit_lib.pipeline import runs
@@ -105,6 +106,8 @@ LR_START_RATIO = 0.3  # lr_start / lr of the paper's OneCycle (3e-4 / 1e-3), use
 SLURM_KEYS = {"partition": "partition", "gpus": "gpus_per_node", "cpus": "cpus_per_task", "mem_gb": "mem",
               "time_min": "time", "account": "account", "constraint": "constraint", "setup": "setup",
               "sbatch": "additional_parameters"}
+
+_RESOURCE_KEY = {v: k for k, v in SLURM_KEYS.items()}  # SlurmExecutor parameter -> resources key (in errors)
 
 
 class SweepError(runs.ConfigError):
@@ -163,10 +166,10 @@ class SweepSpec:
         return rid + "".join(f"-{k}{combo[k]:g}" if k == "lr" else f"-{k}{combo[k]}" for k in extra)
 
     def params_for(self, combo: Mapping[str, Any]) -> dict[str, Any]:
-        """The notebook parameters of one combination (fixed params formatted with the combo)."""
-        fmt = {k: v for k, v in combo.items()}
-        p = {k: (v.format(**fmt) if isinstance(v, str) else v) for k, v in self.params.items()}
-        p.update({k: (v.format(**fmt) if isinstance(v, str) else v)
+        """The notebook parameters of one combination (fixed params with ``{task}``, ``{model}``, ... filled in:
+        :func:`fill_placeholders`)."""
+        p = {k: fill_placeholders(f"params.{k}", v, combo) for k, v in self.params.items()}
+        p.update({k: fill_placeholders(f"per_model.{combo['model']}.{k}", v, combo)
                   for k, v in self.per_model.get(combo["model"], {}).items()})
         p.update(combo)
         if "lr" in combo and self.lr and "lr_start" not in p:
@@ -182,6 +185,31 @@ class SweepSpec:
     @property
     def logs(self) -> Path:
         return Path(self.log_dir) if self.log_dir else self.state_dir / self.name / "logs"
+
+
+def fill_placeholders(key: str, value: Any, combo: Mapping[str, Any]) -> Any:
+    """``value`` with its ``{name}`` placeholders replaced by the combination's values (``{{`` / ``}}``: literal
+    braces); non-text values unchanged. Only plain names of the combination (``task``, ``model``, ``fraction``,
+    ``seed``, ``lr`` and extra grid keys) with an optional format spec are placeholders: a positional ``{0}``,
+    an attribute or index (``{task.x}``, ``{task[0]}``), a conversion (``{task!r}``), an unknown name or a
+    stray brace raises :class:`SweepError` naming ``key``."""
+    if not isinstance(value, str):
+        return value
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(value) if name is not None]
+    except ValueError as e:
+        raise SweepError(f"sweep parameter {key}: {value!r} is not a valid format string ({e}); write a literal "
+                         "brace as {{ or }}") from None
+    for name, spec, conv in fields:
+        if conv:
+            raise SweepError(f"sweep parameter {key}: {value!r}: no conversion (!{conv}) in a placeholder")
+        if name not in combo or "{" in (spec or ""):
+            raise SweepError(f"sweep parameter {key}: {value!r}: placeholder {{{name}}} is not one of "
+                             f"{sorted('{' + k + '}' for k in combo)}")
+    try:
+        return value.format_map(dict(combo))
+    except (ValueError, TypeError) as e:
+        raise SweepError(f"sweep parameter {key}: {value!r}: cannot format ({e})") from None
 
 
 _TOP_KEYS = {"name", "notebook", "out_root", "grid", "params", "per_model", "lr", "executor", "runner", "parallel",
@@ -225,13 +253,19 @@ def load_sweep(path: str | Path, out_root: str | None = None, only: Sequence[str
     clash = set(params) & (set(grid) | ({"lr"} if lr else set()))
     if clash:
         raise SweepError(f"sweep file {path}: {sorted(clash)} given both in a grid and params")
-    spec = SweepSpec(name=str(data.get("name") or path.stem), grid=grid, params=params, per_model=per_model,
-                     out_root=str(Path(out_root or data.get("out_root") or "outputs").resolve()),
+    try:
+        name = safety.safe_component("name", str(data.get("name") or path.stem))
+        root = safety.no_control("out_root", str(out_root or data.get("out_root") or "outputs"))
+        log_dir = None if data.get("log_dir") is None else safety.no_control("log_dir", str(data["log_dir"]))
+    except runs.ConfigError as e:
+        raise SweepError(f"sweep file {path}: {e}") from None
+    spec = SweepSpec(name=name, grid=grid, params=params, per_model=per_model,
+                     out_root=str(Path(root).resolve()),
                      notebook=str(data.get("notebook") or NOTEBOOK), source=str(path), lr=lr,
                      executor=str(data.get("executor") or "sequential"), runner=str(data.get("runner") or "papermill"),
                      parallel=data.get("parallel"), resources={str(k): dict(v or {}) for k, v in
                                                                (data.get("resources") or {}).items()},
-                     array_parallelism=int(data.get("array_parallelism") or 16), log_dir=data.get("log_dir"))
+                     array_parallelism=int(data.get("array_parallelism") or 16), log_dir=log_dir)
     if only:
         spec = dataclasses.replace(spec, only=parse_only(spec, only))
     validate(spec)
@@ -309,10 +343,17 @@ def validate(spec: SweepSpec) -> None:
         if bad:
             raise SweepError(f"sweep {spec.name!r}: resources.{fam} has unknown key(s) {bad}; "
                              f"allowed {sorted(SLURM_KEYS)} (other sbatch options go under 'sbatch')")
+    for model in spec.grid["model"]:
+        try:
+            safety.check_sbatch(slurm_parameters(spec, model), spec.logs, f"sweep {spec.name!r} resources of {model}",
+                               _RESOURCE_KEY)
+        except runs.ConfigError as e:
+            raise SweepError(str(e)) from None
     for combo in spec.combinations():
         try:
+            safety.safe_component("run_id", spec.run_id(combo))  # task, model and extra grid values in it
             finetune.FinetuneConfig.from_dict(spec.params_for(combo))
-        except (ValueError, KeyError) as e:
+        except (ValueError, KeyError, TypeError) as e:
             raise SweepError(f"sweep {spec.name!r}: combination {combo}: {e}") from e
 
 
@@ -498,7 +539,7 @@ def run_combination(spec: SweepSpec, combo: Mapping[str, Any], runner: str | Cal
         write_record(spec, rid, state="running", host=socket.gethostname(), pid=os.getpid(), error=None)
         can_resume = resume and (run_dir / finetune.RESUME_FILE).is_file()
         if run_dir.exists() and not can_resume:  # half-written by a crash or an earlier failure: redo
-            shutil.rmtree(run_dir)
+            safety.remove_tree(run_dir, Path(spec.out_root) / NOTEBOOK)
         params = {**spec.params_for(combo), **({"resume": True} if resume else {})}
         try:
             run(spec, params, run_dir, **runner_kw)
@@ -658,7 +699,11 @@ def slurm_parameters(spec: SweepSpec, model: str) -> dict[str, Any]:
         res.update(spec.resources.get(key, {}))
     out = {SLURM_KEYS[k]: v for k, v in res.items() if v is not None}
     if "mem" in out:
-        out["mem"] = f"{out['mem']}GB"
+        mem = out["mem"]
+        if isinstance(mem, bool) or not isinstance(mem, (int, float)) or not 0 < mem < 1e7:
+            raise SweepError(f"sweep {spec.name!r}: resources mem_gb of {model}: expected a positive number of GB, "
+                             f"got {mem!r}")
+        out["mem"] = f"{mem}GB"
     out.update(job_name=f"{spec.name}-{registry.sweep_family(model)}", array_parallelism=spec.array_parallelism,
                signal_delay_s=120)  # USR2 two minutes before the limit: time to requeue
     return out
@@ -666,8 +711,10 @@ def slurm_parameters(spec: SweepSpec, model: str) -> dict[str, Any]:
 
 def slurm_executor(spec: SweepSpec, model: str) -> submitit.SlurmExecutor:
     """A SlurmExecutor (logs under ``spec.logs``) with ``model``'s resources; needs ``srun`` on the PATH."""
+    params = safety.check_sbatch(slurm_parameters(spec, model), spec.logs, f"sweep {spec.name!r} resources of {model}",
+                               _RESOURCE_KEY)
     ex = submitit.SlurmExecutor(folder=spec.logs, max_num_timeout=10)
-    ex.update_parameters(**slurm_parameters(spec, model))
+    ex.update_parameters(**params)
     return ex
 
 
