@@ -8,6 +8,12 @@ Usage::
     python -m heartbeit_lib.sweep status parameters/sweeps/paper.yaml           # one line per combination
     python -m heartbeit_lib.sweep parameters/sweeps/cpu_tiny.yaml --in-process  # runner inline (no kernel)
     python -m heartbeit_lib.sweep choose-lr parameters/sweeps/paper.yaml        # lr chosen on validation AUROC
+    python -m heartbeit_lib.sweep parameters/sweeps/paper.yaml --only model=xresnet1d101 seed=0,1 fraction=1.0
+    python -m heartbeit_lib.sweep parameters/sweeps/demo.yaml --out-root /tmp/o  # cohort_run/pretrain_run move too
+
+``--only KEY=V[,V...]`` (any grid key, or ``lr``; several keys: all must match) keeps part of the grid for
+running, ``status`` and ``choose-lr``; ``--out-root`` replaces the file's out_root and moves the file's relative
+run paths (``*_run`` values ``<root>/<NN_notebook>/<run>``, e.g. ``outputs/01_preprocess/{task}``) under it.
 
 A sweep file (plain YAML)::
 
@@ -78,7 +84,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import pandas as pd
 import submitit
@@ -126,6 +132,7 @@ class SweepSpec:
     resources: dict[str, dict] = dataclasses.field(default_factory=dict)
     array_parallelism: int = 16
     log_dir: str | None = None
+    only: dict[str, list] | None = None  # run only the combinations matching every key (see select)
 
     def lr_values(self, model: str) -> list | None:
         """The lr grid of ``model`` (model name, then its registry family, then ``default``), None: fixed."""
@@ -138,13 +145,16 @@ class SweepSpec:
                          f"{registry.sweep_family(model)!r} nor 'default')")
 
     def combinations(self) -> list[dict[str, Any]]:
-        """One dict per run, in grid order (task, model, fraction, seed, then any extra grid keys, then lr)."""
+        """One dict per run, in grid order (task, model, fraction, seed, then any extra grid keys, then lr);
+        with :attr:`only`, the matching ones."""
         keys = list(GRID_KEYS) + [k for k in self.grid if k not in GRID_KEYS]
         out = []
         for vals in itertools.product(*(self.grid[k] for k in keys)):
             combo = dict(zip(keys, vals))
             lrs = self.lr_values(combo["model"])
             out += [combo] if lrs is None else [{**combo, "lr": float(lr)} for lr in lrs]
+        if self.only:
+            out = [c for c in out if all(c.get(k) in v for k, v in self.only.items())]
         return out
 
     def run_dir(self, combo: Mapping[str, Any]) -> Path:
@@ -206,8 +216,11 @@ _TOP_KEYS = {"name", "notebook", "out_root", "grid", "params", "per_model", "lr"
              "resources", "array_parallelism", "log_dir"}
 
 
-def load_sweep(path: str | Path, out_root: str | None = None) -> SweepSpec:
+def load_sweep(path: str | Path, out_root: str | None = None, only: Sequence[str] | None = None) -> SweepSpec:
     """Parse and validate a sweep YAML file.
+
+    ``out_root`` replaces the file's, and moves its relative run paths with it (:func:`move_run_paths`);
+    ``only`` (``KEY=V[,V...]`` items, :func:`parse_only`) keeps the matching combinations.
 
     Raises
     ------
@@ -233,6 +246,9 @@ def load_sweep(path: str | Path, out_root: str | None = None) -> SweepSpec:
             raise SweepError(f"sweep file {path}: grid.{k} is empty")
     params = dict(data.get("params") or {})
     per_model = {str(k): dict(v or {}) for k, v in (data.get("per_model") or {}).items()}
+    if out_root is not None:
+        params = move_run_paths(params, out_root)
+        per_model = {m: move_run_paths(v, out_root) for m, v in per_model.items()}
     lr = _lr_grid(data.get("lr"), path)
     clash = set(params) & (set(grid) | ({"lr"} if lr else set()))
     if clash:
@@ -250,8 +266,51 @@ def load_sweep(path: str | Path, out_root: str | None = None) -> SweepSpec:
                      parallel=data.get("parallel"), resources={str(k): dict(v or {}) for k, v in
                                                                (data.get("resources") or {}).items()},
                      array_parallelism=int(data.get("array_parallelism") or 16), log_dir=log_dir)
+    if only:
+        spec = dataclasses.replace(spec, only=parse_only(spec, only))
     validate(spec)
     return spec
+
+
+RUN_PATH = re.compile(r"^(?:[^/]+/)*?(?P<run>\d\d_[A-Za-z0-9]+/.+)$")  # <root>/<NN_notebook>/<run>
+
+
+def move_run_paths(params: Mapping[str, Any], out_root: str | os.PathLike) -> dict[str, Any]:
+    """``params`` with every relative run path (a ``*_run`` value ``<root>/<NN_notebook>/<run id>``, e.g.
+    ``outputs/01_preprocess/{task}``) moved under ``out_root`` (``<out_root>/01_preprocess/{task}``): a sweep
+    run with ``--out-root`` reads the upstream runs made with the same out_root. Absolute paths, None and other
+    parameters are kept."""
+    out = dict(params)
+    for k, v in params.items():
+        if k.endswith("_run") and isinstance(v, str) and not Path(v).is_absolute() and (m := RUN_PATH.match(v)):
+            out[k] = str(Path(out_root) / m["run"])
+    return out
+
+
+def parse_only(spec: SweepSpec, items: Sequence[str]) -> dict[str, list]:
+    """``["model=xresnet1d101", "seed=0,1", "fraction=1.0"]`` -> ``{model: [...], seed: [0, 1], fraction: [1.0]}``
+    (a key given twice: the union). Keys: the grid's and ``lr`` (with an lr grid); values are YAML scalars and
+    must be among the file's (1 and 1.0 match). :class:`SweepError` names the key or value and what is allowed."""
+    allowed = {**spec.grid, **({"lr": sorted({x for v in spec.lr.values() for x in v})} if spec.lr else {})}
+    only: dict[str, list] = {}
+    for item in items:
+        key, sep, vals = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key or not vals.strip():
+            raise SweepError(f"--only {item!r}: expected KEY=VALUE[,VALUE...], e.g. model=xresnet1d101 seed=0,1")
+        if key not in allowed:
+            raise SweepError(f"--only {item!r}: {key!r} is not a grid key of {spec.source or spec.name}; "
+                             f"choose from {sorted(allowed)}")
+        for raw in vals.split(","):
+            v = yaml.safe_load(raw.strip())
+            if isinstance(v, str) and v not in allowed[key]:
+                with contextlib.suppress(ValueError):
+                    v = float(v)  # PyYAML reads 1e-3 (no dot) as a string
+            if v not in allowed[key]:
+                raise SweepError(f"--only {item!r}: {raw.strip()!r} is not among {key} {allowed[key]} of "
+                                 f"{spec.source or spec.name}")
+            only.setdefault(key, []).append(v)
+    return only
 
 
 def _lr_grid(value: Any, path: Path) -> dict[str, list] | None:
@@ -741,14 +800,17 @@ def main(argv: list[str] | None = None) -> int:
                                  description="Run notebooks/03_finetune.ipynb over a grid (resumable); "
                                              "'status <yaml>' lists the combinations' states.")
     ap.add_argument("sweep", help="sweep YAML, e.g. parameters/sweeps/cpu_tiny.yaml")
-    ap.add_argument("--out-root", default=None, help="override the file's out_root")
+    ap.add_argument("--out-root", default=None,
+                    help="override the file's out_root; relative run paths (cohort_run, pretrain_run) move with it")
+    ap.add_argument("--only", nargs="+", default=None, metavar="KEY=V[,V]",
+                    help="run only these combinations, e.g. --only model=xresnet1d101 seed=0,1 fraction=1.0")
     ap.add_argument("--executor", choices=EXECUTOR_NAMES, default=None, help="override the file's executor")
     ap.add_argument("--parallel", type=int, default=None, help="local_parallel: combinations at once")
     ap.add_argument("--in-process", action="store_true", help="runner inline: the notebook's steps without a kernel")
     ap.add_argument("--dry-run", action="store_true", help="same as the status command: run nothing")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    spec = load_sweep(args.sweep, out_root=args.out_root)
+    spec = load_sweep(args.sweep, out_root=args.out_root, only=args.only)
     if command == "status" or args.dry_run:
         print("\n".join(status_lines(spec)))
         return 0
