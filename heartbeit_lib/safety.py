@@ -16,9 +16,11 @@ Imports only :mod:`heartbeit_lib.config` (for :class:`ConfigError`), so any laye
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
+import stat
 import unicodedata
 from pathlib import Path
 from typing import Any, Mapping
@@ -92,6 +94,78 @@ def file_name_from(text: Any, default: str = "file", max_chars: int = 100) -> st
     if len(name) > max_chars:
         name = f"{name[:80]}-{hashlib.sha256(text.encode('utf-8', 'surrogateescape')).hexdigest()[:12]}"
     return name
+
+
+# ---------------------------------------------------------------- files of run folders (inputs too)
+
+MAX_RUN_FILE_BYTES = 4 * 2**20  # config.yaml / model.json / metrics.json of a run are a few kB
+
+
+class RunFileError(ConfigError):
+    """A run folder's JSON / YAML file that is not what a run writes (names the file and, where known, the key)."""
+
+
+def _read_small_text(path: Path, max_bytes: int) -> str:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise RunFileError(f"{path}: does not exist") from None
+    except OSError as e:
+        raise RunFileError(f"{path}: cannot open ({e.strerror or e})") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise RunFileError(f"{path}: not a regular file")
+        if st.st_size > max_bytes:
+            raise RunFileError(f"{path}: {st.st_size} bytes, over the cap of {max_bytes}")
+        data = f.read(max_bytes + 1)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RunFileError(f"{path}: not UTF-8 text") from None
+
+
+def read_json_mapping(path: str | os.PathLike, max_bytes: int = MAX_RUN_FILE_BYTES) -> dict:
+    """A run folder's JSON file that must hold an object: a regular file of at most ``max_bytes``, valid JSON
+    (NaN / Infinity refused), an object; else :class:`RunFileError` naming the file."""
+    path = Path(path)
+    text = _read_small_text(path, max_bytes)
+
+    def no_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        data = json.loads(text, parse_constant=no_constant)
+    except (ValueError, RecursionError) as e:
+        raise RunFileError(f"{path}: not JSON ({str(e)[:80]})") from None
+    if not isinstance(data, dict):
+        raise RunFileError(f"{path}: holds a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def read_yaml_mapping(path: str | os.PathLike, max_bytes: int = MAX_RUN_FILE_BYTES) -> dict:
+    """A run folder's YAML file (``config.yaml``) that must hold a mapping: a regular file of at most ``max_bytes``,
+    plain YAML (``yaml.safe_load``: ``!!python/...`` tags refused) without anchors or aliases (an alias bomb
+    expands to gigabytes once walked; :func:`yaml.safe_dump` of a config never writes one); empty -> ``{}``.
+    Anything else raises :class:`RunFileError` naming the file."""
+    import yaml
+
+    path = Path(path)
+    text = _read_small_text(path, max_bytes)
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                raise RunFileError(f"{path}: YAML anchors/aliases are refused (a config never has them)")
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise RunFileError(f"{path}: not plain YAML ({str(e).splitlines()[0][:100]})") from None
+    except RecursionError:
+        raise RunFileError(f"{path}: nested too deeply") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise RunFileError(f"{path}: holds a YAML {type(data).__name__}, not a mapping")
+    return data
 
 
 # ---------------------------------------------------------------- Slurm scripts

@@ -291,7 +291,7 @@ def test_a_hostile_task_name_is_text_in_the_markdown_table_and_its_html_renderin
 
 def test_a_250_character_record_id_makes_a_short_distinct_file_name():
     """Item 9: 07 crashed after scoring on a 250-character record id (file name too long)."""
-    from heartbeit_lib import render
+    from heartbeit_lib.render import export as render
     from heartbeit_lib.pipeline import predict
     a, b = "x" * 249 + "a", "x" * 249 + "b"
     for name in (predict._safe_name, render._safe_name):

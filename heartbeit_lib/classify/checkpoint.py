@@ -11,15 +11,15 @@ before ``model.json`` existed are rebuilt from ``config.yaml`` (``model``, ``mod
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
-import yaml
 
-from heartbeit_lib import render, utils
+from heartbeit_lib import render, safety, utils
 from heartbeit_lib.classify import registry as models
 from heartbeit_lib.mim import stmem
 
@@ -90,13 +90,87 @@ def _signal_size(name: str, model: nn.Module) -> str:
     return next(s for s, d in stmem.STMEM_SIZES.items() if d["embed_dim"] == width and d["depth"] == depth)
 
 
+def _number(path: Path, key: str, v: Any, lo: float, hi: float, integer: bool = False) -> float:
+    """``v`` if it is a finite number (an int when ``integer``) within [lo, hi], else FinetuneRunError."""
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi
+    if not ok or (integer and not float(v).is_integer()):
+        kind = "a whole number" if integer else "a number"
+        raise FinetuneRunError(f"{path}: {key} {str(v)[:40]!r} is not {kind} in [{lo:g}, {hi:g}]")
+    return int(v) if integer else float(v)
+
+
+def check_model_record(rec: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``rec`` (a ``model.json``) if every value is one a trained run can have, else :class:`FinetuneRunError`
+    naming the file and key: sizes are bounded before anything is allocated (``num_classes`` <= 1,000,
+    ``image_size`` 16-1,024 px, ``patch_size`` 1-64, ``in_chans`` 1-64), ``normalize_mean`` / ``normalize_std``
+    1-64 finite numbers with every std in [1e-3, 100] (a zero std scored every ECG alike), ``ylim_mv`` a
+    pair lo < hi within +-50 mV (the readers' amplitude bound; a huge range drew every ECG as a flat line),
+    ``signal_rate`` 50-10,000 Hz, text fields short text."""
+    for key in ("model", "family", "size", "layout"):
+        v = rec.get(key)
+        if v is not None and not (isinstance(v, str) and 0 < len(v) <= 64):
+            raise FinetuneRunError(f"{path}: {key} {str(v)[:40]!r} is not a short text")
+    if not rec.get("model"):
+        raise FinetuneRunError(f"{path}: no model name")
+    rec["num_classes"] = _number(path, "num_classes", rec.get("num_classes", 2), 1, 1000, integer=True)
+    for key, lo, hi in (("image_size", 16, 1024), ("patch_size", 1, 64), ("in_chans", 1, 64)):
+        if rec.get(key) is not None:
+            rec[key] = _number(path, key, rec[key], lo, hi, integer=True)
+    if rec.get("signal_rate") is not None:
+        rec["signal_rate"] = _number(path, "signal_rate", rec["signal_rate"], 50, 10_000)
+    if rec.get("layout") is not None and rec["layout"] not in render.LAYOUTS:
+        raise FinetuneRunError(f"{path}: layout {rec['layout'][:40]!r} is not one of {list(render.LAYOUTS)}")
+    for key, lo, hi in (("normalize_mean", -100, 100), ("normalize_std", 1e-3, 100)):
+        v = rec.get(key)
+        if v is None:
+            continue
+        if not isinstance(v, (list, tuple)) or not 1 <= len(v) <= 64:
+            raise FinetuneRunError(f"{path}: {key} {str(v)[:40]!r} is not a list of 1-64 numbers")
+        rec[key] = [_number(path, f"{key}[{i}]", x, lo, hi) for i, x in enumerate(v)]
+    if rec.get("ylim_mv") is not None:
+        v = rec["ylim_mv"]
+        if not isinstance(v, (list, tuple)) or len(v) != 2:
+            raise FinetuneRunError(f"{path}: ylim_mv {str(v)[:40]!r} is not a pair (lo, hi) in mV")
+        lo, hi = (_number(path, f"ylim_mv[{i}]", x, -50, 50) for i, x in enumerate(v))
+        if not hi - lo >= 0.1:
+            raise FinetuneRunError(f"{path}: ylim_mv ({lo:g}, {hi:g}) mV is not a range lo < hi (at least 0.1 mV)")
+        rec["ylim_mv"] = [lo, hi]
+    return rec
+
+
+def read_metrics(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """A run's ``metrics.json`` (:func:`safety.read_json_mapping`), with ``best_epoch`` (when present) a whole
+    number >= 0; else :class:`FinetuneRunError` naming the file and key."""
+    path = Path(run_dir) / "metrics.json"
+    try:
+        met = safety.read_json_mapping(path)
+    except safety.RunFileError as e:
+        raise FinetuneRunError(str(e)) from None
+    if "best_epoch" in met:
+        met["best_epoch"] = _number(path, "best_epoch", met["best_epoch"], 0, 1_000_000, integer=True)
+    return met
+
+
+def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """A run's ``config.yaml`` (:func:`safety.read_yaml_mapping`) or :class:`FinetuneRunError` naming it."""
+    try:
+        return safety.read_yaml_mapping(Path(run_dir) / "config.yaml")
+    except safety.RunFileError as e:
+        raise FinetuneRunError(str(e)) from None
+
+
 def _read_record(run_dir: Path) -> dict[str, Any]:
-    """``model.json``, or the same fields from ``config.yaml`` + ``metrics.json`` of an older run."""
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    """``model.json`` (checked: :func:`check_model_record`), or the same fields from ``config.yaml`` +
+    ``metrics.json`` of an older run."""
+    cfg = read_config(run_dir)
     if (run_dir / MODEL_RECORD).is_file():
-        return {**json.loads((run_dir / MODEL_RECORD).read_text()), "config": cfg}
+        try:
+            rec = safety.read_json_mapping(run_dir / MODEL_RECORD)
+        except safety.RunFileError as e:
+            raise FinetuneRunError(str(e)) from None
+        return {**check_model_record(rec, run_dir / MODEL_RECORD), "config": cfg}
     met_p = run_dir / "metrics.json"
-    met = json.loads(met_p.read_text()) if met_p.is_file() else {}
+    met = read_metrics(run_dir) if met_p.is_file() else {}
     name = str(cfg.get("model", ""))
     norm = (met.get("normalize_mean"), met.get("normalize_std"))
     if not (norm[0] and norm[1]):
@@ -104,9 +178,10 @@ def _read_record(run_dir: Path) -> dict[str, Any]:
             norm = models.normalization_for(name, weights=cfg.get("weights") or cfg.get("pretrain_run") or None)
         except models.UnknownModelError:
             norm = (None, None)
-    return {"model": name, "size": str(cfg.get("model_size") or "base"), "image_size": int(cfg.get("image_size") or 224),
-            "patch_size": 16, "num_classes": 2, "layout": str(cfg.get("layout") or "stack8"),
-            "normalize_mean": norm[0], "normalize_std": norm[1], "config": cfg}
+    rec = {"model": name, "size": str(cfg.get("model_size") or "base"), "image_size": cfg.get("image_size") or 224,
+           "patch_size": 16, "num_classes": 2, "layout": str(cfg.get("layout") or "stack8"),
+           "normalize_mean": norm[0], "normalize_std": norm[1]}
+    return {**check_model_record(rec, run_dir / "config.yaml"), "config": cfg}
 
 
 def load_finetune_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:

@@ -15,13 +15,14 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from heartbeit_lib.analysis.metrics import (AUPRC_METHODS, CI_METHODS, BootstrapStats, MetricsInputError,
                                             RunMismatchError, _check_labels, _check_method, bootstrap_indices,
                                             bootstrap_indices_cached, bootstrap_metrics, compare, interval_summary,
                                             seed_pool)
+from heartbeit_lib import safety
 from heartbeit_lib.classify import registry as models
+from heartbeit_lib.classify.checkpoint import FinetuneRunError, read_metrics
 from heartbeit_lib.pipeline import runs
 from heartbeit_lib.report.tables import SPLIT_LABELS, SPLIT_ORDER, order_models
 
@@ -153,27 +154,31 @@ def list_runs(sweep_dir: str | os.PathLike, lr_choice: Sequence[str | os.PathLik
         if d.name in not_chosen:
             continue
         try:
-            cfg = yaml.safe_load((d / "config.yaml").read_text()) or {}
-        except yaml.YAMLError as e:
-            raise RunFolderError(f"{d / 'config.yaml'}: not valid YAML ({e})") from e
-        if not isinstance(cfg, dict) or not {"task", "model", "fraction", "seed"} <= set(cfg):
+            cfg = safety.read_yaml_mapping(d / "config.yaml")
+        except safety.RunFileError as e:
+            raise RunFolderError(str(e)) from None
+        if not {"task", "model", "fraction", "seed"} <= set(cfg):
             continue  # some other notebook's run folder
         missing = [f for f in RUN_FILES if not (d / f).is_file()]
-        row: dict[str, Any] = {"run_dir": str(d), "task": str(cfg["task"]), "model": str(cfg["model"]),
-                               "fraction": float(cfg["fraction"]), "seed": int(cfg["seed"]),
-                               "complete": not missing, "missing": ",".join(missing),
-                               "model_size": str(cfg.get("model_size") or "base"),
-                               "image_size": int(cfg.get("image_size") or 224), "family": _family(d, cfg["model"])}
-        if cfg.get("lr") is not None:  # the (validation-chosen or fixed) peak learning rate of the run
-            row["lr"] = float(cfg["lr"])
+        try:
+            row: dict[str, Any] = {"run_dir": str(d), "task": str(cfg["task"]), "model": str(cfg["model"]),
+                                   "fraction": float(cfg["fraction"]), "seed": int(cfg["seed"]),
+                                   "complete": not missing, "missing": ",".join(missing),
+                                   "model_size": str(cfg.get("model_size") or "base"),
+                                   "image_size": int(cfg.get("image_size") or 224), "family": _family(d, cfg["model"])}
+            if cfg.get("lr") is not None:  # the (validation-chosen or fixed) peak learning rate of the run
+                row["lr"] = float(cfg["lr"])
+        except (TypeError, ValueError, OverflowError) as e:
+            raise RunFolderError(f"{d / 'config.yaml'}: fraction / seed / image_size / lr of the wrong type "
+                                 f"({str(e)[:80]})") from None
         if not missing:
             try:
-                met = json.loads((d / "metrics.json").read_text())
-            except json.JSONDecodeError as e:
-                raise RunFolderError(f"{d / 'metrics.json'}: not valid JSON ({e})") from e
+                met = read_metrics(d)
+            except FinetuneRunError as e:
+                raise RunFolderError(str(e)) from None
             if "best_epoch" not in met:
                 raise RunFolderError(f"{d / 'metrics.json'}: no 'best_epoch' (contract of 03_finetune)")
-            row["best_epoch"] = int(met["best_epoch"])
+            row["best_epoch"] = met["best_epoch"]
             row["select_on"] = str(met.get("select_on", ""))
             for s in SPLIT_ORDER:
                 for m in ("auroc", "auprc"):

@@ -64,7 +64,9 @@ from heartbeit_lib.analysis.saliency import (METHODS, is_transformer, predict_pr
                                              to_image, to_store_rate)
 from heartbeit_lib.analysis.saliency.signal_maps import gradcam_layer
 from heartbeit_lib.analysis.saliency.errors import UnsupportedMethodError
-from heartbeit_lib.classify.checkpoint import MODEL_RECORD, WEIGHTS, FinetuneRunError, load_finetune_run
+from heartbeit_lib import safety
+from heartbeit_lib.classify.checkpoint import (MODEL_RECORD, WEIGHTS, FinetuneRunError, load_finetune_run,
+                                                read_metrics)
 from heartbeit_lib.classify.signal_data import prepare_signals
 from heartbeit_lib.cohorts import (REJECT_COLUMNS, STORE_FS, CohortStore, Source, build_store, clean_id, load_task,
                                    muse_source, output_leads, ptbxl_source, wfdb_source)
@@ -202,13 +204,21 @@ def check_finetune_run(run_dir: Path) -> None:
     for f in ("config.yaml", WEIGHTS, "run.json", "metrics.json", "predictions.parquet"):
         if not (run_dir / f).is_file():
             raise FinetuneRunError(f"{run_dir / f}: missing; {run_dir} is not a finished 03_finetune run")
-    info = json.loads((run_dir / "run.json").read_text())
+    info = _run_file(safety.read_json_mapping, run_dir / "run.json")
     if info.get("notebook", "03_finetune") != "03_finetune":
         raise FinetuneRunError(f"{run_dir / 'run.json'}: written by {info.get('notebook')!r}, not 03_finetune")
     if not info.get("finished"):
         raise FinetuneRunError(f"{run_dir / 'run.json'}: no finish time; the 03_finetune run did not finish")
-    if "best_epoch" not in json.loads((run_dir / "metrics.json").read_text()):
+    if "best_epoch" not in read_metrics(run_dir):
         raise FinetuneRunError(f"{run_dir / 'metrics.json'}: no best_epoch; not a finished 03_finetune run")
+
+
+def _run_file(read: Any, path: Path) -> dict:
+    """``read(path)`` (a :mod:`heartbeit_lib.safety` reader) with its error as :class:`FinetuneRunError`."""
+    try:
+        return read(path)
+    except safety.RunFileError as e:
+        raise FinetuneRunError(str(e)) from None
 
 
 def _recorded_rendering(run_dir: Path, info: dict) -> Rendering:
@@ -224,7 +234,7 @@ def _recorded_rendering(run_dir: Path, info: dict) -> Rendering:
     if not cohort or not (_resolve(cohort) / "store.json").is_file():
         raise FinetuneRunError(f"{run_dir / 'config.yaml'}: its cohort store {cohort!r} (cohort_run) is not found; "
                                "its store.json records the preprocessing the model was trained with")
-    store_info = json.loads((_resolve(cohort) / "store.json").read_text())
+    store_info = _run_file(safety.read_json_mapping, _resolve(cohort) / "store.json")
     return Rendering(None if signal else int(info["image_size"]), None if signal else str(info["layout"]),
                      None if ylim is None else tuple(float(v) for v in ylim),
                      store_info.get("preprocess_kw"), str(store_info.get("task", cfg.get("task", ""))),
@@ -250,7 +260,7 @@ def load_ensemble(cfg: PredictConfig, device: str | torch.device = "cpu") -> tup
         check_finetune_run(run_dir)
         model, info = load_finetune_run(run_dir, device)
         r = _recorded_rendering(run_dir, info)
-        met = json.loads((run_dir / "metrics.json").read_text())
+        met = read_metrics(run_dir)
         family = str(info.get("family", "image"))
         rate = float(info.get("signal_rate") or 100.0) if family == "signal" else None
         members.append(Member(run_dir, run_dir.name, model, info["normalize"], info["config"], met, r, family, rate))
