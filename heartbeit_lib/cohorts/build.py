@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import ctypes
 import dataclasses
 import fcntl
 import functools
@@ -12,6 +13,7 @@ import json
 import math
 import multiprocessing
 import os
+import signal as _signal_mod  # `signals` is the ECG module
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -65,6 +67,7 @@ class ShardSpec:
     preprocess_kw: dict | None  # None: signals are stored as given
     manifest_columns: list[str]
     dtypes: dict[str, Any]  # manifest column -> dtype
+    stamps: list | None = None  # input_stamps(rows), recorded with the shard; None: not recorded
 
 
 def _write_npy(path: Path, arr: np.ndarray) -> None:
@@ -79,11 +82,43 @@ def _write_parquet(path: Path, df: pd.DataFrame) -> None:
     atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False, engine="pyarrow"))
 
 
-def _shard_done(store_dir: Path, i: int) -> bool:
+def input_stamps(rows: list[dict]) -> list[list]:
+    """Per input row, ``[path, size, mtime_ns]`` of each file of its record that exists (the source path and
+    its ``.hea`` / ``.dat`` / ``.mat`` siblings; ``[path, -1, -1]`` when there is none, e.g. an in-memory
+    reader's path): what a resumed build compares to notice an input that changed after its shard was built."""
+    out = []
+    for row in rows:
+        p = Path(str(row["source_path"]))
+        files = dict.fromkeys([p, *(p.with_suffix(e) for e in (".hea", ".dat", ".mat"))])
+        stamp = []
+        for f in files:
+            try:
+                st = f.stat()
+            except (OSError, ValueError):
+                continue
+            stamp.append([str(f), st.st_size, st.st_mtime_ns])
+        out.append(stamp or [[str(p), -1, -1]])
+    return out
+
+
+def _stamp_path(store_dir: Path, i: int) -> Path:
+    return store_dir / "parts" / f"{shard_name(i)}.inputs.json"
+
+
+def _shard_done(store_dir: Path, i: int, stamps: list | None = None) -> bool:
+    """All of a shard's files exist and, with ``stamps``, its inputs are as they were when it was built
+    (:func:`input_stamps` recorded next to it; a shard without that record, or whose inputs changed, is redone)."""
     name = shard_name(i)
-    return all((p.exists() for p in (store_dir / f"{name}.npy",
+    if not all((p.exists() for p in (store_dir / f"{name}.npy",
                                      store_dir / "parts" / f"{name}.manifest.parquet",
-                                     store_dir / "parts" / f"{name}.rejects.parquet")))
+                                     store_dir / "parts" / f"{name}.rejects.parquet"))):
+        return False
+    if stamps is None:
+        return True
+    try:
+        return json.loads(_stamp_path(store_dir, i).read_text()) == stamps
+    except (OSError, ValueError):
+        return False
 
 
 def _preprocess_group(x: np.ndarray, fs: float, leads: tuple[str, ...], preprocess_kw: Mapping | None
@@ -217,7 +252,10 @@ def build_shard(spec: ShardSpec) -> dict:
         pd.DataFrame({c: pd.Series(dtype=spec.dtypes.get(c, "object")) for c in spec.manifest_columns})
     rdf = pd.DataFrame(sorted(rejects, key=lambda r: r["input_index"]), columns=list(REJECT_COLUMNS))
     store_dir, name = Path(spec.store_dir), shard_name(spec.shard)
-    # parts first, the array last: a shard counts as done only when all three exist
+    # the inputs' stamps (taken before reading) and the parts first, the array last: a shard counts as done
+    # only when all of them exist
+    if spec.stamps is not None:
+        atomic_write_text(_stamp_path(store_dir, spec.shard), json.dumps(spec.stamps) + "\n")
     _write_parquet(store_dir / "parts" / f"{name}.rejects.parquet", normalise_rejects(rdf))
     _write_parquet(store_dir / "parts" / f"{name}.manifest.parquet", normalise_manifest(mdf, spec.dtypes))
     _write_npy(store_dir / f"{name}.npy", arr)
@@ -363,11 +401,16 @@ def build_store(inputs: pd.DataFrame, reader: Callable[[str], Any], run_dir: str
     n_shards = max(1, math.ceil(len(df) / shard_size))
     for stale in store_dir.rglob("*.tmp-*"):  # half-written files of a killed build
         stale.unlink()
-    todo = [i for i in range(n_shards) if not _shard_done(store_dir, i)]
+    def rows(i: int) -> list[dict]:
+        return df.iloc[i * shard_size:(i + 1) * shard_size].to_dict("records")
+
+    # a resumed build redoes a shard whose inputs changed (size or mtime) since it was built
+    todo = [i for i in range(n_shards) if not _shard_done(store_dir, i, input_stamps(rows(i)))]
 
     def spec(i: int) -> ShardSpec:  # built lazily: at paper scale all rows at once would not fit
-        return ShardSpec(i, df.iloc[i * shard_size:(i + 1) * shard_size].to_dict("records"), reader,
-                         str(store_dir), salt, params["preprocess_kw"], manifest_columns, dtypes)
+        r = rows(i)
+        return ShardSpec(i, r, reader, str(store_dir), salt, params["preprocess_kw"], manifest_columns, dtypes,
+                         input_stamps(r))
 
     def n_rows(i: int) -> int:
         return min(len(df), (i + 1) * shard_size) - i * shard_size
@@ -421,7 +464,8 @@ class _DeathProbe:
 
     def __init__(self) -> None:
         self.ctx = multiprocessing.get_context("spawn")
-        self.pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=self.ctx)
+        self.pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=self.ctx, initializer=die_with_parent,
+                                              initargs=(os.getpid(),))
 
     def mark(self, spec: ShardSpec) -> ShardSpec:
         """``spec`` with ``worker_died`` set on each row that kills its worker, so that
@@ -435,11 +479,24 @@ class _DeathProbe:
             except cf.process.BrokenProcessPool as e:
                 r["worker_died"] = f"the worker process died reading this file ({e})"
                 self.pool.shutdown(wait=False, cancel_futures=True)
-                self.pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=self.ctx)
+                self.pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=self.ctx, initializer=die_with_parent,
+                                              initargs=(os.getpid(),))
         return dataclasses.replace(spec, rows=rows)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Worker initializer: the kernel sends this process SIGKILL when its parent dies (Linux
+    ``prctl(PR_SET_PDEATHSIG)``), so a killed build leaves no orphaned worker writing shards; exits at once
+    when the parent is already gone."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, _signal_mod.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: a worker notices a dead parent when its queue breaks
+    if os.getppid() != parent_pid:
+        os._exit(1)
 
 
 def _map_in_processes(fn: Callable[[Any], dict], items: Iterator[Any], workers: int, max_workers: int
@@ -451,7 +508,8 @@ def _map_in_processes(fn: Callable[[Any], dict], items: Iterator[Any], workers: 
     cancels what has not started.
     """
     ctx = multiprocessing.get_context("spawn")  # fork is unsafe with torch/BLAS threads alive
-    with cf.ProcessPoolExecutor(max_workers=max_workers, mp_context=ctx) as pool:
+    with cf.ProcessPoolExecutor(max_workers=max_workers, mp_context=ctx, initializer=die_with_parent,
+                                initargs=(os.getpid(),)) as pool:
         running: set[cf.Future] = set()
         try:
             for item in items:
@@ -583,11 +641,15 @@ def build_shard_range(inputs: pd.DataFrame, reader: Callable[[str], Any], run_di
         for folder in (store_dir, store_dir / "parts"):
             for stale in folder.glob(f"{shard_name(i)}.*.tmp-*"):
                 stale.unlink()
-    todo = [i for i in mine if not _shard_done(store_dir, i)]
+    def rows(i: int) -> list[dict]:
+        return plan.df.iloc[i * size:(i + 1) * size].to_dict("records")
+
+    todo = [i for i in mine if not _shard_done(store_dir, i, input_stamps(rows(i)))]  # changed inputs: redone
 
     def spec(i: int) -> ShardSpec:
-        return ShardSpec(i, plan.df.iloc[i * size:(i + 1) * size].to_dict("records"), reader, str(store_dir),
-                         plan.salt, plan.params["preprocess_kw"], plan.manifest_columns, plan.dtypes)
+        r = rows(i)
+        return ShardSpec(i, r, reader, str(store_dir), plan.salt, plan.params["preprocess_kw"], plan.manifest_columns,
+                         plan.dtypes, input_stamps(r))
 
     if workers <= 1 or getattr(reader, "in_process", False) or len(todo) <= 1:
         return [build_shard(spec(i)) for i in todo]
