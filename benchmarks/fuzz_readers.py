@@ -25,6 +25,21 @@ Each mutant is read with ``heartbeit_lib.io.read_ecg`` in a worker process with 
 - ``untyped``: any other exception; ``hang``: no answer within the time cap (worker killed);
   ``crash``: the worker died; ``absurd``: a success with non-finite or out-of-bounds values.
 
+Then (issue 27; ``--classes-only`` runs just these) the hostile-input classes, each a fixed list of cases built in
+a sandbox folder and run in the same capped worker:
+
+- ``special_files``: FIFOs, directories, ``.``, ``/dev/zero`` as ``.hea`` / ``.xml`` / ``.dat`` / ``.mat`` / ``.npy``;
+- ``huge_counts``: 50,000 or 10^9 signals, 10^12 samples, sample counts whose product overflows;
+- ``sparse_files``: sparse 512 MiB - 1 GiB ``.dat`` / ``.xml`` / ``.mat`` files, a compressed ``.mat`` declaring 36 M
+  samples (read with a 1 GiB cap), a ``.dat`` declaring 5,000 samples followed by 1 GiB (must read, within bounds);
+- ``hostile_literals``: ``scp_codes`` literals and MUSE ``SampleExponent`` values that are not what they claim;
+- ``hostile_run_folders``: ``model.json`` / ``config.yaml`` / ``metrics.json`` of a real micro run made hostile;
+- ``path_components``: run ids, task and sweep names, Slurm values and ``str.format`` placeholders that would leave
+  the run folder or inject a command (the sbatch text is executed by bash with a stub ``srun`` when it is built).
+
+Every class case must be refused with a typed error of ``heartbeit_lib`` (a ``ValueError`` subclass) unless it is
+marked as a positive control; after each case nothing may exist outside the sandbox's run root (``written``) and
+the canary file of the injected command must not exist (``command``).
 Writes ``outputs/fuzz/fuzz_readers.json`` (counts and every non-goal case) and prints the counts.
 """
 
@@ -153,6 +168,278 @@ def mutate(kind: str, files: list[Path], rng: np.random.Generator) -> tuple[str,
     return name, target.name, data
 
 
+# ---------------------------------------------------------------------------- hostile-input classes (issue 27)
+CANARY = "canary"
+NL = "\ntouch {canary}\n"
+
+
+def _mini_wfdb(d: Path, name: str = "rec") -> Path:
+    """A real 12-lead PTB-XL record (100 Hz) copied as ``<d>/<name>.hea/.dat``."""
+    hea = sorted((SHARED / "ptbxl" / "records100").rglob("*.hea"))[0]
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"{name}.dat").write_bytes(hea.with_suffix(".dat").read_bytes())
+    (d / f"{name}.hea").write_text(hea.read_text().replace(hea.stem, name))
+    return d / f"{name}.hea"
+
+
+def _sparse(path: Path, size: int, head: bytes = b"") -> Path:
+    with open(path, "wb") as f:
+        f.write(head)
+        f.truncate(size)
+    return path
+
+
+def _fifo(path: Path) -> Path:
+    import os
+    os.mkfifo(path)
+    return path
+
+
+def _special(d: Path, i: int):
+    """(entry to read, positive control?) of special-file case ``i``."""
+    import os
+    hea = _mini_wfdb(d)
+    cases = [lambda: _fifo(d / "f.hea"), lambda: _fifo(d / "f.xml"), lambda: _fifo(d / "f.npy"),
+             lambda: (os.remove(d / "rec.dat"), _fifo(d / "rec.dat"), hea)[-1],
+             lambda: (os.remove(d / "rec.dat"), (d / "rec.dat").mkdir(), hea)[-1],
+             lambda: (hea.write_text(hea.read_text().replace("rec.dat", ".")), hea)[-1],
+             lambda: ((d / "z.xml").symlink_to("/dev/zero"), d / "z.xml")[-1],
+             lambda: ((d / "sub.hea").mkdir(), d / "sub.hea")[-1],
+             lambda: (os.remove(d / "rec.dat"), (d / "rec.dat").symlink_to("/dev/zero"), hea)[-1]]
+    return ("read", cases[i](), {"fs": 500, "leads": ["I", "II"]} if i == 2 else {}), len(cases)
+
+
+def _huge_counts(d: Path, i: int):
+    hea = _mini_wfdb(d)
+    first, *rest = hea.read_text().splitlines()
+    tok = first.split()
+    variants = [["big 50000 100 1000"] + ["big.dat 16" for _ in range(50_000)],
+                [" ".join([tok[0], "1000000000", *tok[2:]]), *rest],
+                [" ".join([*tok[:3], "1000000000000"]), *rest],
+                [" ".join([*tok[:3], "99999999999999999999"]), *rest],
+                [" ".join([tok[0], "64", tok[2], "300000"]), *(rest * 6)[:64]]]
+    target = d / ("big.hea" if i == 0 else "rec.hea")
+    target.write_text("\n".join(variants[i]) + "\n")
+    return ("read", target, {}), len(variants)
+
+
+def _sparse_files(d: Path, i: int):
+    import scipy.io
+    hea = _mini_wfdb(d)
+    first, *rest = hea.read_text().splitlines()
+    n = len(variants := ["dat_no_count", "xml", "mat_compressed", "dat_declared"])
+    v = variants[i]
+    if v == "dat_no_count":
+        hea.write_text(" ".join(first.split()[:3]) + "\n" + "\n".join(rest) + "\n")
+        _sparse(d / "rec.dat", 512 * 2**20)
+        return ("read", hea, {}), n
+    if v == "xml":
+        return ("read", _sparse(d / "s.xml", 2**30, b"<RestingECG>"), {}), n
+    if v == "mat_compressed":
+        lines = (SHARED / "cinc" / "records").glob("*.hea")
+        src = sorted(lines)[0]
+        (d / "m.hea").write_text(src.read_text().replace(src.stem, "m"))
+        scipy.io.savemat(d / "m.mat", {"val": np.zeros((12, 3_000_000), np.int16)}, do_compression=True)
+        return ("read", d / "m.hea", {}), n
+    with open(d / "rec.dat", "r+b") as f:  # declared samples + 1 GiB beyond: reads only what is declared
+        f.truncate(2**30)
+    return ("read_ok", hea, {}), n
+
+
+HOSTILE_LITERALS = ["{[1]: 2}", "[" * 5000 + "]" * 5000, "(" * 300 + ")" * 300, "x" * 10_000, "{'a': {'b': 1}}",
+                    "{1: 2}", "{'SR': float('nan')}", "__import__('os').system('touch canary')", "{'a': 1e999}"]
+EXPONENTS = ["+-1", "--1", "-+2", "1e1", "1 1", "0x1", "٣"]
+
+
+def _literals(d: Path, i: int):
+    if i < len(HOSTILE_LITERALS):
+        return ("scp", HOSTILE_LITERALS[i], {}), len(HOSTILE_LITERALS) + len(EXPONENTS)
+    muse = sorted((SHARED / "muse").glob("*.xml"))[0].read_bytes().decode("latin-1")
+    e = EXPONENTS[i - len(HOSTILE_LITERALS)]
+    muse = re.sub(r"<SampleExponent>[^<]*</SampleExponent>", f"<SampleExponent>{e}</SampleExponent>", muse) \
+        if "<SampleExponent>" in muse else muse.replace("<SampleBase>", f"<SampleExponent>{e}</SampleExponent>"
+                                                                      "<SampleBase>", 1)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "x.xml").write_bytes(muse.encode("latin-1", "xmlcharrefreplace"))
+    return ("read", d / "x.xml", {}), len(HOSTILE_LITERALS) + len(EXPONENTS)
+
+
+RUN_FOLDER_CASES = [("model.json", "not json {"), ("model.json", "[1, 2]"), ("model.json", {"num_classes": "two"}),
+                    ("model.json", {"num_classes": 30_000_000}), ("model.json", {"image_size": 200_000}),
+                    ("model.json", {"normalize_mean": []}), ("model.json", {"normalize_mean": "text"}),
+                    ("model.json", {"normalize_std": [0.0, 0.0, 0.0]}), ("model.json", {"ylim_mv": [-1e9, 1e9]}),
+                    ("model.json", {"patch_size": 0}), ("config.yaml", "!!python/object/apply:os.system ['touch canary']"),
+                    ("config.yaml", "a: &a [x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\n"
+                                    "c: &c [*b, *b, *b, *b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c, *c, *c, *c]\n"),
+                    ("config.yaml", "- a list"), ("metrics.json", {"best_epoch": "last"}),
+                    ("metrics.json", {"best_epoch": -3}), ("model.json", None)]  # None: the untouched folder
+
+
+def _run_folder(d: Path, i: int):
+    import json
+
+    import torch
+    import yaml
+
+    from heartbeit_lib.classify import checkpoint
+    from heartbeit_lib.classify import registry as models
+    run = d / "runs" / "toy-vit_b16_scratch-f1.0-s0"
+    run.mkdir(parents=True)
+    torch.manual_seed(0)
+    m = models.create_model("vit_b16_scratch", size="micro", img_size=32, num_classes=2)
+    checkpoint.save_best_weights(m, run)
+    checkpoint.write_model_record(run, m, "vit_b16_scratch", "micro", 32, "stack8", ((0.5,) * 3, (0.25,) * 3))
+    (run / "config.yaml").write_text(yaml.safe_dump({"task": "toy", "model": "vit_b16_scratch", "image_size": 32}))
+    (run / "metrics.json").write_text(json.dumps({"best_epoch": 1}))
+    name, value = RUN_FOLDER_CASES[i]
+    if isinstance(value, dict):
+        rec = json.loads((run / name).read_text())
+        rec.update(value)
+        (run / name).write_text(json.dumps(rec))
+    elif value is not None:
+        (run / name).write_text(value)
+    return ("run_folder" if value is not None else "run_folder_ok", run, {}), len(RUN_FOLDER_CASES)
+
+
+PATH_CASES = ["run_id:../../x", "run_id:/tmp/fuzz-abs-run", "run_id:a/b", "run_id:..", "run_id:x" * 300,
+              "task:../../../victim", "task:/abs/victim", "name:s" + NL, "partition:gpu" + NL, "qos:normal" + NL,
+              "sbatch_key:qos" + NL.replace("=", ""), "log_dir:logs" + NL, "time_min:10" + NL, "mem_gb:8" + NL,
+              "gpus:1" + NL, "out_root:o" + NL, "account:lab" + NL, "constraint:a100" + NL, "setup:true" + NL,
+              "format:{0}", "format:{task.nope}", "format:{task[0]}", "format:{task!r}", "format:{nope}",
+              "launch_partition:gpu" + NL, "launch_sbatch:qos=high" + NL, "launch_log_dir:l" + NL, "ok:"]
+
+
+def _path_case(d: Path, i: int):
+    return ("path", PATH_CASES[i], {}), len(PATH_CASES)
+
+
+CLASSES = {"special_files": _special, "huge_counts": _huge_counts, "sparse_files": _sparse_files,
+           "hostile_literals": _literals, "hostile_run_folders": _run_folder, "path_components": _path_case}
+
+
+N_CASES = {"special_files": 9, "huge_counts": 5, "sparse_files": 4, "hostile_literals": len(HOSTILE_LITERALS) + len(EXPONENTS),
+           "hostile_run_folders": len(RUN_FOLDER_CASES), "path_components": len(PATH_CASES)}
+
+
+def _sweep_yaml(d: Path, key: str, value: str) -> tuple[Path, str | None]:
+    import yaml
+    data = {"name": "s", "out_root": str(d / "root"), "executor": "slurm",
+            "grid": {"task": ["toy"], "model": ["resnet152_scratch"], "fraction": [1.0], "seed": [0]},
+            "params": {"cohort_run": str(d / "root" / "01_preprocess" / "{task}"), "epochs": 1, "image_size": 32,
+                       "model_size": "micro", "device": "cpu"},
+            "resources": {"default": {"partition": "gpu", "gpus": 1, "cpus": 2, "mem_gb": 8, "time_min": 10,
+                                      "sbatch": {"qos": "normal"}}}}
+    out_root = None
+    res = data["resources"]["default"]
+    if key in ("name", "log_dir"):
+        data[key] = value if key == "name" else str(d / "root" / value)
+    elif key == "task":
+        data["grid"]["task"] = [value]
+    elif key == "qos":
+        res["sbatch"] = {"qos": value}
+    elif key == "sbatch_key":
+        res["sbatch"] = {value + "#": "normal"}
+    elif key == "format":
+        data["params"]["cohort_run"] = value
+    elif key == "out_root":
+        out_root = str(d / "root" / value)
+    elif key in ("partition", "account", "constraint", "time_min", "mem_gb", "gpus"):
+        res[key] = value
+    elif key == "setup":
+        res["setup"] = [value]
+    (d / "sweep.yaml").write_text(yaml.safe_dump(data))
+    return d / "sweep.yaml", out_root
+
+
+def _run_sbatch_text(ex, d: Path) -> None:
+    """Run the sbatch script submitit would write, with bash and a no-op ``srun`` (what a job would run)."""
+    import os
+    import subprocess
+    ex.parameters["map_count"] = 1
+    text = ex._make_submission_file_text(ex._submitit_command_str, "uid")
+    (d / "bin").mkdir(exist_ok=True)
+    (d / "bin" / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (d / "bin" / "srun").chmod(0o755)
+    subprocess.run(["bash", "-c", text], env={**os.environ, "PATH": f"{d / 'bin'}:{os.environ['PATH']}"},
+                   capture_output=True, timeout=30, cwd=d)
+
+
+def _path(d: Path, case: str) -> None:
+    """Run one path-component / command-injection case inside ``d/root`` (raises what the code raises)."""
+    import submitit
+
+    from heartbeit_lib import launch
+    from heartbeit_lib.pipeline import predict, runs, sweep
+    submitit.SlurmExecutor.affinity = classmethod(lambda cls: 2)  # pretend srun exists (no cluster here)
+    key, _, value = case.partition(":")
+    value = value.replace("{canary}", str(d / CANARY))
+    if key == "run_id":
+        cfg = predict.PredictConfig.from_dict({"finetune_runs": ["r"], "data_root": "d", "run_id": value,
+                                               "out_root": str(d / "root")})
+        runs.start_run("07_predict", cfg)
+        return
+    if key.startswith("launch_"):
+        opt = "--" + key[len("launch_"):].replace("_", "-")
+        args, _ = launch.parse(["pretrain", "--nodes", "1", "--gpus-per-node", "1", "--log-dir", str(d / "root" / "l"),
+                                opt, value if opt != "--log-dir" else str(d / "root" / value)])
+        _run_sbatch_text(launch.make_executor(args), d)
+        return
+    if key == "ok":
+        spec = sweep.load_sweep(_sweep_yaml(d, "ok", "")[0])
+        _run_sbatch_text(sweep.slurm_executor(spec, "resnet152_scratch"), d)
+        return
+    path, out_root = _sweep_yaml(d, key, value)
+    spec = sweep.load_sweep(path, out_root=out_root)
+    if key == "task":
+        sweep.run_sweep(spec, lambda *a, **k: None, progress=False)
+    _run_sbatch_text(sweep.slurm_executor(spec, "resnet152_scratch"), d)
+
+
+def run_class_case(cls: str, i: int, sandbox: str) -> tuple:
+    """Outcome of class case ``i`` built in ``sandbox`` (see the module docstring)."""
+    from heartbeit_lib import io
+    d = Path(sandbox)
+    (d / "outside").mkdir(parents=True)
+    (d / "outside" / "precious.txt").write_text("keep")
+    victim = d / "victim-resnet152_scratch-f1.0-s0"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep")
+    before = sorted(str(p) for p in d.iterdir())
+    try:
+        (what, arg, kw), _ = CLASSES[cls](d / "root" if cls != "path_components" else d, i)
+    except BaseException as e:  # noqa: BLE001 - the case could not be built: a bug of this script
+        return ("setup_error", type(e).__name__, False, repr(e)[:300])
+    expect_ok = what in ("read_ok", "run_folder_ok") or arg == "ok:"
+    try:
+        if what in ("read", "read_ok"):
+            rec = io.read_ecg(arg, **kw)
+            x = np.asarray(rec.signal)
+            if not (np.isfinite(x).all() and 50 <= rec.fs <= 10_000):
+                return ("absurd", "non-finite or out of bounds", False, "")
+        elif what == "scp":
+            io.parse_scp_codes(arg, "ptbxl_database.csv", "ecg_id 1")
+        elif what in ("run_folder", "run_folder_ok"):
+            from heartbeit_lib.classify import checkpoint
+            checkpoint.load_finetune_run(arg)
+            checkpoint.read_metrics(arg)
+        else:
+            _path(d, arg)
+        outcome = ("ok", "", True, "") if expect_ok else ("absurd", "accepted a value it must refuse", False, "")
+    except ValueError as e:
+        typed = type(e).__module__.startswith("heartbeit_lib")
+        outcome = (("typed" if not expect_ok else "absurd") if typed else "untyped", type(e).__name__, typed,
+                   str(e)[:300])
+    except BaseException as e:  # noqa: BLE001 - what we are looking for
+        outcome = ("untyped", type(e).__name__, False, repr(e)[:300])
+    extra = sorted(set(str(p) for p in d.iterdir()) - set(before) - {str(d / "root"), str(d / "sweep.yaml"),
+                                                                     str(d / "bin"), str(d / CANARY)})
+    if (d / CANARY).exists():
+        return ("command", "the injected command ran", False, outcome[3])
+    if extra or not (victim / "precious.txt").exists() or not (d / "outside" / "precious.txt").exists():
+        return ("written", f"outside the run root: {extra[:3]}", False, outcome[3])
+    return outcome
+
+
 # ---------------------------------------------------------------------------- worker
 def _worker(conn, mem_gb: float, code: str) -> None:
     """Read each path sent on ``conn``; answer with the outcome. Capped address space."""
@@ -165,6 +452,9 @@ def _worker(conn, mem_gb: float, code: str) -> None:
         path = conn.recv()
         if path is None:
             return
+        if isinstance(path, tuple):  # ("class", class name, case index, sandbox folder)
+            conn.send(run_class_case(*path[1:]))
+            continue
         try:
             rec = io.read_ecg(path)
         except io.ECGReadError as e:
@@ -222,7 +512,10 @@ def main() -> None:
     ap.add_argument("--mem-gb", type=float, default=4.0, help="address-space cap of the worker, GiB")
     ap.add_argument("--code", type=Path, default=REPO, help="repository whose heartbeit_lib is fuzzed")
     ap.add_argument("--out", type=Path, default=REPO / "outputs" / "fuzz" / "fuzz_readers.json")
+    ap.add_argument("--classes-only", action="store_true", help="only the hostile-input classes of issue 27")
     args = ap.parse_args()
+    if args.classes_only:
+        args.n = 0
 
     rng = np.random.default_rng(args.seed)
     pool = seeds()
@@ -252,6 +545,25 @@ def main() -> None:
                               "outcome": outcome, "what": what, "message": msg})
                 print(f"[{outcome}] m{k:05d} {kind}/{entry} {mutation} of {target}: {what} {msg[:160]}", flush=True)
             shutil.rmtree(d)
+        class_counts: dict[str, Counter] = {}
+        # the pipeline's imports (torch, OpenCV) map more address space than the readers' cap allows
+        pipeline_worker = Worker(args.mem_gb + 12, str(args.code.resolve()))
+        for cls in CLASSES:
+            w = pipeline_worker if cls == "path_components" else worker
+            for i in range(N_CASES[cls]):
+                d = Path(tmp) / f"{cls}-{i:03d}"
+                d.mkdir()
+                t0 = time.perf_counter()
+                outcome, what, named, msg = w.read(("class", cls, i, str(d)), args.timeout)
+                dt = time.perf_counter() - t0
+                slowest = max(slowest, (dt, f"{cls} case {i}"))
+                class_counts.setdefault(cls, Counter())[outcome] += 1
+                counts[f"class_{outcome}"] += 1
+                if outcome not in ("typed", "ok"):
+                    cases.append({"class": cls, "case": i, "outcome": outcome, "what": what, "message": msg})
+                    print(f"[{outcome}] {cls} case {i}: {what} {msg[:160]}", flush=True)
+                shutil.rmtree(d, ignore_errors=True)
+        pipeline_worker.conn.send(None)
     worker.conn.send(None)
     wall = time.perf_counter() - t_start
     by_mutation: dict[str, dict[str, int]] = {}
@@ -259,7 +571,8 @@ def main() -> None:
         _, mutation, outcome = key.split(":")
         by_mutation.setdefault(mutation, {}).setdefault(outcome, 0)
         by_mutation[mutation][outcome] += v
-    result = {"n": args.n, "code": str(args.code), "by_mutation": by_mutation, "seeds": len(pool), "counts": dict(counts), "by_kind": dict(sorted(by_kind.items())),
+    result = {"n": args.n, "code": str(args.code), "by_mutation": by_mutation,
+              "classes": {k: dict(v) for k, v in class_counts.items()}, "seeds": len(pool), "counts": dict(counts), "by_kind": dict(sorted(by_kind.items())),
               "slowest_s": round(slowest[0], 3), "slowest": slowest[1], "wall_s": round(wall, 1),
               "timeout_s": args.timeout, "mem_gb": args.mem_gb, "cases": cases}
     args.out.parent.mkdir(parents=True, exist_ok=True)
