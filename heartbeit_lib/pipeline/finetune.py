@@ -114,7 +114,7 @@ class FinetuneConfig(runs.TypedConfig):
     device: str | None = None  # cpu, cuda, cuda:N; None: cuda when available, else cpu
     amp: bool = True  # mixed precision on cuda
     select_on: str = "val"  # split choosing the best epoch: val (default) or test (paper, optimistic)
-    val_fraction: str = "matched"  # matched: validation shrinks with fraction (nested, stratified, >= 5 per class) | full: whole split
+    val_fraction: str = "matched"  # matched: validation shrinks with fraction (nested, stratified, at least 5 per class) | full: whole split
     num_workers: int = 0  # DataLoader worker processes
     cache_images: bool = False  # render every split once per process and keep it in memory (small cohorts)
     out_root: str = "outputs"  # root of the run folders

@@ -29,14 +29,12 @@ import hashlib
 import importlib
 import inspect
 import json
-import logging
 import os
 import platform
 import subprocess
 import sys
 import textwrap
 import types
-import typing
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -104,12 +102,33 @@ def notebook_config(notebook: str) -> type[TypedConfig]:
     return getattr(importlib.import_module(module), name)
 
 
-def parameters_cell(cls: type[TypedConfig]) -> str:
-    """The notebook ``parameters`` cell for ``cls``: its field lines, verbatim from the class source.
+def _papermill_annotation(node: ast.expr) -> str:
+    """A Config annotation as papermill's parser reads it: ``X | None`` -> ``Optional[X]``, ``tuple[X, ...]`` ->
+    ``list[X]`` (papermill's regex reads words, brackets and commas only; a cell default is a list literal)."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        sides = [node.left, node.right]
+        rest = [n for n in sides if not (isinstance(n, ast.Constant) and n.value is None)]
+        if len(rest) == 1:
+            return f"Optional[{_papermill_annotation(rest[0])}]"
+    if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == "tuple":
+        elts = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        if len(elts) == 2 and isinstance(elts[1], ast.Constant) and elts[1].value is Ellipsis:
+            return f"list[{_papermill_annotation(elts[0])}]"
+    if isinstance(node, ast.Subscript):
+        inner = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        return f"{ast.unparse(node.value)}[{', '.join(_papermill_annotation(n) for n in inner)}]"
+    return ast.unparse(node)
 
-    Raises :class:`ConfigError` when a field is not one line ``name: type = literal  # comment`` (a
-    default that is not a literal, a ``field(...)``, a missing comment), so the cell can always be made
-    from the class and holds literals only.
+
+def parameters_cell(cls: type[TypedConfig]) -> str:
+    """The notebook ``parameters`` cell for ``cls``: one line ``name: type = literal  # comment`` per field.
+
+    The lines are the class's field lines with the annotations papermill's parser reads (``Optional[str]`` for
+    ``str | None``, ``list[str]`` and a list literal for ``tuple[str, ...]``; the cell then starts with
+    ``from typing import Optional``), so ``papermill --help-notebook`` shows every parameter with its type,
+    default and help. Raises :class:`ConfigError` when a field is not one line ``name: type = literal  # comment``
+    (a default that is not a literal, a ``field(...)``, a missing comment, an ``=`` in the comment, which makes
+    papermill skip the line), so the cell can always be made from the class and holds literals only.
     """
     src = textwrap.dedent(inspect.getsource(cls))
     lines = src.splitlines()
@@ -129,13 +148,21 @@ def parameters_cell(cls: type[TypedConfig]) -> str:
             ast.literal_eval(node.value)
         except ValueError:
             raise ConfigError(f"{where}: the default must be a literal (got {ast.unparse(node.value)})") from None
-        line = lines[node.lineno - 1].strip()
+        line = lines[node.lineno - 1]
         if "  # " not in line:
             raise ConfigError(f"{where}: say what the parameter is in a comment after two spaces and #")
-        out.append(line)
+        comment = line.split("  # ", 1)[1].strip()
+        if "=" in comment:
+            raise ConfigError(f"{where}: no '=' in the comment (papermill skips a line with two '=')")
+        seg = line[node.value.col_offset:node.value.end_col_offset]
+        if isinstance(node.value, ast.Tuple):
+            seg = "[" + ", ".join(line[e.col_offset:e.end_col_offset] for e in node.value.elts) + "]"
+        out.append(f"{name}: {_papermill_annotation(node.annotation)} = {seg}  # {comment}")
     missing = fields - {ln.split(":", 1)[0] for ln in out}
     if missing:
         raise ConfigError(f"{cls.__name__}: fields {sorted(missing)} are not declared in the class body")
+    if any(": Optional[" in ln for ln in out):
+        out.insert(0, "from typing import Optional")
     return "\n".join(out)
 
 
@@ -392,24 +419,14 @@ def load_parameter_files(*files: str | os.PathLike) -> dict[str, Any]:
 
 
 def notebook_parameters(notebook: str | os.PathLike) -> dict[str, dict]:
-    """Parameters declared in the notebook's ``parameters`` cell: name -> {type, default, help}, in order.
-
-    Read with ``ast`` (papermill's own inspection skips annotations such as ``int | None`` or
-    ``tuple[str, ...]``, so ``papermill --help-notebook`` lists only the simply typed ones).
-    """
+    """Parameters of the notebook's ``parameters`` cell as papermill reads them (``papermill --help-notebook``):
+    name -> {type, default, help}, in order."""
     nb = nbformat.read(str(notebook), as_version=4)
     cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     if len(cells) != 1:
         raise ConfigError(f"{notebook}: expected one cell tagged 'parameters', found {len(cells)}")
-    lines = cells[0].source.splitlines()
-    out = {}
-    for node in ast.parse(cells[0].source).body:
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            _, _, comment = lines[node.lineno - 1].partition("  # ")
-            out[node.target.id] = {"type": ast.unparse(node.annotation),
-                                   "default": ast.unparse(node.value) if node.value else None,
-                                   "help": comment.strip()}
-    return out
+    return {name: {"type": p["inferred_type_name"], "default": p["default"], "help": p["help"]}
+            for name, p in papermill.inspect_notebook(str(notebook)).items()}
 
 
 def check_parameters(notebook: str | os.PathLike, params: Mapping[str, Any]) -> None:
@@ -420,17 +437,6 @@ def check_parameters(notebook: str | os.PathLike, params: Mapping[str, Any]) -> 
         raise UnknownParameterError(
             f"{Path(notebook).name}: unknown parameter(s) {unknown}; declared: {sorted(declared)}"
         )
-
-
-class _KnownParameters(logging.Filter):
-    """papermill warns "Passed unknown parameter" for every name its regex cannot read (``int | None``,
-    ``tuple[str, ...]``); names reaching papermill here were already checked by :func:`check_parameters`."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Passed unknown parameter")
-
-
-logging.getLogger("papermill").addFilter(_KnownParameters())
 
 
 def resolve_notebook(name: str) -> Path:
@@ -480,18 +486,14 @@ def notebook_to_html(nb_path: str | os.PathLike) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m heartbeit_lib.pipeline.runs params`` rewrites the parameters cells from the Configs;
-    ``... help 03_finetune`` lists a notebook's parameters with types, defaults and comments."""
+    """``python -m heartbeit_lib.pipeline.runs params`` (``make params``) rewrites the parameters cells from the
+    Configs; ``papermill --help-notebook notebooks/<name>.ipynb`` lists a notebook's parameters."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["params"]:
+    if argv == ["params"]:
         for p in write_parameters_cells():
             print("rewrote", p)
         return 0
-    if argv[:1] == ["help"] and len(argv) == 2:
-        for name, p in notebook_parameters(resolve_notebook(argv[1])).items():
-            print(f"  {name}: {p['type']} (default {p['default']})  {p['help']}")
-        return 0
-    print("usage: python -m heartbeit_lib.pipeline.runs params | help NOTEBOOK", file=sys.stderr)
+    print("usage: python -m heartbeit_lib.pipeline.runs params", file=sys.stderr)
     return 2
 
 
