@@ -21,6 +21,7 @@ import re
 import shlex
 from pathlib import Path
 
+import papermill
 import pytest
 import yaml
 
@@ -102,9 +103,13 @@ class Session:
         elif words[:2] == ["python", "-m"] and words[2] in CLI_NOTEBOOK:
             self._stage(CLI_NOTEBOOK[words[2]], words[3:], where)
         elif words[0] == "papermill":
-            nb = REPO_ROOT / words[1]
-            assert nb.is_file(), f"{where}: no notebook {words[1]}"
-            self._stage(nb.stem, words[3:], where)
+            k = next(i for i, w in enumerate(words) if w.endswith(".ipynb"))
+            nb = REPO_ROOT / words[k]
+            assert nb.is_file(), f"{where}: no notebook {words[k]}"
+            if "--help-notebook" in words:
+                assert papermill.inspect_notebook(str(nb)), where
+            else:
+                self._stage(nb.stem, words[k + 2:], where)
 
     def _stage(self, notebook: str, args: list[str], where: str) -> None:
         files, params, i = [], {}, 0
