@@ -26,9 +26,9 @@ import pytest
 import yaml
 
 from conftest import REPO_ROOT
-from heartbeit_lib.pipeline import runs, sweep
+from heartbeit_lib.pipeline import finetune, runs, sweep
 
-DOCS = sorted([REPO_ROOT / "README.md", *(REPO_ROOT / "docs").rglob("*.md")])
+DOCS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").rglob("*.md")), REPO_ROOT / "parameters" / "README.md"]
 CLI_NOTEBOOK = {"heartbeit_lib.predict": "07_predict", "heartbeit_lib.pretrain": "02_pretrain",
                 "heartbeit_lib.pipeline.predict": "07_predict", "heartbeit_lib.pipeline.pretrain": "02_pretrain"}
 RUN_KEYS = ("cohort_run", "pretrain_run", "finetune_runs")
@@ -131,6 +131,8 @@ class Session:
                 self.need(getattr(cfg, key), where)
         if merged.get("run_id"):
             self.made.add(f"outputs/{notebook}/{merged['run_id']}")
+        elif notebook == "03_finetune":  # its default run id
+            self.made.add(f"outputs/03_finetune/{finetune.run_name(cfg.task, cfg.model, cfg.fraction, cfg.seed)}")
 
     def _sweep(self, args: list[str], where: str) -> None:
         cmd = args[0] if args[0] in ("status", "choose-lr") else "run"
