@@ -116,3 +116,12 @@ def test_04_reads_hostile_run_folders_with_typed_errors(tmp_path):
     (d / "config.yaml").write_text("!!python/name:os.system\n")
     with pytest.raises(pm.RunFolderError, match="config.yaml"):
         pm.list_runs(tmp_path)
+
+
+@pytest.mark.parametrize("text", ["[1]", "not json", '{"format": "x"}', "{}"])
+def test_a_hostile_store_json_is_a_typed_store_error(tmp_path, text):
+    from heartbeit_lib import cohorts
+    (tmp_path / "store.json").write_text(text if text != "{}" else json.dumps({"format": cohorts.store.STORE_FORMAT}))
+    (tmp_path / "manifest.parquet").write_text("x")
+    with pytest.raises(cohorts.StoreError, match="store.json"):
+        cohorts.CohortStore(tmp_path)

@@ -11,6 +11,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from heartbeit_lib.safety import RunFileError, read_json_mapping
+
 from .errors import CohortError, StoreError
 from .splits import FRACTION_EPS, RANKED_SPLITS, SPLITS, fraction_mask, fraction_size, train_ranks
 from .tasks import TaskConfig
@@ -77,9 +79,14 @@ class CohortStore:
         if not info_p.exists() or not man_p.exists():
             raise StoreError(f"{self.root}: not a finished cohort store (no store.json/manifest.parquet); "
                              "build it with notebooks/01_preprocess.ipynb")
-        self.info = json.loads(info_p.read_text())
+        try:  # a store handed to 02/03/07 is an input too: a regular JSON object file of bounded size
+            self.info = read_json_mapping(info_p)
+        except RunFileError as e:
+            raise StoreError(str(e)) from None
         if self.info.get("format") != STORE_FORMAT:
-            raise StoreError(f"{info_p}: format {self.info.get('format')!r} is not {STORE_FORMAT!r}")
+            raise StoreError(f"{info_p}: format {str(self.info.get('format'))[:40]!r} is not {STORE_FORMAT!r}")
+        if not isinstance(self.info.get("task"), str):
+            raise StoreError(f"{info_p}: task {str(self.info.get('task'))[:40]!r} is not a task name")
         self.task: str = self.info["task"]
         self.manifest: pd.DataFrame = pd.read_parquet(man_p).reset_index(drop=True)
         self._shards: OrderedDict[int, np.ndarray] = OrderedDict()  # LRU, at most max_open_shards
