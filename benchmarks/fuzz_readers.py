@@ -452,6 +452,13 @@ def _worker(conn, mem_gb: float, code: str) -> None:
         path = conn.recv()
         if path is None:
             return
+        if isinstance(path, tuple) and path[0] == "warm":  # the pipeline's imports, outside the timed cases
+            import heartbeit_lib.classify.checkpoint  # noqa: F401
+            import heartbeit_lib.launch  # noqa: F401
+            import heartbeit_lib.pipeline.predict  # noqa: F401
+            import heartbeit_lib.pipeline.sweep  # noqa: F401
+            conn.send(("ok", "", True, ""))
+            continue
         if isinstance(path, tuple):  # ("class", class name, case index, sandbox folder)
             conn.send(run_class_case(*path[1:]))
             continue
@@ -476,8 +483,8 @@ def _worker(conn, mem_gb: float, code: str) -> None:
 
 
 class Worker:
-    def __init__(self, mem_gb: float, code: str):
-        self.mem_gb, self.code = mem_gb, code
+    def __init__(self, mem_gb: float, code: str, pipeline: bool = False):
+        self.mem_gb, self.code, self.pipeline = mem_gb, code, pipeline
         self.start()
 
     def start(self) -> None:
@@ -487,6 +494,9 @@ class Worker:
         self.proc.start()
         self.conn.send(str(SHARED / "muse" / "easyrecg_muse_ecg1.xml"))  # warm up: imports are not timed
         self.conn.recv()
+        if self.pipeline:
+            self.conn.send(("warm",))
+            self.conn.recv()
 
     def read(self, path: str, timeout: float) -> tuple:
         try:
@@ -547,9 +557,9 @@ def main() -> None:
             shutil.rmtree(d)
         class_counts: dict[str, Counter] = {}
         # the pipeline's imports (torch, OpenCV) map more address space than the readers' cap allows
-        pipeline_worker = Worker(args.mem_gb + 12, str(args.code.resolve()))
+        pipeline_worker = Worker(args.mem_gb + 12, str(args.code.resolve()), pipeline=True)
         for cls in CLASSES:
-            w = pipeline_worker if cls == "path_components" else worker
+            w = pipeline_worker if cls in ("path_components", "hostile_run_folders") else worker
             for i in range(N_CASES[cls]):
                 d = Path(tmp) / f"{cls}-{i:03d}"
                 d.mkdir()

@@ -26,7 +26,6 @@ import argparse
 import dataclasses
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Mapping, Sequence
 import pandas as pd
 import yaml
 
+from heartbeit_lib import safety
 from heartbeit_lib.pipeline import runs
 from heartbeit_lib.pipeline import sweep
 from heartbeit_lib.report.summary_page import Link, PageFigure, PageTable, Section, write_summary_page
@@ -67,7 +67,7 @@ def _params(nb: str, variant: str) -> dict:
 def _step(nb: str, params: dict, out_root: Path) -> Path:
     run_dir = out_root / nb / RUN_ID
     if run_dir.exists():
-        shutil.rmtree(run_dir)  # the demo always starts fresh
+        safety.remove_tree(run_dir, out_root)  # the demo always starts fresh (only inside out_root)
     t0 = time.time()
     print(f"[demo] {nb} ...", flush=True)
     runs.execute_notebook(nb, {**params, "out_root": str(out_root), "run_id": RUN_ID}, run_dir)
@@ -81,7 +81,7 @@ def _finetune_sweep(out_root: Path, task: str, cohort: Path, pretrain: Path) -> 
                                params={**spec.params, "cohort_run": str(cohort), "pretrain_run": str(pretrain)})
     for combo in spec.combinations():
         if spec.run_dir(combo).exists():
-            shutil.rmtree(spec.run_dir(combo))
+            safety.remove_tree(spec.run_dir(combo), out_root)
     t0 = time.time()
     print(f"[demo] 03_finetune sweep ({len(spec.combinations())} runs) ...", flush=True)
     summary = sweep.run_sweep(spec, executor="papermill", progress=False)
