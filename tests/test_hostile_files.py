@@ -299,3 +299,25 @@ def test_a_250_character_record_id_makes_a_short_distinct_file_name():
         assert len(na) <= 100 and na != nb
         assert name("ok-id_1.2") == "ok-id_1.2" and name("../..") not in ("..", "", ".")
     assert len(f"999_{predict._safe_name('é' * 250)}.png".encode()) < 255
+
+
+def test_a_symlinked_folder_leaving_the_data_root_is_never_read(tmp_path):
+    _wfdb_copy(tmp_path / "secret", "leak")
+    root = tmp_path / "data"
+    _wfdb_copy(root)
+    (root / "linked").symlink_to(tmp_path / "secret")
+    src = cohorts.wfdb_source(root, cohorts.load_task("unlabelled"))
+    leaked = src.inputs[src.inputs["record_id"].str.contains("leak")]
+    assert (leaked["reject"].str.contains("outside data_root")).all()  # listed or not, never read
+    assert not any("secret" in str(f) for f in src.files)
+
+
+def test_a_60_mib_xml_is_refused_before_it_is_read(tmp_path):
+    p = tmp_path / "big.xml"
+    with open(p, "wb") as f:
+        f.write(b"<RestingECG>")
+        f.truncate(60 * 2**20)
+    t0 = time.perf_counter()
+    with pytest.raises(io.FileTooLargeError, match="over the cap"):
+        io.read_ecg(p)
+    assert time.perf_counter() - t0 < 1  # 19-27 s and up to 2.4 GB before
