@@ -473,7 +473,7 @@ def test_only_selects_learning_rates_and_out_root_moves_relative_run_paths(tmp_p
 
 
 @pytest.mark.timeout(600)
-def test_local_parallel_keeps_two_warm_jobs_for_three_combinations(grid_root, tmp_path):
+def test_local_parallel_keeps_two_warm_jobs_for_four_combinations(grid_root, tmp_path):
     """Issue 26: each local_parallel job process runs several combinations (Python, torch and the image cache start
     once). Oracle: the pid each combination recorded while running (state records), and the run folders."""
     out = tmp_path / "out"
