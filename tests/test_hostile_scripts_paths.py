@@ -199,3 +199,17 @@ def test_a_second_run_of_one_folder_is_refused_by_name(tmp_path):
     d = runs.start_run("07_predict", cfg)
     assert runs.start_run("07_predict", cfg) == d
     runs.finish_run(d)
+
+
+def test_a_failed_run_lets_go_of_its_folder(tmp_path):
+    """A run that failed in a long-lived process (a sweep job running several combinations) must not keep its
+    folder locked: mark_failed releases it, so another process may start the same run id."""
+    cfg = predict.PredictConfig.from_dict({"finetune_runs": ["B"], "data_root": "d", "run_id": "again",
+                                           "out_root": str(tmp_path / "o")})
+    d = runs.start_run("07_predict", cfg)
+    runs.mark_failed(d, RuntimeError("boom"))
+    code = ("from heartbeit_lib.pipeline import predict, runs; "
+            "cfg = predict.PredictConfig.from_dict({'finetune_runs': ['A'], 'data_root': 'd', 'run_id': 'again', "
+            f"'out_root': {str(tmp_path / 'o')!r}}}); runs.start_run('07_predict', cfg); print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip() == "ok", out.stderr[-500:]

@@ -371,6 +371,7 @@ def mark_failed(run_dir: str | os.PathLike, error: BaseException) -> None:
         info = {}
     info.update(finished=None, failed=f"{type(error).__name__}: {error}"[:2000], failed_at=_now())
     _write_json(p, info)
+    release_run_folder(run_dir)  # a failed run no longer writes the folder: another may start it
 
 
 def is_complete(run_dir: str | os.PathLike) -> bool:

@@ -546,6 +546,7 @@ def run_combination(spec: SweepSpec, combo: Mapping[str, Any], runner: str | Cal
             if not is_done(run_dir):
                 raise RuntimeError(f"{run_dir}: the run ended without metrics.json / a finish time")
         except BaseException as e:
+            runs.release_run_folder(run_dir)  # an in-process run that failed lets go of its folder's lock
             write_record(spec, rid, state="failed", error=f"{type(e).__name__}: {e}".strip())
             raise
         write_record(spec, rid, state="done", error=None)

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 
 from heartbeit_lib import render
 from heartbeit_lib.cohorts import N_SAMPLES, SPLITS, STORE_FS, CohortStore
+from heartbeit_lib.report.tables import markdown_text
 from heartbeit_lib.safety import write_csv
 
 
@@ -85,11 +86,13 @@ def clipping(store: CohortStore, ylim_mv: Sequence[float] | None = None, batch: 
 
 
 def to_markdown(df: pd.DataFrame) -> str:
-    """A pipe table of ``df`` (index included) without the optional ``tabulate`` dependency."""
-    cols = [df.index.name or ""] + [str(c) for c in df.columns]
+    """A pipe table of ``df`` (index included) without the optional ``tabulate`` dependency; every cell escaped
+    (:func:`~heartbeit_lib.report.tables.markdown_text`: site names and reasons come from inputs)."""
+    cols = [markdown_text(df.index.name or "")] + [markdown_text(c) for c in df.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for idx, *values in df.itertuples(index=True, name=None):  # itertuples keeps each column's type
-        lines.append("| " + " | ".join([str(idx)] + ["" if pd.isna(v) else str(v) for v in values]) + " |")
+        lines.append("| " + " | ".join([markdown_text(idx)] + ["" if pd.isna(v) else markdown_text(v) for v in values])
+                     + " |")
     return "\n".join(lines) + "\n"
 
 
