@@ -152,16 +152,22 @@ class GreyImageDataset(torch.utils.data.Dataset):
         return self.__getitems__([i])[0]
 
 
+def require_paper_layout(store) -> None:
+    """Raise :class:`SplitError` unless ``store`` holds what images are drawn from: leads I, II, V1-V6, 5 s at
+    500 Hz (a PTB-XL benchmark store of 12 leads, 10 s at 100 Hz is for the signal models)."""
+    if not getattr(store, "paper_layout", True):
+        raise SplitError(f"store {getattr(store, 'root', '')} holds {store.shape} signals at {store.fs:g} Hz; image "
+                         "models draw the paper's (8, 2500) at 500 Hz: build the cohort with 01's default "
+                         "store_leads/store_fs/seconds")
+
+
 def default_dataset_factory(store, indices: np.ndarray, image_size: int, layout: str,
                             ylim_mv: tuple[float, float] | None = None, targets: np.ndarray | None = None,
                             train: bool = False) -> torch.utils.data.Dataset:
     """:class:`GreyImageDataset`: uint8 (H, W) grey images and int64 labels (or ``targets``); ``ylim_mv`` (lo, hi)
     mV per lead band, None: ``render.DEFAULT_YLIM_MV``. Images are drawn from the paper's store layout only (leads
     I, II, V1-V6, 5 s at 500 Hz)."""
-    if not getattr(store, "paper_layout", True):
-        raise SplitError(f"store {getattr(store, 'root', '')} holds {store.shape} signals at {store.fs:g} Hz; image "
-                         "models draw the paper's (8, 2500) at 500 Hz: build the cohort with 01's default "
-                         "store_leads/store_fs/seconds")
+    require_paper_layout(store)
     return GreyImageDataset(store, indices, image_size, layout, ylim_mv, targets)
 
 

@@ -62,6 +62,7 @@ from heartbeit_lib.classify import registry as models
 from heartbeit_lib.classify.checkpoint import load_best_weights, save_best_weights, write_model_record  # noqa: F401
 from heartbeit_lib.classify.data import (EVAL_SPLITS, ImageCache, Split, SplitError,  # noqa: F401
                                          default_dataset_factory, describe_splits, make_loader, make_splits,
+                                         require_paper_layout,
                                          records_sha256)
 from heartbeit_lib.classify.signal_models import benchmark_weight_init
 from heartbeit_lib.classify.signal_data import SignalDatasetFactory, crop_length, fit_standardizer
@@ -338,6 +339,8 @@ def build_model(cfg: FinetuneConfig, store=None) -> tuple[nn.Module, tuple[tuple
         if cfg.signal_init == "benchmark":
             benchmark_weight_init(model)
         return model, signal_normalization(cfg, store)
+    if store is not None:
+        require_paper_layout(store)
     model = models.create_model(cfg.model, num_classes=n_out, weights=weights, size=cfg.model_size or None,
                                 img_size=cfg.image_size)
     spec = models.model_spec(cfg.model)
@@ -529,7 +532,8 @@ def fit(cfg: FinetuneConfig, model: nn.Module, store, splits: Mapping[str, Split
     first = 1
     if state is not None:
         first, log, best_epoch, best_value = restore_resume_state(state, model, opt, sched, scaler, train_loader)
-        pred_frames = [pd.read_parquet(run_dir / "predictions.parquet").query("epoch < @first")]
+        if (run_dir / "predictions.parquet").is_file():  # none yet when no epoch was scored (eval_every)
+            pred_frames = [pd.read_parquet(run_dir / "predictions.parquet").query("epoch < @first")]
         # the files may hold an epoch finished after resume.pt was written: keep what resume.pt knows
         (run_dir / "log.jsonl").unlink(missing_ok=True)
         for r in log:
@@ -551,8 +555,9 @@ def fit(cfg: FinetuneConfig, model: nn.Module, store, splits: Mapping[str, Split
         row.update(scores, epoch_time_s=time.time() - t0)
         log.append(row)
         runs.append_jsonl(run_dir / "log.jsonl", _nan_to_none(row))
-        utils.atomic_write(run_dir / "predictions.parquet",
-                           lambda tmp: pd.concat(pred_frames, ignore_index=True).to_parquet(tmp, index=False))
+        if pred_frames:
+            utils.atomic_write(run_dir / "predictions.parquet",
+                               lambda tmp: pd.concat(pred_frames, ignore_index=True).to_parquet(tmp, index=False))
         if cfg.select_on == "last":
             if epoch == cfg.epochs:
                 best_epoch, best_value = epoch, row["val_auroc"]
@@ -607,7 +612,7 @@ def load_resume_state(run_dir: Path, cfg: FinetuneConfig) -> dict | None:
     runs.ConfigError : the folder's ``resume.pt`` was written with other parameters.
     """
     path = Path(run_dir) / RESUME_FILE
-    if not (path.is_file() and (Path(run_dir) / "predictions.parquet").is_file()):
+    if not path.is_file():
         return None
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state["config"] != _resume_key(cfg):
