@@ -187,3 +187,31 @@ def test_a_class_without_positives_in_a_split_is_named(store):
     broken.manifest.loc[broken.manifest.split == "test", "label:HYP"] = 0
     with pytest.raises(cohorts.SplitError, match=r"\['HYP'\].*test split"):
         make_splits(broken, 1.0)
+
+
+def test_04_reports_macro_auroc_with_the_benchmarks_interval_and_paired_differences(store, tmp_path):
+    from heartbeit_lib.pipeline import metrics as pm
+
+    common = dict(task="ptbxl_superdiagnostic", epochs=1, batch_size=16, crop_seconds=2.5, window_aggregate="max",
+                  standardize=True, select_on="last", val_fraction="full", cohort_run=str(store.root),
+                  out_root=str(tmp_path), device="cpu")
+    for model in ("xresnet1d101", "inception1d"):
+        finetune.run_finetune(finetune.FinetuneConfig(model=model, **common), store=store, figure=False)
+    preds = pm.collect_runs(tmp_path / "03_finetune")
+    res, diffs = pm.evaluate_predictions(preds, n_boot=100, seed=0, reference_model="xresnet1d101",
+                                         splits=("test",))
+    classes = store.classes
+    for _, r in res.iterrows():
+        run = preds[(preds.model == r.model) & (preds.split == "test")].sort_values("record_id")
+        y = run[[f"label:{c}" for c in classes]].to_numpy()
+        p = run[[f"score:{c}" for c in classes]].to_numpy()
+        assert r.auroc == pytest.approx(roc_auc_score(y, p, average="macro"), abs=1e-12)  # oracle: sklearn
+        for j, c in enumerate(classes):
+            assert r[f"auroc:{c}"] == pytest.approx(roc_auc_score(y[:, j], p[:, j]), abs=1e-12)
+        assert r.auroc_p05 <= r.auroc_p95 and r.auroc_max_dev == pytest.approx(
+            max(r.auroc_p95 - r.auroc, r.auroc - r.auroc_p05))
+        assert r.auroc_benchmark == f"{round(r.auroc, 3):.3f}({int(r.auroc_max_dev * 1000):02d})"
+        assert r.n_classes == len(classes) and 0 < r.n_boot_valid <= 100
+    d = diffs.iloc[0]
+    a, b = (res.set_index("model").loc[m, "auroc"] for m in ("xresnet1d101", "inception1d"))
+    assert d.baseline == "inception1d" and d.auroc_diff == pytest.approx(a - b)
