@@ -91,10 +91,13 @@ class TypedConfig:
     (:func:`parameters_cell`; ``make params`` writes the cells, ``tests/test_parameters.py`` checks them).
     ``None`` means "auto"; list-valued parameters are tuples here and YAML lists in parameter files.
     Subclasses may define ``choices: ClassVar[dict[str, tuple]]`` to restrict fields and ``validate(self)``
-    for cross-field checks (raise :class:`ConfigError`).
+    for cross-field checks (raise :class:`ConfigError`); ``path_components`` names the fields that become a
+    folder or file name (default ``run_id``), refused unless they are one plain name.
     """
 
     choices: typing.ClassVar[dict[str, tuple]] = {}
+    # fields whose value becomes one folder or file name: must be one plain name (safety.safe_component)
+    path_components: typing.ClassVar[tuple[str, ...]] = ("run_id",)
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -104,6 +107,10 @@ class TypedConfig:
             if allowed is not None and value not in allowed:
                 raise ConfigError(f"parameter {f.name!r}: {value!r} is not one of {list(allowed)}")
             object.__setattr__(self, f.name, value)
+        from heartbeit_lib.safety import safe_component  # safety imports this module
+        for name in self.path_components:
+            if getattr(self, name, None):
+                safe_component(f"parameter {name!r}", getattr(self, name))
         self.validate()
 
     def validate(self) -> None:

@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 
 import submitit
 
+from heartbeit_lib import safety
 from heartbeit_lib.pipeline import runs
 
 # stage -> module whose main(argv) is the torchrun entry point
@@ -83,6 +84,9 @@ class DistributedJob(submitit.helpers.Checkpointable):
 
 def slurm_parameters(args: argparse.Namespace) -> dict[str, Any]:
     """SlurmExecutor parameters (sbatch options) of a launch: one task per GPU on every node."""
+    bad = [kv for kv in args.sbatch if "=" not in kv]
+    if bad:
+        raise LaunchError(f"--sbatch {bad[0]!r}: expected KEY=VALUE (e.g. --sbatch qos=high)")
     extra = dict(kv.split("=", 1) for kv in args.sbatch)
     out = {"job_name": f"heartbeit-{args.stage}", "nodes": args.nodes, "ntasks_per_node": args.gpus_per_node,
            "gpus_per_node": args.gpus_per_node, "cpus_per_task": args.cpus_per_task, "time": args.time_min,
@@ -93,9 +97,20 @@ def slurm_parameters(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None}
 
 
+# SlurmExecutor parameter -> the launch option that sets it (named in errors)
+_OPTION = {"nodes": "--nodes", "ntasks_per_node": "--gpus-per-node", "gpus_per_node": "--gpus-per-node",
+           "cpus_per_task": "--cpus-per-task", "time": "--time-min", "partition": "--partition",
+           "account": "--account", "constraint": "--constraint", "mem": "--mem-gb", "setup": "--setup",
+           "additional_parameters": "--sbatch"}
+
+
 def make_executor(args: argparse.Namespace) -> submitit.Executor:
     """A SlurmExecutor (``--executor slurm``; needs ``srun``) or a one-node LocalExecutor with the same tasks."""
     folder = Path(args.log_dir)
+    try:
+        params = safety.check_sbatch(slurm_parameters(args), folder, "launch", _OPTION)
+    except runs.ConfigError as e:
+        raise LaunchError(str(e).replace("log folder (log_dir)", "log folder (--log-dir)")) from None
     if args.executor == "local":
         if args.nodes != 1:
             raise LaunchError("--executor local runs on one node: use --nodes 1")
@@ -104,7 +119,7 @@ def make_executor(args: argparse.Namespace) -> submitit.Executor:
                              gpus_per_node=args.gpus_per_node if args.gpu else 0)
         return ex
     ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=args.max_requeue)
-    ex.update_parameters(**slurm_parameters(args))
+    ex.update_parameters(**params)
     return ex
 
 

@@ -67,6 +67,51 @@ def test_target_sensitivity_matches_roc_curve(target):
     assert (op.sensitivity, op.specificity) == (t.sensitivity, t.specificity)
 
 
+@pytest.mark.parametrize("target", [0.5, 0.8, 0.9, 1.0])
+def test_target_specificity_matches_roc_curve(target):
+    """Oracle: sklearn's roc_curve; the lowest threshold whose specificity (1 - fpr) still reaches the target."""
+    y, p = _data(5)
+    fpr, tpr, thr = roc_curve(y, p, drop_intermediate=False)
+    k = np.flatnonzero((1 - fpr >= target - 1e-12) & np.isfinite(thr))[-1]
+    t = cal.choose_threshold(y, p, split="val", method="specificity", target_specificity=target)
+    assert t.value == thr[k] and t.specificity >= target and t.sensitivity == tpr[k]
+    assert (t.method, t.target_specificity, t.target_sensitivity) == ("specificity", target, None)
+    with pytest.raises(cal.CalibrationError, match="target_specificity"):
+        cal.choose_threshold(y, p, split="val", method="specificity")
+    with pytest.raises(cal.CalibrationError, match="no threshold reaches specificity"):
+        cal.choose_threshold([1, 0, 0], [0.2, 0.9, 0.1], split="val", method="specificity", target_specificity=1.0)
+
+
+@pytest.mark.parametrize("method,target", [("youden", None), ("sensitivity", 0.9), ("specificity", 0.9)])
+def test_threshold_interval_is_the_choice_repeated_on_resamples(method, target):
+    """Oracle: an explicit loop with sklearn's roc_curve (Youden: argmax of tpr - fpr; targets as above) on the
+    same bootstrap indices (np.random.default_rng(seed).integers), then np.percentile."""
+    y, p = _data(6)
+    kw = {"youden": {}, "sensitivity": {"target_sensitivity": target}, "specificity": {"target_specificity": target}}
+    t = cal.choose_threshold(y, p, split="val", method=method, **kw[method])
+    ci = cal.threshold_interval(y, p, t, n_boot=200, seed=3)
+    rng, vals, sens = np.random.default_rng(3), [], []
+    for _ in range(200):
+        i = rng.integers(0, len(y), len(y))
+        yb, pb = y[i], p[i]
+        if yb.min() == yb.max():
+            continue
+        fpr, tpr, thr = roc_curve(yb, pb, drop_intermediate=False)
+        f = np.isfinite(thr)
+        fpr, tpr, thr = fpr[f], tpr[f], thr[f]
+        if method == "youden":
+            vals.append(thr[np.argmax(tpr - fpr)])
+        elif method == "sensitivity":
+            vals.append(thr[np.flatnonzero(tpr >= target)[0]])
+        else:
+            vals.append(thr[np.flatnonzero(1 - fpr >= target - 1e-12)[-1]])
+        sens.append(np.mean(pb[yb == 1] >= t.value))
+    assert ci.n_used == len(vals) and ci.n_boot == 200
+    assert (ci.value_lo, ci.value_hi) == pytest.approx(tuple(np.percentile(vals, [2.5, 97.5])), abs=1e-12)
+    assert (ci.sensitivity_lo, ci.sensitivity_hi) == pytest.approx(tuple(np.percentile(sens, [2.5, 97.5])), abs=1e-12)
+    assert ci.value_lo <= t.value <= ci.value_hi
+
+
 def test_youden_ties_go_to_the_highest_threshold():
     # J = 0.5 at thresholds 0.4 (sens 0.5, spec 1) and 0.2 (sens 1, spec 0.5): the higher one wins
     t = cal.choose_threshold([0, 1, 0, 1], [0.1, 0.2, 0.3, 0.4], split="val")

@@ -60,3 +60,20 @@ def test_io_and_utils_import_nothing_of_ours():
            for m, imps in MODULES.items() if m == "heartbeit_lib.io" or m.startswith("heartbeit_lib.io.")}
     assert {m: v for m, v in bad.items() if v} == {}
     assert MODULES["heartbeit_lib.utils"] == set()
+
+
+def test_moved_modules_warn_and_are_the_new_module():
+    """The old top-level paths of moved modules still work but warn (FutureWarning names the new path)."""
+    import importlib
+    import sys
+    import warnings
+
+    for old, new in (("heartbeit_lib.masking", "heartbeit_lib.mim.masking"),
+                     ("heartbeit_lib.metrics", "heartbeit_lib.analysis.metrics"),
+                     ("heartbeit_lib.wasserstein", "heartbeit_lib.analysis.wasserstein")):
+        sys.modules.pop(old, None)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            mod = importlib.import_module(old)
+        assert mod is importlib.import_module(new)
+        assert any(issubclass(w.category, FutureWarning) and new in str(w.message) for w in seen), old

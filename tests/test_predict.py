@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,7 +26,7 @@ from conftest import REPO_ROOT, predict_runs, write_wfdb_folder
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from heartbeit_lib.classify.checkpoint import FinetuneRunError
-from heartbeit_lib.pipeline import predict
+from heartbeit_lib.pipeline import predict, runs
 
 BROKEN = REPO_ROOT / "tests" / "data" / "broken"
 
@@ -233,3 +234,143 @@ def test_cli_writes_the_files(world):
     assert (run_dir / "run.json").is_file() and len(list((run_dir / "pictures").glob("*.png"))) == 1
     assert list(pd.read_csv(run_dir / "validation.csv")["data"]) == ["internal (training runs' test split)"]
     assert not (run_dir / "cohort" / "salt.txt").exists()  # the per-user default salt, never in the run folder
+
+
+# ---------------------------------------------------------------- signal models (issue 26: 07 scores every model)
+
+
+@pytest.fixture(scope="module")
+def signal_world(world):
+    """The image runs of ``world`` plus one 1-epoch xresnet1d101 and one micro stmem_scratch run on the same store."""
+    from conftest import tiny_run
+
+    root, ft, raw = world
+    store = str(root / "01_preprocess" / "toypp")
+    sig = []
+    for model, size in (("xresnet1d101", None), ("stmem_scratch", "micro")):
+        tiny_run(root, model, task="toypp", model_size=size, cohort_run=store)
+        sig.append(root / "03_finetune" / f"toypp-{model}-f1.0-s0")
+    return root, ft, sig, raw
+
+
+@pytest.mark.parametrize("k", [0, 1])
+def test_signal_run_scores_reproduce_the_run(signal_world, k):
+    """Oracle: the signal run's own predictions.parquet (same model, same stored ECGs, its 100 Hz input), 1e-5."""
+    root, ft, sig, raw = signal_world
+    cfg = cfg_for((root, ft, raw), finetune_runs=(str(sig[k]),),
+                  cohort_run=str(root / "01_preprocess" / "toypp"), split="test", run_id=f"sig{k}")
+    predict.run(cfg)
+    pred = pd.read_csv(root / "07_predict" / f"sig{k}" / "predictions.csv", dtype={"record_id": str})
+    ref = best_scores(sig[k], "test").loc[pred["record_id"]]
+    np.testing.assert_allclose(pred["score"], ref["score"], atol=1e-5)
+
+
+def test_mixed_family_ensemble_on_raw_files_with_lead_time_saliency(signal_world):
+    """An image and two signal models averaged on raw WFDB files; the pictures carry the signal models' lead x time
+    maps drawn into the image model's layout (constant down each lead's band: a map of lead and time only)."""
+    root, ft, sig, raw = signal_world
+    w = (root, ft, raw)
+    runs_ = (str(ft[0]), *map(str, sig))
+    cfg = cfg_for(w, finetune_runs=runs_, run_id="mixed", pictures="top", n_pictures=2, saliency_method="gradcam")
+    predict.run(cfg)
+    out = root / "07_predict" / "mixed"
+    pred = pd.read_csv(out / "predictions.csv", dtype={"record_id": str})
+    cols = [f"score_{Path(r).name}" for r in runs_]
+    np.testing.assert_allclose(pred["score"], pred[cols].mean(axis=1), rtol=0, atol=1e-12)
+    assert len(pred) == 6 and len(list((out / "pictures").glob("*.png"))) == 2
+    members, rendering = predict.load_ensemble(cfg_for(w, finetune_runs=tuple(map(str, sig))))
+    assert [m.family for m in members] == ["signal", "signal"] and rendering.image_size is None
+    store = predict.CohortStore(out / "cohort")
+    s = store.signals(np.arange(2))
+    grey = predict.render_images(s, rendering)
+    assert grey.shape == (2, predict.PICTURE_SIZE, predict.PICTURE_SIZE)
+    maps = predict.member_maps(members[:1], s, grey, rendering, "ig")
+    geo = predict.render.layout_geometry("stack8", grey.shape[1:], s.shape[-1])
+    y0, y1 = geo["bands"][geo["panels"][0]["band"]]
+    assert maps.max() > 0 and np.all(maps[:, y0:y1] == maps[:, y0:y0 + 1])  # rows of one band: one lead's map
+    bands = [maps[:, geo["bands"][p["band"]][0]] for p in geo["panels"]]
+    assert not all(np.allclose(b, bands[0]) for b in bands[1:])  # integrated gradients differ between leads
+    assert predict.signal_method(members[0], "gradcam") == "gradcam" and predict.signal_method(members[1], "gradcam") == "ig"
+
+
+def test_signal_only_ensemble_refuses_image_parameters(signal_world):
+    root, ft, sig, raw = signal_world
+    with pytest.raises(predict.MismatchError, match="signal model"):
+        predict.load_ensemble(cfg_for((root, ft, raw), finetune_runs=(str(sig[0]),), image_size=32))
+
+
+def test_a_failed_run_leaves_no_finished_looking_folder(world):
+    """A run that fails after scoring (an unknown picture id) leaves the earlier run of that id as it was, and only
+    a hidden ``.partial`` folder whose run.json records the error and no finish time."""
+    root, _, _ = world
+    ok = cfg_for(world, run_id="again")
+    predict.run(ok)
+    final = root / "07_predict" / "again"
+    before = (final / "predictions.csv").read_bytes()
+    with pytest.raises(predict.PredictError, match="picture_ids"):
+        predict.run(dataclasses.replace(ok, pictures="ids", picture_ids=("no-such-record",)))
+    assert (final / "predictions.csv").read_bytes() == before and json.loads((final / "run.json").read_text())["finished"]
+    info = json.loads((root / "07_predict" / ".again.partial" / "run.json").read_text())
+    assert info["finished"] is None and info["failed"].startswith("PredictError") and "no-such-record" in info["failed"]
+    predict.run(ok)  # the same id runs again: the stale .partial folder is replaced, the run renamed into place
+    assert not (root / "07_predict" / ".again.partial").exists() and runs.is_complete(final)
+
+
+# ---------------------------------------------------------------- threshold uncertainty and operating points
+
+
+def _fake_val_run(ft0, tmp_path, y, p):
+    fake = tmp_path / "fake-run"
+    shutil.copytree(ft0, fake)
+    best = json.loads((fake / "metrics.json").read_text())["best_epoch"]
+    pd.DataFrame({"record_id": [f"v{i}" for i in range(len(y))], "patient_hash": "p", "split": "val", "epoch": best,
+                  "label": y, "score": p}).to_parquet(fake / "predictions.parquet", index=False)
+    return predict.Member(fake, fake.name, None, None, {}, {"best_epoch": best}, None)
+
+
+@pytest.mark.parametrize("n_pos", [10, 60])
+def test_threshold_report_interval_and_small_validation_warning(world, tmp_path, n_pos):
+    """The interval is calibration.threshold_interval on the validation scores (tested against sklearn in
+    test_calibration); the warning comes exactly when validation holds fewer than 50 positives."""
+    _, ft, _ = world
+    rng = np.random.default_rng(n_pos)
+    y = np.r_[np.ones(n_pos), np.zeros(80)].astype(int)
+    p = np.clip(rng.normal(0.35 + 0.3 * y, 0.15), 0, 1).round(3)
+    member = _fake_val_run(ft[0], tmp_path, y, p)
+    cfg = cfg_for(world, n_boot=100)
+    thr = predict.operating_threshold([member], cfg)
+    if n_pos < predict.MIN_VAL_POSITIVES:
+        with pytest.warns(UserWarning, match=f"{n_pos} validation positives"):
+            rep = predict.threshold_report([member], thr, cfg)
+        assert "bootstrap interval" in rep["warning"]
+    else:
+        rep = predict.threshold_report([member], thr, cfg)
+        assert rep["warning"] is None
+    assert (rep["n_val"], rep["n_val_positives"]) == (len(y), n_pos)
+    want = predict.calibration.threshold_interval(y, p, thr, n_boot=100, seed=cfg.seed)
+    assert rep["interval"] == dataclasses.asdict(want) and want.value_lo <= thr.value <= want.value_hi
+    assert want.value_hi > want.value_lo  # a threshold chosen on 90-140 records moves between resamples
+
+
+def test_operating_points_on_validation_and_scored_ecgs(world):
+    """Each row: the validation threshold for the target (sensitivity/specificity reached on validation), and its
+    rates on the labelled scored ECGs recomputed with numpy from predictions.csv; threshold.json carries the report."""
+    root, ft, _ = world
+    cfg = cfg_for(world, finetune_runs=tuple(map(str, ft)), run_id="points", threshold_method="specificity",
+                  target_specificity=0.9)
+    with pytest.warns(UserWarning, match="validation positives"):
+        res = predict.run(cfg)
+    out = root / "07_predict" / "points"
+    pts = pd.read_csv(out / "operating_points.csv")
+    pred = pd.read_csv(out / "predictions.csv")
+    assert list(pts["target"]) == ["sensitivity"] * 3 + ["specificity"] * 3
+    ok = pts[pts["note"].isna()]
+    assert len(ok) >= 3
+    for _, r in ok.iterrows():
+        assert r[f"val_{r['target']}"] >= r["value"] - 1e-12
+        called = pred["score"] >= r["threshold"]
+        assert r["scored_sensitivity"] == pytest.approx(called[pred["label"] == 1].mean(), nan_ok=True)
+        assert r["scored_specificity"] == pytest.approx((~called)[pred["label"] == 0].mean(), nan_ok=True)
+    thr = json.loads((out / "threshold.json").read_text())
+    assert thr["method"] == "specificity" and thr["specificity"] >= 0.9 and thr["target_specificity"] == 0.9
+    assert thr["interval"]["n_used"] > 0 and thr["warning"] and res["threshold"]["warning"] == thr["warning"]

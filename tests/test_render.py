@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from heartbeit_lib import render
+from heartbeit_lib.render import numpy_renderer
 
 N_PARITY = 20
 MAD_MAX = 8.0
@@ -232,10 +233,10 @@ def test_paper_grid_only_on_clinical_and_under_the_trace():
 
 
 def test_deterministic_and_batch_equals_single():
-    x = _toy(n=2 * render._CHUNK + 3)                             # crosses chunk boundaries
+    x = _toy(n=2 * numpy_renderer._CHUNK + 3)                             # crosses chunk boundaries
     a = render.render_ecg(x)
     assert np.array_equal(a, render.render_ecg(x))
-    for i in (0, render._CHUNK, len(x) - 1):
+    for i in (0, numpy_renderer._CHUNK, len(x) - 1):
         assert np.array_equal(a[i], render.render_ecg(x[i]))
     t = render.render_ecg_torch(torch.from_numpy(x))
     assert torch.equal(t[5], render.render_ecg_torch(torch.from_numpy(x[5])))

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from heartbeit_lib import models
+from heartbeit_lib.classify import registry as models
 
 
 def conv(n_in, n_out, k):

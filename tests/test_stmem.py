@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from heartbeit_lib import models
+from heartbeit_lib.classify import registry as models
 from heartbeit_lib.mim import stmem
 
 

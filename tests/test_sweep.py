@@ -424,3 +424,66 @@ def test_lr_grid_and_resources_take_a_signal_family(tmp_path):
         ("stmem_scratch", 3e-4), ("stmem_scratch", 1e-3), ("xresnet1d101", 3e-4), ("xresnet1d101", 1e-3),
         ("vit_b16_scratch", 1e-3)]
     assert models.sweep_family("inception1d") == "signal" and models.sweep_family("vit_b16") == "vit"
+
+
+# ---------------------------------------------------------------- part of a sweep, another out_root (issue 26)
+
+
+def test_only_keeps_the_matching_combinations_of_any_grid_key(tmp_path, capsys):
+    """Oracle: the full grid's combinations filtered by hand (itertools order kept); bad keys/values are named."""
+    out = tmp_path / "o"
+    f = write_sweep(tmp_path / "s.yaml", out, ["resnet152_scratch", "xresnet1d101"], [0.1, 1.0], seeds=(0, 1, 2),
+                    per_model={"xresnet1d101": {"model_size": None}})
+    full = sweep.load_sweep(f).combinations()
+    part = sweep.load_sweep(f, only=["model=xresnet1d101", "seed=0,2", "fraction=1"]).combinations()
+    assert part == [c for c in full if c["model"] == "xresnet1d101" and c["seed"] in (0, 2) and c["fraction"] == 1.0]
+    assert len(part) == 2
+    assert sweep.load_sweep(f, only=["seed=1", "seed=2"]).combinations() == [c for c in full if c["seed"] in (1, 2)]
+    for bad, match in ((["modle=xresnet1d101"], "'modle' is not a grid key.*model"), (["seed=7"], "'7' is not among seed"),
+                       (["seed"], "KEY=VALUE")):
+        with pytest.raises(sweep.SweepError, match=match):
+            sweep.load_sweep(f, only=bad)
+    assert sweep.main([str(f), "--dry-run", "--only", "model=xresnet1d101", "seed=0", "fraction=1.0"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("missing")]
+    assert [ln.split()[1] for ln in lines] == ["toy-xresnet1d101-f1.0-s0"]
+
+
+def test_only_selects_learning_rates_and_out_root_moves_relative_run_paths(tmp_path):
+    f = tmp_path / "lr.yaml"
+    f.write_text(yaml.safe_dump({"name": "lr", "out_root": "outputs",
+                                 "grid": {"task": [TASK], "model": ["resnet152_scratch", "heartbeit"],
+                                          "fraction": [1.0], "seed": [0]},
+                                 "lr": [1.0e-4, 1.0e-3],
+                                 "params": {"cohort_run": "outputs/01_preprocess/{task}", "epochs": 1,
+                                            "pretrain_run": "outputs/02_pretrain/pt", "model_size": "micro"},
+                                 "per_model": {"resnet152_scratch": {"pretrain_run": None},
+                                               "heartbeit": {"pretrain_run": "runs/02_pretrain/other"}}}))
+    spec = sweep.load_sweep(f, out_root=str(tmp_path / "elsewhere"), only=["lr=1e-3", "model=heartbeit"])
+    (combo,) = spec.combinations()
+    assert combo["lr"] == 1e-3 and spec.run_dir(combo) == tmp_path / "elsewhere" / "03_finetune" / (
+        "toy-heartbeit-f1.0-s0-lr0.001")
+    p = spec.params_for(combo)
+    assert p["cohort_run"] == str(tmp_path / "elsewhere" / "01_preprocess" / TASK)
+    assert p["pretrain_run"] == str(tmp_path / "elsewhere" / "02_pretrain" / "other")
+    assert sweep.move_run_paths({"cohort_run": "/abs/01_preprocess/x", "pretrain_run": None, "lr": 1e-3,
+                                 "weights": "outputs/02_pretrain/w.pt"}, "o") == {
+        "cohort_run": "/abs/01_preprocess/x", "pretrain_run": None, "lr": 1e-3, "weights": "outputs/02_pretrain/w.pt"}
+    same = sweep.load_sweep(f)  # without --out-root nothing moves
+    assert same.params["cohort_run"] == "outputs/01_preprocess/{task}"
+
+
+@pytest.mark.timeout(600)
+def test_local_parallel_keeps_two_warm_jobs_for_four_combinations(grid_root, tmp_path):
+    """Issue 26: each local_parallel job process runs several combinations (Python, torch and the image cache start
+    once). Oracle: the pid each combination recorded while running (state records), and the run folders."""
+    out = tmp_path / "out"
+    shutil.copytree(grid_root / "01_preprocess", out / "01_preprocess")
+    path = write_sweep(tmp_path / "warm.yaml", out, ["resnet152_scratch", "vit_b16_scratch"], [0.5, 1.0],
+                       extra_params={"cache_images": True})
+    spec = dataclasses.replace(sweep.load_sweep(path), runner="inline")
+    res = sweep.local_parallel_sweep(spec, parallel=2)
+    rids = [spec.run_id(c) for c in spec.combinations()]
+    assert res.ok and sorted(res.ran) == sorted(rids) and len(rids) == 4
+    pids = {sweep.read_record(spec, r)["pid"] for r in rids}
+    assert len(pids) <= 2  # four combinations, at most two processes: the jobs stayed warm
+    assert all(runs.is_complete(spec.run_dir(c)) for c in spec.combinations())

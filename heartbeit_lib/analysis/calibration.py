@@ -13,9 +13,15 @@ Threshold choice (:func:`choose_threshold`, always on a *validation* split)
     Candidates are the distinct scores of that split. ``method="youden"`` maximises
     ``J = sensitivity + specificity - 1``; ``method="sensitivity"`` takes the highest candidate whose
     sensitivity is ``>= target_sensitivity`` (sensitivity falls as the threshold rises, so this is
-    the most specific threshold meeting the target). Ties in J go to the *highest* threshold (the
+    the most specific threshold meeting the target); ``method="specificity"`` takes the lowest candidate
+    whose specificity is ``>= target_specificity`` (the most sensitive threshold meeting it). Ties in J go to the *highest* threshold (the
     most specific of the equally good points; ``np.argmax`` over ``roc_curve``'s decreasing
     thresholds picks the same one). Constant scores admit no threshold and raise.
+Threshold uncertainty (:func:`threshold_interval`)
+    The same choice repeated on ``n_boot`` bootstrap resamples of the validation records (drawn with
+    replacement, ``np.random.default_rng(seed)``); the 2.5 and 97.5 percentiles of the chosen thresholds
+    and, at the chosen threshold, the percentile interval of sensitivity and specificity over the
+    resamples. Resamples with one class or constant scores are skipped and counted.
 Calibration bins (:func:`reliability`, :func:`expected_calibration_error`)
     ``n_bins`` (default 10) equal-width bins on [0, 1], closed on the right: bin k holds
     ``edges[k] < p <= edges[k+1]``, and the first bin also holds 0 (the bins of scikit-learn's
@@ -51,7 +57,7 @@ import scipy.special
 
 EPS: float = 1e-7         # probabilities are clipped to [EPS, 1 - EPS] before logit()
 N_BINS: int = 10          # default number of equal-width calibration bins on [0, 1]
-THRESHOLD_METHODS: tuple[str, ...] = ("youden", "sensitivity")
+THRESHOLD_METHODS: tuple[str, ...] = ("youden", "sensitivity", "specificity")
 CALIBRATION_METHODS: tuple[str, ...] = ("platt", "isotonic")
 
 
@@ -129,6 +135,7 @@ class Threshold:
     sensitivity: float                # on that split, at value
     specificity: float                # on that split, at value
     target_sensitivity: float | None  # the target when method == "sensitivity", else None
+    target_specificity: float | None = None  # the target when method == "specificity", else None
 
 
 def _roc_points(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -144,25 +151,27 @@ def _roc_points(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
     return ps[last], tp / n_pos, (n_neg - fp) / n_neg, tp * n_neg - fp * n_pos
 
 
-def choose_threshold(y, p, *, split: str, method: str = "youden",
-                     target_sensitivity: float | None = None) -> Threshold:
+def choose_threshold(y, p, *, split: str, method: str = "youden", target_sensitivity: float | None = None,
+                     target_specificity: float | None = None) -> Threshold:
     """Choose an operating threshold on a validation split (see the module docstring for ties).
 
     Parameters
     ----------
     y, p : (N,) labels in {0, 1} and probabilities in [0, 1] of the validation split.
     split : name of that split (recorded, and named in errors).
-    method : ``"youden"`` (max sensitivity + specificity - 1) or ``"sensitivity"`` (the highest
-        threshold whose sensitivity is >= ``target_sensitivity``).
-    target_sensitivity : in (0, 1]; required for (and only allowed with) ``method="sensitivity"``.
+    method : ``"youden"`` (max sensitivity + specificity - 1), ``"sensitivity"`` (the highest
+        threshold whose sensitivity is >= ``target_sensitivity``) or ``"specificity"`` (the lowest
+        threshold whose specificity is >= ``target_specificity``).
+    target_sensitivity, target_specificity : in (0, 1]; each required for (and only allowed with) its method.
     """
     if method not in THRESHOLD_METHODS:
         raise CalibrationError(f"method: {method!r} is not one of {THRESHOLD_METHODS}")
-    if (method == "sensitivity") != (target_sensitivity is not None):
-        raise CalibrationError(f"target_sensitivity: {target_sensitivity!r} given with method={method!r} "
-                               f"(it is required for 'sensitivity' and only allowed there)")
-    if target_sensitivity is not None and not 0 < target_sensitivity <= 1:
-        raise CalibrationError(f"target_sensitivity: {target_sensitivity!r} is not in (0, 1]")
+    for name, target in (("sensitivity", target_sensitivity), ("specificity", target_specificity)):
+        if (method == name) != (target is not None):
+            raise CalibrationError(f"target_{name}: {target!r} given with method={method!r} "
+                                   f"(it is required for {name!r} and only allowed there)")
+        if target is not None and not 0 < target <= 1:
+            raise CalibrationError(f"target_{name}: {target!r} is not in (0, 1]")
     ya, pa = check_scores(y, p, split, both_classes=True)
     thr, sens, spec, j_scaled = _roc_points(ya, pa)
     if len(thr) == 1:
@@ -170,10 +179,59 @@ def choose_threshold(y, p, *, split: str, method: str = "youden",
                                  f"separates them")
     if method == "youden":
         k = int(np.argmax(j_scaled))  # first maximum = highest threshold among ties
-    else:
+    elif method == "sensitivity":
         k = int(np.flatnonzero(sens >= target_sensitivity - 1e-12)[0])  # sens reaches 1 at the lowest score
+    else:
+        ok = np.flatnonzero(spec >= target_specificity - 1e-12)  # specificity falls as the threshold falls
+        if not len(ok):
+            raise CalibrationError(f"split {split!r}: no threshold reaches specificity {target_specificity:g} "
+                                   f"(negatives share the highest score {thr[0]:g}; best {spec[0]:.3f})")
+        k = int(ok[-1])
     return Threshold(value=float(thr[k]), method=method, split=split, sensitivity=float(sens[k]),
-                     specificity=float(spec[k]), target_sensitivity=target_sensitivity)
+                     specificity=float(spec[k]), target_sensitivity=target_sensitivity,
+                     target_specificity=target_specificity)
+
+
+@dataclass(frozen=True)
+class ThresholdInterval:
+    """Bootstrap spread of a threshold choice on its validation split (see the module docstring)."""
+
+    value_lo: float        # 2.5 percentile of the re-chosen thresholds
+    value_hi: float        # 97.5 percentile
+    sensitivity_lo: float  # percentile interval of the sensitivity at the chosen threshold over the resamples
+    sensitivity_hi: float
+    specificity_lo: float
+    specificity_hi: float
+    n_boot: int            # resamples drawn
+    n_used: int            # resamples with both classes and more than one score (the others are skipped)
+
+
+def threshold_interval(y, p, threshold: Threshold, *, n_boot: int = 500, seed: int = 0) -> ThresholdInterval:
+    """How far ``threshold`` (chosen on ``(y, p)`` by :func:`choose_threshold`) moves, and how its sensitivity and
+    specificity vary, over ``n_boot`` bootstrap resamples of the same validation records."""
+    ya, pa = check_scores(y, p, threshold.split, both_classes=True)
+    rng = np.random.default_rng(seed)
+    values, sens, spec = [], [], []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(ya), len(ya))
+        yb, pb = ya[i], pa[i]
+        if yb.min() == yb.max() or pb.min() == pb.max():
+            continue
+        try:
+            t = choose_threshold(yb, pb, split=threshold.split, method=threshold.method,
+                                 target_sensitivity=threshold.target_sensitivity,
+                                 target_specificity=threshold.target_specificity)
+        except CalibrationError:  # e.g. no threshold reaches the target specificity in this resample
+            continue
+        values.append(t.value)
+        op = operating_point(yb, pb, threshold.value, split=threshold.split)
+        sens.append(op.sensitivity)
+        spec.append(op.specificity)
+    if not values:
+        raise CalibrationError(f"split {threshold.split!r}: none of {n_boot} bootstrap resamples admits a threshold")
+    q = lambda v: np.percentile(v, [2.5, 97.5])  # noqa: E731
+    (v0, v1), (s0, s1), (c0, c1) = q(values), q(sens), q(spec)
+    return ThresholdInterval(float(v0), float(v1), float(s0), float(s1), float(c0), float(c1), n_boot, len(values))
 
 
 @dataclass(frozen=True)

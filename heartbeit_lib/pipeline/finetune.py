@@ -123,7 +123,7 @@ class FinetuneConfig(runs.TypedConfig):
     amp: bool = True  # mixed precision on cuda
     select_on: str = "val"  # split choosing the best epoch: val (default), test (paper, optimistic) or last (no selection: PTB-XL benchmark)
     eval_every: int = 1  # score val/test/external every k epochs and at the last one (selection sees only scored epochs)
-    val_fraction: str = "matched"  # matched: validation shrinks with fraction (nested, stratified, >= 5 per class) | full: whole split
+    val_fraction: str = "matched"  # matched: validation shrinks with fraction (nested, stratified, at least 5 per class) | full: whole split
     num_workers: int = 0  # DataLoader worker processes
     cache_images: bool = False  # render every split once per process and keep it in memory (small cohorts)
     out_root: str = "outputs"  # root of the run folders
@@ -134,6 +134,7 @@ class FinetuneConfig(runs.TypedConfig):
                                                   "val_fraction": ("matched", "full"),
                                                   "window_aggregate": ("mean", "max"), "optimizer": ("adam", "adamw"),
                                                   "signal_init": ("fastai", "benchmark")}
+    path_components: typing.ClassVar[tuple[str, ...]] = ("run_id", "task", "model")  # the run folder's name
 
     def validate(self) -> None:
         models.model_family(self.model)  # UnknownModelError (a ValueError) for a typo

@@ -4,27 +4,36 @@ has never seen, validate it externally when labels exist, and draw one page per 
 The steps, each one function here (the notebook calls them in order, :func:`run` calls them all):
 
 1. :func:`load_ensemble`: the ``03_finetune`` run folders of ``finetune_runs`` (one run, or a seed ensemble whose
-   probabilities are averaged), each checked to be a *finished* run and rebuilt with
-   :func:`heartbeit_lib.classify.checkpoint.load_finetune_run`; what they were trained on is read from them, never
-   guessed: the rendering (image size, layout, amplitude range) from ``model.json``/``config.yaml``, the
-   preprocessing from ``store.json`` of their cohort store. Members that disagree, or a rendering parameter the
-   user sets to another value, is an error naming both values.
+   probabilities are averaged; image and signal models may be mixed), each checked to be a *finished* run and
+   rebuilt with :func:`heartbeit_lib.classify.checkpoint.load_finetune_run`; what they were trained on is read from
+   them, never guessed: an image model's rendering (image size, layout, amplitude range) from
+   ``model.json``/``config.yaml``, a signal model's input rate (``signal_rate``) from ``model.json``, the
+   preprocessing and rate from ``store.json`` of their cohort store. Members that disagree (image members on the
+   rendering, all on the preprocessing), or a rendering parameter the user sets to another value, is an error
+   naming both values.
 2. :func:`prepare_inputs`: either rows of an existing cohort store (``cohort_run``, optional ``split``), or raw files
    under ``data_root`` (``source`` muse, wfdb or ptbxl), read and preprocessed by the cohort builder itself
    (:func:`heartbeit_lib.cohorts.build_store` with the training store's ``preprocess_kw``) into ``<run>/cohort``:
    the same reader, the same filters, the same float16 storage the model was trained on, and the same rejects
    (``len(inputs) == len(predictions) + len(rejects)``). Patient ids are stored only as salted hashes
    (``salt_file``, else the per-user default salt of :mod:`heartbeit_lib.cohorts.ids`, the one stores use by default).
-3. :func:`score`: render with the recorded rendering, one probability per member and their mean (``score``).
+3. :func:`score`: image members read the signals rendered with the recorded rendering, signal members the
+   signals resampled to their rate (``classify.signal_data.prepare_signals``, as in training); one probability per
+   member and their mean (``score``).
 4. :func:`operating_threshold`: chosen on the training runs' *validation* split (their ``predictions.parquet`` at
-   the chosen epoch, averaged over members), Youden by default or a target sensitivity; never on the scored data.
+   the chosen epoch, averaged over members), Youden by default, a target sensitivity or a target specificity; never
+   on the scored data. :func:`threshold_report`: its bootstrap interval and sensitivity/specificity on validation,
+   a warning under :data:`MIN_VAL_POSITIVES` validation positives; :func:`operating_points`: the thresholds for
+   sensitivity and specificity 0.80/0.90/0.95 on validation (and how they do on labelled scored ECGs).
 5. :func:`validate`: when the scored ECGs carry labels, AUROC/AUPRC with bootstrap CIs, Brier, ECE, calibration
    slope/intercept and sensitivity/specificity/PPV/NPV at that threshold, for the training runs' internal test
    split next to the external data; optionally recalibrated (Platt or isotonic fitted on a named training split).
 6. :func:`draw_pictures`: one PNG per chosen ECG and one multi-page PDF (:mod:`heartbeit_lib.report.ecg_page`)
-   with the model input and its saliency map (:func:`heartbeit_lib.analysis.saliency.saliency_maps`).
+   with the model input and its saliency map (:func:`heartbeit_lib.analysis.saliency.saliency_maps`; a signal
+   model's lead x time map drawn into the same layout, :func:`member_maps`).
 
 Files in ``<out_root>/07_predict/<run_id>/``: ``predictions.csv``, ``rejects.csv``, ``threshold.json``,
+``operating_points.csv``,
 ``validation.csv`` and ``reliability.png`` (labels only), ``pictures/*.png`` and ``pictures.pdf``, ``cohort/``
 (the preprocessed inputs), ``config.yaml``, ``metrics.json`` and ``run.json`` (with ``training_runs``: each
 member's folder, its run.json, config and file hashes).
@@ -34,10 +43,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
+import shutil
 import sys
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -49,8 +61,12 @@ from matplotlib.figure import Figure
 
 from heartbeit_lib import render
 from heartbeit_lib.analysis import calibration, metrics
-from heartbeit_lib.analysis.saliency import METHODS, is_transformer, predict_proba, saliency_maps
+from heartbeit_lib.analysis.saliency import (METHODS, is_transformer, predict_proba, saliency_maps, signal_saliency,
+                                             to_image, to_store_rate)
+from heartbeit_lib.analysis.saliency.signal_maps import gradcam_layer
+from heartbeit_lib.analysis.saliency.errors import UnsupportedMethodError
 from heartbeit_lib.classify.checkpoint import MODEL_RECORD, WEIGHTS, FinetuneRunError, load_finetune_run
+from heartbeit_lib.classify.signal_data import prepare_signals
 from heartbeit_lib.cohorts import (REJECT_COLUMNS, STORE_FS, CohortStore, Source, build_store, clean_id, load_task,
                                    muse_source, output_leads, ptbxl_source, wfdb_source)
 from heartbeit_lib.pipeline import runs
@@ -60,6 +76,9 @@ from heartbeit_lib.utils import atomic_write, resolve_device
 NOTEBOOK = "07_predict"
 SPLITS = ("train", "val", "test", "external", "unassigned")
 CHUNK = 256  # ECGs rendered at once (256 x 224 x 224 uint8 = 13 MB)
+OPERATING_TARGETS = (0.80, 0.90, 0.95)  # sensitivities and specificities offered in operating_points.csv
+MIN_VAL_POSITIVES = 50  # fewer validation positives than this: the threshold is a rough estimate (warned)
+PICTURE_SIZE = 224  # px of the model-input panel of a signal-only ensemble's pages (its saliency drawn in stack8)
 
 
 class PredictError(runs.ConfigError):
@@ -86,16 +105,18 @@ class PredictConfig(runs.TypedConfig):
     image_size: int | None = None  # None: the size the model was trained at; another value is an error
     layout: str | None = None  # None: the layout the model was trained on; another value is an error
     ylim_mv: tuple[float, ...] | None = None  # (lo, hi) mV per band; None: as trained (if recorded); another value is an error
-    threshold_method: str = "youden"  # threshold on the training runs' val split: youden or sensitivity
+    threshold_method: str = "youden"  # threshold on the training runs' val split: youden, sensitivity or specificity
     target_sensitivity: float | None = None  # threshold_method sensitivity: sensitivity to reach on val, in (0, 1]
+    target_specificity: float | None = None  # threshold_method specificity: specificity to reach on val, in (0, 1]
     recalibrate: str | None = None  # platt or isotonic; None: no recalibration
     recalibrate_on: str = "val"  # training-run split the calibrator is fitted on: val or test (never the evaluated one)
     pictures: str = "top"  # per-ECG pages: top (highest scores), positives (decision 1), ids (picture_ids), none
     n_pictures: int = 4  # top / positives: at most this many pages
     picture_ids: tuple[str, ...] = ()  # pictures ids: record ids to draw
-    saliency_method: str | None = "gradcam"  # map on the model input: fullgrad, gradcam, rollout; None: no map
+    saliency_method: str | None = "gradcam"  # map on the model input: fullgrad, gradcam, rollout (signal models: gradcam on 1-D CNNs, else integrated gradients); None: no map
     n_boot: int = 500  # bootstrap resamples of the AUROC/AUPRC confidence intervals
     batch_size: int = 64  # images per forward pass
+    workers: int | None = None  # processes reading raw files (data_root); None: one per core (at most 4) from 256 files, else 1
     device: str | None = None  # cpu, cuda, cuda:N; None: cuda when available
     seed: int = 0  # bootstrap seed
     out_root: str = "outputs"  # root of the run folders
@@ -115,14 +136,19 @@ class PredictConfig(runs.TypedConfig):
                                f"of raw files), got cohort_run={self.cohort_run!r}, data_root={self.data_root!r}")
         if self.split and not self.cohort_run:
             raise PredictError("parameter 'split': only with cohort_run")
-        if (self.threshold_method == "sensitivity") != (self.target_sensitivity is not None):
-            raise PredictError("parameters 'threshold_method'/'target_sensitivity': the target is required for "
-                               f"'sensitivity' and only allowed there (got {self.threshold_method!r}, "
-                               f"{self.target_sensitivity!r})")
+        for name in ("sensitivity", "specificity"):
+            target = getattr(self, f"target_{name}")
+            if (self.threshold_method == name) != (target is not None):
+                raise PredictError(f"parameters 'threshold_method'/'target_{name}': the target is required for "
+                                   f"{name!r} and only allowed there (got {self.threshold_method!r}, {target!r})")
+            if target is not None and not 0 < target <= 1:
+                raise PredictError(f"parameter 'target_{name}': {target!r} is not in (0, 1]")
         if self.ylim_mv is not None and len(self.ylim_mv) != 2:
             raise PredictError(f"parameter 'ylim_mv': {list(self.ylim_mv)} is not a pair (lo, hi) in mV")
         if self.pictures == "ids" and not self.picture_ids:
             raise PredictError("parameter 'picture_ids': empty with pictures=ids")
+        if self.workers is not None and self.workers < 1:
+            raise PredictError(f"parameter 'workers': {self.workers} must be >= 1 (or None: automatic)")
         for name in ("n_boot", "batch_size"):
             if getattr(self, name) < 1:
                 raise PredictError(f"parameter {name!r}: {getattr(self, name)} must be >= 1")
@@ -133,19 +159,25 @@ class PredictConfig(runs.TypedConfig):
 
 @dataclasses.dataclass(frozen=True)
 class Rendering:
-    """What the ensemble was trained on: image side (px), layout, amplitude range (mV, None = layout
-    default) and the preprocessing keyword arguments of its cohort store (``store.json``)."""
+    """What the ensemble was trained on: for its image models the image side (px), layout and amplitude range (mV,
+    None = layout default), all None when every member is a signal model; the preprocessing keyword arguments of the
+    cohort store (``store.json``), its task and its signal rate ``fs`` (Hz)."""
 
-    image_size: int
-    layout: str
+    image_size: int | None
+    layout: str | None
     ylim_mv: tuple[float, float] | None
     preprocess_kw: dict | None
     task: str
+    fs: float = float(STORE_FS)
+
+
+IMAGE_FIELDS = ("image_size", "layout", "ylim_mv")
 
 
 @dataclasses.dataclass
 class Member:
-    """One trained run: its folder, model (eval mode), normalisation and recorded files."""
+    """One trained run: its folder, model (eval mode), normalisation and recorded files; ``family`` image (reads
+    rendered images) or signal (reads the store's signals resampled to ``signal_rate`` Hz)."""
 
     run_dir: Path
     name: str
@@ -154,6 +186,8 @@ class Member:
     config: dict
     metrics: dict
     rendering: Rendering
+    family: str = "image"
+    signal_rate: float | None = None
 
 
 def _resolve(path: str) -> Path:
@@ -181,20 +215,23 @@ def check_finetune_run(run_dir: Path) -> None:
 
 
 def _recorded_rendering(run_dir: Path, info: dict) -> Rendering:
-    """The rendering of ``model.json`` (checked against ``config.yaml``) and the store's preprocessing."""
+    """The rendering of ``model.json`` (checked against ``config.yaml``; a signal model has none) and the store's
+    preprocessing and rate."""
     cfg = info["config"]
+    signal = info.get("family") == "signal"
     for key, rec in (("image_size", info["image_size"]), ("layout", info["layout"])):
-        if cfg.get(key) not in (None, rec) and (run_dir / MODEL_RECORD).is_file():
+        if not signal and cfg.get(key) not in (None, rec) and (run_dir / MODEL_RECORD).is_file():
             raise MismatchError(f"{run_dir}: {MODEL_RECORD} records {key} {rec!r} but config.yaml {cfg.get(key)!r}")
-    ylim = info.get("ylim_mv", cfg.get("ylim_mv"))
+    ylim = None if signal else info.get("ylim_mv", cfg.get("ylim_mv"))
     cohort = cfg.get("cohort_run")
     if not cohort or not (_resolve(cohort) / "store.json").is_file():
         raise FinetuneRunError(f"{run_dir / 'config.yaml'}: its cohort store {cohort!r} (cohort_run) is not found; "
                                "its store.json records the preprocessing the model was trained with")
     store_info = json.loads((_resolve(cohort) / "store.json").read_text())
-    return Rendering(int(info["image_size"]), str(info["layout"]),
+    return Rendering(None if signal else int(info["image_size"]), None if signal else str(info["layout"]),
                      None if ylim is None else tuple(float(v) for v in ylim),
-                     store_info.get("preprocess_kw"), str(store_info.get("task", cfg.get("task", ""))))
+                     store_info.get("preprocess_kw"), str(store_info.get("task", cfg.get("task", ""))),
+                     float(store_info.get("fs", STORE_FS)))
 
 
 def _same(what: str, a: Any, b: Any, where_a: str, where_b: str) -> None:
@@ -217,25 +254,58 @@ def load_ensemble(cfg: PredictConfig, device: str | torch.device = "cpu") -> tup
         model, info = load_finetune_run(run_dir, device)
         r = _recorded_rendering(run_dir, info)
         met = json.loads((run_dir / "metrics.json").read_text())
-        members.append(Member(run_dir, run_dir.name, model, info["normalize"], info["config"], met, r))
+        family = str(info.get("family", "image"))
+        rate = float(info.get("signal_rate") or 100.0) if family == "signal" else None
+        members.append(Member(run_dir, run_dir.name, model, info["normalize"], info["config"], met, r, family, rate))
     first = members[0]
-    for m in members[1:]:
-        for key in ("image_size", "layout", "ylim_mv", "preprocess_kw", "task"):
+    for m in members[1:]:  # one store preprocessing and task for all; one rendering for the image members
+        for key in ("preprocess_kw", "task", "fs"):
             _same(f"ensemble {key}", getattr(first.rendering, key), getattr(m.rendering, key),
                   str(first.run_dir), str(m.run_dir))
-    rec = first.rendering
-    for key in ("image_size", "layout", "ylim_mv"):
+    images = [m for m in members if m.family == "image"]
+    for m in images[1:]:
+        for key in IMAGE_FIELDS:
+            _same(f"ensemble {key}", getattr(images[0].rendering, key), getattr(m.rendering, key),
+                  str(images[0].run_dir), str(m.run_dir))
+    rec = images[0].rendering if images else first.rendering
+    for key in IMAGE_FIELDS:
         forced = getattr(cfg, key)
+        if forced is not None and not images:
+            raise MismatchError(f"parameter {key!r}: {forced!r}, but every model of finetune_runs is a signal model "
+                                f"(trained on signals, no {key}; {first.run_dir / MODEL_RECORD})")
         if forced is not None:
             _same(f"parameter {key!r}", forced, getattr(rec, key), "parameter",
-                  f"trained with, {first.run_dir / MODEL_RECORD}")
+                  f"trained with, {images[0].run_dir / MODEL_RECORD}")
     return members, rec
 
 
 def render_images(signals: np.ndarray, rendering: Rendering) -> np.ndarray:
-    """(n, 8, 2500) microvolts -> (n, H, W) uint8, exactly as the training dataset rendered them."""
+    """(n, leads, T) microvolts -> (n, H, W) uint8, exactly as the training dataset rendered them (signal-only
+    ensembles, which read no image: the pictures' default, :data:`PICTURE_SIZE` px ``stack8``)."""
     style = {} if rendering.ylim_mv is None else {"ylim_mv": rendering.ylim_mv}
-    return render.render_ecg(signals, rendering.image_size, rendering.layout, **style)
+    return render.render_ecg(signals, rendering.image_size or PICTURE_SIZE, rendering.layout or "stack8", **style)
+
+
+def member_inputs(member: Member, signals: np.ndarray, grey: np.ndarray | None, rendering: Rendering) -> torch.Tensor:
+    """What ``member`` reads: (n, 3, H, W) images in [0, 1] from ``grey`` (image models), or (n, leads, T')
+    millivolts at its ``signal_rate`` from the store ``signals`` at ``rendering.fs`` Hz (signal models, exactly
+    ``classify.signal_data.prepare_signals`` as in training)."""
+    if member.family == "signal":
+        return torch.from_numpy(prepare_signals(signals, rendering.fs, member.signal_rate))
+    return torch.from_numpy(grey).float().div(255.0)[:, None].expand(-1, 3, -1, -1)
+
+
+@torch.no_grad()
+def member_probabilities(member: Member, x: torch.Tensor, batch_size: int) -> np.ndarray:
+    """(n,) float64 probability of class 1 (softmax over the two logits, as 03 scored it) of ``member`` for its
+    inputs ``x`` (:func:`member_inputs`). A multi-label model (one logit per class, sigmoid per class) will return
+    (n, classes) here; the rest of 07 takes its columns from :func:`score_columns`."""
+    if member.family == "image":
+        return predict_proba(member.model, x, 1, member.normalize, batch_size)
+    device = next(member.model.parameters()).device
+    out = [torch.softmax(member.model(x[i:i + batch_size].to(device)).float(), dim=1)[:, 1].double().cpu()
+           for i in range(0, len(x), batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros(0)
 
 
 # ======================================================================== 2. inputs
@@ -299,14 +369,30 @@ def prepare_inputs(cfg: PredictConfig, run_dir: str | os.PathLike, rendering: Re
         empty = pd.DataFrame(columns=["file", "record_id", "stage", "error_class", "reason"])
         return Inputs(store, rows, len(rows), empty, None)
     src = raw_source(cfg, rendering.task)
+    workers = read_workers(cfg.workers, len(src.inputs))
     store = build_store(src.inputs, src.reader, Path(run_dir) / "cohort", task_cfg="unlabelled",
-                        preprocess_kw=rendering.preprocess_kw, salt_file=cfg.salt_file, workers=1, progress=False)
+                        preprocess_kw=rendering.preprocess_kw, salt_file=cfg.salt_file, workers=workers,
+                        shard_size=max(64, math.ceil(len(src.inputs) / workers)) if workers > 1 else 512,
+                        progress=False)  # one shard per worker: shards are the unit of parallel work
     root = Path(cfg.data_root)
     rej = store.rejects
     rejects = pd.DataFrame({"file": [_relative(p, root) for p in rej["source_path"]], "record_id": rej["record_id"],
                             "stage": rej["stage"], "error_class": rej["error_type"], "reason": rej["reason"]})
     assert len(src.inputs) == len(store) + len(rejects)  # every input scored or rejected, once
     return Inputs(store, np.arange(len(store), dtype=np.int64), len(src.inputs), rejects, root)
+
+
+PARALLEL_FROM = 256  # raw files: from this many on, workers=None reads them in several processes
+
+
+def read_workers(workers: int | None, n_files: int) -> int:
+    """Processes that read and preprocess ``n_files`` raw files (the store build's shards, ``spawn`` workers): as
+    asked, else one per core up to 4 from :data:`PARALLEL_FROM` files (each worker starts Python and imports the
+    library, ~2-3 s, which a few files do not repay), else 1. Reading MUSE XML is ~53 % of 07's time in one
+    process (issue 26); the preprocessing runs in batches inside each shard."""
+    if workers is not None:
+        return int(workers)
+    return max(1, min(4, os.cpu_count() or 1)) if n_files >= PARALLEL_FROM else 1
 
 
 def _relative(path: str, root: Path | None) -> str:
@@ -322,13 +408,15 @@ def _relative(path: str, root: Path | None) -> str:
 
 
 def score(members: Sequence[Member], inputs: Inputs, rendering: Rendering, batch_size: int = 64) -> np.ndarray:
-    """(n_members, n) probability of class 1 of every member for every scored ECG (rendered in chunks)."""
+    """(n_members, n) probability of class 1 of every member for every scored ECG (read in chunks of
+    :data:`CHUNK`; rendered once per chunk when an image model is among the members)."""
     out = np.zeros((len(members), len(inputs.rows)), np.float64)
+    need_images = any(m.family == "image" for m in members)
     for s in range(0, len(inputs.rows), CHUNK):
-        grey = render_images(inputs.store.signals(inputs.rows[s:s + CHUNK]), rendering)
-        x = torch.from_numpy(grey).float().div(255.0)[:, None].expand(-1, 3, -1, -1)
+        sig = inputs.store.signals(inputs.rows[s:s + CHUNK])
+        grey = render_images(sig, rendering) if need_images else None
         for k, m in enumerate(members):
-            out[k, s:s + len(grey)] = predict_proba(m.model, x, 1, m.normalize, batch_size)
+            out[k, s:s + len(sig)] = member_probabilities(m, member_inputs(m, sig, grey, rendering), batch_size)
     return out
 
 
@@ -374,14 +462,64 @@ def training_scores(members: Sequence[Member], split: str) -> pd.DataFrame:
                          "label": df.index.get_level_values(1).astype(np.int64), "score": df.mean(axis=1).to_numpy()})
 
 
-def operating_threshold(members: Sequence[Member], cfg: PredictConfig) -> calibration.Threshold:
-    """The threshold chosen on the training runs' validation split (``calibration.choose_threshold``)."""
+def _validation_scores(members: Sequence[Member]) -> pd.DataFrame:
     val = training_scores(members, "val")
     if val.empty:
         raise PredictError(f"{members[0].run_dir / 'predictions.parquet'}: no validation scores at the chosen epoch; "
                            "the threshold is chosen on the validation split only")
+    return val
+
+
+def operating_threshold(members: Sequence[Member], cfg: PredictConfig) -> calibration.Threshold:
+    """The threshold chosen on the training runs' validation split (``calibration.choose_threshold``)."""
+    val = _validation_scores(members)
     return calibration.choose_threshold(val["label"], val["score"], split="val", method=cfg.threshold_method,
-                                        target_sensitivity=cfg.target_sensitivity)
+                                        target_sensitivity=cfg.target_sensitivity,
+                                        target_specificity=cfg.target_specificity)
+
+
+def threshold_report(members: Sequence[Member], threshold: calibration.Threshold, cfg: PredictConfig) -> dict:
+    """How much to trust ``threshold``: the validation counts, its bootstrap interval on validation and the
+    interval of its sensitivity/specificity there (``calibration.threshold_interval``, ``cfg.n_boot`` resamples),
+    and a ``warning`` (also raised as a :class:`UserWarning`) when validation holds fewer than
+    :data:`MIN_VAL_POSITIVES` positives: such a threshold may give a very different sensitivity elsewhere."""
+    val = _validation_scores(members)
+    n_pos = int((val["label"] == 1).sum())
+    ci = calibration.threshold_interval(val["label"], val["score"], threshold, n_boot=cfg.n_boot, seed=cfg.seed)
+    warning = None
+    if n_pos < MIN_VAL_POSITIVES:
+        warning = (f"the threshold {threshold.value:.4g} was chosen on {n_pos} validation positives (< "
+                   f"{MIN_VAL_POSITIVES}): its 95 % bootstrap interval is {ci.value_lo:.4g}-{ci.value_hi:.4g} and "
+                   f"its validation sensitivity {ci.sensitivity_lo:.2f}-{ci.sensitivity_hi:.2f}; expect another "
+                   "sensitivity on new data (see operating_points.csv; choose it on a larger validation set)")
+        warnings.warn(warning, UserWarning, stacklevel=2)
+    return {"n_val": len(val), "n_val_positives": n_pos, "interval": dataclasses.asdict(ci), "warning": warning}
+
+
+def operating_points(members: Sequence[Member], pred: pd.DataFrame,
+                     targets: Sequence[float] = OPERATING_TARGETS) -> pd.DataFrame:
+    """The operating points clinicians ask for: per target sensitivity and target specificity, the threshold chosen
+    on the training runs' validation split, its sensitivity/specificity there, and (labelled scored ECGs only) on
+    the scored ECGs. A target no validation threshold reaches gets a ``note``."""
+    val = _validation_scores(members)
+    lab = pred[pred["label"] >= 0]
+    rows = []
+    for name in ("sensitivity", "specificity"):
+        for target in targets:
+            row: dict[str, Any] = {"target": name, "value": float(target)}
+            try:
+                t = calibration.choose_threshold(val["label"], val["score"], split="val", method=name,
+                                                 **{f"target_{name}": float(target)})
+            except calibration.CalibrationError as e:
+                rows.append({**row, "note": str(e)})
+                continue
+            row.update(threshold=t.value, val_sensitivity=t.sensitivity, val_specificity=t.specificity)
+            if len(lab):
+                op = calibration.operating_point(lab["label"], lab["score"], t.value, split="external")
+                row.update(scored_sensitivity=op.sensitivity, scored_specificity=op.specificity, scored_ppv=op.ppv,
+                           scored_npv=op.npv)
+            rows.append({**row, "note": ""})
+    return pd.DataFrame(rows)
 
 
 # ======================================================================== 5. external validation
@@ -477,38 +615,71 @@ def _safe_name(record_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", record_id).strip("._") or "record"
 
 
-def _member_maps(members: Sequence[Member], x: torch.Tensor, method: str) -> np.ndarray:
-    """(n, H, W) saliency averaged over members (rollout falls back to gradcam for CNN members)."""
-    maps = [saliency_maps(m.model, x, method if method != "rollout" or is_transformer(m.model) else "gradcam",
-                          1, normalization=m.normalize, batch_size=8) for m in members]
+def signal_method(member: Member, method: str) -> str:
+    """The map a signal member draws for ``method``: Grad-CAM on a 1-D CNN when ``gradcam`` is asked, else
+    integrated gradients (ST-MEM has no convolutional map; ``fullgrad``/``rollout`` are image methods)."""
+    if method != "gradcam":
+        return "ig"
+    try:
+        gradcam_layer(member.model)
+        return "gradcam"
+    except UnsupportedMethodError:
+        return "ig"
+
+
+def member_maps(members: Sequence[Member], signals: np.ndarray, grey: np.ndarray, rendering: Rendering, method: str
+                ) -> np.ndarray:
+    """(n, H, W) saliency in [0, 1] on the pictured model input ``grey`` (n, H, W), averaged over members.
+
+    An image member's map is on its own input (rollout falls back to gradcam for CNNs); a signal member's lead x
+    time map (:func:`heartbeit_lib.analysis.saliency.signal_saliency` on what it read, repeated onto the store's
+    samples) is drawn into the pictured layout, each lead's panel taking its lead's map, so members of both
+    families are averaged on the same pixels."""
+    maps = []
+    for m in members:
+        x = member_inputs(m, signals, grey, rendering)
+        if m.family == "signal":
+            lt = to_store_rate(signal_saliency(m.model, x, signal_method(m, method), 1, batch_size=8),
+                               signals.shape[-1])
+            maps.append(to_image(lt, grey.shape[-1], rendering.layout or "stack8"))
+        else:
+            maps.append(saliency_maps(m.model, x.contiguous(),
+                                      method if method != "rollout" or is_transformer(m.model) else "gradcam",
+                                      1, normalization=m.normalize, batch_size=8))
     return np.mean(maps, axis=0)
+
+
+def _saliency_note(members: Sequence[Member], method: str) -> str:
+    names = sorted({signal_method(m, method) + " (lead x time)" if m.family == "signal" else method for m in members})
+    return "saliency: " + ", ".join(names)
 
 
 def draw_pictures(members: Sequence[Member], inputs: Inputs, pred: pd.DataFrame, positions: np.ndarray,
                   rendering: Rendering, threshold: calibration.Threshold, cfg: PredictConfig,
                   run_dir: str | os.PathLike) -> list[Path]:
-    """``pictures/<record_id>.png`` per position and ``pictures.pdf`` (all pages); returns the PNG paths."""
+    """``pictures/<record_id>.png`` per position and ``pictures.pdf`` (all pages); returns the PNG paths. The
+    model-input panel is the image models' input, or for a signal-only ensemble the signals drawn in ``stack8`` at
+    :data:`PICTURE_SIZE` px, with the members' saliency on top (:func:`member_maps`)."""
     if not len(positions):
         return []
     out = Path(run_dir) / "pictures"
     out.mkdir(exist_ok=True)
     sig = inputs.store.signals(inputs.rows[positions])
     grey = render_images(sig, rendering)
-    maps = None
-    if cfg.saliency_method:
-        x = torch.from_numpy(grey).float().div(255.0)[:, None].expand(-1, 3, -1, -1).contiguous()
-        maps = _member_maps(members, x, cfg.saliency_method)
+    maps = member_maps(members, sig, grey, rendering, cfg.saliency_method) if cfg.saliency_method else None
+    leads = tuple(inputs.store.info.get("leads") or output_leads())
     pages, paths = [], []
     for k, i in enumerate(positions):
         r = pred.iloc[int(i)]
         lab = {1: "label: positive", 0: "label: negative"}.get(int(r["label"]), "")
         note = "  ".join(t for t in (f"{len(members)}-model ensemble" if len(members) > 1 else members[0].name,
-                                     f"saliency: {cfg.saliency_method}" if maps is not None else "", lab) if t)
-        page = ecg_page.ECGPage(signal=sig[k], fs=STORE_FS, image=grey[k], record_id=str(r["record_id"]),
+                                     _saliency_note(members, cfg.saliency_method) if maps is not None else "",
+                                     lab) if t)
+        page = ecg_page.ECGPage(signal=sig[k], fs=rendering.fs, image=grey[k], record_id=str(r["record_id"]),
                                 score=float(r["score"]), threshold=threshold.value,
                                 decision="POSITIVE" if r["decision"] == 1 else "negative",
-                                saliency=None if maps is None else maps[k], leads=output_leads(),
-                                input_layout=rendering.layout, note=note)
+                                saliency=None if maps is None else maps[k], leads=leads,
+                                input_layout=rendering.layout or "stack8", input_samples=sig.shape[-1], note=note)
         paths.append(ecg_page.save_png(ecg_page.page_figure(page), out / f"{k:03d}_{_safe_name(page.record_id)}.png",
                                        dpi=110))
         pages.append(page)
@@ -520,12 +691,16 @@ def draw_pictures(members: Sequence[Member], inputs: Inputs, pred: pd.DataFrame,
 
 
 def write_outputs(run_dir: str | os.PathLike, pred: pd.DataFrame, inputs: Inputs,
-                  threshold: calibration.Threshold, table: pd.DataFrame | None) -> None:
-    """``predictions.csv``, ``rejects.csv``, ``threshold.json`` and (labels only) ``validation.csv``."""
+                  threshold: calibration.Threshold, table: pd.DataFrame | None, report: dict | None = None,
+                  points: pd.DataFrame | None = None) -> None:
+    """``predictions.csv``, ``rejects.csv``, ``threshold.json`` (with :func:`threshold_report`),
+    ``operating_points.csv`` and (labels only) ``validation.csv``."""
     run_dir = Path(run_dir)
     atomic_write(run_dir / "predictions.csv", lambda t: pred.to_csv(t, index=False))
     atomic_write(run_dir / "rejects.csv", lambda t: inputs.rejects.to_csv(t, index=False))
-    runs.write_json(run_dir / "threshold.json", dataclasses.asdict(threshold))
+    runs.write_json(run_dir / "threshold.json", {**dataclasses.asdict(threshold), **(report or {})})
+    if points is not None:
+        atomic_write(run_dir / "operating_points.csv", lambda t: points.to_csv(t, index=False))
     if table is not None and len(table):
         atomic_write(run_dir / "validation.csv", lambda t: table.to_csv(t, index=False))
 
@@ -543,11 +718,13 @@ def training_provenance(members: Sequence[Member]) -> list[dict]:
 
 
 def run_metrics(pred: pd.DataFrame, inputs: Inputs, threshold: calibration.Threshold, table: pd.DataFrame | None,
-                members: Sequence[Member]) -> dict:
-    """``metrics.json``: counts, threshold, fraction called positive, and the validation rows."""
+                members: Sequence[Member], report: dict | None = None) -> dict:
+    """``metrics.json``: counts, threshold (and its :func:`threshold_report`), fraction called positive, and the
+    validation rows."""
     out = {"n_inputs": inputs.n_inputs, "n_scored": len(pred), "n_rejected": len(inputs.rejects),
            "n_members": len(members), "members": [m.name for m in members],
-           "threshold": dataclasses.asdict(threshold), "n_positive_decisions": int(pred["decision"].sum()),
+           "threshold": {**dataclasses.asdict(threshold), **(report or {})},
+           "n_positive_decisions": int(pred["decision"].sum()),
            "mean_score": float(pred["score"].mean()) if len(pred) else None}
     if table is not None and len(table):
         out["validation"] = json.loads(table.to_json(orient="records"))
@@ -559,27 +736,63 @@ def finish(run_dir: str | os.PathLike, result: dict, members: Sequence[Member], 
     hashes = {"predictions.csv": runs.file_sha256(Path(run_dir) / "predictions.csv")}
     if (inputs.store.root / "manifest.parquet").is_file():
         hashes["scored store manifest.parquet"] = runs.file_sha256(inputs.store.root / "manifest.parquet")
-    runs.finish_run(run_dir, metrics=result, data_hashes=hashes)
     info = json.loads((Path(run_dir) / "run.json").read_text())
     info["training_runs"] = training_provenance(members)
     info["scored_store"] = str(inputs.store.root)
     runs.write_json(Path(run_dir) / "run.json", info)
+    runs.finish_run(run_dir, metrics=result, data_hashes=hashes)  # last: it lets go of the run folder's lock
 
 
 def run(cfg: PredictConfig, run_dir: str | os.PathLike | None = None) -> dict:
-    """Every step (what the notebook does cell by cell); returns the metrics. For the CLI and tests."""
-    run_dir = Path(run_dir) if run_dir else runs.start_run(NOTEBOOK, cfg)
+    """Every step (what the notebook does cell by cell); returns the metrics. For the CLI and tests.
+
+    Without ``run_dir`` the run is written into ``<out_root>/07_predict/.<run_id>.partial`` and renamed to
+    ``<run_id>`` once finished (replacing an earlier run of that id), so a failed call leaves no folder that looks
+    finished: only the hidden ``.partial`` one, its ``run.json`` recording the error under ``failed``."""
+    if run_dir is not None:
+        return _run_steps(cfg, Path(run_dir))
+    run_id = cfg.run_id or runs.default_run_id(cfg)
+    cfg = dataclasses.replace(cfg, run_id=run_id)
+    final = Path(cfg.out_root or runs.REPO_ROOT / "outputs") / NOTEBOOK / run_id
+    runs.lock_run_folder(final)  # a second call with this run_id is refused until this one ends
+    try:
+        staging = final.with_name(f".{run_id}.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        runs.start_run(NOTEBOOK, cfg, run_id=staging.name, out_root=final.parent.parent)
+        try:
+            result = _run_steps(cfg, staging)
+        except BaseException as e:
+            runs.mark_failed(staging, e)
+            raise
+        info = json.loads((staging / "run.json").read_text())
+        info["run_id"] = run_id
+        if info.get("scored_store", "").startswith(str(staging)):
+            info["scored_store"] = str(final) + info["scored_store"][len(str(staging)):]
+        runs.write_json(staging / "run.json", info)
+        old = final.with_name(f".{run_id}.replaced")
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)
+        staging.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+        return result
+    finally:
+        runs.release_run_folder(final)
+
+
+def _run_steps(cfg: PredictConfig, run_dir: Path) -> dict:
     members, rendering = load_ensemble(cfg, resolve_device(cfg.device))
     inputs = prepare_inputs(cfg, run_dir, rendering)
     member_scores = score(members, inputs, rendering, cfg.batch_size)
     threshold = operating_threshold(members, cfg)
+    report = threshold_report(members, threshold, cfg)
     pred = predictions_table(members, inputs, member_scores, threshold)
     table, curves = validate(members, pred, threshold, cfg)
     if curves:
         reliability_figure(curves, run_dir / "reliability.png")
-    write_outputs(run_dir, pred, inputs, threshold, table)
+    write_outputs(run_dir, pred, inputs, threshold, table, report, operating_points(members, pred))
     draw_pictures(members, inputs, pred, choose_pictures(pred, cfg), rendering, threshold, cfg, run_dir)
-    result = run_metrics(pred, inputs, threshold, table, members)
+    result = run_metrics(pred, inputs, threshold, table, members, report)
     finish(run_dir, result, members, inputs)
     return result
 

@@ -24,18 +24,17 @@ import argparse
 import ast
 import dataclasses
 import datetime as _dt
+import fcntl
 import hashlib
 import importlib
 import inspect
 import json
-import logging
 import os
 import platform
 import subprocess
 import sys
 import textwrap
 import types
-import typing
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -44,9 +43,12 @@ import nbformat
 import numpy as np
 import papermill
 import yaml
+from jupyter_client.manager import AsyncKernelManager
 from nbconvert import HTMLExporter
+from traitlets import default
 
 from heartbeit_lib.config import ConfigError, TypedConfig, UnknownParameterError, _plain  # noqa: F401 (re-exported)
+from heartbeit_lib.safety import UnsafeValueError, inside, no_control, safe_component
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -102,12 +104,33 @@ def notebook_config(notebook: str) -> type[TypedConfig]:
     return getattr(importlib.import_module(module), name)
 
 
-def parameters_cell(cls: type[TypedConfig]) -> str:
-    """The notebook ``parameters`` cell for ``cls``: its field lines, verbatim from the class source.
+def _papermill_annotation(node: ast.expr) -> str:
+    """A Config annotation as papermill's parser reads it: ``X | None`` -> ``Optional[X]``, ``tuple[X, ...]`` ->
+    ``list[X]`` (papermill's regex reads words, brackets and commas only; a cell default is a list literal)."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        sides = [node.left, node.right]
+        rest = [n for n in sides if not (isinstance(n, ast.Constant) and n.value is None)]
+        if len(rest) == 1:
+            return f"Optional[{_papermill_annotation(rest[0])}]"
+    if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == "tuple":
+        elts = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        if len(elts) == 2 and isinstance(elts[1], ast.Constant) and elts[1].value is Ellipsis:
+            return f"list[{_papermill_annotation(elts[0])}]"
+    if isinstance(node, ast.Subscript):
+        inner = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        return f"{ast.unparse(node.value)}[{', '.join(_papermill_annotation(n) for n in inner)}]"
+    return ast.unparse(node)
 
-    Raises :class:`ConfigError` when a field is not one line ``name: type = literal  # comment`` (a
-    default that is not a literal, a ``field(...)``, a missing comment), so the cell can always be made
-    from the class and holds literals only.
+
+def parameters_cell(cls: type[TypedConfig]) -> str:
+    """The notebook ``parameters`` cell for ``cls``: one line ``name: type = literal  # comment`` per field.
+
+    The lines are the class's field lines with the annotations papermill's parser reads (``Optional[str]`` for
+    ``str | None``, ``list[str]`` and a list literal for ``tuple[str, ...]``; the notebook's imports cell
+    imports ``Optional``, see :func:`write_parameters_cells`), so ``papermill --help-notebook`` shows every parameter with its type,
+    default and help. Raises :class:`ConfigError` when a field is not one line ``name: type = literal  # comment``
+    (a default that is not a literal, a ``field(...)``, a missing comment, an ``=`` in the comment, which makes
+    papermill skip the line), so the cell can always be made from the class and holds literals only.
     """
     src = textwrap.dedent(inspect.getsource(cls))
     lines = src.splitlines()
@@ -127,14 +150,23 @@ def parameters_cell(cls: type[TypedConfig]) -> str:
             ast.literal_eval(node.value)
         except ValueError:
             raise ConfigError(f"{where}: the default must be a literal (got {ast.unparse(node.value)})") from None
-        line = lines[node.lineno - 1].strip()
+        line = lines[node.lineno - 1]
         if "  # " not in line:
             raise ConfigError(f"{where}: say what the parameter is in a comment after two spaces and #")
-        out.append(line)
+        comment = line.split("  # ", 1)[1].strip()
+        if "=" in comment:
+            raise ConfigError(f"{where}: no '=' in the comment (papermill skips a line with two '=')")
+        seg = line[node.value.col_offset:node.value.end_col_offset]
+        if isinstance(node.value, ast.Tuple):
+            seg = "[" + ", ".join(line[e.col_offset:e.end_col_offset] for e in node.value.elts) + "]"
+        out.append(f"{name}: {_papermill_annotation(node.annotation)} = {seg}  # {comment}")
     missing = fields - {ln.split(":", 1)[0] for ln in out}
     if missing:
         raise ConfigError(f"{cls.__name__}: fields {sorted(missing)} are not declared in the class body")
     return "\n".join(out)
+
+
+OPTIONAL_IMPORT = "from typing import Optional"  # in the imports cell: the parameters cell's annotations use it
 
 
 def write_parameters_cells(notebooks: Sequence[str] | None = None) -> list[Path]:
@@ -143,9 +175,17 @@ def write_parameters_cells(notebooks: Sequence[str] | None = None) -> list[Path]
     for stem in notebooks or sorted(NOTEBOOK_CONFIGS):
         path = resolve_notebook(stem)
         nb = nbformat.read(str(path), as_version=4)
-        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-        new = parameters_cell(notebook_config(stem))
-        if cell.source != new:
+        at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+        cell, new = nb.cells[at], parameters_cell(notebook_config(stem))
+        imports = next((c for c in reversed(nb.cells[:at]) if c.cell_type == "code"), None)
+        dirty = cell.source != new
+        if ": Optional[" in new and (imports is None or OPTIONAL_IMPORT not in imports.source.splitlines()):
+            if imports is None:  # the annotations are evaluated when the cell runs: Optional must exist
+                imports = nbformat.v4.new_code_cell("")
+                nb.cells.insert(at, imports)
+            imports.source = OPTIONAL_IMPORT + "\n" + imports.source.lstrip("\n") if imports.source else OPTIONAL_IMPORT
+            dirty = True
+        if dirty:
             cell.source = new
             nbformat.write(nb, str(path))
             changed.append(path)
@@ -232,16 +272,62 @@ def default_run_id(cfg: TypedConfig | None = None) -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
 
 
+_HELD_LOCKS: dict[str, int] = {}  # resolved run folder -> descriptor of its lock, held by this process
+
+
+class RunFolderBusyError(ConfigError):
+    """Another process is writing the same run folder (two runs with one ``run_id``)."""
+
+
+def lock_run_folder(run_dir: str | os.PathLike) -> None:
+    """Hold an exclusive ``flock`` on ``.<name>.lock`` beside the run folder until :func:`finish_run` /
+    :func:`release_run_folder` or the process ends (the kernel releases it: no stale lock after a kill; beside,
+    not inside, so the folder may be renamed or replaced while it is held). A second process starting the same
+    folder is refused with :class:`RunFolderBusyError` naming it; this process may restart its own run (a
+    re-executed notebook).
+    """
+    run_dir = Path(run_dir)
+    key = str(run_dir.resolve())
+    if key in _HELD_LOCKS:
+        os.close(_HELD_LOCKS.pop(key))
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir.parent / f".{run_dir.name}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunFolderBusyError(f"run folder {run_dir} (run_id {run_dir.name!r}) is being written by another "
+                                 "process: wait for it to finish or pick another run_id") from None
+    _HELD_LOCKS[key] = fd
+
+
+def release_run_folder(run_dir: str | os.PathLike) -> None:
+    """Let go of the lock :func:`lock_run_folder` took (nothing when this process holds none)."""
+    fd = _HELD_LOCKS.pop(str(Path(run_dir).resolve()), None)
+    if fd is not None:
+        os.close(fd)
+
+
 def start_run(notebook: str, cfg: TypedConfig, run_id: str = "", out_root: str | os.PathLike = "") -> Path:
-    """Create ``<out_root>/<notebook>/<run_id>/`` and write ``config.yaml`` and ``run.json``.
+    """Create ``<out_root>/<notebook>/<run_id>/``, lock it (:func:`lock_run_folder`) and write ``config.yaml``
+    and ``run.json``.
 
     ``out_root`` defaults to ``cfg.out_root`` if the config has one, else ``outputs``
     (relative paths are taken from the current directory, which is the notebook folder's parent
-    when run through :func:`execute_notebook`).
+    when run through :func:`execute_notebook`). The run folder never lies outside ``<out_root>/<notebook>``:
+    ``cfg.run_id`` is one plain name (:func:`heartbeit_lib.safety.safe_component`, checked by the config) and
+    a ``run_id`` argument (a caller's staging name) one component that resolves inside.
     """
     out_root = out_root or getattr(cfg, "out_root", "") or str(REPO_ROOT / "outputs")
-    run_id = run_id or getattr(cfg, "run_id", "") or default_run_id(cfg)
-    run_dir = Path(out_root) / notebook / run_id
+    parent = Path(out_root) / safe_component("notebook", notebook)
+    if run_id:
+        if "/" in run_id or run_id in (".", "..") or len(run_id.encode()) > 240:
+            raise UnsafeValueError(f"parameter 'run_id': {run_id!r} is not one folder name (at most 240 bytes)")
+        inside("parameter 'run_id'", parent / run_id, parent)
+    else:
+        run_id = safe_component("parameter 'run_id'", getattr(cfg, "run_id", "") or default_run_id(cfg))
+    run_dir = parent / no_control("parameter 'run_id'", run_id)
+    lock_run_folder(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "config.yaml", "w") as f:
         yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
@@ -271,7 +357,20 @@ def finish_run(run_dir: str | os.PathLike, metrics: Mapping[str, Any] | None = N
     _write_json(run_dir / "run.json", info)
     if metrics is not None:
         _write_json(run_dir / "metrics.json", dict(metrics))
+    release_run_folder(run_dir)
     return run_dir
+
+
+def mark_failed(run_dir: str | os.PathLike, error: BaseException) -> None:
+    """Record ``failed: "<ErrorClass>: <message>"`` (and no finish time) in a run folder's ``run.json``, so a run
+    that stopped half-way never reads as finished; written even when the run failed before ``run.json`` existed."""
+    p = Path(run_dir) / "run.json"
+    try:
+        info = json.loads(p.read_text()) if p.is_file() else {}
+    except json.JSONDecodeError:
+        info = {}
+    info.update(finished=None, failed=f"{type(error).__name__}: {error}"[:2000], failed_at=_now())
+    _write_json(p, info)
 
 
 def is_complete(run_dir: str | os.PathLike) -> bool:
@@ -331,24 +430,14 @@ def load_parameter_files(*files: str | os.PathLike) -> dict[str, Any]:
 
 
 def notebook_parameters(notebook: str | os.PathLike) -> dict[str, dict]:
-    """Parameters declared in the notebook's ``parameters`` cell: name -> {type, default, help}, in order.
-
-    Read with ``ast`` (papermill's own inspection skips annotations such as ``int | None`` or
-    ``tuple[str, ...]``, so ``papermill --help-notebook`` lists only the simply typed ones).
-    """
+    """Parameters of the notebook's ``parameters`` cell as papermill reads them (``papermill --help-notebook``):
+    name -> {type, default, help}, in order."""
     nb = nbformat.read(str(notebook), as_version=4)
     cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     if len(cells) != 1:
         raise ConfigError(f"{notebook}: expected one cell tagged 'parameters', found {len(cells)}")
-    lines = cells[0].source.splitlines()
-    out = {}
-    for node in ast.parse(cells[0].source).body:
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            _, _, comment = lines[node.lineno - 1].partition("  # ")
-            out[node.target.id] = {"type": ast.unparse(node.annotation),
-                                   "default": ast.unparse(node.value) if node.value else None,
-                                   "help": comment.strip()}
-    return out
+    return {name: {"type": p["inferred_type_name"], "default": p["default"], "help": p["help"]}
+            for name, p in papermill.inspect_notebook(str(notebook)).items()}
 
 
 def check_parameters(notebook: str | os.PathLike, params: Mapping[str, Any]) -> None:
@@ -361,17 +450,6 @@ def check_parameters(notebook: str | os.PathLike, params: Mapping[str, Any]) -> 
         )
 
 
-class _KnownParameters(logging.Filter):
-    """papermill warns "Passed unknown parameter" for every name its regex cannot read (``int | None``,
-    ``tuple[str, ...]``); names reaching papermill here were already checked by :func:`check_parameters`."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Passed unknown parameter")
-
-
-logging.getLogger("papermill").addFilter(_KnownParameters())
-
-
 def resolve_notebook(name: str) -> Path:
     """``'03_finetune'`` or a path -> the notebook path."""
     p = Path(name)
@@ -381,6 +459,26 @@ def resolve_notebook(name: str) -> Path:
     if len(cands) != 1:
         raise ConfigError(f"notebook {name!r}: expected one match in {NOTEBOOKS_DIR}, found {cands}")
     return cands[0]
+
+
+class QuietKernelManager(AsyncKernelManager):
+    """The kernel papermill starts, minus two alarming messages on every successful run (issue 26):
+
+    - jupyter_client interrupts the (idle) kernel before asking it to shut down, and ipykernel logs
+      ``[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel``: here no interrupt once shutdown began
+      (a busy kernel is still stopped by the shutdown request, then killed after the grace period);
+    - ipykernel warns that it runs "over TCP without encryption": here the kernel talks over IPC (Unix sockets in
+      the Jupyter runtime folder, beside its connection file), which no other machine can reach.
+    """
+
+    @default("transport")
+    def _transport_default(self) -> str:
+        return "ipc"
+
+    async def _async_interrupt_kernel(self) -> None:
+        if getattr(self, "shutting_down", False):
+            return
+        await super()._async_interrupt_kernel()
 
 
 def execute_notebook(notebook: str | os.PathLike, params: Mapping[str, Any], run_dir: str | os.PathLike,
@@ -397,9 +495,13 @@ def execute_notebook(notebook: str | os.PathLike, params: Mapping[str, Any], run
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     out_nb = run_dir / notebook.name
-    papermill.execute_notebook(str(notebook), str(out_nb), parameters=dict(params),
-                               kernel_name=kernel_name, progress_bar=progress_bar,
-                               cwd=str(cwd or REPO_ROOT))
+    try:
+        papermill.execute_notebook(str(notebook), str(out_nb), parameters=dict(params),
+                                   kernel_name=kernel_name, progress_bar=progress_bar,
+                                   cwd=str(cwd or REPO_ROOT), kernel_manager_class=QuietKernelManager)
+    except BaseException as e:  # the folder may hold half of the outputs: say so in run.json
+        mark_failed(run_dir, e)
+        raise
     if html:
         notebook_to_html(out_nb)
     return out_nb
@@ -415,18 +517,14 @@ def notebook_to_html(nb_path: str | os.PathLike) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m heartbeit_lib.pipeline.runs params`` rewrites the parameters cells from the Configs;
-    ``... help 03_finetune`` lists a notebook's parameters with types, defaults and comments."""
+    """``python -m heartbeit_lib.pipeline.runs params`` (``make params``) rewrites the parameters cells from the
+    Configs; ``papermill --help-notebook notebooks/<name>.ipynb`` lists a notebook's parameters."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["params"]:
+    if argv == ["params"]:
         for p in write_parameters_cells():
             print("rewrote", p)
         return 0
-    if argv[:1] == ["help"] and len(argv) == 2:
-        for name, p in notebook_parameters(resolve_notebook(argv[1])).items():
-            print(f"  {name}: {p['type']} (default {p['default']})  {p['help']}")
-        return 0
-    print("usage: python -m heartbeit_lib.pipeline.runs params | help NOTEBOOK", file=sys.stderr)
+    print("usage: python -m heartbeit_lib.pipeline.runs params", file=sys.stderr)
     return 2
 
 

@@ -54,7 +54,7 @@ class SaliencyConfig(runs.TypedConfig):
     n_figures: int = 4  # of those, ECGs drawn as overlay figures
     positives_only: bool = True  # draw only label-1 ECGs
     split: str = "test"  # split to draw from: train, val, test, external
-    ylim_mv: tuple[float, ...] | None = None  # amplitude range (lo, hi) mV; None: each run's own (runs before issue 18: +-2 mV); a value must equal it
+    ylim_mv: tuple[float, ...] | None = None  # amplitude range (lo, hi) mV; None: each run's own (runs older than the +-4 mV default: +-2 mV); a value must equal it
     target_class: int = 1  # class whose logit is explained (1: the positive class)
     faithfulness: bool = True  # deletion/insertion curves for every method and random maps
     n_faithfulness: int = 16  # ECGs per run for the faithfulness checks

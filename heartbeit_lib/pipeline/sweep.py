@@ -8,6 +8,12 @@ Usage::
     python -m heartbeit_lib.sweep status parameters/sweeps/paper.yaml           # one line per combination
     python -m heartbeit_lib.sweep parameters/sweeps/cpu_tiny.yaml --in-process  # runner inline (no kernel)
     python -m heartbeit_lib.sweep choose-lr parameters/sweeps/paper.yaml        # lr chosen on validation AUROC
+    python -m heartbeit_lib.sweep parameters/sweeps/paper.yaml --only model=xresnet1d101 seed=0,1 fraction=1.0
+    python -m heartbeit_lib.sweep parameters/sweeps/demo.yaml --out-root /tmp/o  # cohort_run/pretrain_run move too
+
+``--only KEY=V[,V...]`` (any grid key, or ``lr``; several keys: all must match) keeps part of the grid for
+running, ``status`` and ``choose-lr``; ``--out-root`` replaces the file's out_root and moves the file's relative
+run paths (``*_run`` values ``<root>/<NN_notebook>/<run>``, e.g. ``outputs/01_preprocess/{task}``) under it.
 
 A sweep file (plain YAML)::
 
@@ -72,13 +78,13 @@ import json
 import math
 import os
 import re
-import shutil
 import socket
+import string
 import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import pandas as pd
 import submitit
@@ -86,6 +92,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from heartbeit_lib import safety
 from heartbeit_lib.classify import registry
 from heartbeit_lib.pipeline import finetune
 from heartbeit_lib.pipeline import runs
@@ -99,6 +106,8 @@ LR_START_RATIO = 0.3  # lr_start / lr of the paper's OneCycle (3e-4 / 1e-3), use
 SLURM_KEYS = {"partition": "partition", "gpus": "gpus_per_node", "cpus": "cpus_per_task", "mem_gb": "mem",
               "time_min": "time", "account": "account", "constraint": "constraint", "setup": "setup",
               "sbatch": "additional_parameters"}
+
+_RESOURCE_KEY = {v: k for k, v in SLURM_KEYS.items()}  # SlurmExecutor parameter -> resources key (in errors)
 
 
 class SweepError(runs.ConfigError):
@@ -123,6 +132,7 @@ class SweepSpec:
     resources: dict[str, dict] = dataclasses.field(default_factory=dict)
     array_parallelism: int = 16
     log_dir: str | None = None
+    only: dict[str, list] | None = None  # run only the combinations matching every key (see select)
 
     def lr_values(self, model: str) -> list | None:
         """The lr grid of ``model`` (model name, then its registry family, then ``default``), None: fixed."""
@@ -135,13 +145,16 @@ class SweepSpec:
                          f"{registry.sweep_family(model)!r} nor 'default')")
 
     def combinations(self) -> list[dict[str, Any]]:
-        """One dict per run, in grid order (task, model, fraction, seed, then any extra grid keys, then lr)."""
+        """One dict per run, in grid order (task, model, fraction, seed, then any extra grid keys, then lr);
+        with :attr:`only`, the matching ones."""
         keys = list(GRID_KEYS) + [k for k in self.grid if k not in GRID_KEYS]
         out = []
         for vals in itertools.product(*(self.grid[k] for k in keys)):
             combo = dict(zip(keys, vals))
             lrs = self.lr_values(combo["model"])
             out += [combo] if lrs is None else [{**combo, "lr": float(lr)} for lr in lrs]
+        if self.only:
+            out = [c for c in out if all(c.get(k) in v for k, v in self.only.items())]
         return out
 
     def run_dir(self, combo: Mapping[str, Any]) -> Path:
@@ -153,10 +166,10 @@ class SweepSpec:
         return rid + "".join(f"-{k}{combo[k]:g}" if k == "lr" else f"-{k}{combo[k]}" for k in extra)
 
     def params_for(self, combo: Mapping[str, Any]) -> dict[str, Any]:
-        """The notebook parameters of one combination (fixed params formatted with the combo)."""
-        fmt = {k: v for k, v in combo.items()}
-        p = {k: (v.format(**fmt) if isinstance(v, str) else v) for k, v in self.params.items()}
-        p.update({k: (v.format(**fmt) if isinstance(v, str) else v)
+        """The notebook parameters of one combination (fixed params with ``{task}``, ``{model}``, ... filled in:
+        :func:`fill_placeholders`)."""
+        p = {k: fill_placeholders(f"params.{k}", v, combo) for k, v in self.params.items()}
+        p.update({k: fill_placeholders(f"per_model.{combo['model']}.{k}", v, combo)
                   for k, v in self.per_model.get(combo["model"], {}).items()})
         p.update(combo)
         if "lr" in combo and self.lr and "lr_start" not in p:
@@ -174,12 +187,40 @@ class SweepSpec:
         return Path(self.log_dir) if self.log_dir else self.state_dir / self.name / "logs"
 
 
+def fill_placeholders(key: str, value: Any, combo: Mapping[str, Any]) -> Any:
+    """``value`` with its ``{name}`` placeholders replaced by the combination's values (``{{`` / ``}}``: literal
+    braces); non-text values unchanged. Only plain names of the combination (``task``, ``model``, ``fraction``,
+    ``seed``, ``lr`` and extra grid keys) with an optional format spec are placeholders: a positional ``{0}``,
+    an attribute or index (``{task.x}``, ``{task[0]}``), a conversion (``{task!r}``), an unknown name or a
+    stray brace raises :class:`SweepError` naming ``key``."""
+    if not isinstance(value, str):
+        return value
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(value) if name is not None]
+    except ValueError as e:
+        raise SweepError(f"sweep parameter {key}: {value!r} is not a valid format string ({e}); write a literal "
+                         "brace as {{ or }}") from None
+    for name, spec, conv in fields:
+        if conv:
+            raise SweepError(f"sweep parameter {key}: {value!r}: no conversion (!{conv}) in a placeholder")
+        if name not in combo or "{" in (spec or ""):
+            raise SweepError(f"sweep parameter {key}: {value!r}: placeholder {{{name}}} is not one of "
+                             f"{sorted('{' + k + '}' for k in combo)}")
+    try:
+        return value.format_map(dict(combo))
+    except (ValueError, TypeError) as e:
+        raise SweepError(f"sweep parameter {key}: {value!r}: cannot format ({e})") from None
+
+
 _TOP_KEYS = {"name", "notebook", "out_root", "grid", "params", "per_model", "lr", "executor", "runner", "parallel",
              "resources", "array_parallelism", "log_dir"}
 
 
-def load_sweep(path: str | Path, out_root: str | None = None) -> SweepSpec:
+def load_sweep(path: str | Path, out_root: str | None = None, only: Sequence[str] | None = None) -> SweepSpec:
     """Parse and validate a sweep YAML file.
+
+    ``out_root`` replaces the file's, and moves its relative run paths with it (:func:`move_run_paths`);
+    ``only`` (``KEY=V[,V...]`` items, :func:`parse_only`) keeps the matching combinations.
 
     Raises
     ------
@@ -205,19 +246,71 @@ def load_sweep(path: str | Path, out_root: str | None = None) -> SweepSpec:
             raise SweepError(f"sweep file {path}: grid.{k} is empty")
     params = dict(data.get("params") or {})
     per_model = {str(k): dict(v or {}) for k, v in (data.get("per_model") or {}).items()}
+    if out_root is not None:
+        params = move_run_paths(params, out_root)
+        per_model = {m: move_run_paths(v, out_root) for m, v in per_model.items()}
     lr = _lr_grid(data.get("lr"), path)
     clash = set(params) & (set(grid) | ({"lr"} if lr else set()))
     if clash:
         raise SweepError(f"sweep file {path}: {sorted(clash)} given both in a grid and params")
-    spec = SweepSpec(name=str(data.get("name") or path.stem), grid=grid, params=params, per_model=per_model,
-                     out_root=str(Path(out_root or data.get("out_root") or "outputs").resolve()),
+    try:
+        name = safety.safe_component("name", str(data.get("name") or path.stem))
+        root = safety.no_control("out_root", str(out_root or data.get("out_root") or "outputs"))
+        log_dir = None if data.get("log_dir") is None else safety.no_control("log_dir", str(data["log_dir"]))
+    except runs.ConfigError as e:
+        raise SweepError(f"sweep file {path}: {e}") from None
+    spec = SweepSpec(name=name, grid=grid, params=params, per_model=per_model,
+                     out_root=str(Path(root).resolve()),
                      notebook=str(data.get("notebook") or NOTEBOOK), source=str(path), lr=lr,
                      executor=str(data.get("executor") or "sequential"), runner=str(data.get("runner") or "papermill"),
                      parallel=data.get("parallel"), resources={str(k): dict(v or {}) for k, v in
                                                                (data.get("resources") or {}).items()},
-                     array_parallelism=int(data.get("array_parallelism") or 16), log_dir=data.get("log_dir"))
+                     array_parallelism=int(data.get("array_parallelism") or 16), log_dir=log_dir)
+    if only:
+        spec = dataclasses.replace(spec, only=parse_only(spec, only))
     validate(spec)
     return spec
+
+
+RUN_PATH = re.compile(r"^(?:[^/]+/)*?(?P<run>\d\d_[A-Za-z0-9]+/.+)$")  # <root>/<NN_notebook>/<run>
+
+
+def move_run_paths(params: Mapping[str, Any], out_root: str | os.PathLike) -> dict[str, Any]:
+    """``params`` with every relative run path (a ``*_run`` value ``<root>/<NN_notebook>/<run id>``, e.g.
+    ``outputs/01_preprocess/{task}``) moved under ``out_root`` (``<out_root>/01_preprocess/{task}``): a sweep
+    run with ``--out-root`` reads the upstream runs made with the same out_root. Absolute paths, None and other
+    parameters are kept."""
+    out = dict(params)
+    for k, v in params.items():
+        if k.endswith("_run") and isinstance(v, str) and not Path(v).is_absolute() and (m := RUN_PATH.match(v)):
+            out[k] = str(Path(out_root) / m["run"])
+    return out
+
+
+def parse_only(spec: SweepSpec, items: Sequence[str]) -> dict[str, list]:
+    """``["model=xresnet1d101", "seed=0,1", "fraction=1.0"]`` -> ``{model: [...], seed: [0, 1], fraction: [1.0]}``
+    (a key given twice: the union). Keys: the grid's and ``lr`` (with an lr grid); values are YAML scalars and
+    must be among the file's (1 and 1.0 match). :class:`SweepError` names the key or value and what is allowed."""
+    allowed = {**spec.grid, **({"lr": sorted({x for v in spec.lr.values() for x in v})} if spec.lr else {})}
+    only: dict[str, list] = {}
+    for item in items:
+        key, sep, vals = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key or not vals.strip():
+            raise SweepError(f"--only {item!r}: expected KEY=VALUE[,VALUE...], e.g. model=xresnet1d101 seed=0,1")
+        if key not in allowed:
+            raise SweepError(f"--only {item!r}: {key!r} is not a grid key of {spec.source or spec.name}; "
+                             f"choose from {sorted(allowed)}")
+        for raw in vals.split(","):
+            v = yaml.safe_load(raw.strip())
+            if isinstance(v, str) and v not in allowed[key]:
+                with contextlib.suppress(ValueError):
+                    v = float(v)  # PyYAML reads 1e-3 (no dot) as a string
+            if v not in allowed[key]:
+                raise SweepError(f"--only {item!r}: {raw.strip()!r} is not among {key} {allowed[key]} of "
+                                 f"{spec.source or spec.name}")
+            only.setdefault(key, []).append(v)
+    return only
 
 
 def _lr_grid(value: Any, path: Path) -> dict[str, list] | None:
@@ -250,10 +343,17 @@ def validate(spec: SweepSpec) -> None:
         if bad:
             raise SweepError(f"sweep {spec.name!r}: resources.{fam} has unknown key(s) {bad}; "
                              f"allowed {sorted(SLURM_KEYS)} (other sbatch options go under 'sbatch')")
+    for model in spec.grid["model"]:
+        try:
+            safety.check_sbatch(slurm_parameters(spec, model), spec.logs, f"sweep {spec.name!r} resources of {model}",
+                               _RESOURCE_KEY)
+        except runs.ConfigError as e:
+            raise SweepError(str(e)) from None
     for combo in spec.combinations():
         try:
+            safety.safe_component("run_id", spec.run_id(combo))  # task, model and extra grid values in it
             finetune.FinetuneConfig.from_dict(spec.params_for(combo))
-        except (ValueError, KeyError) as e:
+        except (ValueError, KeyError, TypeError) as e:
             raise SweepError(f"sweep {spec.name!r}: combination {combo}: {e}") from e
 
 
@@ -439,7 +539,7 @@ def run_combination(spec: SweepSpec, combo: Mapping[str, Any], runner: str | Cal
         write_record(spec, rid, state="running", host=socket.gethostname(), pid=os.getpid(), error=None)
         can_resume = resume and (run_dir / finetune.RESUME_FILE).is_file()
         if run_dir.exists() and not can_resume:  # half-written by a crash or an earlier failure: redo
-            shutil.rmtree(run_dir)
+            safety.remove_tree(run_dir, Path(spec.out_root) / NOTEBOOK)
         params = {**spec.params_for(combo), **({"resume": True} if resume else {})}
         try:
             run(spec, params, run_dir, **runner_kw)
@@ -464,6 +564,39 @@ class ComboJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> str:
         return run_combination(self.spec, self.combo, self.runner, resume=True, threads=self.threads)
+
+
+class WarmJob(submitit.helpers.Checkpointable):
+    """A submitit job that stays warm across combinations: it goes through ``combos`` in order and runs every one it
+    can claim (:func:`run_combination` with ``resume=True``), in one process, so Python, torch and the in-process
+    rendered-image cache (``finetune.IMAGE_CACHE``: one store, size and layout are rendered once) start once for
+    several combinations. ``parallel`` such jobs given the same list share it like a queue: a combination another
+    job holds is ``busy`` and skipped, one it finished is ``skipped``. Returns ``{run_id: outcome}`` (``ran``,
+    ``skipped``, ``busy`` or ``failed: <error>``); a failure does not stop the job."""
+
+    def __init__(self, spec: SweepSpec, combos: Sequence[Mapping[str, Any]], runner: str, threads: int | None = None):
+        self.spec, self.combos, self.runner, self.threads = spec, [dict(c) for c in combos], runner, threads
+
+    def __call__(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for combo in self.combos:
+            rid = self.spec.run_id(combo)
+            try:
+                out[rid] = run_combination(self.spec, combo, self.runner, resume=True, threads=self.threads)
+            except Exception as e:  # recorded as failed by run_combination; the next combination still runs
+                out[rid] = "failed: " + (_error_line(f"{type(e).__name__}: {e}") or repr(e))
+        return out
+
+
+def _merge_outcomes(results: Sequence[Mapping[str, str]], rids: Sequence[str]) -> dict[str, str]:
+    """One outcome per run id over the warm jobs' results: failed > ran > skipped > busy (missing: not reached)."""
+    rank = {"failed": 0, "ran": 1, "skipped": 2, "busy": 3}
+    out: dict[str, str] = {}
+    for rid in rids:
+        seen = [r[rid] for r in results if rid in r]
+        if seen:
+            out[rid] = min(seen, key=lambda o: rank[o.split(":")[0]])
+    return out
 
 
 # ---------------------------------------------------------------- executors (where combinations run)
@@ -557,11 +690,14 @@ def _record_submitted(spec: SweepSpec, combo: Mapping[str, Any], job: submitit.J
 
 def local_parallel_sweep(spec: SweepSpec, parallel: int | None = None, runner: str | None = None,
                          poll_s: float = 0.5, timeout_min: float = 24 * 60) -> SweepSummary:
-    """Run the missing and failed combinations as submitit local jobs (subprocesses), ``parallel`` at once.
+    """Run the missing and failed combinations in ``parallel`` warm submitit local jobs (:class:`WarmJob`: each goes
+    through the whole list, claiming what nobody else holds), so each job process starts once, not once per
+    combination.
 
     On a machine with GPUs each job sees one (``CUDA_VISIBLE_DEVICES`` = its slot; ``parallel`` defaults to
     the GPU count); on CPU the cores are split between the jobs (torch and OpenMP threads = cores // parallel).
-    Waits for every job; a job's error is recorded as that combination's failure.
+    Waits for every job; a combination's error is recorded as its failure (a job that dies fails the combinations
+    no other job finished).
     """
     n_gpu = torch.cuda.device_count()
     parallel = int(parallel or spec.parallel or n_gpu or 2)
@@ -569,25 +705,32 @@ def local_parallel_sweep(spec: SweepSpec, parallel: int | None = None, runner: s
     todo, left = _to_submit(spec)
     summary = SweepSummary(spec.name, len(spec.combinations()), [], list(left), {}, 0.0)
     ex = submitit.LocalExecutor(folder=spec.logs)
-    t0, running, free = time.time(), {}, list(range(parallel))
-    while todo or running:
-        while todo and free:
-            combo, slot = todo.pop(0), free.pop(0)
-            gpus = {"gpus_per_node": 1, "visible_gpus": [slot % n_gpu]} if n_gpu else {"gpus_per_node": 0}
-            ex.update_parameters(timeout_min=timeout_min, **gpus)
-            job = ex.submit(ComboJob(spec, combo, runner or spec.runner, threads))
-            _record_submitted(spec, combo, job, "local_parallel")
-            running[job] = (spec.run_id(combo), slot)
+    t0, jobs = time.time(), []
+    for slot in range(min(parallel, len(todo))):
+        gpus = {"gpus_per_node": 1, "visible_gpus": [slot % n_gpu]} if n_gpu else {"gpus_per_node": 0}
+        ex.update_parameters(timeout_min=timeout_min, **gpus)
+        jobs.append(ex.submit(WarmJob(spec, todo, runner or spec.runner, threads)))
+    for combo in todo:
+        _record_submitted(spec, combo, jobs[0], "local_parallel")
+    while not all(j.done() for j in jobs):
         time.sleep(poll_s)
-        for job in [j for j in running if j.done()]:
-            rid, slot = running.pop(job)
-            free.append(slot)
-            err = job.exception()
-            if err is None:
-                {"ran": summary.ran, "skipped": summary.skipped, "busy": summary.busy}[job.result()].append(rid)
-            else:
-                summary.failed[rid] = _error_line(str(err)) or repr(err)
+    results, errors = [], []
+    for job in jobs:
+        err = job.exception()
+        (errors.append(_error_line(str(err)) or repr(err)) if err is not None else results.append(job.result()))
+    rids = [spec.run_id(c) for c in todo]
+    outcome = _merge_outcomes(results, rids)
+    for combo, rid in zip(todo, rids):  # busy in the surviving jobs because a job that died held it
+        if errors and outcome.get(rid) == "busy" and not is_done(spec.run_dir(combo)) and not is_claimed(spec, rid):
+            del outcome[rid]
+    for rid in rids:
+        o = outcome.get(rid, "failed: " + (errors[0] if errors else "no job reached it"))
+        if o.startswith("failed"):
+            summary.failed[rid] = o.partition(": ")[2] or o
+            if rid not in outcome:
                 write_record(spec, rid, state="failed", error=summary.failed[rid])
+        else:
+            {"ran": summary.ran, "skipped": summary.skipped, "busy": summary.busy}[o].append(rid)
     summary.seconds = time.time() - t0
     return _write_summary(spec, summary)
 
@@ -599,7 +742,11 @@ def slurm_parameters(spec: SweepSpec, model: str) -> dict[str, Any]:
         res.update(spec.resources.get(key, {}))
     out = {SLURM_KEYS[k]: v for k, v in res.items() if v is not None}
     if "mem" in out:
-        out["mem"] = f"{out['mem']}GB"
+        mem = out["mem"]
+        if isinstance(mem, bool) or not isinstance(mem, (int, float)) or not 0 < mem < 1e7:
+            raise SweepError(f"sweep {spec.name!r}: resources mem_gb of {model}: expected a positive number of GB, "
+                             f"got {mem!r}")
+        out["mem"] = f"{mem}GB"
     out.update(job_name=f"{spec.name}-{registry.sweep_family(model)}", array_parallelism=spec.array_parallelism,
                signal_delay_s=120)  # USR2 two minutes before the limit: time to requeue
     return out
@@ -607,8 +754,10 @@ def slurm_parameters(spec: SweepSpec, model: str) -> dict[str, Any]:
 
 def slurm_executor(spec: SweepSpec, model: str) -> submitit.SlurmExecutor:
     """A SlurmExecutor (logs under ``spec.logs``) with ``model``'s resources; needs ``srun`` on the PATH."""
+    params = safety.check_sbatch(slurm_parameters(spec, model), spec.logs, f"sweep {spec.name!r} resources of {model}",
+                               _RESOURCE_KEY)
     ex = submitit.SlurmExecutor(folder=spec.logs, max_num_timeout=10)
-    ex.update_parameters(**slurm_parameters(spec, model))
+    ex.update_parameters(**params)
     return ex
 
 
@@ -694,14 +843,17 @@ def main(argv: list[str] | None = None) -> int:
                                  description="Run notebooks/03_finetune.ipynb over a grid (resumable); "
                                              "'status <yaml>' lists the combinations' states.")
     ap.add_argument("sweep", help="sweep YAML, e.g. parameters/sweeps/cpu_tiny.yaml")
-    ap.add_argument("--out-root", default=None, help="override the file's out_root")
+    ap.add_argument("--out-root", default=None,
+                    help="override the file's out_root; relative run paths (cohort_run, pretrain_run) move with it")
+    ap.add_argument("--only", nargs="+", default=None, metavar="KEY=V[,V]",
+                    help="run only these combinations, e.g. --only model=xresnet1d101 seed=0,1 fraction=1.0")
     ap.add_argument("--executor", choices=EXECUTOR_NAMES, default=None, help="override the file's executor")
     ap.add_argument("--parallel", type=int, default=None, help="local_parallel: combinations at once")
     ap.add_argument("--in-process", action="store_true", help="runner inline: the notebook's steps without a kernel")
     ap.add_argument("--dry-run", action="store_true", help="same as the status command: run nothing")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    spec = load_sweep(args.sweep, out_root=args.out_root)
+    spec = load_sweep(args.sweep, out_root=args.out_root, only=args.only)
     if command == "status" or args.dry_run:
         print("\n".join(status_lines(spec)))
         return 0
