@@ -215,3 +215,17 @@ def test_04_reports_macro_auroc_with_the_benchmarks_interval_and_paired_differen
     d = diffs.iloc[0]
     a, b = (res.set_index("model").loc[m, "auroc"] for m in ("xresnet1d101", "inception1d"))
     assert d.baseline == "inception1d" and d.auroc_diff == pytest.approx(a - b)
+
+
+def test_01_reports_on_a_benchmark_store(store):
+    from heartbeit_lib import io as hio
+    from heartbeit_lib.report import qc
+
+    t1 = qc.table1(store)
+    m = store.manifest
+    for c in store.classes:
+        assert t1.loc["test", f"positives:{c}"] == int(((m.split == "test") & (m[f"label:{c}"] == 1)).sum())
+    assert qc.clipping(store)["clipped_ecg_fraction"] is None  # images are not drawn from this store
+    fig = qc.qc_figure(store, hio.read_ecg, n=1)
+    line = fig.axes[0].lines[-1]  # the stored signal of the last lead: 10 s at 100 Hz
+    assert len(line.get_xdata()) == 1000 and line.get_xdata()[-1] == pytest.approx(9.99)
