@@ -229,3 +229,42 @@ def test_01_reports_on_a_benchmark_store(store):
     fig = qc.qc_figure(store, hio.read_ecg, n=1)
     line = fig.axes[0].lines[-1]  # the stored signal of the last lead: 10 s at 100 Hz
     assert len(line.get_xdata()) == 1000 and line.get_xdata()[-1] == pytest.approx(9.99)
+
+
+@pytest.fixture(scope="module")
+def paper_store(subset_root, tmp_path_factory):
+    """The same records as a paper-layout store (8 leads, 5 s, 500 Hz, filtered) of the multi-label task."""
+    root, _ = subset_root
+    cfg = preprocess.PreprocessConfig(source="ptbxl", data_root=str(root), ptbxl_rate=100,
+                                      task="ptbxl_superdiagnostic", workers=1, progress=False)
+    return preprocess.build_from_config(cfg, tmp_path_factory.mktemp("paper_store"), preprocess.make_source(cfg))
+
+
+def test_06_explains_one_named_class_of_a_multilabel_image_model(paper_store, tmp_path):
+    from heartbeit_lib.analysis.saliency import SaliencyError
+    from heartbeit_lib.pipeline import saliency as ps
+
+    assert paper_store.paper_layout and paper_store.classes == ["CD", "HYP", "MI", "NORM", "STTC"]
+    cfg = finetune.FinetuneConfig(task="ptbxl_superdiagnostic", model="vit_b16_scratch", model_size="micro",
+                                  epochs=1, batch_size=16, image_size=32, cohort_run=str(paper_store.root),
+                                  out_root=str(tmp_path), device="cpu")
+    run = finetune.run_finetune(cfg, store=paper_store, figure=False).run_dir
+    table = ps.find_finetune_runs([str(run)])
+    with pytest.raises(SaliencyError, match=r"one of \['CD', 'HYP', 'MI', 'NORM', 'STTC'\]"):
+        ps.compute(table, ps.SaliencyConfig(finetune_runs=[str(run)], n_examples=3, faithfulness=False))
+    scfg = ps.SaliencyConfig(finetune_runs=[str(run)], class_name="MI", n_examples=3, n_faithfulness=2,
+                             deletion_steps=2)
+    res = ps.compute(table, scfg)
+    rec = res.runs[0].records
+    m = paper_store.manifest.set_index("record_id")
+    assert (m.loc[rec.record_id, "label:MI"] == 1).all() and (rec.label == 1).all()  # positives of MI
+    # oracle: the sigmoid of the MI logit (index 2) on the same rendered images
+    from heartbeit_lib import render
+    model, norm, _ = ps.load_finetune_model(run, torch.device("cpu"))
+    grey = render.render_ecg(paper_store.signals(rec.row.to_numpy()), 32, "stack8")
+    x = torch.from_numpy(grey).float().div(255.0)[:, None].expand(-1, 3, -1, -1)
+    x = (x - torch.tensor(norm[0]).view(1, -1, 1, 1)) / torch.tensor(norm[1]).view(1, -1, 1, 1)
+    with torch.no_grad():
+        want = torch.sigmoid(model.eval()(x.float())[:, 2]).double().numpy()
+    np.testing.assert_allclose(rec.prob.to_numpy(), want, rtol=1e-5)
+    assert res.runs[0].maps["fullgrad"].shape[0] == 3 and len(res.faithfulness) > 0
