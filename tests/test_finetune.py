@@ -358,3 +358,24 @@ def test_layer_decay_scales_each_block_of_the_transformer():
     assert len(finetune.make_optimizer(off, finetune.optimizer_params(off, net), 10)[0].param_groups) == 1
     with pytest.raises(runs.ConfigError, match="layer_decay"):
         finetune.FinetuneConfig(task="mi", model="resnet152_scratch", layer_decay=0.75)
+
+
+def test_render_cache_is_the_renderer_once_per_store_and_setting(tmp_path, make_toy_store):
+    """Issue 26: a sweep's jobs memory-map one uint8 rendering per store and setting. Oracle: render.render_ecg on
+    the store's signals (exact); the second call maps the same file without rendering again; another setting gets
+    its own file."""
+    from heartbeit_lib import cohorts, render
+    from heartbeit_lib.classify import data
+
+    make_toy_store(tmp_path)
+    store = cohorts.CohortStore(tmp_path / "01_preprocess" / "toy")
+    imgs = data.render_cache(store, 32, "stack8", (-3.0, 3.0))
+    want = render.render_ecg(store.signals(np.arange(len(store))), size=32, layout="stack8", ylim_mv=(-3.0, 3.0))
+    assert imgs.dtype == np.uint8 and imgs.shape == (len(store), 32, 32) and np.array_equal(imgs, want)
+    (f,) = (tmp_path / "01_preprocess" / "toy" / data.RENDER_CACHE).glob("*.npy")
+    stamp = f.stat().st_mtime_ns
+    assert np.array_equal(data.render_cache(store, 32, "stack8", (-3.0, 3.0)), want) and f.stat().st_mtime_ns == stamp
+    data.render_cache(store, 32, "grid4x2", (-3.0, 3.0))
+    assert len(list(f.parent.glob("*.npy"))) == 2
+    ds = data.default_dataset_factory(store, np.array([3, 1]), 32, "stack8", (-3.0, 3.0), disk_cache=True)
+    assert np.array_equal(torch.stack([x for x, _ in ds.__getitems__([0, 1])]).numpy(), want[[3, 1]])

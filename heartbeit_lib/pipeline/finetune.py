@@ -116,7 +116,7 @@ class FinetuneConfig(runs.TypedConfig):
     select_on: str = "val"  # split choosing the best epoch: val (default) or test (paper, optimistic)
     val_fraction: str = "matched"  # matched: validation shrinks with fraction (nested, stratified, at least 5 per class) | full: whole split
     num_workers: int = 0  # DataLoader worker processes
-    cache_images: bool = False  # render every split once per process and keep it in memory (small cohorts)
+    cache_images: bool = False  # render the store once into its uint8 render_cache/ (shared by a sweep's jobs) and keep splits in memory (small cohorts)
     out_root: str = "outputs"  # root of the run folders
     run_id: str | None = None  # run folder name; None: <task>-<model>-f<fraction>-s<seed>
     resume: bool = False  # continue an interrupted run folder from its last finished epoch (resume.pt, written every epoch when True)
@@ -448,7 +448,8 @@ def fit(cfg: FinetuneConfig, model: nn.Module, store, splits: Mapping[str, Split
     signal = models.model_family(cfg.model) == "signal"
     cache = (image_cache if image_cache is not None else IMAGE_CACHE) if cfg.cache_images and not signal else None
     default_factory = (SignalDatasetFactory(cfg.signal_rate, seed=cfg.seed) if signal
-                       else functools.partial(default_dataset_factory, ylim_mv=cfg.ylim_mv))
+                       else functools.partial(default_dataset_factory, ylim_mv=cfg.ylim_mv,
+                                              disk_cache=cfg.cache_images))
     eval_batch = max(CUDA_EVAL_BATCH, 2 * cfg.batch_size) if device.type == "cuda" else 2 * cfg.batch_size
     train_loader, eval_loaders = _loaders(cfg, store, splits, dataset_factory or default_factory, cache, eval_batch)
     channels_last = (device.type == "cuda" and not signal
