@@ -252,6 +252,9 @@ def load_ensemble(cfg: PredictConfig, device: str | torch.device = "cpu") -> tup
         run_dir = _resolve(entry)
         check_finetune_run(run_dir)
         model, info = load_finetune_run(run_dir, device)
+        if info.get("multilabel"):  # one sigmoid per class: member_probabilities/score_columns are where it goes
+            raise PredictError(f"{run_dir / MODEL_RECORD}: a multi-label model (classes {info.get('classes')}); 07 "
+                               "scores binary models only so far (one score column per class is not built yet)")
         r = _recorded_rendering(run_dir, info)
         met = json.loads((run_dir / "metrics.json").read_text())
         family = str(info.get("family", "image"))
