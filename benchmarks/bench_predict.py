@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from heartbeit_lib import io, render, signals
-from heartbeit_lib.classify import registry as models
+from heartbeit_lib.models import registry as models
 
 REPO = Path(__file__).resolve().parents[1]
 MUSE = REPO.parent / "shared" / "data" / "muse"

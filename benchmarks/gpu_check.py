@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 import bench_pretrain as bp  # benchmarks/ is on sys.path when this file runs as a script
 from heartbeit_lib import render
-from heartbeit_lib.classify import registry as models
+from heartbeit_lib.models import registry as models
 from heartbeit_lib.mim import masking, tokenizers
 from heartbeit_lib.mim.model import MIMModel, mim_targets
 

@@ -20,8 +20,8 @@ import torch.nn as nn
 import yaml
 
 from heartbeit_lib import render, utils
-from heartbeit_lib.classify import registry as models
-from heartbeit_lib.mim import stmem
+from heartbeit_lib.models import registry as models
+from heartbeit_lib.models import stmem
 
 MODEL_RECORD = "model.json"
 WEIGHTS = "model_best.pt"

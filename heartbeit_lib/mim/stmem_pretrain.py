@@ -7,9 +7,9 @@ The driver is ``pipeline.pretrain_signal``; this module holds what it calls, the
   ``signal_rate`` Hz, millivolts) keyed by ``(i, epoch)`` as ``mim.data.EpochSampler`` yields them, each with
   the uniform noise (leads, patches) that chooses its masked patches.  The noise is a function of
   (seed, stream, row, epoch) only, so masks do not depend on the batch, the number of processes or a resume.
-- :func:`train_one_epoch` / :func:`evaluate` - masked-patch MSE (``mim.stmem.STMEM``), AdamW steps, gradient
+- :func:`train_one_epoch` / :func:`evaluate` - masked-patch MSE (``models.stmem.STMEM``), AdamW steps, gradient
   clipping, bf16 autocast on CUDA, losses averaged over DDP ranks.
-- :func:`checkpoint_state` / :func:`resume` - ``checkpoints/last.pt``: :func:`mim.stmem.checkpoint_payload`
+- :func:`checkpoint_state` / :func:`resume` - ``checkpoints/last.pt``: :func:`models.stmem.checkpoint_payload`
   (``backbone``, ``backbone_config``, ``modality: signal``, what ``registry.create_model("stmem")`` reads) plus
   ``decoder``, optimiser, scheduler, per-rank RNG states (``mim.checkpoint.gather_rng``), config, history.
 """
@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from heartbeit_lib.mim import stmem
+from heartbeit_lib.models import stmem
 from heartbeit_lib.mim import checkpoint
 from heartbeit_lib.mim.checkpoint import (ResumeError, check_resumable, load_checkpoint_file,  # noqa: F401
                                          restore_training_state)

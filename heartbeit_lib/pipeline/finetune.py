@@ -58,7 +58,7 @@ from tqdm.auto import tqdm
 from heartbeit_lib import cohorts, render, utils
 from heartbeit_lib.cohorts.store import N_LEADS
 from heartbeit_lib.classify import engine
-from heartbeit_lib.classify import registry as models
+from heartbeit_lib.models import registry as models
 from heartbeit_lib.classify.checkpoint import load_best_weights, save_best_weights, write_model_record  # noqa: F401
 from heartbeit_lib.classify.data import (EVAL_SPLITS, ImageCache, Split, SplitError,  # noqa: F401
                                          default_dataset_factory, describe_splits, make_loader, make_splits,

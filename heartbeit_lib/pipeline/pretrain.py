@@ -50,7 +50,7 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from heartbeit_lib import render, utils
-from heartbeit_lib.classify import registry as models
+from heartbeit_lib.models import registry as models
 from heartbeit_lib.cohorts import CohortStore
 from heartbeit_lib.mim import engine, tokenizers
 from heartbeit_lib.mim.checkpoint import (TRAJECTORY_FIELDS, ResumeError, checkpoint_state, gather_rng,  # noqa: F401

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from heartbeit_lib import utils
 from heartbeit_lib.classify.signal_data import STORE_FS, prepare_signals
 from heartbeit_lib.cohorts import CohortStore
-from heartbeit_lib.mim import stmem
+from heartbeit_lib.models import stmem
 from heartbeit_lib.mim import stmem_pretrain as engine
 from heartbeit_lib.mim.checkpoint import ResumeError, gather_rng  # noqa: F401  (ResumeError: public here)
 from heartbeit_lib.mim.data import TRAIN_STREAM, VAL_STREAM, EpochSampler, PretrainError

@@ -32,7 +32,7 @@ from heartbeit_lib.analysis.saliency.results import RunMaps, SaliencyResult
 from heartbeit_lib.classify import checkpoint
 from heartbeit_lib.classify.checkpoint import load_finetune_run
 from heartbeit_lib.classify.signal_data import STORE_FS, prepare_signals
-from heartbeit_lib.classify.signal_models import Inception1d, XResNet1d
+from heartbeit_lib.models.signal_models import Inception1d, XResNet1d
 from heartbeit_lib.pipeline import runs
 from heartbeit_lib.pipeline.metrics import list_runs, run_file_hashes
 from heartbeit_lib.report.tables import order_models
