@@ -61,6 +61,7 @@ def best_scores(run_dir, split: str) -> pd.DataFrame:
     return pred[(pred["split"] == split) & (pred["epoch"] == best)].set_index("record_id")
 
 
+@pytest.mark.slow
 def test_scores_on_the_training_store_reproduce_the_run(world):
     root, ft, _ = world
     cfg = cfg_for(world, cohort_run=str(root / "01_preprocess" / "toypp"), split="test", run_id="internal")
@@ -104,6 +105,7 @@ def test_threshold_is_chosen_on_validation_not_on_the_scored_data(world, tmp_pat
     assert sens.value == 0.6  # the highest threshold keeping every validation positive
 
 
+@pytest.mark.slow
 def test_raw_files_rejects_labels_salt_and_validation(world):
     root, ft, raw = world
     salt = root / "salt.txt"
@@ -218,6 +220,7 @@ def test_config_errors():
         predict.PredictConfig(finetune_runs=("x",), data_root="b", ylim_mv=(1.0,))
 
 
+@pytest.mark.slow
 def test_cli_writes_the_files(world):
     root, ft, raw = world
     out = root / "cli"

@@ -116,6 +116,7 @@ def test_marker_survives_preprocessing(ecgs):
     assert np.all(delta[~pos] == 0)
 
 
+@pytest.mark.slow
 def test_demo_cohort_metadata(ecgs):
     x, meta = Y.make_demo_cohort(20, seed=0, prevalence=0.3, n_unlabelled=4)
     assert x.shape == (24, 8, 5000) and x.dtype == np.float32

@@ -191,6 +191,7 @@ def test_dalle_pickle_and_state_dict_give_reference_tokens(dalle_files, tmp_path
     np.testing.assert_array_equal(t.numpy(), a)
 
 
+@pytest.mark.slow
 def test_dalle_full_size_grid():
     # OpenAI's sizes would take long on CPU; the architecture maps a 224 image to 14x14 at any width
     enc = T.DalleEncoder(n_hid=8, n_blk_per_group=1, vocab_size=32)
