@@ -38,6 +38,11 @@ def test_parameters_cell_equals_its_config(stem):
     """Names, defaults, types and comments: the cell is the class's field lines (`make params` rewrites it)."""
     cls = runs.notebook_config(stem)
     assert _cell(stem) == runs.parameters_cell(cls), f"{stem}: stale parameters cell; run `make params`"
+    nb = nbformat.read(str(runs.resolve_notebook(stem)), as_version=4)
+    at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    before = "\n".join(c.source for c in nb.cells[:at] if c.cell_type == "code").splitlines()
+    if ": Optional[" in _cell(stem):  # the cell's annotations are evaluated when it runs
+        assert runs.OPTIONAL_IMPORT in before, f"{stem}: the imports cell must import Optional; run `make params`"
 
 
 def _same_type(papermill_type, config_type) -> bool:

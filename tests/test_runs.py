@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 
 import pytest
 import yaml
@@ -87,14 +88,13 @@ class _Declared(runs.TypedConfig):
 def test_parameters_cell_is_the_class_field_lines():
     cell = runs.parameters_cell(_Declared)
     assert cell.splitlines() == [  # annotations papermill's regex reads; tuples become list literals
-        "from typing import Optional",
         'mode: str = "a"  # which mode',
         "size: Optional[int] = None  # image side in pixels (None: the checkpoint's)",
         'splits: list[str] = ["val", "test"]  # splits to score',
     ]
-    ns: dict = {}
+    ns: dict = {"Optional": typing.Optional}  # the notebook's imports cell imports it (write_parameters_cells)
     exec(cell, ns)  # the cell is valid Python holding the defaults
-    assert runs.config_from_globals(_Declared, {k: v for k, v in ns.items() if k != "__builtins__"}) == _Declared()
+    assert runs.config_from_globals(_Declared, {k: v for k, v in ns.items() if k not in ("__builtins__", "Optional")}) == _Declared()
 
 
 def test_parameters_cell_refuses_what_a_cell_cannot_hold():

@@ -124,8 +124,8 @@ def parameters_cell(cls: type[TypedConfig]) -> str:
     """The notebook ``parameters`` cell for ``cls``: one line ``name: type = literal  # comment`` per field.
 
     The lines are the class's field lines with the annotations papermill's parser reads (``Optional[str]`` for
-    ``str | None``, ``list[str]`` and a list literal for ``tuple[str, ...]``; the cell then starts with
-    ``from typing import Optional``), so ``papermill --help-notebook`` shows every parameter with its type,
+    ``str | None``, ``list[str]`` and a list literal for ``tuple[str, ...]``; the notebook's imports cell
+    imports ``Optional``, see :func:`write_parameters_cells`), so ``papermill --help-notebook`` shows every parameter with its type,
     default and help. Raises :class:`ConfigError` when a field is not one line ``name: type = literal  # comment``
     (a default that is not a literal, a ``field(...)``, a missing comment, an ``=`` in the comment, which makes
     papermill skip the line), so the cell can always be made from the class and holds literals only.
@@ -161,9 +161,10 @@ def parameters_cell(cls: type[TypedConfig]) -> str:
     missing = fields - {ln.split(":", 1)[0] for ln in out}
     if missing:
         raise ConfigError(f"{cls.__name__}: fields {sorted(missing)} are not declared in the class body")
-    if any(": Optional[" in ln for ln in out):
-        out.insert(0, "from typing import Optional")
     return "\n".join(out)
+
+
+OPTIONAL_IMPORT = "from typing import Optional"  # in the imports cell: the parameters cell's annotations use it
 
 
 def write_parameters_cells(notebooks: Sequence[str] | None = None) -> list[Path]:
@@ -172,9 +173,17 @@ def write_parameters_cells(notebooks: Sequence[str] | None = None) -> list[Path]
     for stem in notebooks or sorted(NOTEBOOK_CONFIGS):
         path = resolve_notebook(stem)
         nb = nbformat.read(str(path), as_version=4)
-        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-        new = parameters_cell(notebook_config(stem))
-        if cell.source != new:
+        at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+        cell, new = nb.cells[at], parameters_cell(notebook_config(stem))
+        imports = next((c for c in reversed(nb.cells[:at]) if c.cell_type == "code"), None)
+        dirty = cell.source != new
+        if ": Optional[" in new and (imports is None or OPTIONAL_IMPORT not in imports.source.splitlines()):
+            if imports is None:  # the annotations are evaluated when the cell runs: Optional must exist
+                imports = nbformat.v4.new_code_cell("")
+                nb.cells.insert(at, imports)
+            imports.source = OPTIONAL_IMPORT + "\n" + imports.source.lstrip("\n") if imports.source else OPTIONAL_IMPORT
+            dirty = True
+        if dirty:
             cell.source = new
             nbformat.write(nb, str(path))
             changed.append(path)
