@@ -20,7 +20,8 @@ from heartbeit_lib.classify import checkpoint
 from heartbeit_lib.models import registry as models
 from heartbeit_lib.classify.signal_data import SignalDatasetFactory
 from heartbeit_lib.models import stmem
-from heartbeit_lib.pipeline import finetune, pretrain, pretrain_signal, runs
+from heartbeit_lib.pipeline import finetune, pretrain, runs
+from heartbeit_lib.pipeline.pretrain import signal as pretrain_signal
 
 TASK = "toy"
 
