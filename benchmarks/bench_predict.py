@@ -14,10 +14,18 @@ timed on its own over the whole batch, the way 07_predict runs them:
 - **render**: ``render.render_ecg`` at 224 px, stack8 layout, batches of 256;
 - **model**: softmax probabilities of a randomly initialised ``vit_b16_scratch`` (weights do not change the speed),
   size ``micro`` (2 blocks, width 64) and ``base`` (the paper's ViT-B/16, 86 M parameters), batch 64, float32,
-  ``torch.no_grad``.
+  ``torch.no_grad``;
+- **signal model**: ``xresnet1d101`` (random init) on the same preprocessed signals, resampled to 100 Hz and scaled
+  as 03/07 feed it (``classify.signal_data.prepare_signals``), batch 64;
+- **07 end to end**: ``predict.run`` itself (``pictures: none``; threshold, its bootstrap interval and the operating
+  points included) on a folder of the MUSE files copied to ``--n`` names, for the micro ViT and for xresnet1d101
+  (finished run folders written here with random weights), once with ``workers: 1`` (one process reads and
+  preprocesses) and once with ``workers: 2`` (the store build's spawn workers, one shard each), side by side.
 
-ECGs/s per stage = n / seconds; end to end = n / (sum of the stages of that model). Wall time on a shared machine;
-CPU threads as printed. A CUDA device, when present (``--device cuda``), runs the model stage there.
+ECGs/s per stage = n / seconds; end to end = n / (sum of the stages of that model); 07's ECGs/s = n / its wall time.
+Wall time on a shared machine: the load average before and after and the torch threads are printed with the
+figures (ratios measured in the same run travel; absolute rates under load do not).
+A CUDA device, when present (``--device cuda``), runs the model stages there.
 Writes ``outputs/predict/bench_predict.json``.
 """
 
@@ -25,15 +33,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
+import yaml
 
 from heartbeit_lib import io, render, signals
+from heartbeit_lib.classify import checkpoint
 from heartbeit_lib.models import registry as models
+from heartbeit_lib.classify.signal_data import prepare_signals
+from heartbeit_lib.pipeline import predict
 
 REPO = Path(__file__).resolve().parents[1]
 MUSE = REPO.parent / "shared" / "data" / "muse"
@@ -84,15 +100,81 @@ def stage_model(model: torch.nn.Module, grey: np.ndarray, device: torch.device, 
     return torch.cat(out).numpy()
 
 
+@torch.no_grad()
+def stage_signal_model(model: torch.nn.Module, x: np.ndarray, device: torch.device, batch: int = 64) -> np.ndarray:
+    """(n, 8, 2500) uV at 500 Hz -> probabilities, through the signal models' input path (100 Hz, mV)."""
+    out = []
+    for s in range(0, len(x), batch):
+        xb = torch.from_numpy(prepare_signals(x[s:s + batch], 500.0, 100.0)).to(device)
+        out.append(torch.softmax(model(xb), dim=1)[:, 1].cpu())
+    return torch.cat(out).numpy()
+
+
+def finished_run(root: Path, name: str, size: str, image_size: int | None) -> Path:
+    """A finished 03_finetune run folder of ``name`` with random weights (speed does not depend on them): weights,
+    model.json, config.yaml, run.json, metrics.json, 100 validation scores, and the store.json of its 'cohort'
+    (the preprocessing 07 applies to the raw files)."""
+    store = root / "01_preprocess" / "bench"
+    store.mkdir(parents=True, exist_ok=True)
+    (store / "store.json").write_text(json.dumps({"preprocess_kw": PREPROCESS_KW, "task": "unlabelled", "fs": 500}))
+    run = root / "03_finetune" / f"bench-{name}"
+    run.mkdir(parents=True)
+    torch.manual_seed(0)
+    signal = models.model_family(name) == "signal"
+    if signal:
+        model = models.create_model(name, num_classes=2, size=size, in_chans=8, signal_rate=100.0)
+        norm = ((0.0,), (1.0,))
+    else:
+        model = models.create_model(name, num_classes=2, size=size, img_size=image_size)
+        norm = ((0.5,) * 3, (0.5,) * 3)
+    checkpoint.save_best_weights(model, run)
+    checkpoint.write_model_record(run, model, name, size, image_size, None if signal else "stack8", norm,
+                                  signal_rate=100.0 if signal else None)
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": name, "model_size": size, "image_size": image_size,
+                                                     "layout": "stack8", "cohort_run": str(store)}))
+    (run / "run.json").write_text(json.dumps({"notebook": "03_finetune", "finished": "bench"}))
+    (run / "metrics.json").write_text(json.dumps({"best_epoch": 1}))
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"record_id": [f"v{i}" for i in range(100)], "patient_hash": "p", "split": "val", "epoch": 1,
+                  "label": np.arange(100) % 2, "score": rng.random(100)}).to_parquet(run / "predictions.parquet")
+    return run
+
+
+def end_to_end(files: list[Path], n: int, device: str) -> dict:
+    """07's ECGs/s (``predict.run``, pictures off) for the micro ViT and xresnet1d101, workers 1 and 2."""
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        folder = tmp / "muse"
+        folder.mkdir()
+        for i in range(n):
+            shutil.copy(files[i % len(files)], folder / f"{i:05d}_{files[i % len(files)].name}")
+        for key, (name, size, img) in {"vit_micro": ("vit_b16_scratch", "micro", 224),
+                                       "xresnet1d101": ("xresnet1d101", "base", None)}.items():
+            run = finished_run(tmp, name, size, img)
+            for workers in (1, 2):
+                cfg = predict.PredictConfig(finetune_runs=(str(run),), data_root=str(folder), source="muse",
+                                            pictures="none", device=device, workers=workers, n_boot=500,
+                                            out_root=str(tmp / "out"), run_id=f"{key}-w{workers}")
+                t0 = time.perf_counter()
+                res = predict.run(cfg)
+                wall = time.perf_counter() - t0
+                out[f"{key}_workers{workers}"] = {"ecg_per_s": res["n_scored"] / wall, "n_scored": res["n_scored"],
+                                                  "n_rejected": res["n_rejected"], "seconds": wall}
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=256, help="ECGs (the MUSE files, cycled)")
     ap.add_argument("--n-base", type=int, default=64, help="ECGs through the base ViT (slow on a CPU)")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--n-e2e", type=int, default=512, help="MUSE files (copies) scored by 07 end to end")
     ap.add_argument("--out", default=str(REPO / "outputs" / "predict" / "bench_predict.json"))
     args = ap.parse_args()
     device = torch.device(args.device)
+    load_before = os.getloadavg()
     files = readable_files(MUSE)
     paths = [files[i % len(files)] for i in range(args.n)]
     recs, t_read = timed(lambda: stage_read(paths))
@@ -110,6 +192,21 @@ def main() -> int:
         res[f"vit_{size}"] = {"model_ecg_per_s": n / t_model, "n_model": n,
                               "end_to_end_ecg_per_s": 1.0 / sum(per.values()),
                               "share": {k: v / sum(per.values()) for k, v in per.items()}}
+    torch.manual_seed(0)
+    xres = models.create_model("xresnet1d101", num_classes=2, size="base", in_chans=8, signal_rate=100.0)
+    xres = xres.to(device).eval()
+    stage_signal_model(xres, x[:2], device)  # warm-up
+    _, t_sig = timed(lambda: stage_signal_model(xres, x, device))
+    per = {"read": t_read / args.n, "preprocess": t_pre / args.n, "model": t_sig / args.n}
+    res["xresnet1d101"] = {"model_ecg_per_s": args.n / t_sig, "n_model": args.n,
+                           "end_to_end_ecg_per_s": 1.0 / sum(per.values()),
+                           "share": {k: v / sum(per.values()) for k, v in per.items()}}
+    res["07_end_to_end"] = end_to_end(files, args.n_e2e, args.device)
+    for key in ("vit_micro", "xresnet1d101"):
+        one, two = (res["07_end_to_end"][f"{key}_workers{w}"]["ecg_per_s"] for w in (1, 2))
+        res["07_end_to_end"][f"{key}_speedup_workers2"] = two / one
+    res["load_average_1min"] = {"before": load_before[0], "after": os.getloadavg()[0]}
+    res["cpu_count"] = os.cpu_count()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps(res, indent=1))

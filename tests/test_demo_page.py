@@ -82,3 +82,11 @@ def test_predict_run_prefers_heartbeit_at_full_data(tmp_path):
         runs_.append(d)
     assert demo._predict_run(runs_).name == "demo-heartbeit-f1.0-s0"
     assert demo._predict_run(runs_[:2] + runs_[3:]).name == "demo-resnet152_scratch-f1.0-s0"
+
+
+def test_demo_says_how_long_it_will_take(tmp_path):
+    """Before anything runs: the last demo's own timing on this machine when recorded, else the documented one."""
+    assert "904 s" in demo.expected_duration(tmp_path)
+    (tmp_path / demo.TIMINGS).write_text('{"seconds": 540.4, "cpu_count": 2, "load_start": 0.3, "load_end": 1.1}')
+    said = demo.expected_duration(tmp_path)
+    assert said.startswith("about 9 min") and "540 s on 2 cores at load 0.3" in said

@@ -113,3 +113,41 @@ def test_parameters_cell_refuses_what_a_cell_cannot_hold():
     for cls, msg in ((NoComment, "comment"), (NotLiteral, "literal"), (EqualsInComment, "'='")):
         with pytest.raises(runs.ConfigError, match=msg):
             runs.parameters_cell(cls)
+
+
+def _tiny_notebook(path, body: str) -> None:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                           "display_name": "Python 3"},
+                                            "language_info": {"name": "python"}})
+    cell = nbformat.v4.new_code_cell("x = 1  # a number")
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell, nbformat.v4.new_code_cell(body)]
+    nbformat.write(nb, str(path))
+
+
+@pytest.mark.notebooks
+def test_a_successful_notebook_run_prints_nothing_alarming(tmp_path, capfd):
+    """Issue 26: no ``[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel`` (jupyter_client interrupted the idle
+    kernel before shutting it down) and no "TCP without encryption" warning (the kernel talks over IPC). Oracle: the
+    process's own stderr/stdout at file-descriptor level (the kernel writes there directly); the unpatched
+    papermill call printed the TCP warning on every run."""
+    nb = tmp_path / "t.ipynb"
+    _tiny_notebook(nb, "import time\nfor _ in range(3):\n    time.sleep(0.05)\nprint(x + 1)")
+    out = runs.execute_notebook(nb, {"x": 2}, tmp_path / "run", html=False)
+    text = "".join(capfd.readouterr())
+    assert '"text": [\n     "3\\n"' in out.read_text() or "3\\n" in out.read_text()
+    for bad in ("ERROR", "KeyboardInterrupt", "without encryption", "Traceback"):
+        assert bad not in text, text[-2000:]
+    assert not list(tmp_path.glob("*ipc*")) and not list(runs.REPO_ROOT.glob("kernel-*ipc*"))
+
+
+@pytest.mark.notebooks
+def test_a_failed_notebook_run_is_marked_failed(tmp_path):
+    nb = tmp_path / "t.ipynb"
+    _tiny_notebook(nb, "raise ValueError('broken input: x')")
+    with pytest.raises(Exception, match="broken input"):
+        runs.execute_notebook(nb, {"x": 2}, tmp_path / "run", html=False)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["finished"] is None and "broken input" in info["failed"] and not runs.is_complete(tmp_path / "run")

@@ -475,3 +475,20 @@ def test_only_selects_learning_rates_and_out_root_moves_relative_run_paths(tmp_p
         "cohort_run": "/abs/01_preprocess/x", "pretrain_run": None, "lr": 1e-3, "weights": "outputs/02_pretrain/w.pt"}
     same = sweep.load_sweep(f)  # without --out-root nothing moves
     assert same.params["cohort_run"] == "outputs/01_preprocess/{task}"
+
+
+@pytest.mark.timeout(600)
+def test_local_parallel_keeps_two_warm_jobs_for_four_combinations(grid_root, tmp_path):
+    """Issue 26: each local_parallel job process runs several combinations (Python, torch and the image cache start
+    once). Oracle: the pid each combination recorded while running (state records), and the run folders."""
+    out = tmp_path / "out"
+    shutil.copytree(grid_root / "01_preprocess", out / "01_preprocess")
+    path = write_sweep(tmp_path / "warm.yaml", out, ["resnet152_scratch", "vit_b16_scratch"], [0.5, 1.0],
+                       extra_params={"cache_images": True})
+    spec = dataclasses.replace(sweep.load_sweep(path), runner="inline")
+    res = sweep.local_parallel_sweep(spec, parallel=2)
+    rids = [spec.run_id(c) for c in spec.combinations()]
+    assert res.ok and sorted(res.ran) == sorted(rids) and len(rids) == 4
+    pids = {sweep.read_record(spec, r)["pid"] for r in rids}
+    assert len(pids) <= 2  # four combinations, at most two processes: the jobs stayed warm
+    assert all(runs.is_complete(spec.run_dir(c)) for c in spec.combinations())

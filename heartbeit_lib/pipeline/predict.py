@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import shutil
@@ -115,6 +116,7 @@ class PredictConfig(runs.TypedConfig):
     saliency_method: str | None = "gradcam"  # map on the model input: fullgrad, gradcam, rollout (signal models: gradcam on 1-D CNNs, else integrated gradients); None: no map
     n_boot: int = 500  # bootstrap resamples of the AUROC/AUPRC confidence intervals
     batch_size: int = 64  # images per forward pass
+    workers: int | None = None  # processes reading raw files (data_root); None: one per core (at most 4) from 256 files, else 1
     device: str | None = None  # cpu, cuda, cuda:N; None: cuda when available
     seed: int = 0  # bootstrap seed
     out_root: str = "outputs"  # root of the run folders
@@ -145,6 +147,8 @@ class PredictConfig(runs.TypedConfig):
             raise PredictError(f"parameter 'ylim_mv': {list(self.ylim_mv)} is not a pair (lo, hi) in mV")
         if self.pictures == "ids" and not self.picture_ids:
             raise PredictError("parameter 'picture_ids': empty with pictures=ids")
+        if self.workers is not None and self.workers < 1:
+            raise PredictError(f"parameter 'workers': {self.workers} must be >= 1 (or None: automatic)")
         for name in ("n_boot", "batch_size"):
             if getattr(self, name) < 1:
                 raise PredictError(f"parameter {name!r}: {getattr(self, name)} must be >= 1")
@@ -365,14 +369,30 @@ def prepare_inputs(cfg: PredictConfig, run_dir: str | os.PathLike, rendering: Re
         empty = pd.DataFrame(columns=["file", "record_id", "stage", "error_class", "reason"])
         return Inputs(store, rows, len(rows), empty, None)
     src = raw_source(cfg, rendering.task)
+    workers = read_workers(cfg.workers, len(src.inputs))
     store = build_store(src.inputs, src.reader, Path(run_dir) / "cohort", task_cfg="unlabelled",
-                        preprocess_kw=rendering.preprocess_kw, salt_file=cfg.salt_file, workers=1, progress=False)
+                        preprocess_kw=rendering.preprocess_kw, salt_file=cfg.salt_file, workers=workers,
+                        shard_size=max(64, math.ceil(len(src.inputs) / workers)) if workers > 1 else 512,
+                        progress=False)  # one shard per worker: shards are the unit of parallel work
     root = Path(cfg.data_root)
     rej = store.rejects
     rejects = pd.DataFrame({"file": [_relative(p, root) for p in rej["source_path"]], "record_id": rej["record_id"],
                             "stage": rej["stage"], "error_class": rej["error_type"], "reason": rej["reason"]})
     assert len(src.inputs) == len(store) + len(rejects)  # every input scored or rejected, once
     return Inputs(store, np.arange(len(store), dtype=np.int64), len(src.inputs), rejects, root)
+
+
+PARALLEL_FROM = 256  # raw files: from this many on, workers=None reads them in several processes
+
+
+def read_workers(workers: int | None, n_files: int) -> int:
+    """Processes that read and preprocess ``n_files`` raw files (the store build's shards, ``spawn`` workers): as
+    asked, else one per core up to 4 from :data:`PARALLEL_FROM` files (each worker starts Python and imports the
+    library, ~2-3 s, which a few files do not repay), else 1. Reading MUSE XML is ~53 % of 07's time in one
+    process (issue 26); the preprocessing runs in batches inside each shard."""
+    if workers is not None:
+        return int(workers)
+    return max(1, min(4, os.cpu_count() or 1)) if n_files >= PARALLEL_FROM else 1
 
 
 def _relative(path: str, root: Path | None) -> str:

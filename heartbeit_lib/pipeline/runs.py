@@ -43,7 +43,9 @@ import nbformat
 import numpy as np
 import papermill
 import yaml
+from jupyter_client.manager import AsyncKernelManager
 from nbconvert import HTMLExporter
+from traitlets import default
 
 from heartbeit_lib.config import ConfigError, TypedConfig, UnknownParameterError, _plain  # noqa: F401 (re-exported)
 from heartbeit_lib.safety import UnsafeValueError, inside, no_control, safe_component
@@ -459,6 +461,26 @@ def resolve_notebook(name: str) -> Path:
     return cands[0]
 
 
+class QuietKernelManager(AsyncKernelManager):
+    """The kernel papermill starts, minus two alarming messages on every successful run (issue 26):
+
+    - jupyter_client interrupts the (idle) kernel before asking it to shut down, and ipykernel logs
+      ``[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel``: here no interrupt once shutdown began
+      (a busy kernel is still stopped by the shutdown request, then killed after the grace period);
+    - ipykernel warns that it runs "over TCP without encryption": here the kernel talks over IPC (Unix sockets in
+      the Jupyter runtime folder, beside its connection file), which no other machine can reach.
+    """
+
+    @default("transport")
+    def _transport_default(self) -> str:
+        return "ipc"
+
+    async def _async_interrupt_kernel(self) -> None:
+        if getattr(self, "shutting_down", False):
+            return
+        await super()._async_interrupt_kernel()
+
+
 def execute_notebook(notebook: str | os.PathLike, params: Mapping[str, Any], run_dir: str | os.PathLike,
                      html: bool = True, kernel_name: str = "python3", progress_bar: bool = False,
                      cwd: str | os.PathLike | None = None) -> Path:
@@ -476,7 +498,7 @@ def execute_notebook(notebook: str | os.PathLike, params: Mapping[str, Any], run
     try:
         papermill.execute_notebook(str(notebook), str(out_nb), parameters=dict(params),
                                    kernel_name=kernel_name, progress_bar=progress_bar,
-                                   cwd=str(cwd or REPO_ROOT))
+                                   cwd=str(cwd or REPO_ROOT), kernel_manager_class=QuietKernelManager)
     except BaseException as e:  # the folder may hold half of the outputs: say so in run.json
         mark_failed(run_dir, e)
         raise

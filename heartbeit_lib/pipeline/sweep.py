@@ -566,6 +566,39 @@ class ComboJob(submitit.helpers.Checkpointable):
         return run_combination(self.spec, self.combo, self.runner, resume=True, threads=self.threads)
 
 
+class WarmJob(submitit.helpers.Checkpointable):
+    """A submitit job that stays warm across combinations: it goes through ``combos`` in order and runs every one it
+    can claim (:func:`run_combination` with ``resume=True``), in one process, so Python, torch and the in-process
+    rendered-image cache (``finetune.IMAGE_CACHE``: one store, size and layout are rendered once) start once for
+    several combinations. ``parallel`` such jobs given the same list share it like a queue: a combination another
+    job holds is ``busy`` and skipped, one it finished is ``skipped``. Returns ``{run_id: outcome}`` (``ran``,
+    ``skipped``, ``busy`` or ``failed: <error>``); a failure does not stop the job."""
+
+    def __init__(self, spec: SweepSpec, combos: Sequence[Mapping[str, Any]], runner: str, threads: int | None = None):
+        self.spec, self.combos, self.runner, self.threads = spec, [dict(c) for c in combos], runner, threads
+
+    def __call__(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for combo in self.combos:
+            rid = self.spec.run_id(combo)
+            try:
+                out[rid] = run_combination(self.spec, combo, self.runner, resume=True, threads=self.threads)
+            except Exception as e:  # recorded as failed by run_combination; the next combination still runs
+                out[rid] = "failed: " + (_error_line(f"{type(e).__name__}: {e}") or repr(e))
+        return out
+
+
+def _merge_outcomes(results: Sequence[Mapping[str, str]], rids: Sequence[str]) -> dict[str, str]:
+    """One outcome per run id over the warm jobs' results: failed > ran > skipped > busy (missing: not reached)."""
+    rank = {"failed": 0, "ran": 1, "skipped": 2, "busy": 3}
+    out: dict[str, str] = {}
+    for rid in rids:
+        seen = [r[rid] for r in results if rid in r]
+        if seen:
+            out[rid] = min(seen, key=lambda o: rank[o.split(":")[0]])
+    return out
+
+
 # ---------------------------------------------------------------- executors (where combinations run)
 
 
@@ -657,11 +690,14 @@ def _record_submitted(spec: SweepSpec, combo: Mapping[str, Any], job: submitit.J
 
 def local_parallel_sweep(spec: SweepSpec, parallel: int | None = None, runner: str | None = None,
                          poll_s: float = 0.5, timeout_min: float = 24 * 60) -> SweepSummary:
-    """Run the missing and failed combinations as submitit local jobs (subprocesses), ``parallel`` at once.
+    """Run the missing and failed combinations in ``parallel`` warm submitit local jobs (:class:`WarmJob`: each goes
+    through the whole list, claiming what nobody else holds), so each job process starts once, not once per
+    combination.
 
     On a machine with GPUs each job sees one (``CUDA_VISIBLE_DEVICES`` = its slot; ``parallel`` defaults to
     the GPU count); on CPU the cores are split between the jobs (torch and OpenMP threads = cores // parallel).
-    Waits for every job; a job's error is recorded as that combination's failure.
+    Waits for every job; a combination's error is recorded as its failure (a job that dies fails the combinations
+    no other job finished).
     """
     n_gpu = torch.cuda.device_count()
     parallel = int(parallel or spec.parallel or n_gpu or 2)
@@ -669,25 +705,32 @@ def local_parallel_sweep(spec: SweepSpec, parallel: int | None = None, runner: s
     todo, left = _to_submit(spec)
     summary = SweepSummary(spec.name, len(spec.combinations()), [], list(left), {}, 0.0)
     ex = submitit.LocalExecutor(folder=spec.logs)
-    t0, running, free = time.time(), {}, list(range(parallel))
-    while todo or running:
-        while todo and free:
-            combo, slot = todo.pop(0), free.pop(0)
-            gpus = {"gpus_per_node": 1, "visible_gpus": [slot % n_gpu]} if n_gpu else {"gpus_per_node": 0}
-            ex.update_parameters(timeout_min=timeout_min, **gpus)
-            job = ex.submit(ComboJob(spec, combo, runner or spec.runner, threads))
-            _record_submitted(spec, combo, job, "local_parallel")
-            running[job] = (spec.run_id(combo), slot)
+    t0, jobs = time.time(), []
+    for slot in range(min(parallel, len(todo))):
+        gpus = {"gpus_per_node": 1, "visible_gpus": [slot % n_gpu]} if n_gpu else {"gpus_per_node": 0}
+        ex.update_parameters(timeout_min=timeout_min, **gpus)
+        jobs.append(ex.submit(WarmJob(spec, todo, runner or spec.runner, threads)))
+    for combo in todo:
+        _record_submitted(spec, combo, jobs[0], "local_parallel")
+    while not all(j.done() for j in jobs):
         time.sleep(poll_s)
-        for job in [j for j in running if j.done()]:
-            rid, slot = running.pop(job)
-            free.append(slot)
-            err = job.exception()
-            if err is None:
-                {"ran": summary.ran, "skipped": summary.skipped, "busy": summary.busy}[job.result()].append(rid)
-            else:
-                summary.failed[rid] = _error_line(str(err)) or repr(err)
+    results, errors = [], []
+    for job in jobs:
+        err = job.exception()
+        (errors.append(_error_line(str(err)) or repr(err)) if err is not None else results.append(job.result()))
+    rids = [spec.run_id(c) for c in todo]
+    outcome = _merge_outcomes(results, rids)
+    for combo, rid in zip(todo, rids):  # busy in the surviving jobs because a job that died held it
+        if errors and outcome.get(rid) == "busy" and not is_done(spec.run_dir(combo)) and not is_claimed(spec, rid):
+            del outcome[rid]
+    for rid in rids:
+        o = outcome.get(rid, "failed: " + (errors[0] if errors else "no job reached it"))
+        if o.startswith("failed"):
+            summary.failed[rid] = o.partition(": ")[2] or o
+            if rid not in outcome:
                 write_record(spec, rid, state="failed", error=summary.failed[rid])
+        else:
+            {"ran": summary.ran, "skipped": summary.skipped, "busy": summary.busy}[o].append(rid)
     summary.seconds = time.time() - t0
     return _write_summary(spec, summary)
 
