@@ -86,6 +86,7 @@ def test_collect_runs_rejects_broken_predictions(tmp_path):
         pm.list_runs(tmp_path / "nope")
 
 
+@pytest.mark.slow
 def test_results_equal_sklearn_and_reported(evaluated):
     preds, res, diffs = evaluated
     assert len(res) == 4 * 5 * 3  # models x fractions x (hcm test, hcm external, stemi test)
@@ -135,6 +136,7 @@ def test_tables_layout_and_bold(evaluated, tmp_path):
     assert csv.shape == (12, 5) and not csv.to_numpy().astype(str)[0, 0].startswith("**")
 
 
+@pytest.mark.slow
 def test_table1_counts(evaluated, sweep):
     preds, _, _ = evaluated
     t1 = tables.evaluation_table1(preds, pm.list_runs(sweep))

@@ -72,6 +72,7 @@ def test_scores_on_the_training_store_reproduce_the_run(world):
     np.testing.assert_array_equal(pred["label"], ref["label"])
 
 
+@pytest.mark.slow
 def test_ensemble_averages_member_probabilities(world):
     root, ft, _ = world
     cfg = cfg_for(world, finetune_runs=tuple(map(str, ft)), cohort_run=str(root / "01_preprocess" / "toypp"),
@@ -145,6 +146,7 @@ def test_raw_files_rejects_labels_salt_and_validation(world):
     assert all(len(t["sha256"]["model_best.pt"]) == 64 for t in run["training_runs"])
 
 
+@pytest.mark.slow
 def test_recalibration_is_never_evaluated_on_its_fitting_split(world):
     root, ft, _ = world
     cfg = cfg_for(world, cohort_run=str(root / "01_preprocess" / "toypp"), split="external", recalibrate="isotonic",
@@ -256,6 +258,7 @@ def signal_world(world):
     return root, ft, sig, raw
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [0, 1])
 def test_signal_run_scores_reproduce_the_run(signal_world, k):
     """Oracle: the signal run's own predictions.parquet (same model, same stored ECGs, its 100 Hz input), 1e-5."""
@@ -268,6 +271,7 @@ def test_signal_run_scores_reproduce_the_run(signal_world, k):
     np.testing.assert_allclose(pred["score"], ref["score"], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_mixed_family_ensemble_on_raw_files_with_lead_time_saliency(signal_world):
     """An image and two signal models averaged on raw WFDB files; the pictures carry the signal models' lead x time
     maps drawn into the image model's layout (constant down each lead's band: a map of lead and time only)."""
@@ -302,6 +306,7 @@ def test_signal_only_ensemble_refuses_image_parameters(signal_world):
         predict.load_ensemble(cfg_for((root, ft, raw), finetune_runs=(str(sig[0]),), image_size=32))
 
 
+@pytest.mark.slow
 def test_a_failed_run_leaves_no_finished_looking_folder(world):
     """A run that fails after scoring (an unknown picture id) leaves the earlier run of that id as it was, and only
     a hidden ``.partial`` folder whose run.json records the error and no finish time."""

@@ -394,6 +394,7 @@ def test_vit_saliency_concentrates_on_the_injected_marker(marker):
         assert share > 2 * AREA and share > 2 * control, (method, share / AREA, control / AREA)
 
 
+@pytest.mark.slow
 def test_deletion_insertion_endpoints_and_road(marker):
     img, y, pos = marker
     model = micro("resnet", img=S, seed=4)
@@ -436,6 +437,7 @@ def ft_root(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_rebuilt_models_reproduce_the_runs_predictions(ft_root):
     """Oracle: each run's predictions.parquet (test split, best epoch) from the rebuilt model, to 1e-5."""
     table = ps.find_finetune_runs(str(ft_root / "03_finetune"))

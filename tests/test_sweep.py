@@ -392,6 +392,7 @@ def test_finetune_resume_continues_exactly_where_it_stopped(grid_root, tmp_path,
     assert not (out / "03_finetune" / "cut" / "resume.pt").exists()
 
 
+@pytest.mark.slow
 def test_metrics_keeps_only_the_validation_chosen_rate(tmp_path):
     """04 over an lr grid: without lr_choice two runs of one cell are an error naming them; with the table of
     choose-lr only the chosen run of each cell is read. Oracle: the run folders written here."""

@@ -161,6 +161,7 @@ def test_untrusted_code_in_pickle_never_runs(tmp_path):
     assert not target.exists()
 
 
+@pytest.mark.slow
 def test_dalle_pickle_and_state_dict_give_reference_tokens(dalle_files, tmp_path):
     enc, pkl, sd = dalle_files
     assert "dall_e" not in sys.modules  # the trusted path must not need OpenAI's package
@@ -223,6 +224,7 @@ def test_missing_and_bad_files(tmp_path):
         T.load_tokenizer("dalle", tmp_path / "other.pt")
 
 
+@pytest.mark.slow
 def test_kmeans_fit_tokenize_save_load(tmp_path):
     from sklearn.cluster import KMeans
 

@@ -198,6 +198,7 @@ def test_replicate_means_equal_explicit_index_resampling(same, include_self):
         assert abs(got[b] - want) < 1e-12
 
 
+@pytest.mark.slow
 def test_bootstrap_resamples_images_not_pairs():
     # D_ij = x_i + y_j: the pair mean is mean(x) + mean(y), whose sampling sd is
     # sqrt(var x / n + var y / m); a bootstrap over pairs would give ~ sd(D) / sqrt(n m), 30x smaller.
@@ -263,6 +264,7 @@ def _dots(shape, points, value=0):
     return x
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("d", [(0, 5), (3, 4), (-7, 0)])
 def test_moved_dark_pixel_has_distance_equal_to_the_shift(d):
     a = _dots((20, 20), [(8, 8)])
