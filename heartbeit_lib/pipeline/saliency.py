@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
-import yaml
 from tqdm.auto import tqdm
 
 from heartbeit_lib import cohorts
@@ -130,7 +129,7 @@ def find_finetune_runs(finetune_runs: str | Sequence[str]) -> pd.DataFrame:
                                "finished with model_best.pt (run notebooks/03_finetune.ipynb to completion)")
     extra = []  # list_runs already gives model_size and image_size; adding them again duplicated the columns
     for d in ok["run_dir"]:
-        cfg = yaml.safe_load((Path(d) / "config.yaml").read_text()) or {}
+        cfg = runs.read_run_config(d)
         extra.append({"layout": str(cfg.get("layout") or "stack8"), "cohort_run": str(cfg.get("cohort_run") or "")})
     ok = pd.concat([ok.reset_index(drop=True), pd.DataFrame(extra)], axis=1)
     order = {m: i for i, m in enumerate(order_models(ok["model"]))}
