@@ -33,12 +33,11 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn as nn
-from matplotlib.figure import Figure  # no pyplot: no global state, no backend switch
 from scipy import ndimage
 from tqdm.auto import tqdm
 
@@ -55,6 +54,7 @@ from heartbeit_lib.mim.engine import evaluate  # noqa: F401  (public path pretra
 from heartbeit_lib.mim.model import (NORMALIZE, MIMModel, lr_factor, masked_positions, mim_targets,  # noqa: F401
                                      normalize, param_groups)
 from heartbeit_lib.pipeline import runs
+from heartbeit_lib.report import figures
 from heartbeit_lib.distributed import barrier as _barrier, init_distributed, long_barrier  # noqa: F401
 from heartbeit_lib.pipeline.pretrain.common import EXCLUSION_KEYS, cpu_threads, resolve_device, split_rows  # noqa: F401
 from heartbeit_lib.pipeline.pretrain.config import PretrainConfig
@@ -361,62 +361,8 @@ def heldout_by_source(cfg: PretrainConfig, data: MIMData, result: dict, device: 
     return out
 
 
-def plot_curve(history: Sequence[dict] | str | os.PathLike, path: str | os.PathLike | None = None,
-               baselines: dict | None = None):
-    """Pretraining curve (the paper's Supplementary Figure 1): loss and masked-token accuracy per epoch.
-
-    ``history`` is a list of epoch dicts or a ``log.jsonl`` path; ``baselines`` may hold
-    ``majority_acc`` / ``position_majority_acc`` drawn as horizontal lines.  Saved to ``path`` (PNG).
-    """
-    if isinstance(history, (str, os.PathLike)):
-        history = runs.read_jsonl(history)
-    ep = [h["epoch"] for h in history]
-    fig = Figure(figsize=(10, 3.6))
-    a1, a2 = fig.subplots(1, 2)
-    a1.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
-    if history and "val_loss" in history[0]:
-        a1.plot(ep, [h["val_loss"] for h in history], "s-", label="held-out")
-    a1.set(xlabel="epoch", ylabel="masked-token cross-entropy", title="MIM loss")
-    a1.legend()
-    a2.plot(ep, [h["train_acc"] for h in history], "o-", label="train")
-    if history and "val_acc" in history[0]:
-        a2.plot(ep, [h["val_acc"] for h in history], "s-", label="held-out")
-    for key, style in (("majority_acc", ":"), ("position_majority_acc", "--")):
-        if baselines and key in baselines:
-            a2.axhline(baselines[key], color="grey", ls=style, label=key.replace("_acc", "").replace("_", " "))
-    a2.set(xlabel="epoch", ylabel="masked-token accuracy", title="MIM accuracy")
-    a2.legend(fontsize=8)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
-
-
-def plot_examples(data: MIMData, path: str | os.PathLike | None = None, n: int = 3, epoch: int = 0):
-    """Rendered ECGs of the training set, their token grids and one epoch's block masks."""
-    n = min(n, len(data.train))
-    fig = Figure(figsize=(9, 3 * n))
-    axes = fig.subplots(n, 3, squeeze=False)
-    for r in range(n):
-        img, tok, mask = data.train[(r, epoch)]
-        grey = img.numpy() / 255.0 if img.dtype == torch.uint8 else img[0].numpy()
-        s = grey.shape[0] // tok.shape[0]
-        axes[r, 0].imshow(grey, cmap="gray", vmin=0, vmax=1)
-        axes[r, 1].imshow(tok.numpy(), cmap="nipy_spectral", vmin=0, vmax=data.vocab_size - 1,
-                          interpolation="nearest")
-        if tok.shape[0] <= 8:  # small grids: print the ids
-            for (yy, xx), v in np.ndenumerate(tok.numpy()):
-                axes[r, 1].text(xx, yy, str(v), ha="center", va="center", fontsize=7, color="white")
-        big = np.kron(mask.numpy(), np.ones((s, s), bool))
-        axes[r, 2].imshow(np.where(big, 0.5, grey), cmap="gray", vmin=0, vmax=1)
-        for a, title in zip(axes[r], ("rendered ECG", f"tokens (vocab {data.vocab_size})",
-                                      f"block mask ({int(mask.sum())} of {mask.numel()} patches)")):
-            a.set_title(title, fontsize=9)
-            a.set_xticks([]), a.set_yticks([])
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=100)
-    return fig
+plot_curve = figures.plot_pretrain_curve  # the figures live in report.figures
+plot_examples = figures.plot_mim_examples
 
 
 def data_hashes(store: Any, run_dir: str | os.PathLike, cfg: PretrainConfig) -> dict[str, str]:

@@ -27,12 +27,11 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn as nn
-from matplotlib.figure import Figure
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -46,6 +45,7 @@ from heartbeit_lib.mim.data import TRAIN_STREAM, VAL_STREAM, EpochSampler, Pretr
 from heartbeit_lib.mim.model import lr_factor
 from heartbeit_lib.distributed import barrier, init_distributed
 from heartbeit_lib.pipeline import runs
+from heartbeit_lib.report import figures
 from heartbeit_lib.pipeline.pretrain.common import EXCLUSION_KEYS, resolve_device, split_rows
 from heartbeit_lib.pipeline.pretrain.config import PretrainConfig
 
@@ -145,20 +145,7 @@ def train(cfg: PretrainConfig, train_ds, val_ds, run_dir: str | os.PathLike, *,
             "params": sum(p.numel() for p in model.encoder.parameters()), "world_size": world}
 
 
-def plot_curve(history: Sequence[dict], path: str | os.PathLike | None = None):
-    """Masked-patch MSE (train and held-out) per epoch; saved to ``path`` (PNG)."""
-    fig = Figure(figsize=(5, 3.6))
-    ax = fig.subplots()
-    ep = [h["epoch"] for h in history]
-    ax.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
-    if history and "val_loss" in history[0]:
-        ax.plot(ep, [h["val_loss"] for h in history], "s-", label="held-out")
-    ax.set(xlabel="epoch", ylabel="masked-patch MSE (normalised targets)", title="ST-MEM pretraining")
-    ax.legend()
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
+plot_curve = figures.plot_stmem_curve  # the figures live in report.figures
 
 
 def summarize(result: dict, n_train: int, n_val: int, rows: dict | None = None) -> dict:
