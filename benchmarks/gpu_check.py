@@ -216,7 +216,8 @@ def ddp_main(argv: list[str]) -> int:
             if epoch >= stop:
                 raise _Stopped
 
-        pretrain.train = functools.partial(pretrain.train, on_epoch_end=on_epoch_end)
+        # the image story's run() calls its own module's train
+        pretrain.image.train = functools.partial(pretrain.image.train, on_epoch_end=on_epoch_end)
     try:
         return pretrain.main(argv)
     except _Stopped:
