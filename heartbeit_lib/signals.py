@@ -316,7 +316,7 @@ def preprocess(x: np.ndarray, fs: float, leads: Sequence[str], *,
                target_fs: float = TARGET_FS,
                n_samples: int = N_SAMPLES,
                start: int = 0,
-               band: tuple[float, float] = BAND,
+               band: tuple[float, float] | None = BAND,
                order: int = ORDER,
                median_kernel: int = MEDIAN_KERNEL,
                pad: bool = False,
@@ -341,7 +341,8 @@ def preprocess(x: np.ndarray, fs: float, leads: Sequence[str], *,
     start : int
         First kept sample, at ``target_fs`` (default 0). Filtering runs on the whole record
         first, then ``[start, start + n_samples)`` is kept.
-    band, order : see :func:`bandpass` (default 0.5-40 Hz, order 4).
+    band, order : see :func:`bandpass` (default 0.5-40 Hz, order 4). ``band=None``: no band-pass (the raw
+        signal, as the PTB-XL benchmark feeds its models).
     median_kernel : int
         Odd running-median width in samples at ``target_fs`` (default 3; 1 disables it).
     pad : bool
@@ -376,7 +377,7 @@ def preprocess(x: np.ndarray, fs: float, leads: Sequence[str], *,
     start = _check_int(start, "start", 0)
     chunk_size = _check_int(chunk_size, "chunk_size", 1)
     k = _check_kernel(median_kernel)
-    sos = butter_sos(target_fs, tuple(band), order)
+    sos = None if band is None else butter_sos(target_fs, tuple(band), order)
     up, down = rational_factors(fs, target_fs)
     n_res = -(-n_in * up // down)  # resample_poly output length: ceil(T * up / down)
     stop = start + n_samples
@@ -384,7 +385,7 @@ def preprocess(x: np.ndarray, fs: float, leads: Sequence[str], *,
         raise SignalTooShortError(
             f"x: record has {n_res} samples at {target_fs:g} Hz ({n_in} at {fs:g} Hz), fewer than "
             f"start + n_samples = {start} + {n_samples} = {stop}; pass pad=True to zero-pad")
-    p = _padlen(sos)
+    p = 0 if sos is None else _padlen(sos)
     if n_res <= max(start, p):
         raise SignalTooShortError(
             f"x: record has {n_res} samples at {target_fs:g} Hz, nothing to keep from start={start} "
@@ -407,7 +408,7 @@ def preprocess(x: np.ndarray, fs: float, leads: Sequence[str], *,
         if not finite.all():
             bad = c0 + int(np.flatnonzero(~finite)[0])
             raise NonFiniteSignalError(f"x: record {bad} has NaN or inf samples in the selected leads")
-        y = _sosfiltfilt_ext(sos, ext.reshape(nc * len(idx), -1), p).reshape(nc, len(idx), n_res)
+        y = ext if sos is None else _sosfiltfilt_ext(sos, ext.reshape(nc * len(idx), -1), p).reshape(nc, len(idx), n_res)
         out[c0:c0 + nc, :, :keep] = _median_window(y, k, start, start + keep)
     return out
 

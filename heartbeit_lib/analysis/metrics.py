@@ -453,6 +453,58 @@ def bootstrap_metrics(y_true: Any, y_score: Any, indices: Any, auprc_method: str
                           auprc_method=auprc_method, jack_auroc=jack_auroc, jack_auprc=jack_auprc)
 
 
+@dataclasses.dataclass(frozen=True)
+class MacroBootstrapStats(BootstrapStats):
+    """:class:`BootstrapStats` of a multi-label model's **macro** AUROC/AUPRC (the mean over classes), with the
+    per-class statistics it averages (``classes``, ``per_class``). ``valid``: resamples in which every class has
+    both labels (the PTB-XL benchmark draws only resamples holding every class)."""
+
+    classes: tuple[str, ...] = ()
+    per_class: tuple[BootstrapStats, ...] = ()
+
+
+def bootstrap_macro_metrics(y_true: Any, y_score: Any, indices: Any, classes: Sequence[str] | None = None,
+                            auprc_method: str = "ap") -> MacroBootstrapStats:
+    """Macro AUROC and AUPRC of a multi-label model on the full set and on every resample.
+
+    Parameters
+    ----------
+    y_true : (n, C) {0, 1}; y_score : (n, C) finite floats (one column per class)
+    indices : (B, n) resamples shared by every class (and every model compared)
+
+    Returns
+    -------
+    MacroBootstrapStats: ``auroc`` = the mean over classes of :func:`bootstrap_metrics`'s full-set AUROC
+    (``sklearn.metrics.roc_auc_score(y, p, average="macro")``); resample ``b`` the mean over classes on resample
+    ``b``, valid where every class has both labels; ``n_pos`` counts positive labels over all classes.
+    """
+    y = np.asarray(y_true)
+    s = np.asarray(y_score, dtype=np.float64)
+    if y.ndim != 2 or s.shape != y.shape:
+        raise LengthMismatchError("y_score", f"multi-label scores must be (n, C) like the labels {y.shape}, got {s.shape}")
+    classes = tuple(str(c) for c in (classes if classes is not None else range(y.shape[1])))
+    per = tuple(bootstrap_metrics(y[:, j], s[:, j], indices, auprc_method) for j in range(y.shape[1]))
+    valid = np.logical_and.reduce([st.valid for st in per])
+    boot = {m: np.mean([getattr(st, f"boot_{m}") for st in per], axis=0) for m in ("auroc", "auprc")}
+    return MacroBootstrapStats(auroc=float(np.mean([st.auroc for st in per])),
+                               auprc=float(np.mean([st.auprc for st in per])),
+                               boot_auroc=np.where(valid, boot["auroc"], np.nan),
+                               boot_auprc=np.where(valid, boot["auprc"], np.nan), valid=valid, n=int(y.shape[0]),
+                               n_pos=int((y == 1).sum()), auprc_method=auprc_method, classes=classes, per_class=per)
+
+
+def benchmark_interval(st: BootstrapStats, metric: str = "auroc") -> dict:
+    """The PTB-XL benchmark's way of reporting (``utils.generate_ptbxl_summary_table``): the full-set value, the
+    5th and 95th percentiles of the valid resamples, and the **maximum deviation**
+    ``max(upper - point, point - lower)``, printed ``0.928(05)`` (= 0.928 +- 0.005)."""
+    point = float(getattr(st, metric))
+    boot = getattr(st, f"boot_{metric}")[st.valid]
+    lo, hi = (float(np.quantile(boot, 0.05)), float(np.quantile(boot, 0.95))) if boot.size else (np.nan, np.nan)
+    dev = max(hi - point, point - lo)
+    return {f"{metric}_p05": lo, f"{metric}_p95": hi, f"{metric}_max_dev": dev,
+            f"{metric}_benchmark": f"{np.round(point, 3):.3f}({int(dev * 1000):02d})" if np.isfinite(dev) else ""}
+
+
 def jackknife_metrics(y_true: Any, y_score: Any, auprc_method: str = "ap"
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Leave-one-out AUROC and AUPRC for every sample, in closed form (O(n log n) total).

@@ -50,12 +50,15 @@ def load_best_weights(run_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def write_model_record(run_dir: str | os.PathLike, model: nn.Module, name: str, size: str | None,
                        image_size: int | None, layout: str | None, normalization: tuple, num_classes: int = 2,
-                       signal_rate: float | None = None, ylim_mv: Sequence[float] | None = None) -> Path:
+                       signal_rate: float | None = None, ylim_mv: Sequence[float] | None = None,
+                       classes: Sequence[str] | None = None, extra: dict | None = None) -> Path:
     """``model.json``: what :func:`load_finetune_run` needs to rebuild ``model`` (sizes as built, not inferred)
     and to draw its inputs (``layout``, ``ylim_mv`` (lo, hi) mV; None: ``render.DEFAULT_YLIM_MV``).
 
     ``family`` is ``"image"`` or ``"signal"`` (:func:`registry.model_family`); a signal model records
     ``signal_rate`` (Hz) and ``in_chans`` (leads) instead of ``image_size``/``patch_size``/``layout``/``ylim_mv``.
+    A multi-label model records ``classes`` (its outputs, in order) and ``multilabel: true`` (sigmoid per class);
+    ``extra`` adds input settings (e.g. the signal models' ``crop_seconds``, ``window_aggregate``).
     """
     family = models.model_family(name)
     if family == "signal":
@@ -70,6 +73,9 @@ def write_model_record(run_dir: str | os.PathLike, model: nn.Module, name: str, 
                   "ylim_mv": [float(v) for v in (render.DEFAULT_YLIM_MV if ylim_mv is None else ylim_mv)]}
     record.update(normalize_mean=[float(v) for v in normalization[0]],
                   normalize_std=[float(v) for v in normalization[1]])
+    if classes:
+        record.update(classes=[str(c) for c in classes], multilabel=True)
+    record.update(extra or {})
     return utils.atomic_write_text(Path(run_dir) / MODEL_RECORD, json.dumps(record, indent=1) + "\n")
 
 

@@ -28,14 +28,24 @@ class Split:
     indices: np.ndarray        # (n,) int64 store rows, sorted
     record_id: np.ndarray      # (n,) str
     patient_hash: np.ndarray   # (n,) str
-    label: np.ndarray          # (n,) int64 in {0, 1}
+    label: np.ndarray          # (n,) int64 in {0, 1} (multi-label: 1, the row has a class of the task)
+    y: np.ndarray | None = None  # multi-label: (n, C) int64 0/1 targets
+    classes: tuple[str, ...] = ()  # multi-label: class names (columns of y); () for a binary task
 
     def __len__(self) -> int:
         return len(self.indices)
 
     @property
     def prevalence(self) -> float:
-        return float(self.label.mean()) if len(self) else float("nan")
+        """Share of positives (multi-label: of positive labels over every class)."""
+        if not len(self):
+            return float("nan")
+        return float(self.y.mean()) if self.classes else float(self.label.mean())
+
+    @property
+    def targets(self) -> np.ndarray:
+        """What the model is trained on: (n,) int64 labels, or (n, C) float32 0/1 for a multi-label task."""
+        return self.y.astype(np.float32) if self.classes else self.label
 
 
 def make_splits(store, fraction: float = 1.0, val_fraction: str = "matched") -> dict[str, Split]:
@@ -61,8 +71,17 @@ def make_splits(store, fraction: float = 1.0, val_fraction: str = "matched") -> 
         lab = man["label"].to_numpy()[idx].astype(np.int64)
         idx = idx[lab >= 0]
         rows = man.iloc[idx]
+        classes = tuple(getattr(store, "classes", None) or ())
         out[name] = Split(name, idx, rows["record_id"].astype(str).to_numpy(),
-                          rows["patient_hash"].astype(str).to_numpy(), rows["label"].to_numpy().astype(np.int64))
+                          rows["patient_hash"].astype(str).to_numpy(), rows["label"].to_numpy().astype(np.int64),
+                          store.label_matrix(idx) if classes else None, classes)
+    for sp in out.values():
+        if sp.classes and len(sp) and sp.name != "external":
+            absent = [c for j, c in enumerate(sp.classes) if not sp.y[:, j].any()]
+            if absent:
+                raise SplitError(f"store {getattr(store, 'root', '')}: class(es) {absent} have no positive ECG in the "
+                                 f"{sp.name} split at fraction {fraction if sp.name != 'test' else 1.0} "
+                                 f"({len(sp)} ECGs); a per-class AUROC needs both labels")
     if len(out["train"]) < 2:
         raise SplitError(f"store {getattr(store, 'root', '')}: training split at fraction {fraction} has "
                          f"{len(out['train'])} labelled ECG(s); need at least 2")
@@ -70,10 +89,15 @@ def make_splits(store, fraction: float = 1.0, val_fraction: str = "matched") -> 
 
 
 def describe_splits(splits: Mapping[str, Split]) -> pd.DataFrame:
-    """One row per split: ECGs, patients, positives, prevalence."""
-    return pd.DataFrame([{"split": s.name, "ecgs": len(s), "patients": len(set(s.patient_hash)),
-                          "positives": int(s.label.sum()), "prevalence": s.prevalence}
-                         for s in splits.values()]).set_index("split")
+    """One row per split: ECGs, patients, positives, prevalence (multi-label: positive labels of every class, and
+    one column per class with its positives)."""
+    rows = []
+    for s in splits.values():
+        r = {"split": s.name, "ecgs": len(s), "patients": len(set(s.patient_hash)),
+             "positives": int(s.y.sum() if s.classes else s.label.sum()), "prevalence": s.prevalence}
+        r.update({f"pos:{c}": int(s.y[:, j].sum()) for j, c in enumerate(s.classes)})
+        rows.append(r)
+    return pd.DataFrame(rows).set_index("split")
 
 
 def records_sha256(record_ids: Sequence[str]) -> str:
@@ -108,10 +132,11 @@ class GreyImageDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, store, indices: np.ndarray, size: int, layout: str = "stack8",
-                 ylim_mv: tuple[float, float] | None = None):
+                 ylim_mv: tuple[float, float] | None = None, targets: np.ndarray | None = None):
         self.store, self.indices = store, np.asarray(indices, np.int64)
         self.size, self.layout, self.ylim_mv = int(size), layout, ylim_mv
-        self.labels = store.manifest["label"].to_numpy(np.int64)[self.indices]
+        self.labels = store.manifest["label"].to_numpy(np.int64)[self.indices] if targets is None else \
+            np.asarray(targets)  # (n,) int64, or (n, C) float32 multi-label targets
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -127,11 +152,23 @@ class GreyImageDataset(torch.utils.data.Dataset):
         return self.__getitems__([i])[0]
 
 
+def require_paper_layout(store) -> None:
+    """Raise :class:`SplitError` unless ``store`` holds what images are drawn from: leads I, II, V1-V6, 5 s at
+    500 Hz (a PTB-XL benchmark store of 12 leads, 10 s at 100 Hz is for the signal models)."""
+    if not getattr(store, "paper_layout", True):
+        raise SplitError(f"store {getattr(store, 'root', '')} holds {store.shape} signals at {store.fs:g} Hz; image "
+                         "models draw the paper's (8, 2500) at 500 Hz: build the cohort with 01's default "
+                         "store_leads/store_fs/seconds")
+
+
 def default_dataset_factory(store, indices: np.ndarray, image_size: int, layout: str,
-                            ylim_mv: tuple[float, float] | None = None) -> torch.utils.data.Dataset:
-    """:class:`GreyImageDataset`: uint8 (H, W) grey images and int64 labels; ``ylim_mv`` (lo, hi) mV per lead
-    band, None: ``render.DEFAULT_YLIM_MV``."""
-    return GreyImageDataset(store, indices, image_size, layout, ylim_mv)
+                            ylim_mv: tuple[float, float] | None = None, targets: np.ndarray | None = None,
+                            train: bool = False) -> torch.utils.data.Dataset:
+    """:class:`GreyImageDataset`: uint8 (H, W) grey images and int64 labels (or ``targets``); ``ylim_mv`` (lo, hi)
+    mV per lead band, None: ``render.DEFAULT_YLIM_MV``. Images are drawn from the paper's store layout only (leads
+    I, II, V1-V6, 5 s at 500 Hz)."""
+    require_paper_layout(store)
+    return GreyImageDataset(store, indices, image_size, layout, ylim_mv, targets)
 
 
 # cache_images above this many ECGs per split is refused: uint8 224-px images take 50 kB each (10 GB here),

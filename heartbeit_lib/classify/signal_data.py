@@ -138,19 +138,95 @@ def sliding_window_logits(model: torch.nn.Module, x: torch.Tensor, window: int,
     return outs.mean(0) if aggregate == "mean" else outs.amax(0)
 
 
+class StoreSignalDataset(Dataset):
+    """Store rows streamed as signal-model inputs: items ``(float32 (leads, T') millivolts at signal_rate Hz,
+    target)``, read from the store's float16 shards batch by batch (``__getitems__``): nothing is held in memory
+    beyond one batch, so fine-tuning at 17k (or 8.5 M) ECGs costs no more RAM than at 100.
+
+    Each batch is ``prepare_signals(store.signals(rows), store.fs, signal_rate)`` (row by row the same values as
+    preparing the whole split at once), then, with ``crop_samples``, a random crop per item whose start comes from
+    ``np.random.default_rng((seed, epoch, i))`` as :class:`SignalDataset` (call :meth:`set_epoch`).
+
+    Parameters
+    ----------
+    store : a ``CohortStore`` (any layout: ``store.shape``, ``store.fs``).
+    indices : (n,) int64 store rows.
+    targets : (n,) int64 class labels, or (n, C) float32 0/1 multi-label targets.
+    """
+
+    def __init__(self, store, indices: np.ndarray, targets: np.ndarray, signal_rate: float = SIGNAL_RATE,
+                 crop_samples: int | None = None, seed: int = 0):
+        self.store, self.indices = store, np.asarray(indices, np.int64)
+        targets = np.asarray(targets)
+        if len(targets) != len(self.indices):
+            raise ValueError(f"{len(targets)} targets for {len(self.indices)} rows")
+        self.targets = targets.astype(np.float32) if targets.ndim == 2 else targets.astype(np.int64)
+        self.signal_rate, self.fs = float(signal_rate), float(getattr(store, "fs", STORE_FS))
+        n_out = prepare_signals(np.zeros((1, 1, store.shape[-1] if hasattr(store, "shape") else 2500), np.float32),
+                                self.fs, self.signal_rate).shape[-1]
+        if crop_samples is not None and not 1 <= crop_samples <= n_out:
+            raise ValueError(f"crop_samples={crop_samples} outside 1..{n_out}")
+        self.n_samples, self.crop_samples, self.seed, self.epoch = n_out, crop_samples, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitems__(self, pos) -> list:
+        pos = np.asarray(pos, np.int64)
+        x = prepare_signals(self.store.signals(self.indices[pos]), self.fs, self.signal_rate)
+        c = self.crop_samples
+        if c is not None and c < x.shape[-1]:
+            starts = [np.random.default_rng((self.seed, self.epoch, int(i))).integers(0, x.shape[-1] - c + 1)
+                      for i in pos]
+            x = np.stack([x[k, :, s: s + c] for k, s in enumerate(starts)])
+        y = torch.from_numpy(self.targets[pos])
+        return list(zip(torch.from_numpy(np.ascontiguousarray(x)).unbind(0), y.unbind(0)))
+
+    def __getitem__(self, i: int):
+        return self.__getitems__([i])[0]
+
+
+def fit_standardizer(store, indices: np.ndarray, signal_rate: float = SIGNAL_RATE, chunk: int = 2048
+                 ) -> tuple[float, float]:
+    """Mean and standard deviation (ddof 0) of every value of the prepared signals of ``indices`` (millivolts
+    at ``signal_rate``), one pair for all leads and samples: ``sklearn.preprocessing.StandardScaler`` fitted on
+    the flattened training values, as the PTB-XL benchmark (``utils.preprocess_signals``). Streams the rows in
+    chunks with float64 sums, so the split is never in memory at once."""
+    indices = np.asarray(indices, np.int64)
+    if not len(indices):
+        raise ValueError("fit_standardizer: no rows")
+    s1 = s2 = 0.0
+    n = 0
+    for a in range(0, len(indices), chunk):
+        x = prepare_signals(store.signals(indices[a:a + chunk]), float(store.fs), signal_rate).astype(np.float64)
+        s1 += float(x.sum())
+        s2 += float(np.square(x).sum())
+        n += x.size
+    mean = s1 / n
+    std = float(np.sqrt(max(s2 / n - mean * mean, 0.0)))
+    return mean, std if std > 0 else 1.0
+
+
 class SignalDatasetFactory:
     """The fine-tuning engine's dataset factory for the signal models.
 
     Same call as ``classify.data.default_dataset_factory`` (``(store, indices, image_size, layout) ->
     Dataset``; ``image_size`` and ``layout`` do not apply and are ignored), but yields
-    ``(float32 (leads, T') millivolts at signal_rate Hz, label)`` from the store's signals through
-    :func:`prepare_signals`: no rendering, no image normalisation.
+    ``(float32 (leads, T') millivolts at signal_rate Hz, target)`` streamed from the store
+    (:class:`StoreSignalDataset`): no rendering, no image normalisation. ``crop_seconds`` crops training items
+    (``train=True``); evaluation items are whole records (the engine windows them). ``targets`` maps store rows to
+    targets (default: the manifest's ``label``).
     """
 
     def __init__(self, signal_rate: float = SIGNAL_RATE, crop_seconds: float | None = None, seed: int = 0):
         self.signal_rate, self.crop_seconds, self.seed = float(signal_rate), crop_seconds, seed
 
-    def __call__(self, store, indices: np.ndarray, image_size=None, layout=None) -> SignalDataset:
-        x = prepare_signals(store.signals(indices), STORE_FS, self.signal_rate)
-        crop = crop_length(self.crop_seconds, self.signal_rate, x.shape[-1]) if self.crop_seconds else None
-        return SignalDataset(x, store.labels(indices), crop, self.seed)
+    def __call__(self, store, indices: np.ndarray, image_size=None, layout=None, targets: np.ndarray | None = None,
+                 train: bool = False) -> StoreSignalDataset:
+        targets = store.labels(indices) if targets is None else targets
+        n = prepare_signals(np.zeros((1, 1, store.shape[-1]), np.float32), float(store.fs), self.signal_rate).shape[-1]
+        crop = crop_length(self.crop_seconds, self.signal_rate, n) if (self.crop_seconds and train) else None
+        return StoreSignalDataset(store, indices, targets, self.signal_rate, crop, self.seed)

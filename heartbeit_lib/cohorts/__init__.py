@@ -45,6 +45,7 @@ from .ids import clean_id, default_salt_path, hash_patient, read_or_create_salt,
 from .sources import (ArrayReader, ArrayRecord, Source, build_pretraining_mix, build_store_from_arrays, demo_source,
                       muse_source, ptbxl_source, wfdb_source)
 from .splits import SPLITS, assign_splits, check_disjoint, fraction_mask, fraction_size, train_ranks
-from .store import N_LEADS, N_SAMPLES, REJECT_COLUMNS, STORE_FORMAT, STORE_FS, STORE_VERSION, CohortStore
+from .store import LABEL_PREFIX, N_LEADS, N_SAMPLES, REJECT_COLUMNS, STORE_FORMAT, STORE_FS, STORE_VERSION, CohortStore
+from .benchmark import BENCHMARK_TASKS, benchmark_labels
 from .tasks import (DEFAULT_FRACTIONS, LABEL_RULES, SPLIT_METHODS, TASKS_DIR, TaskConfig, load_task, ptbxl_labels,
                     task_names, threshold_labels)

@@ -27,7 +27,7 @@ from .errors import (AmplitudeRangeError, CohortError, LabelError, NonFiniteOutp
                      StoredShapeError, WorkerDiedError)
 from .ids import clean_id, hash_patient, read_or_create_salt, salt_path
 from .splits import assign_splits, check_disjoint, train_ranks
-from .store import (N_LEADS, N_SAMPLES, REJECT_COLUMNS, STORE_FORMAT, STORE_FS, STORE_VERSION, CohortStore,
+from .store import (LABEL_PREFIX, N_LEADS, N_SAMPLES, REJECT_COLUMNS, STORE_FORMAT, STORE_FS, STORE_VERSION, CohortStore,
                     normalise_manifest, normalise_rejects, shard_name)
 from .tasks import TaskConfig, load_task
 
@@ -45,8 +45,16 @@ _CORE_DTYPES = {"record_id": str, "patient_hash": str, "patient_source": str, "s
 
 
 def output_leads() -> tuple[str, ...]:
-    """Leads of every stored ECG: I, II, V1-V6."""
+    """Leads of the paper's store: I, II, V1-V6."""
     return tuple(signals.OUTPUT_LEADS)
+
+
+def store_layout(preprocess_kw: Mapping[str, Any] | None) -> tuple[tuple[str, ...], tuple[int, int], float]:
+    """(lead names, (leads, samples), rate in Hz) of the ECGs a build with ``preprocess_kw`` stores: the paper's
+    (I, II, V1-V6; 2,500 samples; 500 Hz) unless ``out_leads`` / ``n_samples`` / ``target_fs`` say otherwise."""
+    kw = dict(preprocess_kw or {})
+    leads = tuple(str(l).upper() for l in kw.get("out_leads", output_leads()))
+    return leads, (len(leads), int(kw.get("n_samples", N_SAMPLES))), float(kw.get("target_fs", STORE_FS))
 
 
 # ---------------------------------------------------------------- one shard (runs in a worker)
@@ -200,7 +208,8 @@ def build_shard(spec: ShardSpec) -> dict:
         mrows.append(_manifest_row(spec, row, rec, len(sigs)))
         sigs.append(out[j])
 
-    arr = (np.stack(sigs) if sigs else np.zeros((0, N_LEADS, N_SAMPLES), np.float32)).astype(np.float16)
+    arr = (np.stack(sigs) if sigs else np.zeros((0, *store_layout(spec.preprocess_kw)[1]), np.float32)
+           ).astype(np.float16)
     mdf = pd.DataFrame(mrows, columns=spec.manifest_columns) if mrows else \
         pd.DataFrame({c: pd.Series(dtype=spec.dtypes.get(c, "object")) for c in spec.manifest_columns})
     rdf = pd.DataFrame(sorted(rejects, key=lambda r: r["input_index"]), columns=list(REJECT_COLUMNS))
@@ -340,7 +349,7 @@ def build_store(inputs: pd.DataFrame, reader: Callable[[str], Any], run_dir: str
     # what the output depends on (not workers/progress): a resumed build must match it
     params = {"task": task.to_dict(), "seed": int(seed), "shard_size": int(shard_size),
               "preprocess_kw": None if preprocess_kw is None else dict(preprocess_kw),
-              "leads": list(output_leads()), "format": STORE_FORMAT, "version": STORE_VERSION}
+              "leads": list(store_layout(preprocess_kw)[0]), "format": STORE_FORMAT, "version": STORE_VERSION}
     _check_or_write_build_spec(run_dir, _fingerprint(df, salt, params), params)
     params["salt_file"] = None if given_salt else str(salt_path(run_dir, salt_file))  # recorded in store.json
 
@@ -486,13 +495,18 @@ def _merge(run_dir: Path, df: pd.DataFrame, task: TaskConfig, seed: int, n_shard
     _write_parquet(run_dir / "manifest.parquet", manifest)
     _write_parquet(run_dir / "rejects.parquet", rejects)
     atomic_write(run_dir / "rejects.csv", lambda tmp: rejects.to_csv(tmp, index=False))
+    _, shape, fs = store_layout(params["preprocess_kw"])
+    classes = [c[len(LABEL_PREFIX):] for c in manifest.columns if c.startswith(LABEL_PREFIX)]
     info = {"format": STORE_FORMAT, "version": STORE_VERSION, "task": task.name,
             "n_inputs": len(df), "n_stored": len(manifest), "n_rejected": len(rejects),
             "n_shards": n_shards, "shard_size": params["shard_size"], "dtype": "float16",
-            "shape": [N_LEADS, N_SAMPLES], "fs": STORE_FS, "leads": params["leads"], "units": "microvolts",
+            "shape": list(shape), "fs": int(fs) if fs == int(fs) else fs, "leads": params["leads"],
+            "units": "microvolts",
             "seed": seed, "split_method": task.split, "fractions": list(task.fractions),
             "task_config": task.to_dict(), "preprocess_kw": params["preprocess_kw"],
             "salt_file": params.get("salt_file")}
+    if classes:  # a multi-label task: its classes, in column order
+        info["classes"] = classes
     atomic_write_text(run_dir / "store.json", json.dumps(info, indent=2) + "\n")
 
 
@@ -535,7 +549,7 @@ def plan_build(inputs: pd.DataFrame, run_dir: str | os.PathLike, *, task_cfg: "T
     (run_dir / "store" / "parts").mkdir(parents=True, exist_ok=True)
     params = {"task": task.to_dict(), "seed": int(seed), "shard_size": int(shard_size),
               "preprocess_kw": None if preprocess_kw is None else dict(preprocess_kw),
-              "leads": list(output_leads()), "format": STORE_FORMAT, "version": STORE_VERSION}
+              "leads": list(store_layout(preprocess_kw)[0]), "format": STORE_FORMAT, "version": STORE_VERSION}
     _check_or_write_build_spec(run_dir, _fingerprint(df, salt, params), params)
     extra = [c for c in df.columns if c not in (*INPUT_COLUMNS, "reject", "input_index")]
     manifest_columns = ["record_id", "patient_hash", "patient_source", "site", "label", "shard", "offset",

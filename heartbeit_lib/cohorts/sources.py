@@ -20,7 +20,8 @@ from .build import build_store, output_leads
 from .errors import CohortError, TaskError
 from .evaluation import eval_patient_hashes
 from .ids import clean_id
-from .store import N_LEADS, N_SAMPLES, STORE_FS, CohortStore
+from .benchmark import benchmark_labels
+from .store import LABEL_PREFIX, N_LEADS, N_SAMPLES, STORE_FS, CohortStore
 from .tasks import TaskConfig, ptbxl_labels, threshold_labels
 
 
@@ -97,9 +98,9 @@ def ptbxl_source(root: str | os.PathLike, task: TaskConfig, database: str = "ptb
     Carried columns: ``ecg_id``, ``strat_fold``, ``scp_codes`` (text), ``infarction_stadium1/2``,
     ``age``, ``sex``.
     """
-    if task.label_rule not in ("ptbxl_scp", "none"):
+    if task.label_rule not in ("ptbxl_scp", "ptbxl_benchmark", "none"):
         raise TaskError(f"task {task.name!r} (label_rule {task.label_rule}) cannot label PTB-XL; "
-                        "use a ptbxl_scp task such as mi or stemi")
+                        "use a ptbxl_scp task such as mi or stemi, or a ptbxl_<benchmark task>")
     root = Path(root)
     db = hio.load_ptbxl(root, rate or 500, database)
     if rate is None:  # auto: 500 Hz when every row has a 500 Hz file
@@ -109,6 +110,11 @@ def ptbxl_source(root: str | os.PathLike, task: TaskConfig, database: str = "ptb
     statements = hio.load_scp_statements(root)
     db = db.reset_index()
     label = ptbxl_labels(db, statements, task) if task.label_rule == "ptbxl_scp" else np.full(len(db), -1)
+    matrix = None
+    if task.multilabel:  # the benchmark's classes of this table; records without one stay unlabelled (-1)
+        y = benchmark_labels(root / database, task.benchmark_task, root / "scp_statements.csv")
+        matrix = y.reindex(db["ecg_id"].astype(np.int64)).fillna(-1).astype(np.int64)
+        label = np.where(db["ecg_id"].astype(np.int64).isin(y.index), 1, -1)
     has = db["path"].notna().to_numpy()
     inputs = pd.DataFrame({
         "source_path": [f"{p}.hea" if h else f"{root}/{database}#ecg_id={e}"
@@ -126,8 +132,30 @@ def ptbxl_source(root: str | os.PathLike, task: TaskConfig, database: str = "ptb
         "age": pd.to_numeric(db["age"], errors="coerce").astype(float),
         "sex": pd.to_numeric(db["sex"], errors="coerce").fillna(-1).astype(np.int64),
     })
+    if matrix is not None:
+        inputs = add_label_matrix(inputs, matrix.to_numpy(), list(matrix.columns))
     files = (root / database, root / "scp_statements.csv", *_record_files(inputs.loc[has, "source_path"]))
     return Source("ptbxl", inputs, hio.read_ecg, str(root), tuple(files))
+
+
+def label_strata(y: np.ndarray) -> np.ndarray:
+    """Stratum of each multi-label row: the index of its rarest positive class (class counts over the rows with
+    a label), -1 for rows without one. Training fractions are drawn per stratum (:func:`.splits.train_ranks`), so
+    the 1 % subset still holds the rare classes ("stratify on the rarest present class")."""
+    pos = np.asarray(y) == 1
+    counts = pos.sum(axis=0)
+    stratum = np.where(pos, counts[None, :], counts.sum() + 1).argmin(axis=1) if pos.size else np.zeros(len(pos))
+    return np.where(pos.any(axis=1), stratum, -1).astype(np.int64)
+
+
+def add_label_matrix(inputs: pd.DataFrame, y: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """``inputs`` with one int64 column ``label:<class>`` per class (1, 0; -1 where the row has no label) and the
+    ``stratum`` column of :func:`label_strata`."""
+    y = np.asarray(y, np.int64)
+    if y.shape != (len(inputs), len(classes)):
+        raise CohortError(f"label matrix of shape {y.shape} for {len(inputs)} inputs and {len(classes)} classes")
+    cols = {f"{LABEL_PREFIX}{c}": y[:, j] for j, c in enumerate(classes)}
+    return inputs.assign(**cols, stratum=label_strata(y))
 
 
 def _csv_source(kind: str, root: str | os.PathLike, task: TaskConfig, labels_csv: str, exts: tuple[str, ...]

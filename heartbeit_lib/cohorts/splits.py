@@ -91,6 +91,12 @@ def assign_splits(manifest: pd.DataFrame, task: TaskConfig, seed: int) -> np.nda
     return split.astype(str)
 
 
+def strata(manifest: pd.DataFrame) -> np.ndarray:
+    """The class each row is stratified by: ``label``, or ``stratum`` (the rarest present class) in a multi-label
+    store."""
+    return manifest["stratum" if "stratum" in manifest.columns else "label"].to_numpy(np.int64)
+
+
 def train_ranks(manifest: pd.DataFrame, seed: int) -> np.ndarray:
     """Rank of each training and validation row within its split and class (0, 1, ...), -1 elsewhere
     (saved in the store as ``train_rank``).
@@ -100,13 +106,14 @@ def train_ranks(manifest: pd.DataFrame, seed: int) -> np.ndarray:
     ``default_rng([seed, 1])`` for ``val``. The fraction-``f`` subset of a split is, in every class of
     ``n_c`` rows, the rows of rank < ``ceil(f * n_c)`` (:func:`fraction_mask`): stratified, nested (the
     1 % set is inside the 10 % set), at least one row of each present class, identical across runs.
-    Validation and training are patient-disjoint by construction of the splits.
+    Validation and training are patient-disjoint by construction of the splits. Multi-label stores rank within
+    the ``stratum`` of each row (its rarest present class, :func:`strata`) instead of the label.
     """
     rank = np.full(len(manifest), -1, np.int64)
     if len(manifest) == 0:
         return rank
     split = manifest["split"].to_numpy()
-    labels = manifest["label"].to_numpy(np.int64)
+    labels = strata(manifest)
     for name, rng in (("train", np.random.default_rng(seed)), ("val", np.random.default_rng([seed, 1]))):
         in_split = split == name
         for c in np.unique(labels[in_split]):
@@ -132,7 +139,7 @@ def fraction_mask(manifest: pd.DataFrame, fraction: float, split: str = "train")
     if split not in RANKED_SPLITS:
         raise CohortError(f"fraction subsets exist for {list(RANKED_SPLITS)}, not {split!r}")
     in_split = manifest["split"].to_numpy() == split
-    labels = manifest["label"].to_numpy(np.int64)
+    labels = strata(manifest)
     rank = manifest["train_rank"].to_numpy(np.int64)
     mask = np.zeros(len(manifest), bool)
     for c in np.unique(labels[in_split]):

@@ -27,6 +27,7 @@ STORE_FS = 500
 # random ECGs over 4,150 shards (94 % misses at 256 open) spends ~35 ms reopening, about as long as rendering
 # it.  Pages stay in the OS page cache.  Fewer, larger shards (shard_size 16384: 520 shards) avoid the cost.
 MAX_OPEN_SHARDS = 256
+LABEL_PREFIX = "label:"  # manifest column of one class of a multi-label task: label:<class> (1, 0, -1 unlabelled)
 REJECT_COLUMNS = ("input_index", "source_path", "record_id", "stage", "error_type", "reason")
 
 
@@ -106,6 +107,43 @@ class CohortStore:
     def task_config(self) -> TaskConfig:
         return TaskConfig.from_dict(self.info["task_config"])
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(leads, samples) of every stored ECG: (8, 2500) for the paper's store, (12, 1000) for PTB-XL's 10 s at
+        100 Hz."""
+        return tuple(int(v) for v in self.info.get("shape", (N_LEADS, N_SAMPLES)))
+
+    @property
+    def fs(self) -> float:
+        """Sampling rate of the stored signals in Hz."""
+        return float(self.info.get("fs", STORE_FS))
+
+    @property
+    def lead_names(self) -> tuple[str, ...]:
+        return tuple(self.info.get("leads", ()))
+
+    @property
+    def paper_layout(self) -> bool:
+        """True when the store holds the paper's input: leads I, II, V1-V6, 5 s at 500 Hz (what images are drawn
+        from)."""
+        return self.shape == (N_LEADS, N_SAMPLES) and self.fs == STORE_FS
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names of a multi-label store (the ``label:<class>`` columns), [] for a binary store."""
+        return list(self.info.get("classes") or [])
+
+    @property
+    def multilabel(self) -> bool:
+        return bool(self.classes)
+
+    def label_matrix(self, idx: Iterable[int] | np.ndarray) -> np.ndarray:
+        """int64 (n, classes) 0/1 labels of rows ``idx`` of a multi-label store (-1 where a row has none)."""
+        if not self.multilabel:
+            raise CohortError(f"{self.root}: store of task {self.task!r} is not multi-label (no classes)")
+        cols = [LABEL_PREFIX + c for c in self.classes]
+        return self.manifest[cols].to_numpy(np.int64)[np.asarray(idx, np.int64)]
+
     def _shard(self, i: int) -> np.ndarray:
         """The memmap of shard ``i``; the least recently used one is closed beyond ``max_open_shards``."""
         if i in self._shards:
@@ -124,7 +162,8 @@ class CohortStore:
         return self._shards[i]
 
     def signals(self, idx: Iterable[int] | np.ndarray) -> np.ndarray:
-        """ECGs of manifest rows ``idx`` as float32 (n, 8, 2500) microvolts (leads I, II, V1-V6, 500 Hz).
+        """ECGs of manifest rows ``idx`` as float32 (n, leads, samples) microvolts (:attr:`shape`, :attr:`fs`; the
+        paper's store: (n, 8, 2500), leads I, II, V1-V6, 500 Hz).
 
         Rows are read shard by shard (one fancy-index per shard memmap); the output follows the
         order of ``idx`` (duplicates allowed).
@@ -133,7 +172,7 @@ class CohortStore:
         if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
             raise IndexError(f"{self.root}: row index out of range for {len(self)} ECGs")
         idx = np.where(idx < 0, idx + len(self), idx)
-        out = np.empty((idx.size, N_LEADS, N_SAMPLES), np.float32)
+        out = np.empty((idx.size, *self.shape), np.float32)
         shard = self.manifest["shard"].to_numpy(np.int64)[idx]
         offset = self.manifest["offset"].to_numpy(np.int64)[idx]
         for s in np.unique(shard):

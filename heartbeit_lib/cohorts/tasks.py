@@ -19,7 +19,7 @@ from .errors import TaskError
 
 TASKS_DIR = Path(__file__).resolve().parents[2] / "parameters" / "tasks"
 SPLIT_METHODS = ("group_shuffle", "ptbxl_folds", "none")
-LABEL_RULES = ("ptbxl_scp", "csv_label", "csv_threshold", "given", "none")
+LABEL_RULES = ("ptbxl_scp", "ptbxl_benchmark", "csv_label", "csv_threshold", "given", "none")
 DEFAULT_FRACTIONS = (0.01, 0.1, 0.25, 0.5, 1.0)
 
 
@@ -34,7 +34,11 @@ class TaskConfig(TypedConfig):
         ``scp_exclude`` (codes, or prefixes ending in ``*``: ``INJ*``), and, when
         ``infarction_stadia`` is not empty, ``infarction_stadium1`` or ``infarction_stadium2`` is one
         of them. ``require_diagnostic``: records with no diagnostic statement at all (no diagnostic
-        superclass) get label -1 (``unassigned``: neither trained nor evaluated), as the PTB-XL benchmark. ``csv_label``: 0/1 column ``label_column`` of the labels CSV. ``csv_threshold``:
+        superclass) get label -1 (``unassigned``: neither trained nor evaluated), as the PTB-XL benchmark.
+        ``ptbxl_benchmark``: a **multi-label** task, the PTB-XL benchmark's label set ``benchmark_task`` (all,
+        diagnostic, subdiagnostic, superdiagnostic, form, rhythm; :func:`heartbeit_lib.cohorts.benchmark_labels`):
+        one 0/1 column ``label:<class>`` per class in the manifest, ``label`` 1 for records with at least one
+        class and -1 (unassigned) for the others. ``csv_label``: 0/1 column ``label_column`` of the labels CSV. ``csv_threshold``:
         positive when ``value_column`` compares to ``threshold`` by ``positive_if`` (``le`` = <=).
         ``given``: labels supplied with the data (demo, in-memory arrays). ``none``: unlabelled (-1).
     Splits (``split``)
@@ -55,6 +59,7 @@ class TaskConfig(TypedConfig):
     scp_exclude: tuple[str, ...] = ()  # statements that do not count; "INJ*" = every code starting with INJ
     require_diagnostic: bool = False  # records without any diagnostic statement -> label -1 (dropped)
     infarction_stadia: tuple[str, ...] = ()
+    benchmark_task: str = ""  # ptbxl_benchmark: all | diagnostic | subdiagnostic | superdiagnostic | form | rhythm
     # labels CSV (muse / wfdb): column names
     id_column: str = "ecg_id"
     patient_column: str = "patient_id"
@@ -85,6 +90,11 @@ class TaskConfig(TypedConfig):
         where = f"task {self.name!r}"
         if self.label_rule == "ptbxl_scp" and not self.scp_classes:
             raise TaskError(f"{where}: label_rule ptbxl_scp needs scp_classes (e.g. [MI])")
+        if self.label_rule == "ptbxl_benchmark":
+            from .benchmark import BENCHMARK_TASKS
+            if self.benchmark_task not in BENCHMARK_TASKS:
+                raise TaskError(f"{where}: label_rule ptbxl_benchmark needs benchmark_task in "
+                                f"{list(BENCHMARK_TASKS)}, got {self.benchmark_task!r}")
         if self.label_rule == "csv_threshold" and not self.value_column:
             raise TaskError(f"{where}: label_rule csv_threshold needs value_column (e.g. lvef)")
         if not 0.0 < self.test_size < 1.0:
@@ -100,6 +110,11 @@ class TaskConfig(TypedConfig):
     @property
     def labelled(self) -> bool:
         return self.label_rule != "none"
+
+    @property
+    def multilabel(self) -> bool:
+        """True for the PTB-XL benchmark's multi-label tasks (one 0/1 column per class)."""
+        return self.label_rule == "ptbxl_benchmark"
 
     def with_overrides(self, **overrides: Any) -> "TaskConfig":
         """A copy with the given fields replaced (``None`` or ``""`` values are ignored)."""

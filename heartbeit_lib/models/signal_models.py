@@ -205,6 +205,23 @@ class Inception1d(nn.Module):
 # ---------------------------------------------------------------- builders
 
 
+def benchmark_weight_init(model: nn.Module) -> nn.Module:
+    """The PTB-XL benchmark's ``weight_init`` (``code/models/basic_conv1d.py``), which ``fastai_model.fit`` applies
+    to every model trained from scratch, after the architecture's own init: kaiming-normal conv/linear weights, zero
+    biases, and **every** BatchNorm at weight 1, bias 0 (undoing xresnet's zero-initialised last BN of each residual
+    branch). Returns ``model`` (changed in place)."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv1d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        if isinstance(m, nn.BatchNorm1d):
+            nn.init.constant_(m.weight, 1.0)
+            nn.init.constant_(m.bias, 0.0)
+    return model
+
+
+
 def xresnet1d101(num_classes: int, in_chans: int = 12, **kw) -> XResNet1d:
     """xresnet1d101 as trained in the PTB-XL benchmark (kernel 5, head [128], dropout 0.5)."""
     return XResNet1d(XRESNET_LAYERS["xresnet1d101"], num_classes, in_chans, **kw)

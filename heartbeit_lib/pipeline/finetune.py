@@ -62,8 +62,10 @@ from heartbeit_lib.models import registry as models
 from heartbeit_lib.classify.checkpoint import load_best_weights, save_best_weights, write_model_record  # noqa: F401
 from heartbeit_lib.classify.data import (EVAL_SPLITS, ImageCache, Split, SplitError,  # noqa: F401
                                          default_dataset_factory, describe_splits, make_loader, make_splits,
+                                         require_paper_layout,
                                          records_sha256)
-from heartbeit_lib.classify.signal_data import SignalDatasetFactory
+from heartbeit_lib.models.signal_models import benchmark_weight_init
+from heartbeit_lib.classify.signal_data import SignalDatasetFactory, crop_length, fit_standardizer
 from heartbeit_lib.classify.engine import predict, select_best_epoch, split_metrics  # noqa: F401
 from heartbeit_lib.pipeline import runs
 
@@ -110,10 +112,17 @@ class FinetuneConfig(runs.TypedConfig):
     image_size: int | None = None  # rendered image side in px; None: the pretraining size for heartbeit, else the paper's 224
     layout: str = "stack8"  # ECG image layout (heartbeit_lib.render)
     signal_rate: int = 100  # input rate of the signal models in Hz (store 500 Hz resampled; PTB-XL benchmark: 100); image models ignore it
+    crop_seconds: float | None = None  # signal models: random crops of this many s in training, windows of it (stride half a window) at evaluation; None: whole records (PTB-XL benchmark: 2.5)
+    window_aggregate: str = "mean"  # signal models with crop_seconds: window outputs combined by mean or max (PTB-XL benchmark: max)
+    standardize: bool = False  # signal models: subtract the mean and divide by the std of the training values (PTB-XL benchmark)
+    optimizer: str = "adam"  # adam (the paper; weight_decay is L2) | adamw (decoupled weight decay: the PTB-XL benchmark's fastai)
+    signal_init: str = "fastai"  # xresnet1d101/inception1d from scratch: fastai (the architecture's init) | benchmark (then the PTB-XL benchmark's weight_init: every BatchNorm at 1/0)
+    adam_beta2: float = 0.999  # Adam's beta2 (fastai and the PTB-XL benchmark: 0.99); beta1 cycles 0.95 -> 0.85 -> 0.95 with OneCycle
     ylim_mv: tuple[float, ...] | None = None  # amplitude range (lo, hi) of each lead band in mV; None: heartbeit the checkpoint's, else +-4 mV
     device: str | None = None  # cpu, cuda, cuda:N; None: cuda when available, else cpu
     amp: bool = True  # mixed precision on cuda
-    select_on: str = "val"  # split choosing the best epoch: val (default) or test (paper, optimistic)
+    select_on: str = "val"  # split choosing the best epoch: val (default), test (paper, optimistic) or last (no selection: PTB-XL benchmark)
+    eval_every: int = 1  # score val/test/external every k epochs and at the last one (selection sees only scored epochs)
     val_fraction: str = "matched"  # matched: validation shrinks with fraction (nested, stratified, at least 5 per class) | full: whole split
     num_workers: int = 0  # DataLoader worker processes
     cache_images: bool = False  # render every split once per process and keep it in memory (small cohorts)
@@ -121,7 +130,10 @@ class FinetuneConfig(runs.TypedConfig):
     run_id: str | None = None  # run folder name; None: <task>-<model>-f<fraction>-s<seed>
     resume: bool = False  # continue an interrupted run folder from its last finished epoch (resume.pt, written every epoch when True)
 
-    choices: typing.ClassVar[dict[str, tuple]] = {"select_on": ("val", "test"), "val_fraction": ("matched", "full")}
+    choices: typing.ClassVar[dict[str, tuple]] = {"select_on": ("val", "test", "last"),
+                                                  "val_fraction": ("matched", "full"),
+                                                  "window_aggregate": ("mean", "max"), "optimizer": ("adam", "adamw"),
+                                                  "signal_init": ("fastai", "benchmark")}
     path_components: typing.ClassVar[tuple[str, ...]] = ("run_id", "task", "model")  # the run folder's name
 
     def validate(self) -> None:
@@ -131,7 +143,18 @@ class FinetuneConfig(runs.TypedConfig):
                                    f"{self.model!r}; choose one of {models.model_sizes(self.model)}")
         if not 0.0 < self.fraction <= 1.0:
             raise runs.ConfigError(f"parameter 'fraction': {self.fraction} is not in (0, 1]")
-        for name in ("epochs", "batch_size"):
+        signal = models.model_family(self.model) == "signal"
+        if not signal and (self.crop_seconds is not None or self.standardize):
+            raise runs.ConfigError(f"parameters 'crop_seconds'/'standardize' apply to the signal models, not to "
+                                   f"{self.model!r}; leave them at None/false")
+        if self.crop_seconds is not None and not self.crop_seconds > 0:
+            raise runs.ConfigError(f"parameter 'crop_seconds': {self.crop_seconds} must be None or > 0 s")
+        if self.signal_init != "fastai" and self.model not in ("xresnet1d101", "inception1d"):
+            raise runs.ConfigError(f"parameter 'signal_init': {self.signal_init!r} applies to xresnet1d101 and "
+                                   f"inception1d from scratch, not to {self.model!r}")
+        if not 0.0 < self.adam_beta2 < 1.0:
+            raise runs.ConfigError(f"parameter 'adam_beta2': {self.adam_beta2} must lie in (0, 1)")
+        for name in ("epochs", "batch_size", "eval_every"):
             if getattr(self, name) < 1:
                 raise runs.ConfigError(f"parameter {name!r}: {getattr(self, name)} must be >= 1")
         if self.image_size is not None and self.image_size < 8:
@@ -309,11 +332,17 @@ def build_model(cfg: FinetuneConfig, store=None) -> tuple[nn.Module, tuple[tuple
     _check_resolved(cfg)
     torch.manual_seed(cfg.seed)
     weights = model_weights(cfg)
+    n_out = len(store.classes) if getattr(store, "multilabel", False) else 2
     if models.model_family(cfg.model) == "signal":  # inputs are millivolts already (signal_data.SCALE_UV)
-        model = models.create_model(cfg.model, num_classes=2, weights=weights, size=cfg.model_size or None,
-                                    in_chans=N_LEADS, signal_rate=float(cfg.signal_rate))
-        return model, SIGNAL_NORMALIZATION
-    model = models.create_model(cfg.model, num_classes=2, weights=weights, size=cfg.model_size or None,
+        in_chans = store.shape[0] if store is not None and hasattr(store, "shape") else N_LEADS
+        model = models.create_model(cfg.model, num_classes=n_out, weights=weights, size=cfg.model_size or None,
+                                    in_chans=in_chans, signal_rate=float(cfg.signal_rate))
+        if cfg.signal_init == "benchmark":
+            benchmark_weight_init(model)
+        return model, signal_normalization(cfg, store)
+    if store is not None:
+        require_paper_layout(store)
+    model = models.create_model(cfg.model, num_classes=n_out, weights=weights, size=cfg.model_size or None,
                                 img_size=cfg.image_size)
     spec = models.model_spec(cfg.model)
     if store is not None and spec.source is None and spec.family in TRANSFORMER_FAMILIES:
@@ -322,6 +351,20 @@ def build_model(cfg: FinetuneConfig, store=None) -> tuple[nn.Module, tuple[tuple
 
 
 TRANSFORMER_FAMILIES = ("vit", "beit")  # image transformers: no BatchNorm to absorb the input offset
+
+
+def signal_normalization(cfg: FinetuneConfig, store) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean,), (std,) of a signal model's millivolt inputs: identity, or with ``standardize`` the mean and standard
+    deviation of every value of the run's training rows (``signal_data.fit_standardizer``: the PTB-XL benchmark's
+    StandardScaler, fitted on the training split only, so no evaluation value reaches the input)."""
+    if not cfg.standardize:
+        return SIGNAL_NORMALIZATION
+    if store is None:
+        raise runs.ConfigError("parameter 'standardize': needs the cohort store to fit the training statistics")
+    idx = np.asarray(store.indices("train", cfg.fraction), np.int64)
+    idx = idx[store.labels(idx) >= 0]
+    mean, std = fit_standardizer(store, idx, float(cfg.signal_rate))
+    return (mean,), (std,)
 
 
 def scratch_normalization(cfg: FinetuneConfig, store) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -364,11 +407,13 @@ def optimizer_params(cfg: FinetuneConfig, model: nn.Module):
 
 
 def make_optimizer(cfg: FinetuneConfig, params, total_steps: int):
-    """Adam + OneCycleLR stepped once per batch: lr ``lr_start`` -> ``lr`` (after ``pct_start`` = 30 %
-    of the steps) -> ``lr_start / 1e4`` (cosine), as the paper's "OneCycle between 3e-4 and 1e-3"; groups
-    with an ``lr_scale`` (:func:`optimizer_params`) follow the same cycle scaled."""
+    """Adam (or AdamW: ``optimizer``) + OneCycleLR stepped once per batch: lr ``lr_start`` -> ``lr`` (after
+    ``pct_start`` = 30 % of the steps) -> ``lr_start / 1e4`` (cosine), as the paper's "OneCycle between 3e-4 and
+    1e-3"; groups with an ``lr_scale`` (:func:`optimizer_params`) follow the same cycle scaled. fastai's
+    ``fit_one_cycle(lr)`` of the PTB-XL benchmark is ``optimizer=adamw, adam_beta2=0.99, lr_start=lr/25``."""
     params = list(params)
-    opt = torch.optim.Adam(params, lr=cfg.lr_start, weight_decay=cfg.weight_decay)
+    kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    opt = kind(params, lr=cfg.lr_start, betas=(0.9, cfg.adam_beta2), weight_decay=cfg.weight_decay)
     scales = [g.get("lr_scale", 1.0) for g in opt.param_groups]
     max_lr = cfg.lr if all(x == 1.0 for x in scales) else [cfg.lr * x for x in scales]
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=max(1, total_steps),
@@ -379,13 +424,18 @@ def make_optimizer(cfg: FinetuneConfig, params, total_steps: int):
 def _loaders(cfg: FinetuneConfig, store, splits: Mapping[str, Split], factory: Callable,
              image_cache: ImageCache | None, eval_batch: int) -> tuple[Any, dict[str, Any]]:
     """(train loader, {eval split: loader}) with the split datasets rendered through ``factory`` (or the cache)."""
-    def make_ds(split: Split):
+    def make_ds(split: Split, train: bool = False):
+        kw: dict[str, Any] = {"targets": split.targets} if split.classes else {}
+        if isinstance(factory, SignalDatasetFactory):
+            kw["train"] = train  # random crops in training only
         if image_cache is None:
-            return factory(store, split.indices, cfg.image_size, cfg.layout)
+            return factory(store, split.indices, cfg.image_size, cfg.layout, **kw)
+        if kw:
+            raise SplitError("cache_images does not apply to multi-label or signal datasets")
         return image_cache.dataset(factory, store, split, cfg.image_size, cfg.layout, cfg.num_workers)
 
     train = splits["train"]
-    train_ds = make_ds(train)
+    train_ds = make_ds(train, train=True)
     # BatchNorm cannot train on a last batch of one image: drop it (it comes back next epoch reshuffled)
     drop_last = len(train) % cfg.batch_size == 1 and len(train) > cfg.batch_size
     train_loader = make_loader(train_ds, cfg.batch_size, True, cfg.seed, cfg.num_workers, drop_last)
@@ -397,6 +447,7 @@ def _loaders(cfg: FinetuneConfig, store, splits: Mapping[str, Split], factory: C
 def _summary(cfg: FinetuneConfig, log: list[dict], best_epoch: int, splits: Mapping[str, Split]) -> dict[str, Any]:
     """metrics.json fields of the chosen epoch, the split sizes and the paper's best-any-epoch test AUROC."""
     best = next(r for r in log if r["epoch"] == best_epoch)
+    classes = splits["train"].classes
     metrics: dict[str, Any] = {"best_epoch": best_epoch, "select_on": cfg.select_on, "select_metric": "auroc",
                                "epochs": cfg.epochs, "task": cfg.task, "model": cfg.model,
                                "fraction": cfg.fraction, "seed": cfg.seed}
@@ -408,6 +459,8 @@ def _summary(cfg: FinetuneConfig, log: list[dict], best_epoch: int, splits: Mapp
     for s in ("train",) + EVAL_SPLITS:
         metrics[f"n_{s}"] = len(splits[s])
         metrics[f"prevalence_{s}"] = splits[s].prevalence
+    if classes:
+        metrics.update(classes=list(classes), multilabel=True, auroc_average="macro")
     return metrics
 
 
@@ -438,8 +491,9 @@ def fit(cfg: FinetuneConfig, model: nn.Module, store, splits: Mapping[str, Split
     state = load_resume_state(run_dir, cfg) if cfg.resume else None
     for name in ("log.jsonl", "predictions.parquet", "model_best.pt") if state is None else ():
         (run_dir / name).unlink(missing_ok=True)  # a rerun starts clean
-    sel = splits[cfg.select_on]
-    if len(sel) == 0 or len(np.unique(sel.label)) < 2:
+    multilabel = bool(splits["train"].classes)
+    sel = splits.get(cfg.select_on)
+    if sel is not None and not multilabel and (len(sel) == 0 or len(np.unique(sel.label)) < 2):
         raise SplitError(f"select_on={cfg.select_on!r}: that split needs both classes to choose an epoch "
                          f"(it has {len(sel)} ECGs, labels {sorted(set(sel.label.tolist()))})")
     device = resolve_device(cfg.device)
@@ -447,7 +501,7 @@ def fit(cfg: FinetuneConfig, model: nn.Module, store, splits: Mapping[str, Split
     torch.manual_seed(cfg.seed)
     signal = models.model_family(cfg.model) == "signal"
     cache = (image_cache if image_cache is not None else IMAGE_CACHE) if cfg.cache_images and not signal else None
-    default_factory = (SignalDatasetFactory(cfg.signal_rate, seed=cfg.seed) if signal
+    default_factory = (SignalDatasetFactory(cfg.signal_rate, cfg.crop_seconds, seed=cfg.seed) if signal
                        else functools.partial(default_dataset_factory, ylim_mv=cfg.ylim_mv))
     eval_batch = max(CUDA_EVAL_BATCH, 2 * cfg.batch_size) if device.type == "cuda" else 2 * cfg.batch_size
     train_loader, eval_loaders = _loaders(cfg, store, splits, dataset_factory or default_factory, cache, eval_batch)
@@ -461,8 +515,16 @@ def fit(cfg: FinetuneConfig, model: nn.Module, store, splits: Mapping[str, Split
     std = torch.tensor(normalization[1], dtype=torch.float32, device=device).view(shape)
     opt, sched = make_optimizer(cfg, optimizer_params(cfg, model), cfg.epochs * len(train_loader))
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    windows = None
+    if signal and cfg.crop_seconds:
+        n_in = train_loader.dataset.n_samples if hasattr(train_loader.dataset, "n_samples") else None
+        windows = engine.Windows(crop_length(cfg.crop_seconds, float(cfg.signal_rate), n_in or 10 ** 9),
+                                 cfg.window_aggregate)
+    n_classes = len(splits["train"].classes) if multilabel else 2
+    extra = {"crop_seconds": cfg.crop_seconds, "window_aggregate": cfg.window_aggregate} if signal else {}
     write_model_record(run_dir, model, cfg.model, cfg.model_size or None, cfg.image_size, cfg.layout, normalization,
-                       signal_rate=cfg.signal_rate if signal else None, ylim_mv=None if signal else cfg.ylim_mv)
+                       num_classes=n_classes, signal_rate=cfg.signal_rate if signal else None,
+                       ylim_mv=None if signal else cfg.ylim_mv, classes=splits["train"].classes, extra=extra)
 
     log: list[dict] = []
     pred_frames: list[pd.DataFrame] = []
@@ -471,7 +533,8 @@ def fit(cfg: FinetuneConfig, model: nn.Module, store, splits: Mapping[str, Split
     first = 1
     if state is not None:
         first, log, best_epoch, best_value = restore_resume_state(state, model, opt, sched, scaler, train_loader)
-        pred_frames = [pd.read_parquet(run_dir / "predictions.parquet").query("epoch < @first")]
+        if (run_dir / "predictions.parquet").is_file():  # none yet when no epoch was scored (eval_every)
+            pred_frames = [pd.read_parquet(run_dir / "predictions.parquet").query("epoch < @first")]
         # the files may hold an epoch finished after resume.pt was written: keep what resume.pt knows
         (run_dir / "log.jsonl").unlink(missing_ok=True)
         for r in log:
@@ -479,17 +542,28 @@ def fit(cfg: FinetuneConfig, model: nn.Module, store, splits: Mapping[str, Split
     epochs = range(first, cfg.epochs + 1)
     for epoch in tqdm(epochs, desc=f"{cfg.model} f={cfg.fraction}", leave=False) if progress else epochs:
         t0 = time.time()
-        loss = engine.train_one_epoch(model, train_loader, opt, sched, scaler, mean, std, device, amp, channels_last)
+        if hasattr(train_loader.dataset, "set_epoch"):
+            train_loader.dataset.set_epoch(epoch)  # the epoch's random crops
+        loss = engine.train_one_epoch(model, train_loader, opt, sched, scaler, mean, std, device, amp, channels_last,
+                                      multilabel)
         row: dict[str, Any] = {"epoch": epoch, "train_loss": loss, "lr": sched.get_last_lr()[0]}
-        scores, frames = engine.evaluate(model, eval_loaders, splits, mean, std, device, epoch, amp, channels_last)
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            scores, frames = engine.evaluate(model, eval_loaders, splits, mean, std, device, epoch, amp,
+                                             channels_last, windows)
+            pred_frames += frames
+        else:  # not scored this epoch (eval_every)
+            scores = {f"{s}_{m}": float("nan") for s in EVAL_SPLITS for m in ("auroc", "auprc")}
         row.update(scores, epoch_time_s=time.time() - t0)
-        pred_frames += frames
         log.append(row)
         runs.append_jsonl(run_dir / "log.jsonl", _nan_to_none(row))
-        utils.atomic_write(run_dir / "predictions.parquet",
-                           lambda tmp: pd.concat(pred_frames, ignore_index=True).to_parquet(tmp, index=False))
-        value = row[f"{cfg.select_on}_auroc"]
-        if math.isfinite(value) and value > best_value:  # strict: earliest epoch wins ties
+        if pred_frames:
+            utils.atomic_write(run_dir / "predictions.parquet",
+                               lambda tmp: pd.concat(pred_frames, ignore_index=True).to_parquet(tmp, index=False))
+        if cfg.select_on == "last":
+            if epoch == cfg.epochs:
+                best_epoch, best_value = epoch, row["val_auroc"]
+                save_best_weights(model, run_dir)
+        elif math.isfinite(value := row[f"{cfg.select_on}_auroc"]) and value > best_value:  # earliest wins ties
             best_epoch, best_value = epoch, value
             save_best_weights(model, run_dir)
         if cfg.resume:
@@ -502,6 +576,13 @@ def fit(cfg: FinetuneConfig, model: nn.Module, store, splits: Mapping[str, Split
                    n_parameters=models.count_parameters(model), normalize_mean=list(normalization[0]),
                    normalize_std=list(normalization[1]), device=str(device), amp=amp,
                    ylim_mv=None if cfg.ylim_mv is None else list(cfg.ylim_mv), val_fraction=cfg.val_fraction)
+    if multilabel:  # per-class AUROC of the chosen epoch (04 recomputes them with intervals)
+        at_best = pd.concat(pred_frames, ignore_index=True).query("epoch == @best_epoch")
+        for s in EVAL_SPLITS:
+            part = at_best[at_best["split"] == s]
+            metrics[f"{s}_auroc_per_class"] = {
+                c: engine.split_metrics(part[f"{cohorts.LABEL_PREFIX}{c}"], part[f"{engine.SCORE_PREFIX}{c}"])["auroc"]
+                for c in splits["train"].classes} if len(part) else {}
     hashes = {f"split_{s}_records": records_sha256(splits[s].record_id) for s in splits}
     return FitResult(best_epoch, _nan_to_none(metrics), log, hashes, run_dir)
 
@@ -532,7 +613,7 @@ def load_resume_state(run_dir: Path, cfg: FinetuneConfig) -> dict | None:
     runs.ConfigError : the folder's ``resume.pt`` was written with other parameters.
     """
     path = Path(run_dir) / RESUME_FILE
-    if not (path.is_file() and (Path(run_dir) / "predictions.parquet").is_file()):
+    if not path.is_file():
         return None
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state["config"] != _resume_key(cfg):

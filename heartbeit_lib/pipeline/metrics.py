@@ -18,9 +18,12 @@ import pandas as pd
 import yaml
 
 from heartbeit_lib.analysis.metrics import (AUPRC_METHODS, CI_METHODS, BootstrapStats, MetricsInputError,
+                                            benchmark_interval, bootstrap_macro_metrics,
                                             RunMismatchError, _check_labels, _check_method, bootstrap_indices,
                                             bootstrap_indices_cached, bootstrap_metrics, compare, interval_summary,
                                             seed_pool)
+from heartbeit_lib.classify.engine import SCORE_PREFIX
+from heartbeit_lib.cohorts.store import LABEL_PREFIX
 from heartbeit_lib.models import registry as models
 from heartbeit_lib.pipeline import runs
 from heartbeit_lib.report.tables import SPLIT_LABELS, SPLIT_ORDER, order_models
@@ -221,6 +224,8 @@ def collect_runs(sweep_dir: str | os.PathLike, splits: Sequence[str] | None = No
     for _, r in table[table["complete"]].iterrows():
         path = Path(r["run_dir"]) / "predictions.parquet"
         pred = pd.read_parquet(path)
+        if any(c.startswith(SCORE_PREFIX) for c in pred.columns):  # multi-label: label:<c>/score:<c> per class
+            pred = pred.assign(label=1, score=np.nan)
         missing = [c for c in PREDICTION_COLUMNS if c not in pred.columns]
         if missing:
             raise RunFolderError(f"{path}: missing columns {missing} (contract: {list(PREDICTION_COLUMNS)})")
@@ -242,7 +247,16 @@ def collect_runs(sweep_dir: str | os.PathLike, splits: Sequence[str] | None = No
             "epoch", "best_epoch", "select_on", "run_dir", "reported_auroc", "reported_auprc"]
     if not frames:
         return pd.DataFrame(columns=cols)
-    return pd.concat(frames, ignore_index=True)[cols]
+    out = pd.concat(frames, ignore_index=True)
+    per_class = [c for c in out.columns if c.startswith((LABEL_PREFIX, SCORE_PREFIX))]
+    return out[cols + per_class]
+
+
+def multilabel_columns(sub: pd.DataFrame) -> tuple[list[str], list[str], list[str]]:
+    """(classes, label columns, score columns) of the multi-label runs in ``sub`` (the class columns filled for
+    every row), or three empty lists for a binary task."""
+    classes = [c[len(SCORE_PREFIX):] for c in sub.columns if c.startswith(SCORE_PREFIX) and sub[c].notna().all()]
+    return classes, [LABEL_PREFIX + c for c in classes], [SCORE_PREFIX + c for c in classes]
 
 
 def run_file_hashes(run_dirs: Iterable[str | os.PathLike], files: Sequence[str]) -> dict[str, str]:
@@ -299,6 +313,7 @@ def evaluate_predictions(preds, n_boot: int = 500, seed: int = 0, alpha: float =
     carry = [c for c in ("family", "run_dir", "best_epoch", "select_on") if c in preds.columns]
     results, diffs = [], []
     for (task, split), sub in preds[preds["split"].isin(list(splits))].groupby(["task", "split"], sort=True):
+        classes, label_cols, score_cols = multilabel_columns(sub)
         ref_ids = ref_labels = None
         ref_run = None
         stats: dict[tuple, BootstrapStats] = {}
@@ -307,11 +322,11 @@ def evaluate_predictions(preds, n_boot: int = 500, seed: int = 0, alpha: float =
             ids = run["record_id"].astype(str).to_numpy()
             if len(np.unique(ids)) != len(ids):
                 raise RunMismatchError(f"{task}/{split} run {key}: duplicate record ids")
-            labels = run["label"].to_numpy()
+            labels = run[label_cols].to_numpy() if classes else run["label"].to_numpy()
             if ref_ids is None:
                 ref_ids, ref_labels, ref_run = ids, labels, key
-                y = _check_labels(labels, f"label ({task}/{split})")
-                strat = y if stratify else None
+                y = labels.astype(np.int64) if classes else _check_labels(labels, f"label ({task}/{split})")
+                strat = y if stratify and not classes else None
                 if indices_dir is not None:
                     idx = bootstrap_indices_cached(indices_dir, f"{task}-{split}", ids, n_boot, seed, strat)
                 else:
@@ -322,11 +337,20 @@ def evaluate_predictions(preds, n_boot: int = 500, seed: int = 0, alpha: float =
                                        "comparisons need the same evaluation set")
             elif not np.array_equal(labels, ref_labels):
                 raise RunMismatchError(f"{task}/{split}: runs {key} and {ref_run} disagree on labels")
-            st = bootstrap_metrics(y, run["score"].to_numpy(), idx, auprc_method, jackknife=method == "bca")
+            if classes:  # macro over classes, every class on the same resamples; BCa is not defined here
+                st = bootstrap_macro_metrics(y, run[score_cols].to_numpy(), idx, classes, auprc_method)
+            else:
+                st = bootstrap_metrics(y, run["score"].to_numpy(), idx, auprc_method, jackknife=method == "bca")
             stats[key] = st
             row = dict(zip(("task", "split", "model", "fraction", "seed"), (task, split, *key)))
-            row.update(interval_summary(st, alpha, method))
-            row["prevalence"] = st.n_pos / st.n
+            row.update(interval_summary(st, alpha, "percentile" if classes else method))
+            row["prevalence"] = st.n_pos / (st.n * max(1, len(classes)))
+            if classes:
+                row.update(benchmark_interval(st), average="macro", n_classes=len(classes))
+                for c, pc in zip(classes, st.per_class):
+                    summ = interval_summary(pc, alpha, "percentile")
+                    row.update({f"auroc:{c}": summ["auroc"], f"auroc_lo:{c}": summ["auroc_lo"],
+                                f"auroc_hi:{c}": summ["auroc_hi"]})
             first = run.iloc[0]
             for col in carry:
                 row[col] = first[col]

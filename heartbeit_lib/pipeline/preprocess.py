@@ -15,6 +15,7 @@ from typing import ClassVar
 from heartbeit_lib.cohorts import (SPLIT_METHODS, SPLITS, CohortStore, Source, TaskConfig, build_store, demo_source,
                                    load_task, muse_source, ptbxl_source, task_names, wfdb_source)
 from heartbeit_lib.cohorts.evaluation import write_eval_patients  # noqa: F401 (public path preprocess.write_eval_patients)
+from heartbeit_lib.signals import N_SAMPLES, TARGET_FS, TWELVE_LEADS
 from heartbeit_lib.pipeline import runs
 from heartbeit_lib.report import qc
 
@@ -40,8 +41,12 @@ class PreprocessConfig(runs.TypedConfig):
     band_high: float = 40.0  # Hz, band-pass high edge (paper)
     filter_order: int = 4  # Butterworth order per edge (see heartbeit_lib/signals.py)
     median_kernel: int = 3  # median filter width in samples at 500 Hz (1: off)
-    window_start: int = 0  # first kept sample at 500 Hz (the paper keeps the first 2,500)
-    pad_short: bool = False  # zero-pad records shorter than 5 s instead of rejecting them
+    window_start: int = 0  # first kept sample at store_fs (the paper keeps the first 2,500 at 500 Hz)
+    pad_short: bool = False  # zero-pad records shorter than `seconds` instead of rejecting them
+    store_leads: str = "paper"  # paper: I, II, V1-V6 (what images are drawn from) | twelve: I, II, III, aVR, aVL, aVF, V1-V6
+    store_fs: int = 500  # Hz of the stored signals (paper: 500; PTB-XL benchmark: 100)
+    seconds: float = 5.0  # stored length in s (paper: 5; PTB-XL benchmark: 10)
+    filtering: bool = True  # band-pass + median filter (paper); false stores the raw signal (PTB-XL benchmark)
     shard_size: int = 512  # ECGs per shard file (512 x 8 x 2500 float16: 20 MB)
     workers: int = 2  # worker processes (output does not depend on it)
     salt_file: str | None = None  # file holding the patient-hash salt (None: the per-user salt file, see cohorts.default_salt_path)
@@ -54,6 +59,7 @@ class PreprocessConfig(runs.TypedConfig):
         "source": ("ptbxl", "muse", "wfdb", "demo"),
         "split": (None, *SPLIT_METHODS),
         "ptbxl_rate": (None, 100, 500),
+        "store_leads": ("paper", "twelve"),
     }
 
     def validate(self) -> None:
@@ -64,13 +70,24 @@ class PreprocessConfig(runs.TypedConfig):
         if self.task not in task_names() and Path(self.task).suffix not in (".yaml", ".yml"):
             raise runs.ConfigError(f"parameter 'task': {self.task!r} is not one of {task_names()} "
                                    "nor a YAML path")
+        if self.store_fs < 1 or self.seconds <= 0:
+            raise runs.ConfigError(f"parameters 'store_fs' ({self.store_fs}) and 'seconds' ({self.seconds}) must be > 0")
         if self.shard_size < 1 or self.workers < 0 or self.n_qc < 0:
             raise runs.ConfigError("parameters 'shard_size' >= 1, 'workers' >= 0, 'n_qc' >= 0 required")
 
     def preprocess_kw(self) -> dict:
-        """Keyword arguments of :func:`heartbeit_lib.signals.preprocess`."""
-        return {"band": (self.band_low, self.band_high), "order": self.filter_order,
-                "median_kernel": self.median_kernel, "start": self.window_start, "pad": self.pad_short}
+        """Keyword arguments of :func:`heartbeit_lib.signals.preprocess` (the store layout keys only when they
+        differ from the paper's, so the paper's stores keep their build fingerprints)."""
+        kw = {"band": (self.band_low, self.band_high) if self.filtering else None, "order": self.filter_order,
+              "median_kernel": self.median_kernel if self.filtering else 1, "start": self.window_start,
+              "pad": self.pad_short}
+        if self.store_leads == "twelve":
+            kw["out_leads"] = list(TWELVE_LEADS)
+        if self.store_fs != TARGET_FS:
+            kw["target_fs"] = float(self.store_fs)
+        if round(self.seconds * self.store_fs) != N_SAMPLES:
+            kw["n_samples"] = int(round(self.seconds * self.store_fs))
+        return kw
 
     def task_config(self) -> TaskConfig:
         """The task with the notebook's ``split`` override (None = the task's own)."""

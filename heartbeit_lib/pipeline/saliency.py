@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from heartbeit_lib.cohorts.store import LABEL_PREFIX
 from heartbeit_lib import cohorts
 from heartbeit_lib import render
 from heartbeit_lib.analysis.saliency import (METHODS, SaliencyError, area_shares, attribute_maps,
@@ -56,7 +57,8 @@ class SaliencyConfig(runs.TypedConfig):
     positives_only: bool = True  # draw only label-1 ECGs
     split: str = "test"  # split to draw from: train, val, test, external
     ylim_mv: tuple[float, ...] | None = None  # amplitude range (lo, hi) mV; None: each run's own (runs older than the +-4 mV default: +-2 mV); a value must equal it
-    target_class: int = 1  # class whose logit is explained (1: the positive class)
+    target_class: int = 1  # class whose logit is explained (1: the positive class); multi-label runs use class_name
+    class_name: str | None = None  # multi-label runs (PTB-XL benchmark tasks): the class explained, e.g. MI (examples: its positives)
     faithfulness: bool = True  # deletion/insertion curves for every method and random maps
     n_faithfulness: int = 16  # ECGs per run for the faithfulness checks
     deletion_steps: int = 20  # points on the deletion/insertion curves
@@ -161,11 +163,13 @@ def load_finetune_model(run_dir: str | os.PathLike, device: str | torch.device =
     return model, info["normalize"], info["config"]
 
 
-def select_examples(store, split: str, n: int, positives_only: bool, seed: int) -> np.ndarray:
+def select_examples(store, split: str, n: int, positives_only: bool, seed: int, label_column: str = "label"
+                    ) -> np.ndarray:
     """Up to ``n`` store rows of ``split`` (labelled; label 1 only when ``positives_only``), drawn
-    with ``np.random.default_rng(seed)`` and returned sorted; the same rows for every model."""
+    with ``np.random.default_rng(seed)`` and returned sorted; the same rows for every model. ``label_column``: a
+    multi-label store's ``label:<class>`` (the positives of the explained class)."""
     rows = np.asarray(store.indices(split), np.int64)
-    lab = store.manifest["label"].to_numpy()[rows]
+    lab = store.manifest[label_column].to_numpy()[rows]
     rows = rows[(lab == 1) if positives_only else (lab >= 0)]
     if rows.size == 0:
         raise SaliencyError(f"split {split!r} of store {getattr(store, 'root', '')} holds no "
@@ -177,12 +181,14 @@ def select_examples(store, split: str, n: int, positives_only: bool, seed: int) 
 # ======================================================================== maps, attribution, faithfulness
 
 
-def _faithfulness_rows(info, method, rec, model, images, maps, norm, cfg: SaliencyConfig) -> list[dict]:
+def _faithfulness_rows(info, method, rec, model, images, maps, norm, cfg: SaliencyConfig,
+                       sigmoid: bool = False) -> list[dict]:
     k = min(cfg.n_faithfulness, len(rec))
     if k == 0:
         return []
     res = deletion_insertion(model, images[:k], maps[:k], cfg.target_class, steps=cfg.deletion_steps,
-                             normalization=norm, batch_size=max(cfg.batch_size, cfg.deletion_steps + 1))
+                             normalization=norm, batch_size=max(cfg.batch_size, cfg.deletion_steps + 1),
+                             sigmoid=sigmoid)
     if cfg.road:
         res.update(road_scores(model, images[:k], maps[:k], cfg.target_class, percentiles=cfg.road_percentiles,
                                normalization=norm, seed=cfg.seed))
@@ -238,6 +244,30 @@ def _signal_run(info: dict, store, rows: np.ndarray, model: nn.Module, rcfg: dic
     return RunMaps(info, rec, grey, maps), frames, notes
 
 
+def explained_class(store, cfg: SaliencyConfig) -> tuple[SaliencyConfig, bool, str]:
+    """(config with the explained class's output index as ``target_class``, whether probabilities are sigmoids,
+    the manifest column its examples are drawn by) for ``store``: a multi-label store explains ``class_name``
+    (required), a binary store ``target_class`` of the softmax.
+
+    Raises
+    ------
+    SaliencyError : a multi-label store without (or with an unknown) ``class_name``; ``class_name`` on a binary
+        store; ROAD on a multi-label model (its pytorch-grad-cam target is a softmax).
+    """
+    classes = list(getattr(store, "classes", []) or [])
+    if not classes:
+        if cfg.class_name:
+            raise SaliencyError(f"parameter 'class_name': {cfg.class_name!r} but store {store.root} holds the binary "
+                                f"task {store.task!r}; leave it empty (target_class chooses the output)")
+        return cfg, False, "label"
+    if cfg.class_name not in classes:
+        raise SaliencyError(f"parameter 'class_name': store {store.root} holds the multi-label task {store.task!r}; "
+                            f"name the class to explain, one of {classes} (got {cfg.class_name!r})")
+    if cfg.road:
+        raise SaliencyError("parameter 'road': ROAD scores a softmax; it is not defined for a multi-label model")
+    return dataclasses.replace(cfg, target_class=classes.index(cfg.class_name)), True, LABEL_PREFIX + cfg.class_name
+
+
 def compute(run_table: pd.DataFrame, cfg: SaliencyConfig, progress: bool = False) -> SaliencyResult:
     """Maps, lead/segment attribution and faithfulness for every run of ``run_table``.
 
@@ -264,12 +294,19 @@ def compute(run_table: pd.DataFrame, cfg: SaliencyConfig, progress: bool = False
         if getattr(store, "task", info["task"]) != info["task"]:
             raise FinetuneRunError(f"run {info['run_dir']} was trained on task {info['task']!r}, but the cohort store "
                                    f"{cohort} holds task {store.task!r}; leave cohort_run empty or pass that task's store")
+        run_cfg, sigmoid, label_column = explained_class(store, cfg)
         key = (cohort, info["task"])
         if key not in rows_by_store:
-            rows_by_store[key] = select_examples(store, cfg.split, cfg.n_examples, cfg.positives_only, cfg.seed)
+            rows_by_store[key] = select_examples(store, cfg.split, cfg.n_examples, cfg.positives_only, cfg.seed,
+                                                 label_column)
         rows = rows_by_store[key]
         model, norm, rcfg = load_finetune_model(info["run_dir"], device)
         if info.get("family") == "signal":
+            if not store.paper_layout:
+                raise SaliencyError(f"run {info['run_dir']}: 06 draws signal-model maps on the paper's 8-lead, 5-s, "
+                                    f"500 Hz store; {store.root} holds {store.shape} at {store.fs:g} Hz")
+            if sigmoid:
+                raise SaliencyError(f"run {info['run_dir']}: 06 explains multi-label tasks for image models only")
             run_maps, frames, notes = _signal_run(dict(info, cohort_run=cohort), store, rows, model, rcfg, cfg)
             out_runs.append(run_maps)
             attrib.extend(frames)
@@ -282,10 +319,10 @@ def compute(run_table: pd.DataFrame, cfg: SaliencyConfig, progress: bool = False
         sig = store.signals(rows)
         grey = render.render_ecg(sig, size, layout, ylim_mv=ylim)                 # (n, H, W) uint8
         images = torch.from_numpy(grey).float().div(255.0)[:, None].expand(-1, 3, -1, -1).contiguous()
-        prob = predict_proba(model, images, cfg.target_class, norm, cfg.batch_size)
+        prob = predict_proba(model, images, run_cfg.target_class, norm, cfg.batch_size, sigmoid)
         man = store.manifest.iloc[rows]
         rec = pd.DataFrame({"row": rows, "record_id": man["record_id"].astype(str).to_numpy(),
-                            "label": man["label"].to_numpy().astype(int), "prob": prob})
+                            "label": man[label_column].to_numpy().astype(int), "prob": prob})
         peaks = detect_r_peaks(sig)
         area, leads = area_shares(sig, size, layout, r_peaks=peaks)
         maps: dict[str, np.ndarray] = {}
@@ -293,7 +330,7 @@ def compute(run_table: pd.DataFrame, cfg: SaliencyConfig, progress: bool = False
             if method == "rollout" and not is_transformer(model):
                 skipped.append(f"{Path(info['run_dir']).name}: rollout (not a transformer)")
                 continue
-            maps[method] = saliency_maps(model, images, method, cfg.target_class, normalization=norm,
+            maps[method] = saliency_maps(model, images, method, run_cfg.target_class, normalization=norm,
                                          batch_size=cfg.batch_size)
             shares, _ = attribute_maps(maps[method], sig, layout, r_peaks=peaks)
             attrib.append(attribution_frame(info, method, rec, shares, area, leads))
@@ -301,7 +338,7 @@ def compute(run_table: pd.DataFrame, cfg: SaliencyConfig, progress: bool = False
             rng = np.random.default_rng(cfg.seed)
             for method in list(maps) + ["random"]:
                 m = maps[method] if method in maps else saliency_maps(model, images, "random", rng=rng)
-                faith.extend(_faithfulness_rows(info, method, rec, model, images, m, norm, cfg))
+                faith.extend(_faithfulness_rows(info, method, rec, model, images, m, norm, run_cfg, sigmoid))
         out_runs.append(RunMaps(info, rec, grey, {k: v.astype(np.float16) for k, v in maps.items()}))
         del model
         if device.type == "cuda":

@@ -200,7 +200,8 @@ def write_figures(preds: pd.DataFrame, results: pd.DataFrame, differences: pd.Da
                   out_dir: str | os.PathLike, reference_model: str = "heartbeit", finetune_seed: int | None = None,
                   auprc_method: str = "ap", splits: Sequence[str] = ("test", "external"),
                   dpi: int = 110) -> list[Path]:
-    """For every task and split: ``roc_pr_<task>_<split>.png`` and ``fraction_<task>_<split>.png``.
+    """For every task and split: ``roc_pr_<task>_<split>.png`` (binary tasks) and ``fraction_<task>_<split>.png``
+    (macro AUROC for a multi-label task).
     Several seeds per cell with ``finetune_seed`` None: the figures show the smallest seed (ROC curves are per run;
     the seed-pooled numbers are in the tables)."""
     if finetune_seed is None and len(results) and results.groupby(["task", "split", "model", "fraction"])[
@@ -214,8 +215,9 @@ def write_figures(preds: pd.DataFrame, results: pd.DataFrame, differences: pd.Da
     for task in sorted(res["task"].unique()):
         for split in [s for s in splits if s in set(res.loc[res["task"] == task, "split"])]:
             seed = None if finetune_seed is None else int(finetune_seed)
-            fig = plot_roc_pr(preds, task, split, seed=seed, auprc_method=auprc_method)
-            paths.append(save_figure(fig, Path(out_dir) / f"roc_pr_{task}_{split}.png", dpi))
+            if preds.loc[preds["task"] == task, "score"].notna().any():  # a multi-label task has no single ROC curve
+                fig = plot_roc_pr(preds, task, split, seed=seed, auprc_method=auprc_method)
+                paths.append(save_figure(fig, Path(out_dir) / f"roc_pr_{task}_{split}.png", dpi))
             fig = plot_fraction_panels(res, diffs, task, split, reference_model)
             paths.append(save_figure(fig, Path(out_dir) / f"fraction_{task}_{split}.png", dpi))
     return paths

@@ -12,7 +12,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from heartbeit_lib import render
-from heartbeit_lib.cohorts import N_SAMPLES, SPLITS, STORE_FS, CohortStore
+from heartbeit_lib.cohorts import LABEL_PREFIX, SPLITS, CohortStore
 
 
 def _as_manifest(store_or_manifest: "CohortStore | pd.DataFrame | str | os.PathLike") -> pd.DataFrame:
@@ -30,9 +30,12 @@ def table1(store_or_manifest: "CohortStore | pd.DataFrame | str | os.PathLike") 
     -------
     DataFrame indexed by split (train, val, test, external, unassigned - those present - then
     ``total``) with int columns ``ecgs``, ``patients``, ``positives``, ``unlabelled`` and float
-    ``prevalence_pct`` (100 * positives / labelled ECGs; NaN without labelled ECGs).
+    ``prevalence_pct`` (100 * positives / labelled ECGs; NaN without labelled ECGs). A multi-label store
+    (``label:<class>`` columns) adds one ``positives:<class>`` column per class; there ``positives`` counts the
+    ECGs with at least one class of the task (every labelled ECG).
     """
     m = _as_manifest(store_or_manifest)
+    class_cols = [c for c in m.columns if c.startswith(LABEL_PREFIX)]
     rows = {}
     present = [s for s in SPLITS if (m["split"] == s).any()]
     for name in [*present, "total"]:
@@ -42,7 +45,8 @@ def table1(store_or_manifest: "CohortStore | pd.DataFrame | str | os.PathLike") 
         pos = int((lab == 1).sum())
         rows[name] = {"ecgs": len(sub), "patients": int(sub["patient_hash"].nunique()), "positives": pos,
                       "unlabelled": int((lab < 0).sum()),
-                      "prevalence_pct": round(100.0 * pos / n_lab, 2) if n_lab else float("nan")}
+                      "prevalence_pct": round(100.0 * pos / n_lab, 2) if n_lab else float("nan"),
+                      **{f"positives:{c[len(LABEL_PREFIX):]}": int((sub[c] == 1).sum()) for c in class_cols}}
     out = pd.DataFrame.from_dict(rows, orient="index")
     out.index.name = "split"
     return out
@@ -71,8 +75,12 @@ def fraction_table(store: CohortStore) -> pd.DataFrame:
 def clipping(store: CohortStore, ylim_mv: Sequence[float] | None = None, batch: int = 512) -> dict:
     """Share of stored leads and ECGs that the renderer clips at ``ylim_mv`` (None: ``render.DEFAULT_YLIM_MV``):
     ``render.clip_fractions`` over the whole store, read ``batch`` ECGs at a time. Keys ``clip_ylim_mv``,
-    ``clipped_lead_fraction``, ``clipped_ecg_fraction``."""
+    ``clipped_lead_fraction``, ``clipped_ecg_fraction``; a store images are not drawn from (not the paper's
+    8 leads x 5 s at 500 Hz, e.g. the PTB-XL benchmark's) gives None for both fractions."""
     n_lead = n_ecg = 0.0
+    if not store.paper_layout:
+        lo, hi = render.clip_fractions(np.zeros((0, 8, 1)), ylim_mv)["ylim_mv"]
+        return {"clip_ylim_mv": [lo, hi], "clipped_lead_fraction": None, "clipped_ecg_fraction": None}
     for s in range(0, len(store), batch):
         rows = np.arange(s, min(s + batch, len(store)))
         got = render.clip_fractions(store.signals(rows), ylim_mv)
@@ -110,8 +118,8 @@ def qc_figure(store: CohortStore, reader: Callable[[str], Any], rows: Sequence[i
     store : CohortStore
     reader : the reader the store was built with (re-reads ``source_path`` for the raw signal)
     rows : manifest rows to show (default: ``n`` rows evenly spaced over the store)
-    window_start_s : start of the stored 5 s window in the raw record, seconds (default: the
-        store's ``preprocess_kw['start'] / 500``)
+    window_start_s : start of the stored window in the raw record, seconds (default: the
+        store's ``preprocess_kw['start'] / store.fs``)
     spacing_mv : vertical distance between stacked leads, mV
 
     Returns
@@ -128,13 +136,15 @@ def qc_figure(store: CohortStore, reader: Callable[[str], Any], rows: Sequence[i
         fig.text(0.5, 0.5, "no records to show", ha="center", va="center")
         return fig
     leads = list(store.info["leads"])
+    filtered = (store.info.get("preprocess_kw") or {}).get("band", ()) is not None
     if window_start_s is None:
-        window_start_s = float((store.info.get("preprocess_kw") or {}).get("start", 0)) / STORE_FS
+        window_start_s = float((store.info.get("preprocess_kw") or {}).get("start", 0)) / store.fs
     fig = Figure(figsize=(4.5 * max(1, len(rows)), 6.5))
     axes = np.atleast_1d(fig.subplots(1, max(1, len(rows)), sharey=True, squeeze=False)[0])
     stored = store.signals(np.asarray(rows, np.int64))
     offsets = -spacing_mv * np.arange(len(leads))
-    t_st = window_start_s + np.arange(N_SAMPLES) / STORE_FS
+    n_samples, fs_st = store.shape[-1], store.fs
+    t_st = window_start_s + np.arange(n_samples) / fs_st
     for c, r in enumerate(rows):
         rec = store.manifest.iloc[r]
         raw = reader(rec["source_path"])
@@ -142,7 +152,7 @@ def qc_figure(store: CohortStore, reader: Callable[[str], Any], rows: Sequence[i
         raw_leads = [str(l).upper() for l in raw.leads]
         fs = float(raw.fs)
         a = int(round(window_start_s * fs))
-        b = min(int(round((window_start_s + N_SAMPLES / STORE_FS) * fs)), sig.shape[-1])
+        b = min(int(round((window_start_s + n_samples / fs_st) * fs)), sig.shape[-1])
         t_raw = np.arange(a, b) / fs
         ax = axes[c]
         for k, lead in enumerate(leads):
@@ -150,7 +160,7 @@ def qc_figure(store: CohortStore, reader: Callable[[str], Any], rows: Sequence[i
                 ax.plot(t_raw, sig[raw_leads.index(lead), a:b] / 1000.0 + offsets[k], color="0.65", lw=0.6,
                         label="raw" if k == 0 else None)
             ax.plot(t_st, stored[c, k] / 1000.0 + offsets[k], color="tab:blue", lw=0.6,
-                    label="stored (filtered)" if k == 0 else None)
+                    label=("stored (filtered)" if filtered else "stored") if k == 0 else None)
         # parse_math=False: a "$" in a record id (a file name) must not start matplotlib mathtext
         ax.set_title(f"{rec['record_id']} (label {rec['label']}, {rec['split']})", fontsize=8, parse_math=False)
         ax.set_xlabel("time (s)", fontsize=8)
@@ -158,6 +168,7 @@ def qc_figure(store: CohortStore, reader: Callable[[str], Any], rows: Sequence[i
     axes[0].set_yticks(offsets, leads)
     axes[0].set_ylabel(f"lead (offset {spacing_mv:g} mV apart)", fontsize=8)
     axes[0].legend(fontsize=7, loc="upper right")
-    fig.suptitle("01_preprocess QC: raw (grey) vs band-passed + median-filtered (blue), mV", fontsize=9)
+    fig.suptitle("01_preprocess QC: raw (grey) vs " + ("band-passed + median-filtered" if filtered else "stored raw")
+                 + " (blue), mV", fontsize=9)
     fig.subplots_adjust(left=0.07, right=0.99, bottom=0.08, top=0.9, wspace=0.05)
     return fig

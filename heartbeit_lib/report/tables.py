@@ -98,32 +98,38 @@ def evaluation_table1(preds: pd.DataFrame, run_table: pd.DataFrame | None = None
 
     Evaluation splits come from the predictions (records counted once per task and split);
     training sets per fraction come from the runs' ``metrics.json`` (``n_train``,
-    ``prevalence_train``) when reported (patients are not reported there: left empty).
+    ``prevalence_train``) when reported (patients are not reported there: left empty). A multi-label task
+    (``label:<class>`` columns) counts positive labels over its C classes, and its prevalence is their share of
+    the ECG x class pairs.
     """
     rows = []
     for task in sorted(preds["task"].unique()):
+        sub = preds[preds["task"] == task]
+        label_cols = [c for c in sub.columns if c.startswith("label:") and sub[c].notna().all()]
+        n_cls = max(1, len(label_cols))
         if run_table is not None and "n_train" in run_table.columns:
             tr = run_table[(run_table["task"] == task) & run_table["complete"] & run_table["n_train"].notna()]
             for frac, g in tr.groupby("fraction"):
                 n = int(g["n_train"].iloc[0])
                 prev = float(g["prevalence_train"].iloc[0]) if "prevalence_train" in g else math.nan
                 rows.append({"task": task_label(task), "split": f"train ({fraction_label(frac)})", "ecgs": n,
-                             "patients": pd.NA, "positives": int(round(prev * n)) if np.isfinite(prev) else pd.NA,
+                             "patients": pd.NA,
+                             "positives": int(round(prev * n * n_cls)) if np.isfinite(prev) else pd.NA,
                              "prevalence_%": round(100 * prev, 1)})
                 if "n_val" in g and pd.notna(g["n_val"].iloc[0]):  # the validation set the fraction selected on
                     nv = int(g["n_val"].iloc[0])
                     pv = float(g["prevalence_val"].iloc[0]) if "prevalence_val" in g else math.nan
                     rows.append({"task": task_label(task), "split": f"validation ({fraction_label(frac)})",
                                  "ecgs": nv, "patients": pd.NA,
-                                 "positives": int(round(pv * nv)) if np.isfinite(pv) else pd.NA,
+                                 "positives": int(round(pv * nv * n_cls)) if np.isfinite(pv) else pd.NA,
                                  "prevalence_%": round(100 * pv, 1)})
-        sub = preds[preds["task"] == task]
         for split in [s for s in ("val", "test", "external") if s in set(sub["split"])]:
             recs = sub[sub["split"] == split].drop_duplicates("record_id")
-            n, pos = len(recs), int(recs["label"].sum())
+            n = len(recs)
+            pos = int(recs[label_cols].to_numpy().sum()) if label_cols else int(recs["label"].sum())
             rows.append({"task": task_label(task), "split": split_label(split), "ecgs": n,
                          "patients": int(recs["patient_hash"].nunique()), "positives": pos,
-                         "prevalence_%": round(100 * pos / n, 1)})
+                         "prevalence_%": round(100 * pos / (n * n_cls), 1)})
     return pd.DataFrame(rows, columns=["task", "split", "ecgs", "patients", "positives", "prevalence_%"])
 
 

@@ -21,33 +21,38 @@ WHITE = 1.0  # blank paper in [0, 1] image space: the deletion baseline
 
 
 @torch.no_grad()
-def _probabilities(model: nn.Module, x: torch.Tensor, target_class: int, norm, batch_size: int) -> np.ndarray:
+def _probabilities(model: nn.Module, x: torch.Tensor, target_class: int, norm, batch_size: int,
+                   sigmoid: bool = False) -> np.ndarray:
     device = _device(model)
     out = []
     for i in range(0, x.shape[0], batch_size):
         xb = x[i:i + batch_size].to(device)
         if norm is not None:
             xb = (xb - norm[0]) / norm[1]
-        out.append(torch.softmax(model(xb).float(), dim=1)[:, target_class].cpu())
+        logits = model(xb).float()
+        out.append((torch.sigmoid(logits[:, target_class]) if sigmoid else torch.softmax(logits, dim=1)[:, target_class]).cpu())
     return torch.cat(out).numpy().astype(np.float64)
 
 
 def predict_proba(model: nn.Module, images: Any, target_class: int = 1, normalization=None,
-                  batch_size: int = 32) -> np.ndarray:
-    """Probability of ``target_class`` (softmax over the logits), (B,) float64."""
+                  batch_size: int = 32, sigmoid: bool = False) -> np.ndarray:
+    """Probability of ``target_class`` (softmax over the logits; ``sigmoid``: of that logit alone, a multi-label
+    model's class probability), (B,) float64."""
     x = _as_images(images)
     was = model.training
     model.eval()
     try:
-        return _probabilities(model, x, int(target_class), _normalizer(normalization, _device(model)), batch_size)
+        return _probabilities(model, x, int(target_class), _normalizer(normalization, _device(model)), batch_size,
+                              sigmoid)
     finally:
         model.train(was)
 
 
 def deletion_insertion(model: nn.Module, images: Any, maps: np.ndarray, target_class: int = 1, *,
                        steps: int = 20, normalization=None, baseline: float = WHITE,
-                       batch_size: int = 32) -> dict[str, np.ndarray]:
-    """Pixel deletion and insertion curves.
+                       batch_size: int = 32, sigmoid: bool = False) -> dict[str, np.ndarray]:
+    """Pixel deletion and insertion curves (of the softmax probability, or with ``sigmoid`` of a multi-label
+    model's class probability).
 
     For k = 0..steps the ``round(k / steps * H * W)`` most salient pixels (ties: raster order) are
     set to ``baseline`` (deletion; white paper) or copied onto a ``baseline`` image (insertion), in
@@ -80,8 +85,8 @@ def deletion_insertion(model: nn.Module, images: Any, maps: np.ndarray, target_c
             mask = torch.from_numpy(rank.reshape(1, 1, h, w) < counts.reshape(-1, 1, 1, 1))   # (S, 1, H, W)
             img = x[i:i + 1]
             blank = torch.full_like(img, float(baseline))
-            dele[i] = _probabilities(model, torch.where(mask, blank, img), target_class, norm, batch_size)
-            ins[i] = _probabilities(model, torch.where(mask, img, blank), target_class, norm, batch_size)
+            dele[i] = _probabilities(model, torch.where(mask, blank, img), target_class, norm, batch_size, sigmoid)
+            ins[i] = _probabilities(model, torch.where(mask, img, blank), target_class, norm, batch_size, sigmoid)
     finally:
         model.train(was)
     return {"fraction": frac, "deletion": dele, "insertion": ins,
