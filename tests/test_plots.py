@@ -148,6 +148,7 @@ def test_table1_counts(evaluated, sweep):
     assert train.ecgs.tolist() == [20, 200, 500, 1000, 2000]
 
 
+@pytest.mark.slow
 def test_several_seeds_need_a_choice(evaluated):
     _, res, _ = evaluated
     two = pd.concat([res, res.assign(seed=1)])

@@ -300,6 +300,7 @@ def test_mixed_family_ensemble_on_raw_files_with_lead_time_saliency(signal_world
     assert predict.signal_method(members[0], "gradcam") == "gradcam" and predict.signal_method(members[1], "gradcam") == "ig"
 
 
+@pytest.mark.slow
 def test_signal_only_ensemble_refuses_image_parameters(signal_world):
     root, ft, sig, raw = signal_world
     with pytest.raises(predict.MismatchError, match="signal model"):

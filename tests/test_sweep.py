@@ -478,6 +478,7 @@ def test_only_selects_learning_rates_and_out_root_moves_relative_run_paths(tmp_p
     assert same.params["cohort_run"] == "outputs/01_preprocess/{task}"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_local_parallel_keeps_two_warm_jobs_for_four_combinations(grid_root, tmp_path):
     """Issue 26: each local_parallel job process runs several combinations (Python, torch and the image cache start
