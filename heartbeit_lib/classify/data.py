@@ -20,8 +20,8 @@ import torch
 
 from heartbeit_lib import render
 from heartbeit_lib.cohorts.errors import SplitError
+from heartbeit_lib.cohorts.evaluation import EVAL_SPLITS
 
-EVAL_SPLITS = ("val", "test", "external")
 
 
 @dataclasses.dataclass(frozen=True)

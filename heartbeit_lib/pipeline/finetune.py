@@ -58,16 +58,16 @@ from tqdm.auto import tqdm
 from heartbeit_lib import cohorts, render, utils
 from heartbeit_lib.cohorts.store import N_LEADS
 from heartbeit_lib.classify import engine
-from heartbeit_lib.classify import registry as models
+from heartbeit_lib.models import registry as models
 from heartbeit_lib.classify.checkpoint import load_best_weights, save_best_weights, write_model_record  # noqa: F401
 from heartbeit_lib.classify.data import (EVAL_SPLITS, ImageCache, Split, SplitError,  # noqa: F401
                                          default_dataset_factory, describe_splits, make_loader, make_splits,
                                          require_paper_layout,
                                          records_sha256)
-from heartbeit_lib.classify.signal_models import benchmark_weight_init
+from heartbeit_lib.models.signal_models import benchmark_weight_init
 from heartbeit_lib.classify.signal_data import SignalDatasetFactory, crop_length, fit_standardizer
 from heartbeit_lib.classify.engine import predict, select_best_epoch, split_metrics  # noqa: F401
-from heartbeit_lib.pipeline import runs
+from heartbeit_lib.pipeline import overlap, runs
 
 PAPER_FRACTIONS = (0.01, 0.1, 0.25, 0.5, 1.0)
 DEFAULT_IMAGE_SIZE = 224  # the paper's image side (px)
@@ -129,6 +129,7 @@ class FinetuneConfig(runs.TypedConfig):
     out_root: str = "outputs"  # root of the run folders
     run_id: str | None = None  # run folder name; None: <task>-<model>-f<fraction>-s<seed>
     resume: bool = False  # continue an interrupted run folder from its last finished epoch (resume.pt, written every epoch when True)
+    allow_pretrain_overlap: bool = False  # True: fine-tune even when the pretraining run trained on ECGs of this cohort's val/test/external patients (counts in metrics.json)
 
     choices: typing.ClassVar[dict[str, tuple]] = {"select_on": ("val", "test", "last"),
                                                   "val_fraction": ("matched", "full"),
@@ -202,6 +203,46 @@ def _config_task(run_dir: Path) -> str | None:
 
 
 def resolve_inputs(cfg: FinetuneConfig) -> FinetuneConfig:
+    """Fill in default upstream run folders and check that they exist (:func:`_resolve_inputs`), then refuse a
+    pretraining run that saw this cohort's evaluation patients (:func:`pretrain_overlap`)."""
+    cfg = _resolve_inputs(cfg)
+    pretrain_overlap(cfg)
+    return cfg
+
+
+def pretrain_overlap(cfg: FinetuneConfig) -> dict[str, Any]:
+    """Patients/ECGs of ``cfg.cohort_run``'s val/test/external splits among the rows the model's pretraining run
+    (``heartbeit`` image, ``stmem`` signal) trained on (:func:`overlap.count_overlap`); {} for other models.
+
+    Raises
+    ------
+    overlap.PretrainOverlapError : some overlap, and ``allow_pretrain_overlap`` is False.
+    overlap.SaltMismatchError : the two stores' patients cannot be compared, and ``allow_pretrain_overlap`` is
+        False (with it: recorded as ``pretrain_overlap: unverified``).
+    """
+    signal = models.model_family(cfg.model) == "signal"
+    if not (cfg.model == "stmem" if signal else models.model_spec(cfg.model).source == "pretrain_checkpoint"):
+        return {}
+    source = model_weights(cfg)
+    if not source or not cfg.cohort_run:
+        return {}
+    try:
+        found = overlap.count_overlap(source, cfg.cohort_run)
+    except overlap.SaltMismatchError as e:
+        if not cfg.allow_pretrain_overlap:
+            raise
+        return {"pretrain_overlap": "unverified", "pretrain_overlap_reason": str(e)}
+    if found.get("pretrain_overlap_ecgs", 0) and not cfg.allow_pretrain_overlap:
+        raise overlap.PretrainOverlapError(
+            f"pretraining run {source} trained on {found['pretrain_overlap_ecgs']} ECGs of "
+            f"{found['pretrain_overlap_patients']} patients who are in the val/test/external splits of cohort "
+            f"{cfg.cohort_run}: its evaluation would not be held out. Pretrain with eval_patients_of: "
+            f"[{cfg.cohort_run}] (or a mix built with exclude_patients_of), or pass allow_pretrain_overlap=true "
+            "to run anyway (the counts go to metrics.json)")
+    return found
+
+
+def _resolve_inputs(cfg: FinetuneConfig) -> FinetuneConfig:
     """Fill in default upstream run folders and check that they exist.
 
     - ``cohort_run`` None -> ``<out_root>/01_preprocess/<task>`` if it exists, else the latest complete
@@ -576,7 +617,8 @@ def fit(cfg: FinetuneConfig, model: nn.Module, store, splits: Mapping[str, Split
                    final_train_loss=log[-1]["train_loss"], train_time_s=time.time() - t_start,
                    n_parameters=models.count_parameters(model), normalize_mean=list(normalization[0]),
                    normalize_std=list(normalization[1]), device=str(device), amp=amp,
-                   ylim_mv=None if cfg.ylim_mv is None else list(cfg.ylim_mv), val_fraction=cfg.val_fraction)
+                   ylim_mv=None if cfg.ylim_mv is None else list(cfg.ylim_mv), val_fraction=cfg.val_fraction,
+                   allow_pretrain_overlap=cfg.allow_pretrain_overlap, **pretrain_overlap(cfg))
     if multilabel:  # per-class AUROC of the chosen epoch (04 recomputes them with intervals)
         at_best = pd.concat(pred_frames, ignore_index=True).query("epoch == @best_epoch")
         for s in EVAL_SPLITS:
