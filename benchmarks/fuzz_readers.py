@@ -282,7 +282,7 @@ def _run_folder(d: Path, i: int):
     import yaml
 
     from heartbeit_lib.classify import checkpoint
-    from heartbeit_lib.classify import registry as models
+    from heartbeit_lib.models import registry as models
     run = d / "runs" / "toy-vit_b16_scratch-f1.0-s0"
     run.mkdir(parents=True)
     torch.manual_seed(0)

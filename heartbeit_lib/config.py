@@ -27,6 +27,30 @@ class UnknownParameterError(ConfigError):
     """A parameter name that the notebook/config does not define (e.g. a typo)."""
 
 
+class RunConfigError(ConfigError):
+    """A run folder's ``config.yaml`` is missing, not YAML or not a mapping (the message names the file)."""
+
+
+def read_run_config(run_dir: str | os.PathLike, cls: type | None = None) -> Any:
+    """The resolved parameters a run saved in ``<run_dir>/config.yaml`` (``runs.start_run`` writes it): the one
+    reader of that file for every stage.
+
+    Returns a dict (runs made by older code may lack newer keys: callers choose their defaults), or with ``cls``
+    a :class:`TypedConfig` built from it (unknown names and bad types raise). Raises :class:`RunConfigError`
+    naming the file when it is missing, not YAML or not a mapping.
+    """
+    from heartbeit_lib.safety import RunFileError, read_yaml_mapping  # safety imports this module
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists() and not path.is_symlink():
+        raise RunConfigError(f"{path}: no such file (not a run folder)")
+    try:  # a run folder handed over is an input: regular file, size cap, plain YAML without aliases, a mapping
+        data = read_yaml_mapping(path)
+    except RunFileError as e:
+        raise RunConfigError(str(e)) from None
+    return cls.from_dict(data) if cls is not None else data
+
+
 _TRUE = {"true", "yes", "y", "on", "1"}
 _FALSE = {"false", "no", "n", "off", "0"}
 

@@ -18,7 +18,7 @@ import yaml
 
 from conftest import write_fake_run
 from heartbeit_lib.classify import checkpoint
-from heartbeit_lib.classify import registry as models
+from heartbeit_lib.models import registry as models
 from heartbeit_lib.pipeline import metrics as pm
 
 

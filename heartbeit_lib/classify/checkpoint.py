@@ -20,8 +20,9 @@ import torch
 import torch.nn as nn
 
 from heartbeit_lib import render, safety, utils
-from heartbeit_lib.classify import registry as models
-from heartbeit_lib.mim import stmem
+from heartbeit_lib.config import RunConfigError, read_run_config
+from heartbeit_lib.models import registry as models
+from heartbeit_lib.models import stmem
 
 MODEL_RECORD = "model.json"
 WEIGHTS = "model_best.pt"
@@ -158,10 +159,11 @@ def read_metrics(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """A run's ``config.yaml`` (:func:`safety.read_yaml_mapping`) or :class:`FinetuneRunError` naming it."""
+    """A run's ``config.yaml`` (:func:`heartbeit_lib.config.read_run_config`) or :class:`FinetuneRunError`
+    naming it."""
     try:
-        return safety.read_yaml_mapping(Path(run_dir) / "config.yaml")
-    except safety.RunFileError as e:
+        return read_run_config(run_dir)
+    except RunConfigError as e:
         raise FinetuneRunError(str(e)) from None
 
 
