@@ -158,13 +158,13 @@ def read_yaml_mapping(path: str | os.PathLike, max_bytes: int = MAX_RUN_FILE_BYT
                 raise RunFileError(f"{path}: YAML anchors/aliases are refused (a config never has them)")
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise RunFileError(f"{path}: not plain YAML ({str(e).splitlines()[0][:100]})") from None
+        raise RunFileError(f"{path}: not valid YAML ({str(e).splitlines()[0][:100]})") from None
     except RecursionError:
         raise RunFileError(f"{path}: nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise RunFileError(f"{path}: holds a YAML {type(data).__name__}, not a mapping")
+        raise RunFileError(f"{path}: holds a {type(data).__name__}, not a mapping")
     return data
 
 

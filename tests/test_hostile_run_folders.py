@@ -78,10 +78,10 @@ def test_a_huge_model_json_is_refused_by_size(run_dir):
 
 
 @pytest.mark.parametrize("text, match", [
-    ("!!python/object/apply:os.system ['echo hi']", "not plain YAML"),
+    ("!!python/object/apply:os.system ['echo hi']", "not valid YAML"),
     ("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: [*b, *b, *b, *b, *b, *b]\n",
      "aliases"),
-    ("- just\n- a list\n", "not a mapping"), ("a: [\n", "not plain YAML")])
+    ("- just\n- a list\n", "not a mapping"), ("a: [\n", "not valid YAML")])
 def test_config_yaml_that_is_not_a_plain_mapping(run_dir, text, match):
     (run_dir / "config.yaml").write_text(text)
     with pytest.raises(checkpoint.FinetuneRunError, match=match) as e:

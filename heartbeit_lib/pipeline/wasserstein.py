@@ -22,6 +22,7 @@ from heartbeit_lib.analysis.wasserstein import (flatten_summary, load_image_fold
                                                 sample_ecg_images, spatial_distance_matrices)
 from heartbeit_lib.pipeline import runs
 from heartbeit_lib.report import figures
+from heartbeit_lib.safety import write_csv
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,16 +131,16 @@ def run(cfg: WassersteinConfig, run_dir: str | Path) -> dict[str, Any]:
                                       layout=cfg.layout, allow_fewer=cfg.allow_fewer, ylim_mv=cfg.ylim_mv)
     natural, natural_paths = load_image_folder(cfg.image_dir, cfg.n_natural, cfg.seed, size=cfg.image_size,
                                                return_paths=True)
-    sample_table(ecg_rows, natural_paths, store).to_csv(run_dir / "samples.csv", index=False)
+    write_csv(sample_table(ecg_rows, natural_paths, store), run_dir / "samples.csv", index=False)
     matrices = paper_distance_matrices(ecg, natural)
     summary = pair_summary(matrices, cfg.n_boot, cfg.seed, cfg.include_self)
-    summary.to_csv(run_dir / "summary.csv")
+    write_csv(summary, run_dir / "summary.csv")
     figures.plot_supp_fig9(summary, run_dir / "supp_fig9_wasserstein.png")
     figures.plot_pair_histograms(matrices, run_dir / "pair_histograms.png")
     spatial_summary = None
     if cfg.spatial:
         spatial_matrices, spatial_summary = spatial_summaries(ecg, natural, cfg)
-        spatial_summary.to_csv(run_dir / "spatial_summary.csv")
+        write_csv(spatial_summary, run_dir / "spatial_summary.csv")
         figures.plot_pair_histograms(spatial_matrices["emd"], run_dir / "spatial_emd_histograms.png",
                                      xlabel="exact EMD of darkness (pixels)", show_paper=False)
     metrics = run_metrics(summary, spatial_summary, cfg)
