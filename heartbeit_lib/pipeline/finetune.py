@@ -295,7 +295,7 @@ def checkpoint_ylim(ck: Mapping[str, Any], asked: Sequence[float] | None, where:
     """The amplitude range (lo, hi) mV a pretraining checkpoint's images were drawn at (``render.ylim_mv``;
     checkpoints before issue 18 lack it and were drawn at the old default, +-2 mV). ``asked`` (the
     ``ylim_mv`` parameter) must be None or equal it, else :class:`runs.ConfigError` naming both."""
-    got = tuple(float(v) for v in (ck.get("render") or {}).get("ylim_mv", (-2.0, 2.0)))
+    got = render.saved_ylim_mv((ck.get("render") or {}).get("ylim_mv"))
     if asked is not None and tuple(float(v) for v in asked) != got:
         raise runs.ConfigError(f"parameter 'ylim_mv' = {tuple(asked)} mV, but the pretraining checkpoint {where} "
                                f"was drawn at ylim_mv = {got} mV: fine-tuning must see the pretraining scale "
