@@ -220,6 +220,8 @@ def metric_table(results: pd.DataFrame, metric: str = "auroc", decimals: int = 2
     idx = pd.MultiIndex.from_tuples(index, names=["task", "split", *(["family"] if with_family else []), "model"])
     caption = {"auroc": "Table 2. AUROC (95% CI) by fraction of training data",
                "auprc": "Table 3. AUPRC (95% CI) by fraction of training data"}[metric]
+    caption += (". Each run's epoch is chosen on its validation rows (Table 1, 'validation (<fraction>)': ECGs and "
+                "positives; at least 50 ECGs per class), ties to the later epoch")
     return Table(pd.DataFrame(cell_rows, index=idx, columns=cols),
                  pd.DataFrame(bold_rows, index=idx, columns=cols), caption)
 
