@@ -47,7 +47,7 @@ import yaml
 
 from heartbeit_lib import io, render, signals
 from heartbeit_lib.classify import checkpoint
-from heartbeit_lib.classify import registry as models
+from heartbeit_lib.models import registry as models
 from heartbeit_lib.classify.signal_data import prepare_signals
 from heartbeit_lib.pipeline import predict
 

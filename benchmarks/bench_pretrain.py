@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from heartbeit_lib.mim import masking
-from heartbeit_lib.classify import registry as models
+from heartbeit_lib.models import registry as models
 from heartbeit_lib.mim.data import EpochSampler, MIMDataset, StoreImages, make_loader
 from heartbeit_lib.mim.model import MIMModel, mim_targets, normalize
 from heartbeit_lib import render

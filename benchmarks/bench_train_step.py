@@ -34,9 +34,9 @@ from torch.utils.data import default_collate
 
 from bench_pretrain import ArrayStore, ecg_like  # same folder: a script run puts benchmarks/ on sys.path
 from heartbeit_lib import render
-from heartbeit_lib.classify import registry as models
+from heartbeit_lib.models import registry as models
 from heartbeit_lib.classify import signal_data
-from heartbeit_lib.mim import stmem
+from heartbeit_lib.models import stmem
 
 
 def _sync(dev: torch.device) -> None:

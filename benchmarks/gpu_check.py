@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 import bench_pretrain as bp  # benchmarks/ is on sys.path when this file runs as a script
 from heartbeit_lib import render
-from heartbeit_lib.classify import registry as models
+from heartbeit_lib.models import registry as models
 from heartbeit_lib.mim import masking, tokenizers
 from heartbeit_lib.mim.model import MIMModel, mim_targets
 
@@ -216,7 +216,8 @@ def ddp_main(argv: list[str]) -> int:
             if epoch >= stop:
                 raise _Stopped
 
-        pretrain.train = functools.partial(pretrain.train, on_epoch_end=on_epoch_end)
+        # the image story's run() calls its own module's train
+        pretrain.image.train = functools.partial(pretrain.image.train, on_epoch_end=on_epoch_end)
     try:
         return pretrain.main(argv)
     except _Stopped:

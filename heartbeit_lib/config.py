@@ -27,6 +27,31 @@ class UnknownParameterError(ConfigError):
     """A parameter name that the notebook/config does not define (e.g. a typo)."""
 
 
+class RunConfigError(ConfigError):
+    """A run folder's ``config.yaml`` is missing, not YAML or not a mapping (the message names the file)."""
+
+
+def read_run_config(run_dir: str | os.PathLike, cls: type | None = None) -> Any:
+    """The resolved parameters a run saved in ``<run_dir>/config.yaml`` (``runs.start_run`` writes it): the one
+    reader of that file for every stage.
+
+    Returns a dict (runs made by older code may lack newer keys: callers choose their defaults), or with ``cls``
+    a :class:`TypedConfig` built from it (unknown names and bad types raise). Raises :class:`RunConfigError`
+    naming the file when it is missing, not YAML or not a mapping.
+    """
+    path = Path(run_dir) / "config.yaml"
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise RunConfigError(f"{path}: no such file (not a run folder)") from None
+    except yaml.YAMLError as e:
+        raise RunConfigError(f"{path}: not valid YAML ({e})") from None
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise RunConfigError(f"{path}: holds a {type(data).__name__}, not a mapping of parameter names to values")
+    return cls.from_dict(data) if cls is not None else data
+
+
 _TRUE = {"true", "yes", "y", "on", "1"}
 _FALSE = {"false", "no", "n", "off", "0"}
 

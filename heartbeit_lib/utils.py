@@ -1,4 +1,4 @@
-"""Small helpers every layer uses: atomic file writes, the compute device, distributed-run facts.
+"""Small helpers every layer uses: atomic file writes, the compute device (distributed runs: :mod:`.distributed`).
 
 Imports nothing of ``heartbeit_lib`` (any module may import it).
 """
@@ -47,11 +47,3 @@ def resolve_device(name: str | None = "auto", local_rank: int = 0) -> torch.devi
             dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
     return dev
-
-
-def dist_info() -> tuple[int, int, int]:
-    """(rank, local_rank, world_size) from the torchrun / Slurm environment; (0, 0, 1) when not distributed."""
-    env = os.environ
-    if "WORLD_SIZE" in env:
-        return int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env["WORLD_SIZE"])
-    return 0, 0, 1

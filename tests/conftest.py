@@ -25,13 +25,21 @@ import yaml
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from heartbeit_lib import cohorts
-from heartbeit_lib.classify import registry as models
+from heartbeit_lib.models import registry as models
 from heartbeit_lib.cohorts import synthetic
 from heartbeit_lib.pipeline import finetune
 from heartbeit_lib.pipeline import pretrain as P
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Test tiers: a test that runs a notebook or opens a browser starts processes, so it is ``slow`` too
+    (``make test-fast`` = ``-m "not slow"``; tests that start processes otherwise are marked ``slow`` by hand)."""
+    for item in items:
+        if item.get_closest_marker("notebooks") or "chromium" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 def require_shared(sub: str = "") -> Path:

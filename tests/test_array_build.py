@@ -36,6 +36,7 @@ def _files(root):
             if p.is_file() and p.name != ".build.lock"}
 
 
+@pytest.mark.slow
 def test_three_array_tasks_plus_merge_equal_the_single_build(tmp_path):
     inputs, reader = _inputs()
     single = cohorts.build_store(inputs, reader, tmp_path / "single", workers=1, progress=False, **KW)

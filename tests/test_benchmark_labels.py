@@ -71,6 +71,7 @@ def tables(full):
 N_CLASSES = {"all": 71, "diagnostic": 44, "subdiagnostic": 23, "superdiagnostic": 5, "form": 19, "rhythm": 12}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", BENCHMARK_TASKS)
 def test_benchmark_labels_equal_the_benchmark_code(full, tables, task):
     got = cohorts.benchmark_labels(full / "ptbxl_database.csv", task)

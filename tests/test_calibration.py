@@ -82,6 +82,7 @@ def test_target_specificity_matches_roc_curve(target):
         cal.choose_threshold([1, 0, 0], [0.2, 0.9, 0.1], split="val", method="specificity", target_specificity=1.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,target", [("youden", None), ("sensitivity", 0.9), ("specificity", 0.9)])
 def test_threshold_interval_is_the_choice_repeated_on_resamples(method, target):
     """Oracle: an explicit loop with sklearn's roc_curve (Youden: argmax of tpr - fpr; targets as above) on the

@@ -69,6 +69,7 @@ class CrashingReader(cohorts.ArrayReader):
 # ---------------------------------------------------------------- storage
 
 
+@pytest.mark.slow
 def test_signals_roundtrip_float16_and_manifest_contract(tmp_path):
     x, meta = _stored(23), _meta(23)
     store = cohorts.build_store_from_arrays(tmp_path, x, meta, seed=0, shard_size=5, salt="s")
@@ -181,6 +182,7 @@ def test_salt_file_and_missing_patient_ids(tmp_path):
 # ---------------------------------------------------------------- resumability
 
 
+@pytest.mark.slow
 def test_killed_build_resumes_byte_identical(tmp_path):
     x, meta = _raw(20), _meta(20)
     x[3, 1, :] = np.inf  # a reject inside a finished shard
@@ -219,6 +221,7 @@ def test_resume_with_other_parameters_is_refused(tmp_path):
         cohorts.build_store_from_arrays(tmp_path, x, meta, seed=1, salt="s")
 
 
+@pytest.mark.slow
 def test_process_pool_gives_the_same_bytes(tmp_path):
     x, meta = _raw(12), _meta(12)
     inputs = meta.assign(source_path=[cohorts.ArrayReader.path(i) for i in range(12)])
@@ -229,6 +232,7 @@ def test_process_pool_gives_the_same_bytes(tmp_path):
     assert _files(tmp_path / "a") == _files(tmp_path / "b")
 
 
+@pytest.mark.slow
 def test_store_pickles_without_memmaps(tmp_path):
     store = cohorts.build_store_from_arrays(tmp_path, _stored(4), _meta(4, per_patient=1), salt="s")
     before = store.signals([1])
@@ -281,6 +285,7 @@ def test_ptbxl_label_counts_match_readme(ptbxl_root):
         assert cohorts.ptbxl_labels(db, st, cohorts.load_task("stemi")).sum() == n_acute
 
 
+@pytest.mark.slow
 @pytest.mark.shared
 def test_ptbxl_store_500hz(ptbxl_root, tmp_path):
     src = cohorts.ptbxl_source(ptbxl_root, cohorts.load_task("mi"), "ptbxl_database.csv")
@@ -337,6 +342,7 @@ def test_wfdb_folder_unlabelled(shared_data, tmp_path):
     assert len(preprocess.data_hashes(src)) == 1  # one combined hash over the .hea + .mat files
 
 
+@pytest.mark.slow
 def test_pretraining_mix_copies_only_training_ecgs_plus_synthetic(tmp_path):
     """The mix holds the cohort's train ECGs (bit-identical, oracle: the source store) and the
     synthetic ECGs (oracle: synthetic.generate_ecgs + signals.preprocess), never val/test ECGs."""
@@ -361,6 +367,7 @@ def test_pretraining_mix_copies_only_training_ecgs_plus_synthetic(tmp_path):
         cohorts.build_pretraining_mix(tmp_path / "src", tmp_path / "none", splits=())
 
 
+@pytest.mark.slow
 def test_pretraining_mix_drops_the_evaluation_patients_of_every_named_cohort(tmp_path):
     """Two cohorts of one archive split differently (PTB-XL mi on folds, stemi on a random patient split): the mix
     built from the first's train ECGs must hold no ECG of a val/test/external patient of the second, and a cohort

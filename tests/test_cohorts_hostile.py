@@ -98,6 +98,7 @@ def test_hostile_muse_files_become_rejects_in_a_real_build(tmp_path):
     assert all(n in reason for n, reason in zip(names, store.rejects["reason"]))
 
 
+@pytest.mark.slow
 def test_a_worker_that_dies_is_a_reject(tmp_path):
     """Spawned workers (workers=2, 3 shards): the record that kills its worker is found and rejected
     (WorkerDiedError), every other record is stored, the counts add up."""

@@ -42,6 +42,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
             dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_two_process_gloo_matches_single_process(tmp_path):
     torch.set_num_threads(1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import yaml
 from matplotlib.figure import Figure
 
@@ -54,6 +55,7 @@ def fake_demo(root):
     return st, ft
 
 
+@pytest.mark.slow
 def test_demo_page_loads_with_its_images(tmp_path, chromium):
     st, ft = fake_demo(tmp_path)
     page = demo.write_demo_page(tmp_path / "demo_report.html", st, ft)

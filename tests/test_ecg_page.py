@@ -160,6 +160,7 @@ def _svg_text(fig: Figure) -> str:
     return " | ".join(html.unescape(t) for t in re.findall(r"<text\b[^>]*>(.*?)</text>", buf.getvalue(), re.S))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("record_id", ["a$b_c^d", "$x_1^2$ and $y$", r"id\alpha{}%#&<>"])
 def test_record_id_and_note_are_printed_literally(record_id):
     svg = _svg_text(_page(record_id=record_id, note=record_id + " note", decision="$flag$"))
@@ -181,6 +182,7 @@ def test_title_states_score_threshold_and_decision(decision, score, expected):
     assert (">=" in texts) == (score >= 0.4)
 
 
+@pytest.mark.slow
 def test_png_and_multi_page_pdf(tmp_path):
     fig = _page()
     png = ep.save_png(fig, tmp_path / "one.png", dpi=50)
@@ -196,6 +198,7 @@ def test_png_and_multi_page_pdf(tmp_path):
     assert not (tmp_path / "none.pdf").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.shared
 def test_real_ptbxl_record_page(ptbxl_root, tmp_path):
     from heartbeit_lib import io, render

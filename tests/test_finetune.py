@@ -20,7 +20,7 @@ import torch
 from heartbeit_lib import cohorts
 from heartbeit_lib.classify import checkpoint
 from heartbeit_lib.pipeline import finetune
-from heartbeit_lib.classify import registry as models
+from heartbeit_lib.models import registry as models
 from heartbeit_lib.pipeline import runs
 
 TASK = "toy"
@@ -185,6 +185,7 @@ def _fit(root, store, **kw):
     return cfg, res
 
 
+@pytest.mark.slow
 def test_fit_writes_per_epoch_artefacts_and_selects_on_val(toy_root):
     from sklearn.metrics import roc_auc_score
 
@@ -242,6 +243,7 @@ def test_fit_writes_per_epoch_artefacts_and_selects_on_val(toy_root):
     assert res_t.metrics["test_auroc"] > res_f.metrics["test_auroc"]  # picking on test is optimistic
 
 
+@pytest.mark.slow
 def test_run_finetune_writes_a_complete_run_folder(toy_root):
     res = finetune.run_finetune(tiny_cfg(toy_root, model="vit_b16_scratch", fraction=0.25, epochs=2,
                                          cache_images=False))  # the default: rendered on the fly
@@ -263,6 +265,7 @@ def test_run_finetune_writes_a_complete_run_folder(toy_root):
     assert yaml.safe_load((d / "config.yaml").read_text())["cohort_run"] == str(toy_root / "01_preprocess" / TASK)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("record", [True, False], ids=["model.json", "config.yaml-only"])
 def test_load_finetune_run_rebuilds_the_chosen_epoch(toy_root, tmp_path, record):
     """Oracle: the run's own predictions.parquet scores at the best epoch (written during training, before
@@ -290,6 +293,7 @@ def test_load_finetune_run_rebuilds_the_chosen_epoch(toy_root, tmp_path, record)
         checkpoint.load_finetune_run(tmp_path)
 
 
+@pytest.mark.slow
 def test_scratch_vit_fits_a_separable_rendered_set_with_image_statistics(tmp_path, smooth_ecgs):
     """Issue 18 s.4: a micro ViT from scratch fits a small separable rendered set (positives: +1.5 mV in V1-V4)
     to a training loss well below the prevalence loss when its inputs are normalised with the rendered
@@ -358,3 +362,24 @@ def test_layer_decay_scales_each_block_of_the_transformer():
     assert len(finetune.make_optimizer(off, finetune.optimizer_params(off, net), 10)[0].param_groups) == 1
     with pytest.raises(runs.ConfigError, match="layer_decay"):
         finetune.FinetuneConfig(task="mi", model="resnet152_scratch", layer_decay=0.75)
+
+
+def test_render_cache_is_the_renderer_once_per_store_and_setting(tmp_path, make_toy_store):
+    """Issue 26: a sweep's jobs memory-map one uint8 rendering per store and setting. Oracle: render.render_ecg on
+    the store's signals (exact); the second call maps the same file without rendering again; another setting gets
+    its own file."""
+    from heartbeit_lib import cohorts, render
+    from heartbeit_lib.classify import data
+
+    make_toy_store(tmp_path)
+    store = cohorts.CohortStore(tmp_path / "01_preprocess" / "toy")
+    imgs = data.render_cache(store, 32, "stack8", (-3.0, 3.0))
+    want = render.render_ecg(store.signals(np.arange(len(store))), size=32, layout="stack8", ylim_mv=(-3.0, 3.0))
+    assert imgs.dtype == np.uint8 and imgs.shape == (len(store), 32, 32) and np.array_equal(imgs, want)
+    (f,) = (tmp_path / "01_preprocess" / "toy" / data.RENDER_CACHE).glob("*.npy")
+    stamp = f.stat().st_mtime_ns
+    assert np.array_equal(data.render_cache(store, 32, "stack8", (-3.0, 3.0)), want) and f.stat().st_mtime_ns == stamp
+    data.render_cache(store, 32, "grid4x2", (-3.0, 3.0))
+    assert len(list(f.parent.glob("*.npy"))) == 2
+    ds = data.default_dataset_factory(store, np.array([3, 1]), 32, "stack8", (-3.0, 3.0), disk_cache=True)
+    assert np.array_equal(torch.stack([x for x, _ in ds.__getitems__([0, 1])]).numpy(), want[[3, 1]])

@@ -24,6 +24,7 @@ def _run(tmp_path, *flags, timeout=600):
     return (tmp_path / "gpu_check.txt").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_gpu_check_runs_on_cpu_with_the_gpu_parts_skipped(tmp_path):
     table = _run(tmp_path)

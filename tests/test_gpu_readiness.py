@@ -63,6 +63,7 @@ def _precompute_worker(rank: int, world: int, port: int, store_dir: str, tok_pat
             dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_two_process_token_precompute_equals_single_process_byte_for_byte(tmp_path):
     store = _store(tmp_path / "store", n=37)  # 5 batches of 8: rank 0 takes 3, rank 1 takes 2 (one partial)
@@ -85,6 +86,7 @@ def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd to count descriptors")
 def test_random_reads_over_hundreds_of_shards_keep_at_most_the_cap_open(tmp_path):
     store = _store(tmp_path / "store", n=300, shard_size=1)  # 300 shards

@@ -175,6 +175,7 @@ def test_predict_cli_refuses_a_run_id_that_leaves_out_root(tmp_path):
 # ---------------------------------------------------------------- item 5: two runs, one folder
 
 
+@pytest.mark.slow
 def test_a_second_run_of_one_folder_is_refused_by_name(tmp_path):
     """Process A holds the run folder (started, not finished); process B's predict with the same run_id is
     refused before it writes anything. Oracle: B's error names the run id, A's config.yaml is untouched."""

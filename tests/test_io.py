@@ -312,6 +312,7 @@ def _wfdb_reference(wfdb, base: Path, tmp: Path):
     return wfdb.rdrecord(str(tmp / base.name))
 
 
+@pytest.mark.slow
 @pytest.mark.shared
 def test_cinc_every_record_reads_or_raises_typed(shared_data, tmp_path):
     """Oracle: wfdb.rdrecord p_signal * 1000 with the header gains (gain="header"); atol 1e-3 uV
@@ -417,6 +418,7 @@ def test_ptbxl_superclasses_match_readme_counts(ptbxl_root):
         assert int((sc.str.len() == 0).sum()) == none
 
 
+@pytest.mark.slow
 @pytest.mark.shared
 @pytest.mark.parametrize("rate, db, n", [(500, "ptbxl_database.csv", 150), (100, "ptbxl_database_100hz.csv", 840)])
 def test_ptbxl_every_record_reads(ptbxl_root, rate, db, n):

@@ -53,6 +53,7 @@ def _torchrun_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     _train(out_dir, "torchrun")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_launcher_two_processes_match_the_torchrun_path(tmp_path):
     mp.start_processes(_torchrun_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True,

@@ -81,6 +81,7 @@ def _case(name):
     raise KeyError(name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["ties", "imbalance", "tiny", "many"])
 def test_bootstrap_equals_sklearn_on_same_indices(case):
     y, s, n_boot = _case(case)
@@ -140,6 +141,7 @@ def test_hand_computed_ap_and_trapezoid():
     assert M.auroc_score([0, 1, 1], [0.5, 0.5, 0.7]) == pytest.approx(0.75, abs=1e-15)  # midrank tie
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_jackknife_closed_form_equals_leave_one_out(seed):
     rng = np.random.default_rng(seed)
@@ -160,6 +162,7 @@ def test_jackknife_closed_form_equals_leave_one_out(seed):
         assert np.isnan(ja[2]) and np.isnan(jp[2]) and np.isfinite(ja[[0, 1, 3, 4, 5]]).all()
 
 
+@pytest.mark.slow
 def test_intervals_equal_scipy_bootstrap():
     """scipy.stats.bootstrap on the index vector, statistic = sklearn on the indexed data; our
     indices reproduce scipy's draw ``rng.integers(0, n, (n_resamples, n))``. BCa and percentile
@@ -184,6 +187,7 @@ def test_intervals_equal_scipy_bootstrap():
         assert bca[f"{key}_lo"] != pct[f"{key}_lo"]  # BCa really adjusts the levels here
 
 
+@pytest.mark.slow
 def test_bootstrap_ci_keys_and_defaults():
     y, s, _ = _case("ties")
     r = M.bootstrap_ci(y, s, n_boot=100, seed=4)

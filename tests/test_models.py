@@ -12,7 +12,7 @@ import pickle
 import pytest
 import torch
 
-from heartbeit_lib.classify import registry as models
+from heartbeit_lib.models import registry as models
 
 IMG = 32
 
@@ -43,6 +43,7 @@ def test_registry_names_and_two_neuron_heads():
         models.create_model("resnet152_scratch", size="huge")
 
 
+@pytest.mark.slow
 def test_paper_size_architectures_match_torchvision_and_timm_layouts():
     """Full-size models built on the meta device: keys and shapes equal torchvision's own models
     (so IMAGENET1K_V1 files load) and the parameter counts are the paper's (86M / 19M / 60M)."""

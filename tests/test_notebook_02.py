@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from heartbeit_lib import cohorts
-from heartbeit_lib.classify import registry as models
+from heartbeit_lib.models import registry as models
 from heartbeit_lib.pipeline import pretrain
 from heartbeit_lib.pipeline import runs
 

@@ -17,6 +17,7 @@ from heartbeit_lib import cohorts
 from heartbeit_lib import render
 from heartbeit_lib.analysis import wasserstein as W
 from heartbeit_lib.pipeline import runs
+from heartbeit_lib.pipeline import wasserstein as stage
 
 
 def _tiny_cohort(run_dir, n=20, seed=0):
@@ -80,3 +81,7 @@ def test_notebook_05_runs_and_writes_the_three_averages(tmp_path, shared_data):
         assert (run_dir / f).stat().st_size > 0, f
     info = json.loads((run_dir / "run.json").read_text())
     assert any(k.startswith("natural_images") for k in info["data_hashes"])
+
+    # the stage contract: stage.run does the notebook's steps, so it writes the same metrics.json
+    cfg = stage.WassersteinConfig.from_dict({**params, "run_id": "tiny-run"})
+    assert stage.run(cfg, runs.start_run("05_wasserstein", cfg)) == m

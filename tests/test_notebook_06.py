@@ -16,6 +16,7 @@ import torch
 from conftest import tiny_run, toy_store
 
 from heartbeit_lib.pipeline import runs
+from heartbeit_lib.pipeline import saliency as stage
 
 pytestmark = pytest.mark.notebooks
 NB = runs.NOTEBOOKS_DIR / "06_saliency.ipynb"
@@ -65,6 +66,10 @@ def test_notebook_runs_headlessly(nb_root):
     assert m["n_runs"] == 2 and m["methods"] == ["fullgrad", "gradcam", "rollout"]
     assert any("rollout" in s and "efficientnet" in s for s in m["skipped"])
     assert len(m["deletion_auc"]) == 2 * 3 + 1 * 1  # (fullgrad, gradcam, random) x 2 runs + rollout x 1
+    # the stage contract: stage.run does the notebook's steps, so it writes the same metrics.json and tables
+    cfg = stage.SaliencyConfig.from_dict({**params, "run_id": "t-run"})
+    assert json.loads(json.dumps(stage.run(cfg, runs.start_run("06_saliency", cfg)), default=float)) == m
+    pd.testing.assert_frame_equal(pd.read_csv(nb_root / "06_saliency" / "t-run" / "attribution_long.csv"), long)
     nb = json.loads(out.read_text())
     outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)

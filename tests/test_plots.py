@@ -35,6 +35,7 @@ def evaluated(sweep):
     return preds, res, diffs
 
 
+@pytest.mark.slow
 def test_collect_runs_reads_best_epoch_and_skips_incomplete(sweep):
     table = pm.list_runs(sweep)
     assert len(table) == 2 * 4 * 5 + 1 and table["complete"].sum() == 40
@@ -51,6 +52,7 @@ def test_collect_runs_reads_best_epoch_and_skips_incomplete(sweep):
     assert set(preds.loc[preds["task"] == "stemi", "split"]) == {"val", "test"}
 
 
+@pytest.mark.slow
 def test_report_notes_name_non_paper_architectures(tmp_path, evaluated):
     """A micro model must not pass for BEiT-B/16 in the report: the notes name size and image size."""
     _, res, _ = evaluated
@@ -84,6 +86,7 @@ def test_collect_runs_rejects_broken_predictions(tmp_path):
         pm.list_runs(tmp_path / "nope")
 
 
+@pytest.mark.slow
 def test_results_equal_sklearn_and_reported(evaluated):
     preds, res, diffs = evaluated
     assert len(res) == 4 * 5 * 3  # models x fractions x (hcm test, hcm external, stemi test)
@@ -99,6 +102,7 @@ def test_results_equal_sklearn_and_reported(evaluated):
     assert d.auroc_diff == pytest.approx(a.auroc.iloc[0] - b.auroc.iloc[0], abs=1e-15)
 
 
+@pytest.mark.slow
 def test_tables_layout_and_bold(evaluated, tmp_path):
     preds, res, diffs = evaluated
     t = tables.metric_table(res, "auroc")
@@ -132,6 +136,7 @@ def test_tables_layout_and_bold(evaluated, tmp_path):
     assert csv.shape == (12, 5) and not csv.to_numpy().astype(str)[0, 0].startswith("**")
 
 
+@pytest.mark.slow
 def test_table1_counts(evaluated, sweep):
     preds, _, _ = evaluated
     t1 = tables.evaluation_table1(preds, pm.list_runs(sweep))
@@ -143,6 +148,7 @@ def test_table1_counts(evaluated, sweep):
     assert train.ecgs.tolist() == [20, 200, 500, 1000, 2000]
 
 
+@pytest.mark.slow
 def test_several_seeds_need_a_choice(evaluated):
     _, res, _ = evaluated
     two = pd.concat([res, res.assign(seed=1)])
@@ -151,6 +157,7 @@ def test_several_seeds_need_a_choice(evaluated):
     assert len(tables.select_seed(two, 1)) == len(res)
 
 
+@pytest.mark.slow
 def test_figures_and_self_contained_report(evaluated, tmp_path):
     preds, res, diffs = evaluated
     res1 = res[res.task == "hcm"]

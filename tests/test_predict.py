@@ -61,6 +61,7 @@ def best_scores(run_dir, split: str) -> pd.DataFrame:
     return pred[(pred["split"] == split) & (pred["epoch"] == best)].set_index("record_id")
 
 
+@pytest.mark.slow
 def test_scores_on_the_training_store_reproduce_the_run(world):
     root, ft, _ = world
     cfg = cfg_for(world, cohort_run=str(root / "01_preprocess" / "toypp"), split="test", run_id="internal")
@@ -71,6 +72,7 @@ def test_scores_on_the_training_store_reproduce_the_run(world):
     np.testing.assert_array_equal(pred["label"], ref["label"])
 
 
+@pytest.mark.slow
 def test_ensemble_averages_member_probabilities(world):
     root, ft, _ = world
     cfg = cfg_for(world, finetune_runs=tuple(map(str, ft)), cohort_run=str(root / "01_preprocess" / "toypp"),
@@ -104,6 +106,7 @@ def test_threshold_is_chosen_on_validation_not_on_the_scored_data(world, tmp_pat
     assert sens.value == 0.6  # the highest threshold keeping every validation positive
 
 
+@pytest.mark.slow
 def test_raw_files_rejects_labels_salt_and_validation(world):
     root, ft, raw = world
     salt = root / "salt.txt"
@@ -143,6 +146,7 @@ def test_raw_files_rejects_labels_salt_and_validation(world):
     assert all(len(t["sha256"]["model_best.pt"]) == 64 for t in run["training_runs"])
 
 
+@pytest.mark.slow
 def test_recalibration_is_never_evaluated_on_its_fitting_split(world):
     root, ft, _ = world
     cfg = cfg_for(world, cohort_run=str(root / "01_preprocess" / "toypp"), split="external", recalibrate="isotonic",
@@ -218,6 +222,7 @@ def test_config_errors():
         predict.PredictConfig(finetune_runs=("x",), data_root="b", ylim_mv=(1.0,))
 
 
+@pytest.mark.slow
 def test_cli_writes_the_files(world):
     root, ft, raw = world
     out = root / "cli"
@@ -253,6 +258,7 @@ def signal_world(world):
     return root, ft, sig, raw
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [0, 1])
 def test_signal_run_scores_reproduce_the_run(signal_world, k):
     """Oracle: the signal run's own predictions.parquet (same model, same stored ECGs, its 100 Hz input), 1e-5."""
@@ -265,6 +271,7 @@ def test_signal_run_scores_reproduce_the_run(signal_world, k):
     np.testing.assert_allclose(pred["score"], ref["score"], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_mixed_family_ensemble_on_raw_files_with_lead_time_saliency(signal_world):
     """An image and two signal models averaged on raw WFDB files; the pictures carry the signal models' lead x time
     maps drawn into the image model's layout (constant down each lead's band: a map of lead and time only)."""
@@ -293,12 +300,14 @@ def test_mixed_family_ensemble_on_raw_files_with_lead_time_saliency(signal_world
     assert predict.signal_method(members[0], "gradcam") == "gradcam" and predict.signal_method(members[1], "gradcam") == "ig"
 
 
+@pytest.mark.slow
 def test_signal_only_ensemble_refuses_image_parameters(signal_world):
     root, ft, sig, raw = signal_world
     with pytest.raises(predict.MismatchError, match="signal model"):
         predict.load_ensemble(cfg_for((root, ft, raw), finetune_runs=(str(sig[0]),), image_size=32))
 
 
+@pytest.mark.slow
 def test_a_failed_run_leaves_no_finished_looking_folder(world):
     """A run that fails after scoring (an unknown picture id) leaves the earlier run of that id as it was, and only
     a hidden ``.partial`` folder whose run.json records the error and no finish time."""
@@ -374,3 +383,15 @@ def test_operating_points_on_validation_and_scored_ecgs(world):
     thr = json.loads((out / "threshold.json").read_text())
     assert thr["method"] == "specificity" and thr["specificity"] >= 0.9 and thr["target_specificity"] == 0.9
     assert thr["interval"]["n_used"] > 0 and thr["warning"] and res["threshold"]["warning"] == thr["warning"]
+
+
+def test_a_multilabel_model_is_refused_by_name(world, tmp_path):
+    """07 scores binary models; a multi-label run (model.json ``multilabel: true``) is a typed error naming it, not
+    a softmax of its first two logits."""
+    _, ft, _ = world
+    run = tmp_path / "ml"
+    shutil.copytree(ft[0], run)
+    rec = json.loads((run / "model.json").read_text())
+    (run / "model.json").write_text(json.dumps({**rec, "classes": ["NORM", "MI"], "multilabel": True}))
+    with pytest.raises(predict.PredictError, match=r"model.json: a multi-label model \(classes \['NORM', 'MI'\]\)"):
+        predict.load_ensemble(cfg_for(world, finetune_runs=(str(run),)))

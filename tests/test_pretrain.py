@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from heartbeit_lib import render
-from heartbeit_lib.classify import registry as models
+from heartbeit_lib.models import registry as models
 from heartbeit_lib.pipeline import pretrain as P
 from heartbeit_lib.pipeline import runs
 
@@ -155,6 +155,7 @@ def test_masks_depend_only_on_seed_stream_epoch_row():
     assert np.array_equal(d.train.mask(5, 2), a.numpy())
 
 
+@pytest.mark.slow
 def test_resume_after_kill_repeats_losses_and_checkpoint_contract(tmp_path):
     data = _tiny_data()
     cfg = _tiny_cfg(drop_path=0.1)  # drop-path consumes torch RNG: exercises the RNG restore
@@ -207,6 +208,7 @@ def test_resume_after_kill_repeats_losses_and_checkpoint_contract(tmp_path):
         P.train(_tiny_cfg(drop_path=0.1, lr=2e-3, epochs=4), data, tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_training_learns_image_dependent_tokens(tmp_path):
     """Tokens = patch brightness bins: the MIM model must beat the majority token on held-out images."""
     data = _tiny_data(n=320, vocab=8, seed=1, n_val=64)
@@ -222,6 +224,7 @@ def test_training_learns_image_dependent_tokens(tmp_path):
     assert (tmp_path / "curve.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_store_pipeline_tokens_match_training_images(tmp_path, smooth_ecgs):
     """cohort store -> split -> fitted k-means tokenizer -> cached tokens -> rendered MIM batches."""
     from heartbeit_lib import cohorts

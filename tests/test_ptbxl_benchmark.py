@@ -148,6 +148,7 @@ def test_one_cycle_is_fastais(tmp_path):
     assert lrs[-1] == pytest.approx(0.01 / 25 / 1e4, rel=1e-3)  # the last batch runs at lr / 25 / 1e4
 
 
+@pytest.mark.slow
 def test_multilabel_finetune_writes_per_class_predictions(store, tmp_path):
     cfg = finetune.FinetuneConfig(task="ptbxl_superdiagnostic", model="xresnet1d101", epochs=2, batch_size=16,
                                   lr=0.01, lr_start=0.0004, weight_decay=0.01, optimizer="adamw", adam_beta2=0.99,
@@ -189,6 +190,7 @@ def test_a_class_without_positives_in_a_split_is_named(store):
         make_splits(broken, 1.0)
 
 
+@pytest.mark.slow
 def test_04_reports_macro_auroc_with_the_benchmarks_interval_and_paired_differences(store, tmp_path):
     from heartbeit_lib.pipeline import metrics as pm
 

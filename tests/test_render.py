@@ -64,6 +64,7 @@ def _darkness_centroid(img: np.ndarray, y0: int, y1: int) -> float:
 # ------------------------------------------------------------------------------------ parity
 
 
+@pytest.mark.slow
 @pytest.mark.shared
 def test_parity_with_matplotlib_on_ptbxl(ptbxl_x, ptbxl_ref):
     fast = render.render_ecg(ptbxl_x)
@@ -169,6 +170,7 @@ def test_clipping_keeps_each_lead_in_its_band():
     assert np.array_equal(ref[y0 - 4:y0 - 1], np.full((3, 224), 255, np.uint8))
 
 
+@pytest.mark.slow
 def test_lead_order_top_to_bottom():
     base = np.zeros((8, 2500), np.float32)
     blank = render.render_ecg(base)
@@ -232,6 +234,7 @@ def test_paper_grid_only_on_clinical_and_under_the_trace():
 # ------------------------------------------------------------------------------------ API behaviour
 
 
+@pytest.mark.slow
 def test_deterministic_and_batch_equals_single():
     x = _toy(n=2 * numpy_renderer._CHUNK + 3)                             # crosses chunk boundaries
     a = render.render_ecg(x)
@@ -281,7 +284,7 @@ def toy_store(tmp_path_factory):
 
 
 def test_dataset_feeds_a_model_forward_backward(toy_store):
-    from heartbeit_lib.classify.registry import create_backbone
+    from heartbeit_lib.models.registry import create_backbone
 
     torch.manual_seed(0)
     idx = toy_store.indices("train")

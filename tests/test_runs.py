@@ -151,3 +151,19 @@ def test_a_failed_notebook_run_is_marked_failed(tmp_path):
         runs.execute_notebook(nb, {"x": 2}, tmp_path / "run", html=False)
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["finished"] is None and "broken input" in info["failed"] and not runs.is_complete(tmp_path / "run")
+
+
+def test_read_run_config_is_the_one_typed_reader(tmp_path):
+    """Oracle: what start_run wrote; typed errors name the file."""
+    cfg = _Declared(size=3)
+    run_dir = runs.start_run("00_test", cfg, out_root=tmp_path, run_id="r")
+    assert runs.read_run_config(run_dir) == {"mode": "a", "size": 3, "splits": ["val", "test"]}
+    assert runs.read_run_config(run_dir, _Declared) == cfg  # typed: lists back to tuples
+    with pytest.raises(runs.RunConfigError, match="no such file"):
+        runs.read_run_config(tmp_path)
+    (tmp_path / "config.yaml").write_text("- a\n- b\n")
+    with pytest.raises(runs.RunConfigError, match=r"config\.yaml: holds a list"):
+        runs.read_run_config(tmp_path)
+    (tmp_path / "config.yaml").write_text("a: [1\n")
+    with pytest.raises(runs.RunConfigError, match="not valid YAML"):
+        runs.read_run_config(tmp_path)

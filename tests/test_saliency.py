@@ -27,7 +27,7 @@ from conftest import synth_ecgs, tiny_run, toy_store
 from heartbeit_lib import cohorts
 from heartbeit_lib import render
 from heartbeit_lib.analysis import saliency
-from heartbeit_lib.classify import registry as models
+from heartbeit_lib.models import registry as models
 from heartbeit_lib.pipeline import saliency as ps
 
 NORM = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -352,6 +352,7 @@ def marker():
     return img, y, img[y == 1][:12]
 
 
+@pytest.mark.slow
 def test_cnn_saliency_concentrates_on_the_injected_marker(marker):
     """EfficientNet (micro) trained 3 epochs: GradCAM and FullGrad put > 2x the marker's area share of
     their mass on the marker, and more than the same network untrained (a black square is salient
@@ -377,6 +378,7 @@ def test_cnn_saliency_concentrates_on_the_injected_marker(marker):
     assert d_gc["deletion_auc"].mean() < d_rnd["deletion_auc"].mean() - 0.1
 
 
+@pytest.mark.slow
 def test_vit_saliency_concentrates_on_the_injected_marker(marker):
     """ViT (micro, 8 px patches) trained 12 epochs: attention rollout and FullGrad concentrate on the
     marker (> 2x its area); untrained they do not. (Grad-CAM on the last block is erratic on this
@@ -392,6 +394,7 @@ def test_vit_saliency_concentrates_on_the_injected_marker(marker):
         assert share > 2 * AREA and share > 2 * control, (method, share / AREA, control / AREA)
 
 
+@pytest.mark.slow
 def test_deletion_insertion_endpoints_and_road(marker):
     img, y, pos = marker
     model = micro("resnet", img=S, seed=4)
@@ -434,6 +437,7 @@ def ft_root(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_rebuilt_models_reproduce_the_runs_predictions(ft_root):
     """Oracle: each run's predictions.parquet (test split, best epoch) from the rebuilt model, to 1e-5."""
     table = ps.find_finetune_runs(str(ft_root / "03_finetune"))

@@ -17,10 +17,11 @@ import torch
 
 from heartbeit_lib import cohorts
 from heartbeit_lib.classify import checkpoint
-from heartbeit_lib.classify import registry as models
+from heartbeit_lib.models import registry as models
 from heartbeit_lib.classify.signal_data import SignalDatasetFactory
-from heartbeit_lib.mim import stmem
-from heartbeit_lib.pipeline import finetune, pretrain, pretrain_signal, runs
+from heartbeit_lib.models import stmem
+from heartbeit_lib.pipeline import finetune, pretrain, runs
+from heartbeit_lib.pipeline.pretrain import signal as pretrain_signal
 
 TASK = "toy"
 
@@ -51,6 +52,7 @@ def _rescore(run_dir, store, best_epoch):
     return score, pred[(pred["split"] == "test") & (pred["epoch"] == best_epoch)]["score"].to_numpy(), info
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model,size", [("stmem_scratch", "micro"), ("inception1d", None)])
 def test_signal_model_finetunes_through_the_same_run_folder(toy_root, model, size):
     """Same files as an image run; model.json records family/rate; the rebuilt model rescores the test split."""
@@ -97,6 +99,7 @@ def pt_cfg(toy_root, **kw) -> pretrain.PretrainConfig:
     return pretrain.PretrainConfig(**base)
 
 
+@pytest.mark.slow
 def test_signal_pretraining_uses_the_image_rows_and_its_checkpoint_loads_into_stmem(toy_root):
     cfg = pt_cfg(toy_root, run_id="stmem_a")
     run_dir = runs.start_run("02_pretrain", cfg)
@@ -120,6 +123,7 @@ def test_signal_pretraining_uses_the_image_rows_and_its_checkpoint_loads_into_st
     assert json.loads((res.run_dir / "model.json").read_text())["size"] == "micro"
 
 
+@pytest.mark.slow
 def test_signal_pretraining_resumes_exactly(toy_root):
     """Oracle: the uninterrupted 2-epoch run's per-epoch losses (exact on CPU)."""
     full = pt_cfg(toy_root, run_id="stmem_full")
@@ -144,6 +148,7 @@ def test_signal_pretraining_resumes_exactly(toy_root):
 # ---------------------------------------------------------------- 04: families side by side
 
 
+@pytest.mark.slow
 def test_tables_and_figures_show_both_families(tmp_path):
     """Oracle: the family each run records (model.json) or the registry gives; line styles from FAMILY_STYLE."""
     from conftest import make_fake_sweep
@@ -184,12 +189,13 @@ def marker_signals(smooth_ecgs, n: int = 96, lead: int = 5, t0: int = 100, width
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
+@pytest.mark.slow
 def test_signal_saliency_concentrates_on_the_planted_marker(smooth_ecgs):
     """A small inception1d (depth 3, 8 filters) trained 4 epochs learns the marker; integrated gradients and
     Grad-CAM put > 2x the marker's share of lead x time (Grad-CAM: of time, it has no lead axis) on it, and
     more than the untrained network. Oracle: the planted position."""
     from heartbeit_lib.analysis import saliency
-    from heartbeit_lib.classify.signal_models import Inception1d
+    from heartbeit_lib.models.signal_models import Inception1d
     torch.set_num_threads(1)
     x, y = marker_signals(smooth_ecgs)
     torch.manual_seed(0)
@@ -225,6 +231,7 @@ def test_signal_saliency_concentrates_on_the_planted_marker(smooth_ecgs):
         assert got > 2 * area and got > control, (method, got / area, control / area)
 
 
+@pytest.mark.slow
 def test_06_explains_a_signal_run_with_the_same_shares(toy_root):
     """Oracle: shares sum to 1 per map over lead x segment; the area share of a lead is 1/8; overlay maps exist."""
     from heartbeit_lib.pipeline import saliency as ps

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from heartbeit_lib.classify import registry as models
+from heartbeit_lib.models import registry as models
 
 
 def conv(n_in, n_out, k):
@@ -89,6 +89,7 @@ def test_family_of_image_models_and_errors():
         models.create_model("xresnet1d101", size="micro")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["xresnet1d101", "inception1d"])
 def test_a_few_steps_reduce_loss_on_separable_batch(name):
     """Two classes that differ by a 10 Hz oscillation on every lead; 12 Adam steps must at least halve

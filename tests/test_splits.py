@@ -134,6 +134,7 @@ def test_fraction_size_float_robust():
         cohorts.fraction_size(10, 0.0)
 
 
+@pytest.mark.slow
 def test_splits_identical_across_builds_and_salts(tmp_path):
     rng = np.random.default_rng(1)
     n = 80

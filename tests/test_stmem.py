@@ -1,4 +1,4 @@
-"""ST-MEM (heartbeit_lib.mim.stmem): geometry, masking, loss, checkpoint -> classifier loading.
+"""ST-MEM (heartbeit_lib.models.stmem): geometry, masking, loss, checkpoint -> classifier loading.
 
 Oracles: the paper's configuration (bakqui/ST-MEM ``configs/pretrain/st_mem.yaml``: 75-sample
 patches at 250 Hz, mask ratio 0.75, norm_pix_loss); a NumPy re-computation of the masked,
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from heartbeit_lib.classify import registry as models
-from heartbeit_lib.mim import stmem
+from heartbeit_lib.models import registry as models
+from heartbeit_lib.models import stmem
 
 
 def test_geometry_keeps_the_papers_patch_duration():
@@ -64,6 +64,7 @@ def test_encoder_never_sees_masked_patches():
     assert b["loss"] != a["loss"]  # the targets did change
 
 
+@pytest.mark.slow
 def test_pretraining_steps_reduce_reconstruction_loss():
     torch.manual_seed(0)
     model = stmem.build_pretrainer("micro", num_leads=8, signal_rate=100)

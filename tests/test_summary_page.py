@@ -139,6 +139,7 @@ def test_links_with_other_schemes_are_refused(href):
 
 
 # ------------------------------------------------------------------------ in a browser
+@pytest.mark.slow
 @pytest.mark.parametrize("embed", [True, False])
 def test_page_loads_with_every_image_in_chromium(tmp_path, figures, embed, chromium):
     page = _page(tmp_path, figures, embed=embed)
@@ -146,6 +147,7 @@ def test_page_loads_with_every_image_in_chromium(tmp_path, figures, embed, chrom
     assert chromium.image_states(page) == [[True, w] for w in widths]
 
 
+@pytest.mark.slow
 def test_a_missing_image_is_detected_by_the_browser_check(tmp_path, figures, chromium):
     page = _page(tmp_path, figures, embed=False)
     Path(figures[1].path).unlink()  # negative control: the check can fail
@@ -153,6 +155,7 @@ def test_a_missing_image_is_detected_by_the_browser_check(tmp_path, figures, chr
         Image.open(figures[0].path).size[0], 0, Image.open(figures[2].path).size[0]]
 
 
+@pytest.mark.slow
 def test_screenshot_is_not_blank(tmp_path, figures, chromium):
     page = _page(tmp_path, figures, embed=True)
     blank = tmp_path / "blank.html"

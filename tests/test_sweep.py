@@ -28,7 +28,7 @@ from conftest import write_fake_run
 from heartbeit_lib import cohorts
 from heartbeit_lib.pipeline import finetune
 from heartbeit_lib.pipeline import metrics
-from heartbeit_lib.classify import registry as models
+from heartbeit_lib.models import registry as models
 from heartbeit_lib.pipeline import runs
 from heartbeit_lib.pipeline import sweep
 
@@ -68,6 +68,7 @@ def grid_root(tmp_path_factory, make_toy_store, fake_pretrain_checkpoint):
     return root
 
 
+@pytest.mark.slow
 def test_full_grid_of_models_and_fractions_runs_to_completion(grid_root):
     weights = write_weights(grid_root / "weights")
     all_models = ["heartbeit"] + [m for n in IMAGENET for m in (n, f"{n}_scratch")]
@@ -109,6 +110,7 @@ def test_full_grid_of_models_and_fractions_runs_to_completion(grid_root):
     assert again.ran == [] and len(again.skipped) == 45
 
 
+@pytest.mark.slow
 def test_resume_runs_only_missing_combinations_and_failures_do_not_stop(grid_root, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(grid_root / "01_preprocess", out / "01_preprocess")
@@ -212,6 +214,7 @@ def _state(spec, rid):
     return {r: s for r, s, _ in sweep.status(spec)}[rid]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_local_parallel_sweep_kill_one_job_and_rerun_submits_only_it(grid_root, tmp_path):
     """Real subprocesses (submitit's LocalExecutor). Oracle: the state records, locks and run folders."""
@@ -262,6 +265,7 @@ def _sweep_in_subprocess(path: str) -> subprocess.Popen:
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_two_sweeps_started_at_once_never_run_a_combination_twice(grid_root, tmp_path):
     """Issue 17 item 7. Oracle: each sweep's own summary (ran / busy / skipped) and the run folders."""
@@ -354,6 +358,7 @@ def test_lr_grid_is_chosen_on_validation_never_on_test(tmp_path):
         sweep.load_sweep(path)
 
 
+@pytest.mark.slow
 def test_finetune_resume_continues_exactly_where_it_stopped(grid_root, tmp_path, monkeypatch):
     """Oracle: the same run uninterrupted; log rows (all but timings), predictions and best weights must match
     exactly (CPU, single thread: deterministic)."""
@@ -387,6 +392,7 @@ def test_finetune_resume_continues_exactly_where_it_stopped(grid_root, tmp_path,
     assert not (out / "03_finetune" / "cut" / "resume.pt").exists()
 
 
+@pytest.mark.slow
 def test_metrics_keeps_only_the_validation_chosen_rate(tmp_path):
     """04 over an lr grid: without lr_choice two runs of one cell are an error naming them; with the table of
     choose-lr only the chosen run of each cell is read. Oracle: the run folders written here."""
@@ -472,6 +478,7 @@ def test_only_selects_learning_rates_and_out_root_moves_relative_run_paths(tmp_p
     assert same.params["cohort_run"] == "outputs/01_preprocess/{task}"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_local_parallel_keeps_two_warm_jobs_for_four_combinations(grid_root, tmp_path):
     """Issue 26: each local_parallel job process runs several combinations (Python, torch and the image cache start

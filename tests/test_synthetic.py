@@ -34,6 +34,7 @@ def ecgs(one_torch_thread) -> np.ndarray:
     return Y.generate_ecgs(N, seed=0, batch_size=16)
 
 
+@pytest.mark.slow
 def test_checkpoint_is_loaded_with_weights_only(monkeypatch):
     calls = []
     real_load = torch.load
@@ -51,6 +52,7 @@ def test_checkpoint_is_loaded_with_weights_only(monkeypatch):
     assert calls and all(c.get("weights_only") is True for c in calls)
 
 
+@pytest.mark.slow
 def test_generator_leaves_global_torch_rng_alone():
     Y.load_generator.cache_clear()
     torch.manual_seed(123)
@@ -59,6 +61,7 @@ def test_generator_leaves_global_torch_rng_alone():
     assert torch.equal(torch.get_rng_state(), before)
 
 
+@pytest.mark.slow
 def test_shape_dtype_and_determinism(ecgs):
     assert ecgs.shape == (N, 8, 5000) and ecgs.dtype == np.float32
     assert np.isfinite(ecgs).all()
@@ -116,6 +119,7 @@ def test_marker_survives_preprocessing(ecgs):
     assert np.all(delta[~pos] == 0)
 
 
+@pytest.mark.slow
 def test_demo_cohort_metadata(ecgs):
     x, meta = Y.make_demo_cohort(20, seed=0, prevalence=0.3, n_unlabelled=4)
     assert x.shape == (24, 8, 5000) and x.dtype == np.float32

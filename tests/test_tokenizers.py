@@ -161,6 +161,7 @@ def test_untrusted_code_in_pickle_never_runs(tmp_path):
     assert not target.exists()
 
 
+@pytest.mark.slow
 def test_dalle_pickle_and_state_dict_give_reference_tokens(dalle_files, tmp_path):
     enc, pkl, sd = dalle_files
     assert "dall_e" not in sys.modules  # the trusted path must not need OpenAI's package
@@ -191,6 +192,7 @@ def test_dalle_pickle_and_state_dict_give_reference_tokens(dalle_files, tmp_path
     np.testing.assert_array_equal(t.numpy(), a)
 
 
+@pytest.mark.slow
 def test_dalle_full_size_grid():
     # OpenAI's sizes would take long on CPU; the architecture maps a 224 image to 14x14 at any width
     enc = T.DalleEncoder(n_hid=8, n_blk_per_group=1, vocab_size=32)
@@ -222,6 +224,7 @@ def test_missing_and_bad_files(tmp_path):
         T.load_tokenizer("dalle", tmp_path / "other.pt")
 
 
+@pytest.mark.slow
 def test_kmeans_fit_tokenize_save_load(tmp_path):
     from sklearn.cluster import KMeans
 

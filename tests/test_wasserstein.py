@@ -46,6 +46,7 @@ def _skewed_stack(rng, n, h, w):
 # ---------------------------------------------------------------- greyscale
 
 
+@pytest.mark.slow
 def test_to_grey_matches_pillow_convert_L_on_all_colours():
     # oracle: Pillow Image.convert("L"), every one of the 2^24 RGB colours, exact equality
     rgb = np.empty((256, 256, 256, 3), np.uint8)
@@ -123,6 +124,7 @@ def test_closed_forms_symmetry_and_exact_zero_diagonal():
         assert _rel(D[i, j], wasserstein_distance(x[i].ravel(), x[j].ravel())) < 1e-9
 
 
+@pytest.mark.slow
 @pytest.mark.shared
 def test_real_imagenet_samples_reproduce_the_readme_figure_and_scipy(shared_data):
     folder = shared_data / "imagenet-samples"
@@ -196,6 +198,7 @@ def test_replicate_means_equal_explicit_index_resampling(same, include_self):
         assert abs(got[b] - want) < 1e-12
 
 
+@pytest.mark.slow
 def test_bootstrap_resamples_images_not_pairs():
     # D_ij = x_i + y_j: the pair mean is mean(x) + mean(y), whose sampling sd is
     # sqrt(var x / n + var y / m); a bootstrap over pairs would give ~ sd(D) / sqrt(n m), 30x smaller.
@@ -222,6 +225,7 @@ def test_bootstrap_resamples_images_not_pairs():
     assert W.bootstrap_pair_mean(D, False, 50, seed=3) == W.bootstrap_pair_mean(D, False, 50, seed=3)
 
 
+@pytest.mark.slow
 def test_summarize_and_metrics_and_figures(tmp_path):
     rng = np.random.default_rng(4)
     ecg, nat = _skewed_stack(rng, 6, 16, 16), _skewed_stack(rng, 5, 16, 16)
@@ -260,6 +264,7 @@ def _dots(shape, points, value=0):
     return x
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("d", [(0, 5), (3, 4), (-7, 0)])
 def test_moved_dark_pixel_has_distance_equal_to_the_shift(d):
     a = _dots((20, 20), [(8, 8)])

@@ -17,11 +17,11 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
-import yaml
 
 from heartbeit_lib import render, utils
-from heartbeit_lib.classify import registry as models
-from heartbeit_lib.mim import stmem
+from heartbeit_lib.config import read_run_config
+from heartbeit_lib.models import registry as models
+from heartbeit_lib.models import stmem
 
 MODEL_RECORD = "model.json"
 WEIGHTS = "model_best.pt"
@@ -98,7 +98,7 @@ def _signal_size(name: str, model: nn.Module) -> str:
 
 def _read_record(run_dir: Path) -> dict[str, Any]:
     """``model.json``, or the same fields from ``config.yaml`` + ``metrics.json`` of an older run."""
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    cfg = read_run_config(run_dir)
     if (run_dir / MODEL_RECORD).is_file():
         return {**json.loads((run_dir / MODEL_RECORD).read_text()), "config": cfg}
     met_p = run_dir / "metrics.json"

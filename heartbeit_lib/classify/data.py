@@ -6,8 +6,12 @@ across models, seeds and runs, and the fraction subsets of ``train`` are nested.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import functools
 import hashlib
+import json
+import os
+from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -16,8 +20,8 @@ import torch
 
 from heartbeit_lib import render
 from heartbeit_lib.cohorts.errors import SplitError
+from heartbeit_lib.cohorts.evaluation import EVAL_SPLITS
 
-EVAL_SPLITS = ("val", "test", "external")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +127,49 @@ def device_images(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, channe
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+RENDER_CACHE = "render_cache"  # folder of a cohort store holding its rendered uint8 images, one file per setting
+RENDER_CACHE_CHUNK = 256  # ECGs rendered at once while filling the cache
+
+
+def render_cache(store, size: int, layout: str = "stack8", ylim_mv: tuple[float, float] | None = None) -> np.ndarray | None:
+    """Every row of ``store`` rendered once as uint8 (N, size, size) grey images, memory-mapped from
+    ``<store>/render_cache/<key>.npy`` (key: size, layout, amplitude range and the store's manifest hash).
+
+    The first caller renders it (``render.render_ecg`` in chunks of :data:`RENDER_CACHE_CHUNK`, into a temporary
+    file renamed when complete) while holding ``<key>.lock``; concurrent callers (the jobs of a sweep) wait for it
+    and then map the same file, so a sweep renders a store once per setting. None when the store is too large to
+    cache (more than ``MAX_CACHED_IMAGES`` ECGs), has no folder, or its folder is not writable: the caller renders
+    on the fly.
+    """
+    root = getattr(store, "root", None)
+    if root is None or len(store) > MAX_CACHED_IMAGES:
+        return None
+    man = Path(root) / "manifest.parquet"
+    ident = {"size": int(size), "layout": str(layout), "ylim_mv": None if ylim_mv is None else [float(v) for v in ylim_mv],
+             "manifest": hashlib.sha256(man.read_bytes()).hexdigest() if man.is_file() else str(len(store))}
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
+    folder = Path(root) / RENDER_CACHE
+    path = folder / f"{size}-{layout}-{key}.npy"
+    try:
+        if not path.is_file():
+            folder.mkdir(exist_ok=True)
+            with open(folder / f"{path.stem}.lock", "a") as lock:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # one job renders, the others wait for its file
+                if not path.is_file():
+                    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(store), size, size))
+                    for s in range(0, len(store), RENDER_CACHE_CHUNK):
+                        rows = np.arange(s, min(len(store), s + RENDER_CACHE_CHUNK))
+                        out[rows] = render.render_ecg(store.signals(rows), size=size, layout=layout, ylim_mv=ylim_mv)
+                    out.flush()
+                    del out
+                    os.replace(tmp, path)
+                    (folder / f"{path.stem}.json").write_text(json.dumps(ident, indent=1) + "\n")
+        return np.load(path, mmap_mode="r")
+    except OSError:
+        return None
+
+
 class GreyImageDataset(torch.utils.data.Dataset):
     """Store rows rendered on the fly as uint8 grey images: items ``(uint8 (H, W), int64 label)``.
 
@@ -132,19 +179,24 @@ class GreyImageDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, store, indices: np.ndarray, size: int, layout: str = "stack8",
-                 ylim_mv: tuple[float, float] | None = None, targets: np.ndarray | None = None):
+                 ylim_mv: tuple[float, float] | None = None, targets: np.ndarray | None = None,
+                 images: np.ndarray | None = None):
         self.store, self.indices = store, np.asarray(indices, np.int64)
         self.size, self.layout, self.ylim_mv = int(size), layout, ylim_mv
         self.labels = store.manifest["label"].to_numpy(np.int64)[self.indices] if targets is None else \
             np.asarray(targets)  # (n,) int64, or (n, C) float32 multi-label targets
+        self.images = images  # (N, H, W) uint8 of every store row (render_cache), else rendered per batch
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitems__(self, pos) -> list:
         pos = np.asarray(pos, np.int64)
-        grey = render.render_ecg(self.store.signals(self.indices[pos]), size=self.size, layout=self.layout,
-                                 ylim_mv=self.ylim_mv)
+        if self.images is not None:
+            grey = np.asarray(self.images[self.indices[pos]])
+        else:
+            grey = render.render_ecg(self.store.signals(self.indices[pos]), size=self.size, layout=self.layout,
+                                     ylim_mv=self.ylim_mv)
         return list(zip(torch.from_numpy(np.ascontiguousarray(grey)).unbind(0),
                         torch.from_numpy(self.labels[pos]).unbind(0)))
 
@@ -163,12 +215,14 @@ def require_paper_layout(store) -> None:
 
 def default_dataset_factory(store, indices: np.ndarray, image_size: int, layout: str,
                             ylim_mv: tuple[float, float] | None = None, targets: np.ndarray | None = None,
-                            train: bool = False) -> torch.utils.data.Dataset:
+                            train: bool = False, disk_cache: bool = False) -> torch.utils.data.Dataset:
     """:class:`GreyImageDataset`: uint8 (H, W) grey images and int64 labels (or ``targets``); ``ylim_mv`` (lo, hi)
     mV per lead band, None: ``render.DEFAULT_YLIM_MV``. Images are drawn from the paper's store layout only (leads
-    I, II, V1-V6, 5 s at 500 Hz)."""
+    I, II, V1-V6, 5 s at 500 Hz). ``disk_cache``: read them from the store's :func:`render_cache` (rendered once per
+    store and setting, shared by every process), else render them per batch."""
     require_paper_layout(store)
-    return GreyImageDataset(store, indices, image_size, layout, ylim_mv, targets)
+    images = render_cache(store, image_size, layout, ylim_mv) if disk_cache else None
+    return GreyImageDataset(store, indices, image_size, layout, ylim_mv, targets, images)
 
 
 # cache_images above this many ECGs per split is refused: uint8 224-px images take 50 kB each (10 GB here),

@@ -18,6 +18,7 @@ from heartbeit_lib import signals
 
 from .build import build_store, output_leads
 from .errors import CohortError, TaskError
+from .evaluation import eval_patient_hashes
 from .ids import clean_id
 from .benchmark import benchmark_labels
 from .store import LABEL_PREFIX, N_LEADS, N_SAMPLES, STORE_FS, CohortStore
@@ -344,4 +345,4 @@ def _eval_patients(cohort_run: str | os.PathLike, src: CohortStore, src_run: str
     if (both["patient_hash"] != both["patient_hash_src"]).any():
         raise CohortError(f"{cohort_run}: its records carry other patient hashes than in {src_run} (built with "
                           "another salt file?): its evaluation patients cannot be excluded; rebuild both with one salt")
-    return set(m.loc[m["split"].isin(["val", "test", "external"]), "patient_hash"].astype(str))
+    return eval_patient_hashes(m)

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from heartbeit_lib import render, utils
-from heartbeit_lib.classify import registry as models
+from heartbeit_lib.models import registry as models
 from heartbeit_lib.mim.data import PretrainError
 from heartbeit_lib.mim.model import NORMALIZE, MIMModel
 

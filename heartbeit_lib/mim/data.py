@@ -9,8 +9,6 @@ exactly the image that was tokenized.  Randomness per epoch comes from the masks
 from __future__ import annotations
 
 import dataclasses
-import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -18,6 +16,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from heartbeit_lib import render
+from heartbeit_lib.cohorts.evaluation import (EVAL_PATIENTS_FILE, EVAL_SPLITS, pretraining_rows,  # noqa: F401
+                                             read_eval_patients)
 from heartbeit_lib.mim import masking
 
 AUGMENTATIONS = "none (no crops, flips or intensity changes; the mask is the only per-epoch randomness)"
@@ -245,38 +245,3 @@ def make_loader(ds: Dataset, sampler: EpochSampler, per_rank: int, workers: int,
                       collate_fn=collate,
                       pin_memory=device.type == "cuda", persistent_workers=workers > 0,
                       generator=torch.Generator().manual_seed(0))  # workers are seeded from this, not global RNG
-
-
-EVAL_SPLITS = ("val", "test", "external")
-EVAL_PATIENTS_FILE = "eval_patients.txt"  # written by 01_preprocess: salted hashes of val/test/external patients
-
-
-def pretraining_rows(manifest: Any, splits: Sequence[str] = ("train", "unassigned"),
-                     exclude_patients_of: Sequence[str] = EVAL_SPLITS,
-                     exclude_hashes: Sequence[str] | set = ()) -> np.ndarray:
-    """Sorted int64 store rows to pretrain on (and to fit the tokenizer on).
-
-    Rows whose ``split`` is in ``splits``, minus every row of a patient who has any row in
-    ``exclude_patients_of`` (whatever split the row itself carries: ``unassigned`` holds label -1 rows and the
-    internal-site ECGs of external patients) or whose ``patient_hash`` is in ``exclude_hashes`` (the
-    evaluation patients of the fine-tuning cohorts, for a store built from another source with the same salt).
-
-    ``manifest``: a DataFrame with at least ``split`` and ``patient_hash`` (a cohort store's manifest).
-    """
-    for col in ("split", "patient_hash"):
-        if col not in manifest.columns:
-            raise PretrainError(f"pretraining_rows: the manifest has no {col!r} column")
-    split = manifest["split"].astype(str).to_numpy()
-    pat = manifest["patient_hash"].astype(str).to_numpy()
-    excluded = set(pat[np.isin(split, list(exclude_patients_of))]) | set(exclude_hashes)
-    keep = np.isin(split, list(splits)) & ~np.isin(pat, list(excluded))
-    return np.flatnonzero(keep).astype(np.int64)
-
-
-def read_eval_patients(cohort_run: str | os.PathLike) -> set[str]:
-    """Salted patient hashes in ``<cohort_run>/eval_patients.txt`` (one per line)."""
-    p = Path(cohort_run) / EVAL_PATIENTS_FILE
-    if not p.is_file():
-        raise PretrainError(f"parameter 'eval_patients_of': {p} does not exist; rebuild that cohort with "
-                            "01_preprocess (it writes the evaluation patients' hashes)")
-    return {line.strip() for line in p.read_text().splitlines() if line.strip()}

@@ -8,20 +8,13 @@ from __future__ import annotations
 import time
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from heartbeit_lib.distributed import all_reduce
 from heartbeit_lib.mim.model import DeviceImages, mim_targets
-
-
-def all_reduce(t: torch.Tensor, world: int) -> torch.Tensor:
-    """Sum ``t`` over ranks in place (no-op for one process)."""
-    if world > 1:
-        dist.all_reduce(t)
-    return t
 
 
 def train_one_epoch(net: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer, sched, device: torch.device, *,

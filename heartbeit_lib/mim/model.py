@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from timm.optim import param_groups_layer_decay
 
-from heartbeit_lib.classify import registry as models
+from heartbeit_lib.models import registry as models
 
 NORMALIZE = {"mean": list(models.DEFAULT_MEAN), "std": list(models.DEFAULT_STD)}  # [0, 1] -> [-1, 1]
 

@@ -1,15 +1,15 @@
 """ST-MEM pretraining pieces: signal dataset with per-sample masks, one epoch, held-out loss, checkpoints.
 
-The driver is ``pipeline.pretrain_signal``; this module holds what it calls, the signal twin of
+The driver is ``pipeline.pretrain.signal``; this module holds what it calls, the signal twin of
 ``mim.data`` / ``mim.engine`` / ``mim.checkpoint``:
 
 - :class:`MaskedSignalDataset` - prepared signals (``classify.signal_data.prepare_signals``: store rows at
   ``signal_rate`` Hz, millivolts) keyed by ``(i, epoch)`` as ``mim.data.EpochSampler`` yields them, each with
   the uniform noise (leads, patches) that chooses its masked patches.  The noise is a function of
   (seed, stream, row, epoch) only, so masks do not depend on the batch, the number of processes or a resume.
-- :func:`train_one_epoch` / :func:`evaluate` - masked-patch MSE (``mim.stmem.STMEM``), AdamW steps, gradient
+- :func:`train_one_epoch` / :func:`evaluate` - masked-patch MSE (``models.stmem.STMEM``), AdamW steps, gradient
   clipping, bf16 autocast on CUDA, losses averaged over DDP ranks.
-- :func:`checkpoint_state` / :func:`resume` - ``checkpoints/last.pt``: :func:`mim.stmem.checkpoint_payload`
+- :func:`checkpoint_state` / :func:`resume` - ``checkpoints/last.pt``: :func:`models.stmem.checkpoint_payload`
   (``backbone``, ``backbone_config``, ``modality: signal``, what ``registry.create_model("stmem")`` reads) plus
   ``decoder``, optimiser, scheduler, per-rank RNG states (``mim.checkpoint.gather_rng``), config, history.
 """
@@ -21,11 +21,11 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from heartbeit_lib.mim import stmem
+from heartbeit_lib.distributed import mean_over_ranks
+from heartbeit_lib.models import stmem
 from heartbeit_lib.mim import checkpoint
 from heartbeit_lib.mim.checkpoint import (ResumeError, check_resumable, load_checkpoint_file,  # noqa: F401
                                          restore_training_state)
@@ -60,14 +60,6 @@ class MaskedSignalDataset(Dataset):
         return torch.from_numpy(self.signals[i]), torch.from_numpy(noise)
 
 
-def _mean_over_ranks(total: float, count: int, world: int, device: torch.device) -> float:
-    if world == 1:
-        return total / max(count, 1)
-    t = torch.tensor([total, count], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return float(t[0] / t[1].clamp(min=1))
-
-
 def train_one_epoch(net: nn.Module, loader, opt: torch.optim.Optimizer, sched, device: torch.device,
                     mask_ratio: float, amp: bool = False, clip_grad: float = 0.0, world: int = 1,
                     step: int = 0) -> tuple[dict, int]:
@@ -89,7 +81,7 @@ def train_one_epoch(net: nn.Module, loader, opt: torch.optim.Optimizer, sched, d
         sched.step()
         step += 1
         tot, n = tot + float(loss.detach()), n + 1
-    return {"train_loss": _mean_over_ranks(tot, n, world, device), "lr": sched.get_last_lr()[0],
+    return {"train_loss": mean_over_ranks(tot, n, world, device), "lr": sched.get_last_lr()[0],
             "epoch_time_s": time.time() - t0}, step
 
 
@@ -104,7 +96,7 @@ def evaluate(net: nn.Module, loader, device: torch.device, mask_ratio: float, am
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             loss = net(x, mask_ratio=mask_ratio, noise=noise)["loss"]
         tot, n = tot + float(loss) * len(x), n + len(x)
-    return _mean_over_ranks(tot, n, world, device)
+    return mean_over_ranks(tot, n, world, device)
 
 
 def param_groups(model: stmem.STMEM, weight_decay: float) -> list[dict]:

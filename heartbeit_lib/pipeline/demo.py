@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import pandas as pd
-import yaml
 
 from heartbeit_lib.pipeline import runs
 from heartbeit_lib.pipeline import sweep
@@ -145,8 +144,7 @@ def _predict_run(ft_runs: Sequence[Path]) -> Path | None:
 
 
 def _run_config(run_dir: Path) -> dict:
-    p = Path(run_dir) / "config.yaml"
-    return (yaml.safe_load(p.read_text()) or {}) if p.is_file() else {}
+    return runs.read_run_config(run_dir) if (Path(run_dir) / "config.yaml").is_file() else {}
 
 
 def _first(folder: Path | None, pattern: str) -> list[Path]:

@@ -60,13 +60,13 @@ from tqdm.auto import tqdm
 from heartbeit_lib import cohorts, render, utils
 from heartbeit_lib.cohorts.store import N_LEADS
 from heartbeit_lib.classify import engine
-from heartbeit_lib.classify import registry as models
+from heartbeit_lib.models import registry as models
 from heartbeit_lib.classify.checkpoint import load_best_weights, save_best_weights, write_model_record  # noqa: F401
 from heartbeit_lib.classify.data import (EVAL_SPLITS, ImageCache, Split, SplitError,  # noqa: F401
                                          default_dataset_factory, describe_splits, make_loader, make_splits,
                                          require_paper_layout,
                                          records_sha256)
-from heartbeit_lib.classify.signal_models import benchmark_weight_init
+from heartbeit_lib.models.signal_models import benchmark_weight_init
 from heartbeit_lib.classify.signal_data import SignalDatasetFactory, crop_length, fit_standardizer
 from heartbeit_lib.classify.engine import predict, select_best_epoch, split_metrics  # noqa: F401
 from heartbeit_lib.pipeline import overlap, runs
@@ -127,7 +127,7 @@ class FinetuneConfig(runs.TypedConfig):
     eval_every: int = 1  # score val/test/external every k epochs and at the last one (selection sees only scored epochs)
     val_fraction: str = "matched"  # matched: validation shrinks with fraction (nested, stratified, at least 50 per class: cohorts.splits.VAL_MIN_PER_CLASS) | full: whole split
     num_workers: int = 0  # DataLoader worker processes
-    cache_images: bool = False  # render every split once per process and keep it in memory (small cohorts)
+    cache_images: bool = False  # render the store once into its uint8 render_cache/ (shared by a sweep's jobs) and keep splits in memory (small cohorts)
     out_root: str = "outputs"  # root of the run folders
     run_id: str | None = None  # run folder name; None: <task>-<model>-f<fraction>-s<seed>
     resume: bool = False  # continue an interrupted run folder from its last finished epoch (resume.pt, written every epoch when True)
@@ -545,7 +545,8 @@ def fit(cfg: FinetuneConfig, model: nn.Module, store, splits: Mapping[str, Split
     signal = models.model_family(cfg.model) == "signal"
     cache = (image_cache if image_cache is not None else IMAGE_CACHE) if cfg.cache_images and not signal else None
     default_factory = (SignalDatasetFactory(cfg.signal_rate, cfg.crop_seconds, seed=cfg.seed) if signal
-                       else functools.partial(default_dataset_factory, ylim_mv=cfg.ylim_mv))
+                       else functools.partial(default_dataset_factory, ylim_mv=cfg.ylim_mv,
+                                              disk_cache=cfg.cache_images))
     eval_batch = max(CUDA_EVAL_BATCH, 2 * cfg.batch_size) if device.type == "cuda" else 2 * cfg.batch_size
     train_loader, eval_loaders = _loaders(cfg, store, splits, dataset_factory or default_factory, cache, eval_batch)
     channels_last = (device.type == "cuda" and not signal

@@ -22,9 +22,9 @@ from heartbeit_lib.analysis.metrics import (AUPRC_METHODS, CI_METHODS, Bootstrap
                                             RunMismatchError, _check_labels, _check_method, bootstrap_indices,
                                             bootstrap_indices_cached, bootstrap_metrics, compare, interval_summary,
                                             seed_pool)
-from heartbeit_lib.classify import registry as models
 from heartbeit_lib.classify.engine import SCORE_PREFIX
 from heartbeit_lib.cohorts.store import LABEL_PREFIX
+from heartbeit_lib.models import registry as models
 from heartbeit_lib.pipeline import runs
 from heartbeit_lib.report.tables import SPLIT_LABELS, SPLIT_ORDER, order_models
 

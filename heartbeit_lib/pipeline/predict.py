@@ -116,7 +116,7 @@ class PredictConfig(runs.TypedConfig):
     saliency_method: str | None = "gradcam"  # map on the model input: fullgrad, gradcam, rollout (signal models: gradcam on 1-D CNNs, else integrated gradients); None: no map
     n_boot: int = 500  # bootstrap resamples of the AUROC/AUPRC confidence intervals
     batch_size: int = 64  # images per forward pass
-    workers: int | None = None  # processes reading raw files (data_root); None: one per core (at most 4) from 256 files, else 1
+    workers: int = 1  # processes reading raw files (data_root), one store shard each (2 measured slower than 1 on a loaded 2-core machine: benchmarks/bench_predict.py)
     device: str | None = None  # cpu, cuda, cuda:N; None: cuda when available
     seed: int = 0  # bootstrap seed
     out_root: str = "outputs"  # root of the run folders
@@ -147,8 +147,8 @@ class PredictConfig(runs.TypedConfig):
             raise PredictError(f"parameter 'ylim_mv': {list(self.ylim_mv)} is not a pair (lo, hi) in mV")
         if self.pictures == "ids" and not self.picture_ids:
             raise PredictError("parameter 'picture_ids': empty with pictures=ids")
-        if self.workers is not None and self.workers < 1:
-            raise PredictError(f"parameter 'workers': {self.workers} must be >= 1 (or None: automatic)")
+        if self.workers < 1:
+            raise PredictError(f"parameter 'workers': {self.workers} must be >= 1")
         for name in ("n_boot", "batch_size"):
             if getattr(self, name) < 1:
                 raise PredictError(f"parameter {name!r}: {getattr(self, name)} must be >= 1")
@@ -252,6 +252,9 @@ def load_ensemble(cfg: PredictConfig, device: str | torch.device = "cpu") -> tup
         run_dir = _resolve(entry)
         check_finetune_run(run_dir)
         model, info = load_finetune_run(run_dir, device)
+        if info.get("multilabel"):  # one sigmoid per class: member_probabilities/score_columns are where it goes
+            raise PredictError(f"{run_dir / MODEL_RECORD}: a multi-label model (classes {info.get('classes')}); 07 "
+                               "scores binary models only so far (one score column per class is not built yet)")
         r = _recorded_rendering(run_dir, info)
         met = json.loads((run_dir / "metrics.json").read_text())
         family = str(info.get("family", "image"))
@@ -382,17 +385,12 @@ def prepare_inputs(cfg: PredictConfig, run_dir: str | os.PathLike, rendering: Re
     return Inputs(store, np.arange(len(store), dtype=np.int64), len(src.inputs), rejects, root)
 
 
-PARALLEL_FROM = 256  # raw files: from this many on, workers=None reads them in several processes
-
-
-def read_workers(workers: int | None, n_files: int) -> int:
-    """Processes that read and preprocess ``n_files`` raw files (the store build's shards, ``spawn`` workers): as
-    asked, else one per core up to 4 from :data:`PARALLEL_FROM` files (each worker starts Python and imports the
-    library, ~2-3 s, which a few files do not repay), else 1. Reading MUSE XML is ~53 % of 07's time in one
-    process (issue 26); the preprocessing runs in batches inside each shard."""
-    if workers is not None:
-        return int(workers)
-    return max(1, min(4, os.cpu_count() or 1)) if n_files >= PARALLEL_FROM else 1
+def read_workers(workers: int, n_files: int) -> int:
+    """Processes that read and preprocess ``n_files`` raw files (the store build's ``spawn`` workers, one shard
+    each): ``workers``, at most one per file. Each worker starts Python and imports the library; on the 2-core
+    machine at load ~11 two workers scored 512 MUSE files at 0.19x (micro ViT) and 0.55x (xresnet1d101) the rate
+    of one (``benchmarks/bench_predict.py``), so 1 is the default; try more on a quiet many-core machine."""
+    return max(1, min(int(workers), n_files))
 
 
 def _relative(path: str, root: Path | None) -> str:

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from heartbeit_lib.cohorts import (SPLIT_METHODS, SPLITS, CohortStore, Source, TaskConfig, build_store, demo_source,
                                    load_task, muse_source, ptbxl_source, task_names, wfdb_source)
-from heartbeit_lib import utils
+from heartbeit_lib.cohorts.evaluation import write_eval_patients  # noqa: F401 (public path preprocess.write_eval_patients)
 from heartbeit_lib.signals import N_SAMPLES, TARGET_FS, TWELVE_LEADS
 from heartbeit_lib.pipeline import runs
 from heartbeit_lib.report import qc
@@ -154,15 +154,6 @@ def store_metrics(store: CohortStore) -> dict:
         out[f"n_val_f{f:g}"] = int(len(store.indices("val", f)))
     out.update(qc.clipping(store))
     return out
-
-
-def write_eval_patients(run_dir: str | os.PathLike, store: CohortStore) -> int:
-    """``<run_dir>/eval_patients.txt``: sorted salted hashes of every patient with a val/test/external row,
-    which 02_pretrain drops from a pretraining store built with the same ``salt_file``; returns their count."""
-    m = store.manifest
-    pats = sorted(set(m.loc[m["split"].isin(("val", "test", "external")), "patient_hash"].astype(str)))
-    utils.atomic_write_text(Path(run_dir) / "eval_patients.txt", "".join(p + "\n" for p in pats))
-    return len(pats)
 
 
 def finish(run_dir: str | os.PathLike, store: CohortStore, source: Source) -> dict:

@@ -47,7 +47,8 @@ from jupyter_client.manager import AsyncKernelManager
 from nbconvert import HTMLExporter
 from traitlets import default
 
-from heartbeit_lib.config import ConfigError, TypedConfig, UnknownParameterError, _plain  # noqa: F401 (re-exported)
+from heartbeit_lib.config import (ConfigError, RunConfigError, TypedConfig, UnknownParameterError, _plain,  # noqa: F401
+                                  read_run_config)  # (re-exported)
 from heartbeit_lib.safety import UnsafeValueError, inside, no_control, safe_component
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -1,5 +1,6 @@
 """Notebook 06 (saliency, Figures 5-8): its :class:`SaliencyConfig`, finding and rebuilding the 03_finetune runs,
-explaining the same records with every run (:func:`compute`), the CSV tables and ``metrics.json``.
+explaining the same records with every run (:func:`compute`), the CSV tables, ``metrics.json`` (:func:`run_metrics`)
+and :func:`run`, the notebook's steps in one call.
 
 The maps, attribution and faithfulness live in :mod:`heartbeit_lib.analysis.saliency`, the overlays and charts in
 :mod:`heartbeit_lib.report.figures`, the browser in :mod:`heartbeit_lib.report.html`.
@@ -18,7 +19,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
-import yaml
 from tqdm.auto import tqdm
 
 from heartbeit_lib.cohorts.store import LABEL_PREFIX
@@ -33,9 +33,10 @@ from heartbeit_lib.analysis.saliency.results import RunMaps, SaliencyResult
 from heartbeit_lib.classify import checkpoint
 from heartbeit_lib.classify.checkpoint import load_finetune_run
 from heartbeit_lib.classify.signal_data import STORE_FS, prepare_signals
-from heartbeit_lib.classify.signal_models import Inception1d, XResNet1d
+from heartbeit_lib.models.signal_models import Inception1d, XResNet1d
 from heartbeit_lib.pipeline import runs
 from heartbeit_lib.pipeline.metrics import list_runs, run_file_hashes
+from heartbeit_lib.report import figures
 from heartbeit_lib.report.tables import order_models
 from heartbeit_lib.utils import resolve_device
 
@@ -130,7 +131,7 @@ def find_finetune_runs(finetune_runs: str | Sequence[str]) -> pd.DataFrame:
                                "finished with model_best.pt (run notebooks/03_finetune.ipynb to completion)")
     extra = []  # list_runs already gives model_size and image_size; adding them again duplicated the columns
     for d in ok["run_dir"]:
-        cfg = yaml.safe_load((Path(d) / "config.yaml").read_text()) or {}
+        cfg = runs.read_run_config(d)
         extra.append({"layout": str(cfg.get("layout") or "stack8"), "cohort_run": str(cfg.get("cohort_run") or "")})
     ok = pd.concat([ok.reset_index(drop=True), pd.DataFrame(extra)], axis=1)
     order = {m: i for i, m in enumerate(order_models(ok["model"]))}
@@ -406,3 +407,19 @@ def run_metrics(result: SaliencyResult, cfg: SaliencyConfig) -> dict:
 def finetune_hashes(run_table: pd.DataFrame) -> dict[str, str]:
     """sha256 of each run's ``model_best.pt`` and ``config.yaml`` (provenance for ``run.json``)."""
     return run_file_hashes(run_table["run_dir"], ("model_best.pt", "config.yaml"))
+
+
+def run(cfg: SaliencyConfig, run_dir: str | os.PathLike) -> dict:
+    """The notebook's steps in order (find the runs, explain, tables, overlays, attribution and faithfulness
+    charts, metrics), finishing the run folder ``run_dir`` (made by ``runs.start_run``); returns ``metrics.json``'s
+    content. (The notebook also shows the interactive browser, which writes nothing.)"""
+    run_dir = Path(run_dir)
+    run_table = find_finetune_runs(cfg.finetune_runs)
+    result = compute(run_table, cfg)
+    save_tables(result, run_dir)
+    figures.save_overlay_figures(result, run_dir, cfg.n_figures, methods=cfg.method)
+    figures.plot_attribution(result.attribution, run_dir / "attribution.png")
+    figures.plot_faithfulness(result.faithfulness, run_dir / "faithfulness.png")
+    metrics = run_metrics(result, cfg)
+    runs.finish_run(run_dir, metrics=metrics, data_hashes=finetune_hashes(run_table))
+    return metrics

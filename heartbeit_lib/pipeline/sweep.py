@@ -93,7 +93,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from heartbeit_lib import safety
-from heartbeit_lib.classify import registry
+from heartbeit_lib.models import registry
 from heartbeit_lib.pipeline import finetune
 from heartbeit_lib.pipeline import runs
 

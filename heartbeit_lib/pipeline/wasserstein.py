@@ -1,5 +1,6 @@
 """Notebook 05 (Wasserstein distances, Supplementary Figure 9): its :class:`WassersteinConfig`, the spatial
-summaries, the sample table, ``metrics.json`` and the provenance hashes.
+summaries, the sample table, ``metrics.json`` (:func:`run_metrics`), the provenance hashes, and :func:`run`, the
+notebook's steps in one call.
 
 The distances themselves live in :mod:`heartbeit_lib.analysis.wasserstein`, the figures in
 :mod:`heartbeit_lib.report.figures`.
@@ -16,8 +17,11 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from heartbeit_lib.analysis.wasserstein import flatten_summary, pair_summary, spatial_distance_matrices
+from heartbeit_lib import cohorts
+from heartbeit_lib.analysis.wasserstein import (flatten_summary, load_image_folder, pair_summary, paper_distance_matrices,
+                                                sample_ecg_images, spatial_distance_matrices)
 from heartbeit_lib.pipeline import runs
+from heartbeit_lib.report import figures
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,3 +119,29 @@ def data_hashes(store, natural_paths: Sequence[str | Path]) -> dict[str, str]:
     by_name = {Path(p).name: runs.file_sha256(p) for p in natural_paths}  # location-independent
     out[f"natural_images (combined sha256 of {len(by_name)} files)"] = runs.combined_hash(by_name)
     return out
+
+
+def run(cfg: WassersteinConfig, run_dir: str | Path) -> dict[str, Any]:
+    """The notebook's steps in order (sample, distances, figures, spatial summaries, metrics), finishing the run
+    folder ``run_dir`` (made by ``runs.start_run``); returns ``metrics.json``'s content."""
+    run_dir = Path(run_dir)
+    store = cohorts.CohortStore(cfg.cohort_run)
+    ecg, ecg_rows = sample_ecg_images(store, cfg.n_ecg, cfg.seed, split=cfg.ecg_split, size=cfg.image_size,
+                                      layout=cfg.layout, allow_fewer=cfg.allow_fewer, ylim_mv=cfg.ylim_mv)
+    natural, natural_paths = load_image_folder(cfg.image_dir, cfg.n_natural, cfg.seed, size=cfg.image_size,
+                                               return_paths=True)
+    sample_table(ecg_rows, natural_paths, store).to_csv(run_dir / "samples.csv", index=False)
+    matrices = paper_distance_matrices(ecg, natural)
+    summary = pair_summary(matrices, cfg.n_boot, cfg.seed, cfg.include_self)
+    summary.to_csv(run_dir / "summary.csv")
+    figures.plot_supp_fig9(summary, run_dir / "supp_fig9_wasserstein.png")
+    figures.plot_pair_histograms(matrices, run_dir / "pair_histograms.png")
+    spatial_summary = None
+    if cfg.spatial:
+        spatial_matrices, spatial_summary = spatial_summaries(ecg, natural, cfg)
+        spatial_summary.to_csv(run_dir / "spatial_summary.csv")
+        figures.plot_pair_histograms(spatial_matrices["emd"], run_dir / "spatial_emd_histograms.png",
+                                     xlabel="exact EMD of darkness (pixels)", show_paper=False)
+    metrics = run_metrics(summary, spatial_summary, cfg)
+    runs.finish_run(run_dir, metrics=metrics, data_hashes=data_hashes(store, natural_paths))
+    return metrics

@@ -11,6 +11,7 @@ headlessly and do not leak between calls.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
@@ -447,4 +449,82 @@ def plot_faithfulness(faith: pd.DataFrame, path: str | os.PathLike | None = None
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=110)
+    return fig
+
+
+# ---------------------------------------------------------------- pretraining (02)
+
+
+def plot_pretrain_curve(history: Sequence[dict] | str | os.PathLike, path: str | os.PathLike | None = None,
+               baselines: dict | None = None):
+    """Pretraining curve (the paper's Supplementary Figure 1): loss and masked-token accuracy per epoch.
+
+    ``history`` is a list of epoch dicts or a ``log.jsonl`` path; ``baselines`` may hold
+    ``majority_acc`` / ``position_majority_acc`` drawn as horizontal lines.  Saved to ``path`` (PNG).
+    """
+    if isinstance(history, (str, os.PathLike)):  # one JSON line per epoch
+        history = [json.loads(line) for line in Path(history).read_text().splitlines() if line.strip()]
+    ep = [h["epoch"] for h in history]
+    fig = Figure(figsize=(10, 3.6))
+    a1, a2 = fig.subplots(1, 2)
+    a1.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
+    if history and "val_loss" in history[0]:
+        a1.plot(ep, [h["val_loss"] for h in history], "s-", label="held-out")
+    a1.set(xlabel="epoch", ylabel="masked-token cross-entropy", title="MIM loss")
+    a1.legend()
+    a2.plot(ep, [h["train_acc"] for h in history], "o-", label="train")
+    if history and "val_acc" in history[0]:
+        a2.plot(ep, [h["val_acc"] for h in history], "s-", label="held-out")
+    for key, style in (("majority_acc", ":"), ("position_majority_acc", "--")):
+        if baselines and key in baselines:
+            a2.axhline(baselines[key], color="grey", ls=style, label=key.replace("_acc", "").replace("_", " "))
+    a2.set(xlabel="epoch", ylabel="masked-token accuracy", title="MIM accuracy")
+    a2.legend(fontsize=8)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot_mim_examples(data: Any, path: str | os.PathLike | None = None, n: int = 3, epoch: int = 0):
+    """Rendered ECGs of a pretraining set (``pipeline.pretrain.MIMData``), their token grids and one epoch's block
+    masks."""
+    n = min(n, len(data.train))
+    fig = Figure(figsize=(9, 3 * n))
+    axes = fig.subplots(n, 3, squeeze=False)
+    for r in range(n):
+        img, tok, mask = data.train[(r, epoch)]
+        grey = img.numpy() / 255.0 if img.dtype == torch.uint8 else img[0].numpy()
+        s = grey.shape[0] // tok.shape[0]
+        axes[r, 0].imshow(grey, cmap="gray", vmin=0, vmax=1)
+        axes[r, 1].imshow(tok.numpy(), cmap="nipy_spectral", vmin=0, vmax=data.vocab_size - 1,
+                          interpolation="nearest")
+        if tok.shape[0] <= 8:  # small grids: print the ids
+            for (yy, xx), v in np.ndenumerate(tok.numpy()):
+                axes[r, 1].text(xx, yy, str(v), ha="center", va="center", fontsize=7, color="white")
+        big = np.kron(mask.numpy(), np.ones((s, s), bool))
+        axes[r, 2].imshow(np.where(big, 0.5, grey), cmap="gray", vmin=0, vmax=1)
+        for a, title in zip(axes[r], ("rendered ECG", f"tokens (vocab {data.vocab_size})",
+                                      f"block mask ({int(mask.sum())} of {mask.numel()} patches)")):
+            a.set_title(title, fontsize=9)
+            a.set_xticks([]), a.set_yticks([])
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
+
+
+def plot_stmem_curve(history: Sequence[dict], path: str | os.PathLike | None = None):
+    """ST-MEM pretraining: masked-patch MSE (train and held-out) per epoch; saved to ``path`` (PNG)."""
+    fig = Figure(figsize=(5, 3.6))
+    ax = fig.subplots()
+    ep = [h["epoch"] for h in history]
+    ax.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
+    if history and "val_loss" in history[0]:
+        ax.plot(ep, [h["val_loss"] for h in history], "s-", label="held-out")
+    ax.set(xlabel="epoch", ylabel="masked-patch MSE (normalised targets)", title="ST-MEM pretraining")
+    ax.legend()
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
     return fig

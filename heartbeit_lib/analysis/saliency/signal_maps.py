@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from heartbeit_lib import render
 from heartbeit_lib.analysis.saliency.errors import SaliencyError, UnsupportedMethodError
-from heartbeit_lib.classify.signal_models import Inception1d, XResNet1d
+from heartbeit_lib.models.signal_models import Inception1d, XResNet1d
 
 SIGNAL_METHODS = ("ig", "gradcam")
 IG_STEPS = 32  # midpoint Riemann steps of integrated gradients

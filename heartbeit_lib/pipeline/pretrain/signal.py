@@ -1,10 +1,10 @@
 """02_pretrain with ``modality: signal``: ST-MEM masked-patch pretraining on the image pretraining's rows.
 
-The signal twin of ``pipeline.pretrain`` (same :class:`~heartbeit_lib.pipeline.pretrain.PretrainConfig`, same
+The signal twin of ``pipeline.pretrain`` (same :class:`~heartbeit_lib.pipeline.PretrainConfig`, same
 run folder layout), called by ``notebooks/02_pretrain.ipynb`` and ``python -m heartbeit_lib.pretrain`` when
 ``modality == "signal"``:
 
-1. Rows: ``pretrain.split_rows(cfg, store)``, the very function the image pretraining uses (train +
+1. Rows: ``pretrain.common.split_rows(cfg, store)``, the very function the image pretraining uses (train +
    unassigned, held-out ``val``; ``max_train``/``max_val`` caps), so both families see exactly the same ECGs.
    The rows are saved as ``pretraining_rows.npy`` for the record.
 2. Inputs: ``prepare_signals`` (store rows resampled to ``signal_rate`` Hz, millivolts), the fine-tuning input.
@@ -12,7 +12,7 @@ run folder layout), called by ``notebooks/02_pretrain.ipynb`` and ``python -m he
    0.75 per lead as in ST-MEM (Na et al. 2024); loss MSE on masked patches with per-patch normalised targets.
 4. Optimisation: AdamW (betas 0.9/0.95 as MAE/ST-MEM, ``weight_decay``, none on 1-D parameters), per-step linear
    warmup + cosine (``mim.model.lr_factor``), gradient clipping, bf16 autocast on CUDA, DDP under torchrun
-   (``pretrain.init_distributed``), ``mim.data.EpochSampler`` for the epoch order; a checkpoint every epoch
+   (``heartbeit_lib.distributed.init_distributed``), ``mim.data.EpochSampler`` for the epoch order; a checkpoint every epoch
    (``mim.stmem_pretrain``) and resume from ``checkpoints/last.pt``.
 
 Budget in the CPU recipe: the same epochs, batch size and rows as the image run
@@ -27,24 +27,27 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn as nn
-from matplotlib.figure import Figure
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from heartbeit_lib import utils
 from heartbeit_lib.classify.signal_data import STORE_FS, prepare_signals
 from heartbeit_lib.cohorts import CohortStore
-from heartbeit_lib.mim import stmem
+from heartbeit_lib.models import stmem
 from heartbeit_lib.mim import stmem_pretrain as engine
 from heartbeit_lib.mim.checkpoint import ResumeError, gather_rng  # noqa: F401  (ResumeError: public here)
 from heartbeit_lib.mim.data import TRAIN_STREAM, VAL_STREAM, EpochSampler, PretrainError
 from heartbeit_lib.mim.model import lr_factor
-from heartbeit_lib.pipeline import pretrain, runs  # module import: pretrain.run dispatches back here (circular)
+from heartbeit_lib.distributed import barrier, init_distributed
+from heartbeit_lib.pipeline import runs
+from heartbeit_lib.report import figures
+from heartbeit_lib.pipeline.pretrain.common import EXCLUSION_KEYS, resolve_device, split_rows
+from heartbeit_lib.pipeline.pretrain.config import PretrainConfig
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:
@@ -54,7 +57,7 @@ def _npy_bytes(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def build_data(cfg: pretrain.PretrainConfig, store: Any, rows: dict) -> tuple[engine.MaskedSignalDataset,
+def build_data(cfg: PretrainConfig, store: Any, rows: dict) -> tuple[engine.MaskedSignalDataset,
                                                                       engine.MaskedSignalDataset | None]:
     """(train, held-out or None) :class:`~heartbeit_lib.mim.stmem_pretrain.MaskedSignalDataset` of ``rows``."""
     _, n_patches = stmem.geometry(cfg.signal_rate)
@@ -66,7 +69,7 @@ def build_data(cfg: pretrain.PretrainConfig, store: Any, rows: dict) -> tuple[en
     return ds(rows["train"], TRAIN_STREAM), (ds(rows["val"], VAL_STREAM) if len(rows["val"]) else None)
 
 
-def _build(cfg: pretrain.PretrainConfig, steps_per_epoch: int, device: torch.device, rank: int):
+def _build(cfg: PretrainConfig, steps_per_epoch: int, device: torch.device, rank: int):
     """(STMEM, AdamW, per-step LambdaLR): weights from ``seed``, drop-path stream from ``seed + rank``."""
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -79,13 +82,13 @@ def _build(cfg: pretrain.PretrainConfig, steps_per_epoch: int, device: torch.dev
     return model, opt, sched
 
 
-def _loader(ds, sampler: EpochSampler, per_rank: int, cfg: pretrain.PretrainConfig, device: torch.device,
+def _loader(ds, sampler: EpochSampler, per_rank: int, cfg: PretrainConfig, device: torch.device,
             drop_last: bool) -> DataLoader:
     return DataLoader(ds, batch_size=per_rank, sampler=sampler, num_workers=cfg.num_workers, drop_last=drop_last,
                       pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))
 
 
-def train(cfg: pretrain.PretrainConfig, train_ds, val_ds, run_dir: str | os.PathLike, *,
+def train(cfg: PretrainConfig, train_ds, val_ds, run_dir: str | os.PathLike, *,
           on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
     """Pretrain ST-MEM; ``checkpoints/``, ``log.jsonl`` in ``run_dir`` (rank 0).  ``on_epoch_end(epoch, line)``
     runs after each checkpoint (tests raise from it to simulate a kill).
@@ -93,8 +96,8 @@ def train(cfg: pretrain.PretrainConfig, train_ds, val_ds, run_dir: str | os.Path
     Returns {history, checkpoint (last.pt path), params (encoder parameters), resumed_from, world_size}.
     """
     run_dir, ckpt_dir = Path(run_dir), Path(run_dir) / "checkpoints"
-    rank, world, local_rank = pretrain.init_distributed()
-    device = pretrain.resolve_device(cfg.device, local_rank)
+    rank, world, local_rank = init_distributed()
+    device = resolve_device(cfg.device, local_rank)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)  # see pretrain.train: shared CPUs contend
     amp = bool(cfg.amp and device.type == "cuda")
@@ -135,27 +138,14 @@ def train(cfg: pretrain.PretrainConfig, train_ds, val_ds, run_dir: str | os.Path
                                             len(train_ds), world)
             engine.save_checkpoint(state, ckpt_dir, (epoch + 1) % cfg.save_every == 0 or epoch + 1 == cfg.epochs)
             runs.append_jsonl(run_dir / "log.jsonl", line)
-        pretrain._barrier()
+        barrier()
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, line)
     return {"history": history, "checkpoint": ckpt_dir / "last.pt", "resumed_from": resumed_from,
             "params": sum(p.numel() for p in model.encoder.parameters()), "world_size": world}
 
 
-def plot_curve(history: Sequence[dict], path: str | os.PathLike | None = None):
-    """Masked-patch MSE (train and held-out) per epoch; saved to ``path`` (PNG)."""
-    fig = Figure(figsize=(5, 3.6))
-    ax = fig.subplots()
-    ep = [h["epoch"] for h in history]
-    ax.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
-    if history and "val_loss" in history[0]:
-        ax.plot(ep, [h["val_loss"] for h in history], "s-", label="held-out")
-    ax.set(xlabel="epoch", ylabel="masked-patch MSE (normalised targets)", title="ST-MEM pretraining")
-    ax.legend()
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
+plot_curve = figures.plot_stmem_curve  # the figures live in report.figures
 
 
 def summarize(result: dict, n_train: int, n_val: int, rows: dict | None = None) -> dict:
@@ -169,19 +159,19 @@ def summarize(result: dict, n_train: int, n_val: int, rows: dict | None = None) 
     for key in ("train_loss", "val_loss"):
         if key in last:
             out[f"final_{key}"] = last[key]
-    out.update({k: rows[k] for k in pretrain.EXCLUSION_KEYS if rows and k in rows})
+    out.update({k: rows[k] for k in EXCLUSION_KEYS if rows and k in rows})
     return out
 
 
-def run(cfg: pretrain.PretrainConfig, run_dir: str | os.PathLike,
+def run(cfg: PretrainConfig, run_dir: str | os.PathLike,
         on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
     """The whole signal pretraining into a started run folder (finished on rank 0); returns metrics."""
     if cfg.modality != "signal":
         raise PretrainError(f"pretrain_signal.run needs modality 'signal', got {cfg.modality!r}")
     run_dir = Path(run_dir)
     store = CohortStore(cfg.cohort_run)
-    rows = pretrain.split_rows(cfg, store)
-    rank = pretrain.init_distributed()[0]
+    rows = split_rows(cfg, store)
+    rank = init_distributed()[0]
     if rank == 0:
         utils.atomic_write(run_dir / "pretraining_rows.npy", lambda tmp: tmp.write_bytes(_npy_bytes(rows["train"])))
     train_ds, val_ds = build_data(cfg, store, rows)

@@ -1,4 +1,4 @@
-"""02_pretrain: BEiT masked-image-model (MIM) pretraining of the HeartBEiT backbone on rendered ECGs.
+"""02_pretrain, the image story: BEiT masked-image-model (MIM) pretraining of the HeartBEiT backbone on rendered ECGs.
 
 Pipeline (``notebooks/02_pretrain.ipynb``, or ``torchrun -m heartbeit_lib.pretrain`` on several GPUs):
 
@@ -28,29 +28,21 @@ trajectory (up to float summation order) when ``drop_path`` is 0 (drop-path draw
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import datetime
 import json
 import os
 import random
-import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
-import pandas as pd
 import torch
-import torch.distributed as dist
 import torch.nn as nn
-from matplotlib.figure import Figure  # no pyplot: no global state, no backend switch
 from scipy import ndimage
-from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from heartbeit_lib import render, utils
-from heartbeit_lib.classify import registry as models
+from heartbeit_lib.models import registry as models
 from heartbeit_lib.cohorts import CohortStore
 from heartbeit_lib.mim import engine, tokenizers
 from heartbeit_lib.mim.checkpoint import (TRAJECTORY_FIELDS, ResumeError, checkpoint_state, gather_rng,  # noqa: F401
@@ -61,162 +53,11 @@ from heartbeit_lib.mim.data import (AUGMENTATIONS, DEEPFAKE_SITES, TRAIN_STREAM,
 from heartbeit_lib.mim.engine import evaluate  # noqa: F401  (public path pretrain.evaluate)
 from heartbeit_lib.mim.model import (NORMALIZE, MIMModel, lr_factor, masked_positions, mim_targets,  # noqa: F401
                                      normalize, param_groups)
-from heartbeit_lib.pipeline import pretrain_signal, runs  # pretrain_signal: modality signal (imports this module)
-
-
-# ============================================================================ config
-
-
-@dataclasses.dataclass(frozen=True)
-class PretrainConfig(runs.TypedConfig):
-    """Parameters of ``02_pretrain`` (names equal the notebook's parameters; YAML under
-    ``parameters/02_pretrain/``).  Defaults are the paper's where it states them."""
-
-    cohort_run: str | None = None  # 01_preprocess run folder (the cohort store); required
-    modality: str = "image"  # image (BEiT MIM on rendered ECGs) or signal (ST-MEM on the same rows, pipeline.pretrain_signal)
-    train_splits: tuple[str, ...] = ("train", "unassigned")  # store splits to pretrain on, minus every ECG of a patient with a val/test/external row
-    eval_patients_of: tuple[str, ...] = ()  # fine-tuning cohort run folders whose eval_patients.txt patients are dropped (store built with their salt_file)
-    keep_eval_patients: bool = False  # True: old behaviour, evaluation patients' ECGs stay in pretraining and tokenizer fitting (reported)
-    val_split: str | None = "val"  # held-out split for masked-token accuracy; None: hold out val_fraction of patients
-    val_fraction: float = 0.1  # held-out share of training patients when val_split is None or has no rows
-    max_train: int | None = None  # cap on pretraining ECGs, seeded subsample; None for all
-    max_val: int | None = None  # cap on held-out ECGs; None for all
-    tokenizer: str = "ecg_kmeans"  # dalle | ecg_kmeans
-    tokenizer_path: str | None = None  # tokenizer weights; None with ecg_kmeans: fit the codebook in this run
-    trust_pickle: bool = False  # allow unpickling OpenAI's encoder.pkl, which can run code; prefer a converted state dict
-    vocab_size: int = 512  # k-means codebook size when fitting; DALL-E: 8192, fixed by its weights
-    tokenizer_fit_images: int = 2000  # rendered training ECGs used to fit the k-means codebook
-    model_size: str = "base"  # base: the paper's, 86M params | small | tiny | micro
-    image_size: int = 224  # image side in px, a multiple of 16; 224 as the paper
-    layout: str = "stack8"  # render layout: stack8 as the paper | grid4x2 | clinical3x4
-    ylim_mv: tuple[float, ...] = (-4.0, 4.0)  # amplitude range (lo, hi) of each lead band in mV, clipped beyond; the paper: (-2, 2)
-    epochs: int = 300  # paper: 300
-    batch_size: int = 128  # global batch over all processes
-    lr: float = 5e-4  # peak AdamW learning rate, as the paper
-    min_lr: float = 1e-5  # learning rate at the end of the cosine
-    warmup_epochs: float = 10.0  # linear warmup
-    weight_decay: float = 0.05  # AdamW weight decay, as BEiT
-    layer_decay: float = 1.0  # layer-wise lr decay, 1 for off
-    clip_grad: float = 3.0  # max gradient norm, 0 for off
-    drop_path: float = 0.1  # stochastic depth rate
-    num_masked: int = 75  # masked patches per image: 75 of 196, about 40%, as BEiT; scale with the grid
-    min_block: int = 16  # smallest mask block in patches, as BEiT
-    signal_rate: int = 100  # signal modality: input rate in Hz (store 500 Hz resampled), as the signal classifiers
-    mask_ratio: float = 0.75  # signal modality: share of each lead's 0.3-s patches masked, as ST-MEM
-    device: str | None = None  # cpu | cuda | cuda:N; None: cuda when available, else cpu
-    amp: bool = True  # bf16 autocast on CUDA
-    compile: bool = False  # torch.compile the model
-    num_workers: int = 0  # DataLoader workers per process: render + masks
-    threads: int | None = None  # torch CPU threads per process; None: torch's default; 1 on small shared CPUs
-    save_every: int = 10  # keep checkpoints/epoch-XXXX.pt every N epochs; last.pt every epoch
-    resume: bool = True  # continue from checkpoints/last.pt of this run folder
-    progress: bool = True  # tqdm progress bars
-    seed: int = 0  # model init, data order, masks, tokenizer fit
-    out_root: str = "outputs"  # outputs root
-    run_id: str | None = None  # run folder name; None: a timestamp
-
-    choices = {"tokenizer": tokenizers.KINDS, "model_size": tuple(models.BEIT_SIZES), "modality": ("image", "signal")}
-
-    def validate(self) -> None:
-        if (self.threads is not None and self.threads < 1) or self.num_workers < 0:
-            raise runs.ConfigError(f"parameters 'threads'/'num_workers' must be >= 1 (None: default) / >= 0, "
-                                   f"got {self.threads}/{self.num_workers}")
-        if not self.train_splits:
-            raise runs.ConfigError("parameter 'train_splits' names no split")
-        for name in ("max_train", "max_val"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise runs.ConfigError(f"parameter {name!r} must be >= 1 (None for all), got {getattr(self, name)}")
-        pos = ("epochs", "batch_size", "image_size", "vocab_size", "save_every")
-        for name in pos:
-            if getattr(self, name) < 1:
-                raise runs.ConfigError(f"parameter {name!r} must be >= 1, got {getattr(self, name)}")
-        if self.image_size % 16:
-            raise runs.ConfigError(f"parameter 'image_size' must be a multiple of the 16-px patch, "
-                                   f"got {self.image_size}")
-        grid = (self.image_size // 16) ** 2
-        if not 1 <= self.num_masked < grid:
-            raise runs.ConfigError(f"parameter 'num_masked' must lie in 1..{grid - 1} for {self.image_size}-px "
-                                   f"images ({grid} patches), got {self.num_masked}")
-        if not (0 < self.lr and 0 <= self.min_lr <= self.lr):
-            raise runs.ConfigError(f"parameters 'lr'/'min_lr' need 0 <= min_lr <= lr, 0 < lr; "
-                                   f"got {self.lr}, {self.min_lr}")
-        if not 0 < self.layer_decay <= 1:
-            raise runs.ConfigError(f"parameter 'layer_decay' must lie in (0, 1], got {self.layer_decay}")
-        if not 0 < self.mask_ratio < 1 or self.signal_rate < 1:
-            raise runs.ConfigError(f"parameters 'mask_ratio'/'signal_rate' need 0 < mask_ratio < 1 and "
-                                   f"signal_rate >= 1 Hz, got {self.mask_ratio}, {self.signal_rate}")
-        if len(self.ylim_mv) != 2 or not self.ylim_mv[0] < self.ylim_mv[1]:
-            raise runs.ConfigError(f"parameter 'ylim_mv' must be two numbers lo < hi in mV, got {self.ylim_mv}")
-        if not 0 <= self.val_fraction < 1:
-            raise runs.ConfigError(f"parameter 'val_fraction' must lie in [0, 1), got {self.val_fraction}")
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        return self.image_size // 16, self.image_size // 16
-
-
-
-# ============================================================================ process set-up
-
-
-def init_distributed() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank); initialises the process group under torchrun when needed.
-
-    On CUDA the process's device (``cuda:<local_rank>``) is set before the first collective, so NCCL never
-    puts every rank's buffers on GPU 0.
-    """
-    rank, local_rank, world = utils.dist_info()
-    if world > 1 and dist.is_available() and not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(local_rank % torch.cuda.device_count())
-            dist.init_process_group("nccl", device_id=torch.device("cuda", torch.cuda.current_device()))
-        else:
-            dist.init_process_group("gloo")
-    return rank, world, local_rank
-
-
-LONG_TIMEOUT = datetime.timedelta(hours=6)  # single-rank or uneven work between two barriers (token precompute)
-_LONG_GROUP: list = []
-
-
-def long_barrier() -> None:
-    """Barrier on a gloo group with a 6-hour timeout (no-op in one process).
-
-    For waits on long work (the token precompute, the k-means fit): an NCCL barrier would be killed by its
-    watchdog after the default 10 minutes.
-    """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return
-    if not _LONG_GROUP:
-        _LONG_GROUP.append(dist.new_group(backend="gloo", timeout=LONG_TIMEOUT))
-    dist.barrier(group=_LONG_GROUP[0])
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-@contextlib.contextmanager
-def cpu_threads(n: int | None):
-    """Limit torch and BLAS/OpenMP (scikit-learn, numpy) CPU threads to ``n`` inside the block (None = no limit).
-
-    torch keeps ``n`` threads afterwards (the run's setting); the BLAS/OpenMP limits are restored.
-    """
-    if not n:
-        yield
-        return
-    torch.set_num_threads(n)
-    with threadpool_limits(limits=n):
-        yield
-
-
-def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
-    """:func:`utils.resolve_device`, raising :class:`PretrainError` (parameter ``device``) on a bad name."""
-    try:
-        return utils.resolve_device(name, local_rank)
-    except ValueError as e:
-        raise PretrainError(str(e)) from None
+from heartbeit_lib.pipeline import runs
+from heartbeit_lib.report import figures
+from heartbeit_lib.distributed import barrier as _barrier, init_distributed, long_barrier  # noqa: F401
+from heartbeit_lib.pipeline.pretrain.common import EXCLUSION_KEYS, cpu_threads, resolve_device, split_rows  # noqa: F401
+from heartbeit_lib.pipeline.pretrain.config import PretrainConfig
 
 
 # ============================================================================ training driver
@@ -359,64 +200,6 @@ def train(cfg: PretrainConfig, data: MIMData, run_dir: str | os.PathLike, *,
     n_params = sum(p.numel() for p in model.backbone.parameters())
     return {"history": history, "checkpoint": ckpt_dir / "last.pt", "params": n_params, "resumed_from": resumed_from,
             "world_size": world}
-
-
-# ============================================================================ pipeline (notebook)
-
-
-# what split_rows counts of the evaluation-patient exclusion, reported in 02's metrics.json (image and signal)
-EXCLUSION_KEYS = ("eval_patient_overlap_ecgs", "eval_patient_dropped_ecgs", "keep_eval_patients",
-                  "mix_eval_patient_ecgs_dropped")
-
-
-def split_rows(cfg: PretrainConfig, store: Any) -> dict[str, np.ndarray]:
-    """Store rows for pretraining (``train``) and held-out evaluation (``val``), sorted int64.
-
-    ``train`` is :func:`pretraining_rows` (no ECG of a patient with a val/test/external row here or in
-    ``eval_patients_of``), or every row of ``train_splits`` with ``keep_eval_patients``; the returned dict
-    also counts ``eval_patient_overlap_ecgs`` and ``eval_patient_dropped_ecgs``.
-    ``val`` is ``store.indices(cfg.val_split)``; when that is empty, a seeded ``val_fraction`` of the
-    training patients is held out instead (drawn on patients in order of first appearance, so two
-    builds of the same inputs with different salts hold out the same ECGs).  ``max_train``/``max_val`` cap the
-    counts by a seeded subsample.
-    """
-    splits = list(cfg.train_splits)
-    everything = np.unique(np.concatenate([store.indices(s) for s in splits])).astype(np.int64)
-    mix = Path(store.root) / "mix.json"  # a cohorts.build_pretraining_mix store: it re-hashed its patients
-    if cfg.eval_patients_of and mix.is_file():
-        raise PretrainError(f"parameter 'eval_patients_of': {store.root} is a pretraining mix, whose rows carry new "
-                            "patient hashes, so no evaluation patient would be found; exclude them when building it "
-                            "(cohorts.build_pretraining_mix(..., exclude_patients_of=[...]))")
-    foreign = set().union(*(read_eval_patients(c) for c in cfg.eval_patients_of))
-    clean = pretraining_rows(store.manifest, splits, exclude_hashes=foreign)
-    train = everything if cfg.keep_eval_patients else clean
-    if cfg.keep_eval_patients:
-        print(f"keep_eval_patients=True: {len(everything) - len(clean)} ECGs of evaluation patients stay in "
-              "pretraining and the tokenizer fit (old behaviour)", file=sys.stderr)
-    # counts before the hold-out and max_train: ECGs of evaluation patients kept / left out
-    excl = {"eval_patient_overlap_ecgs": int(len(train) - len(clean)),
-            "eval_patient_dropped_ecgs": int(len(everything) - len(train)),
-            "keep_eval_patients": bool(cfg.keep_eval_patients)}
-    if mix.is_file():  # what the mix build already left out, per cohort named there
-        excl["mix_eval_patient_ecgs_dropped"] = json.loads(mix.read_text()).get("eval_patient_ecgs_dropped", {})
-    val = store.indices(cfg.val_split) if cfg.val_split else np.zeros(0, np.int64)
-    rng = np.random.default_rng(cfg.seed)
-    held_out = "split"
-    if len(val) == 0 and cfg.val_fraction > 0 and len(train) > 1:
-        # patients in order of first appearance (not the salted hashes), so the held-out set
-        # depends on the seed only, not on the salt of the store build
-        codes, uniq = pd.factorize(store.manifest["patient_hash"].to_numpy()[train], sort=False)
-        n_val = max(1, int(round(cfg.val_fraction * len(uniq))))
-        is_val = np.isin(codes, rng.permutation(len(uniq))[:n_val])
-        val, train = train[is_val], train[~is_val]
-        held_out = f"{cfg.val_fraction:.0%} of training patients"
-    if cfg.max_train and len(train) > cfg.max_train:
-        train = np.sort(rng.choice(train, cfg.max_train, replace=False))
-    if cfg.max_val and len(val) > cfg.max_val:
-        val = np.sort(rng.choice(val, cfg.max_val, replace=False))
-    if len(train) == 0:
-        raise PretrainError(f"{store.root}: no rows in splits {splits} to pretrain on")
-    return {"train": train, "val": np.asarray(val, np.int64), "held_out": held_out, **excl}
 
 
 def render_rows(store: Any, rows: np.ndarray, cfg: PretrainConfig, batch: int = 256) -> np.ndarray:
@@ -578,62 +361,8 @@ def heldout_by_source(cfg: PretrainConfig, data: MIMData, result: dict, device: 
     return out
 
 
-def plot_curve(history: Sequence[dict] | str | os.PathLike, path: str | os.PathLike | None = None,
-               baselines: dict | None = None):
-    """Pretraining curve (the paper's Supplementary Figure 1): loss and masked-token accuracy per epoch.
-
-    ``history`` is a list of epoch dicts or a ``log.jsonl`` path; ``baselines`` may hold
-    ``majority_acc`` / ``position_majority_acc`` drawn as horizontal lines.  Saved to ``path`` (PNG).
-    """
-    if isinstance(history, (str, os.PathLike)):
-        history = runs.read_jsonl(history)
-    ep = [h["epoch"] for h in history]
-    fig = Figure(figsize=(10, 3.6))
-    a1, a2 = fig.subplots(1, 2)
-    a1.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
-    if history and "val_loss" in history[0]:
-        a1.plot(ep, [h["val_loss"] for h in history], "s-", label="held-out")
-    a1.set(xlabel="epoch", ylabel="masked-token cross-entropy", title="MIM loss")
-    a1.legend()
-    a2.plot(ep, [h["train_acc"] for h in history], "o-", label="train")
-    if history and "val_acc" in history[0]:
-        a2.plot(ep, [h["val_acc"] for h in history], "s-", label="held-out")
-    for key, style in (("majority_acc", ":"), ("position_majority_acc", "--")):
-        if baselines and key in baselines:
-            a2.axhline(baselines[key], color="grey", ls=style, label=key.replace("_acc", "").replace("_", " "))
-    a2.set(xlabel="epoch", ylabel="masked-token accuracy", title="MIM accuracy")
-    a2.legend(fontsize=8)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
-
-
-def plot_examples(data: MIMData, path: str | os.PathLike | None = None, n: int = 3, epoch: int = 0):
-    """Rendered ECGs of the training set, their token grids and one epoch's block masks."""
-    n = min(n, len(data.train))
-    fig = Figure(figsize=(9, 3 * n))
-    axes = fig.subplots(n, 3, squeeze=False)
-    for r in range(n):
-        img, tok, mask = data.train[(r, epoch)]
-        grey = img.numpy() / 255.0 if img.dtype == torch.uint8 else img[0].numpy()
-        s = grey.shape[0] // tok.shape[0]
-        axes[r, 0].imshow(grey, cmap="gray", vmin=0, vmax=1)
-        axes[r, 1].imshow(tok.numpy(), cmap="nipy_spectral", vmin=0, vmax=data.vocab_size - 1,
-                          interpolation="nearest")
-        if tok.shape[0] <= 8:  # small grids: print the ids
-            for (yy, xx), v in np.ndenumerate(tok.numpy()):
-                axes[r, 1].text(xx, yy, str(v), ha="center", va="center", fontsize=7, color="white")
-        big = np.kron(mask.numpy(), np.ones((s, s), bool))
-        axes[r, 2].imshow(np.where(big, 0.5, grey), cmap="gray", vmin=0, vmax=1)
-        for a, title in zip(axes[r], ("rendered ECG", f"tokens (vocab {data.vocab_size})",
-                                      f"block mask ({int(mask.sum())} of {mask.numel()} patches)")):
-            a.set_title(title, fontsize=9)
-            a.set_xticks([]), a.set_yticks([])
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=100)
-    return fig
+plot_curve = figures.plot_pretrain_curve  # the figures live in report.figures
+plot_examples = figures.plot_mim_examples
 
 
 def data_hashes(store: Any, run_dir: str | os.PathLike, cfg: PretrainConfig) -> dict[str, str]:
@@ -667,10 +396,7 @@ def summarize(result: dict, data: MIMData, tokenizer_report: dict, baselines: di
 
 
 def run(cfg: PretrainConfig, run_dir: str | os.PathLike, device: str = "cpu") -> dict:
-    """The whole pipeline (what the notebook does, finishing the run folder on rank 0), for
-    ``torchrun -m heartbeit_lib.pretrain``; ``modality: signal`` runs ST-MEM (:mod:`pipeline.pretrain_signal`)."""
-    if cfg.modality == "signal":
-        return pretrain_signal.run(cfg, run_dir)
+    """The image story whole (what the notebook does, finishing the run folder on rank 0)."""
     run_dir = Path(run_dir)
     store = CohortStore(cfg.cohort_run)
     rows = split_rows(cfg, store)
@@ -687,28 +413,3 @@ def run(cfg: PretrainConfig, run_dir: str | os.PathLike, device: str = "cpu") ->
         plot_curve(result["history"], run_dir / "pretrain_curve.png", baselines)
         runs.finish_run(run_dir, metrics=metrics, data_hashes=data_hashes(store, run_dir, cfg))
     return metrics
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``torchrun --nproc_per_node=N -m heartbeit_lib.pretrain -f parameters/02_pretrain/paper.yaml
-    -p cohort_run outputs/01_preprocess/<id> -p run_id <id>`` (a run_id is required with several
-    processes so that every rank writes the same folder)."""
-    cfg = runs.config_from_cli(PretrainConfig, argv, "HeartBEiT MIM pretraining (multi-GPU/multi-node via torchrun)")
-    rank, world, local_rank = init_distributed()
-    if world > 1 and not cfg.run_id:
-        raise PretrainError("with several processes pass -p run_id <id> so all ranks use one run folder")
-    if rank == 0:
-        run_dir = runs.start_run("02_pretrain", cfg)
-    _barrier()
-    run_dir = Path(cfg.out_root) / "02_pretrain" / (cfg.run_id or run_dir.name)  # type: ignore[possibly-undefined]
-    dev = str(resolve_device(cfg.device, local_rank))
-    metrics = run(cfg, run_dir, device=dev)
-    if rank == 0:
-        print(json.dumps(metrics, indent=1, default=str))
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

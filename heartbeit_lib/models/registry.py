@@ -57,8 +57,8 @@ from timm.models.vision_transformer import checkpoint_filter_fn as vit_checkpoin
 from torchvision.models import get_weight
 from torchvision.models.efficientnet import EfficientNet, MBConvConfig
 
-from heartbeit_lib.classify import signal_models
-from heartbeit_lib.mim import stmem
+from heartbeit_lib.models import signal_models
+from heartbeit_lib.models import stmem
 
 # name -> timm Beit keyword overrides of beit_base_patch16_224
 BEIT_SIZES: dict[str, dict] = {

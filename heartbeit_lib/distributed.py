@@ -1,0 +1,76 @@
+"""Distributed-run helpers, in one place: who this process is, the process group, barriers, sums over ranks.
+
+Under ``torchrun`` (or the Slurm launcher, :mod:`heartbeit_lib.launch`) the environment names the rank; without
+it every helper is a no-op for one process. Imports nothing of ``heartbeit_lib`` (the lowest rank of the layers).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def dist_info() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) from the torchrun / Slurm environment; (0, 0, 1) when not distributed."""
+    env = os.environ
+    if "WORLD_SIZE" in env:
+        return int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env["WORLD_SIZE"])
+    return 0, 0, 1
+
+
+def init_distributed() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank); initialises the process group under torchrun when needed.
+
+    On CUDA the process's device (``cuda:<local_rank>``) is set before the first collective, so NCCL never
+    puts every rank's buffers on GPU 0.
+    """
+    rank, local_rank, world = dist_info()
+    if world > 1 and dist.is_available() and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank % torch.cuda.device_count())
+            dist.init_process_group("nccl", device_id=torch.device("cuda", torch.cuda.current_device()))
+        else:
+            dist.init_process_group("gloo")
+    return rank, world, local_rank
+
+
+LONG_TIMEOUT = datetime.timedelta(hours=6)  # single-rank or uneven work between two barriers (token precompute)
+_LONG_GROUP: list = []
+
+
+def long_barrier() -> None:
+    """Barrier on a gloo group with a 6-hour timeout (no-op in one process).
+
+    For waits on long work (the token precompute, the k-means fit): an NCCL barrier would be killed by its
+    watchdog after the default 10 minutes.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    if not _LONG_GROUP:
+        _LONG_GROUP.append(dist.new_group(backend="gloo", timeout=LONG_TIMEOUT))
+    dist.barrier(group=_LONG_GROUP[0])
+
+
+def barrier() -> None:
+    """``dist.barrier()`` on the default group (no-op in one process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce(t: torch.Tensor, world: int) -> torch.Tensor:
+    """Sum ``t`` over ranks in place (no-op for one process)."""
+    if world > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def mean_over_ranks(total: float, count: int, world: int, device: torch.device) -> float:
+    """``sum(total) / sum(count)`` over ranks (``total / count`` for one process; 0 counts read as 1)."""
+    if world == 1:
+        return total / max(count, 1)
+    t = torch.tensor([total, count], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t[0] / t[1].clamp(min=1))
