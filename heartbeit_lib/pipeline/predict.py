@@ -548,21 +548,26 @@ def validate(members: Sequence[Member], pred: pd.DataFrame, threshold: calibrati
     diagram."""
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     split_of: dict[str, str] = {}  # row name -> the split it comes from (the calibrator refuses its own)
+    records_of: dict[str, np.ndarray] = {}  # row name -> its record ids (the calibrator refuses its fitted records)
     test = training_scores(members, "test")
     if len(test):
         curves["internal (training runs' test split)"] = (test["label"].to_numpy(), test["score"].to_numpy())
         split_of["internal (training runs' test split)"] = "test"
+        records_of["internal (training runs' test split)"] = test["record_id"].astype(str).to_numpy()
     lab = pred[pred["label"] >= 0]
     if len(lab):
         curves["external (scored ECGs)"] = (lab["label"].to_numpy(), lab["score"].to_numpy())
         split_of["external (scored ECGs)"] = "external"
+        records_of["external (scored ECGs)"] = lab["record_id"].astype(str).to_numpy()
     if cfg.recalibrate and curves:
         fit = training_scores(members, cfg.recalibrate_on)
-        cal = calibration.fit_calibrator(fit["label"], fit["score"], method=cfg.recalibrate, split=cfg.recalibrate_on)
+        cal = calibration.fit_calibrator(fit["label"], fit["score"], method=cfg.recalibrate, split=cfg.recalibrate_on,
+                                         records=fit["record_id"].astype(str))
         for name, split in list(split_of.items()):
             if split != cfg.recalibrate_on:  # never evaluated on the split it was fitted on
                 y, p = curves[name]
-                curves[f"{name}, {cfg.recalibrate} on {cfg.recalibrate_on}"] = (y, cal.apply(p, split=split))
+                curves[f"{name}, {cfg.recalibrate} on {cfg.recalibrate_on}"] = (
+                    y, cal.apply(p, split=split, records=records_of[name]))
     raw = {name: curves[name][1] for name in split_of}
     rows = [evaluate(y, p, name, threshold.value, cfg.n_boot, cfg.seed, raw.get(name.split(", ")[0]))
             for name, (y, p) in curves.items()]
