@@ -47,3 +47,11 @@ def test_readme_is_a_front_door():
         assert any(line.startswith(f"| `0{n}_") for line in lines), f"notebook 0{n} missing from the README table"
     linked = set(_relative_links(ROOT / "README.md"))
     assert {"docs/experiments.md", "docs/cluster.md", "docs/capacity.md", "docs/security.md"} <= linked
+
+
+def test_parameters_readme_names_every_parameter_file():
+    """parameters/README.md says which file is for what: every YAML under parameters/ is named there."""
+    text = (ROOT / "parameters" / "README.md").read_text()
+    missing = [str(f.relative_to(ROOT)) for f in sorted((ROOT / "parameters").glob("*/*.yaml"))
+               if f"`{f.stem}`" not in text]
+    assert missing == []
