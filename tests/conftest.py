@@ -114,7 +114,7 @@ def write_fake_run(root: Path, task: str, model: str, fraction: float, seed: int
     (d / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
     pd.concat(frames, ignore_index=True).to_parquet(d / "predictions.parquet", index=False)
     if complete:
-        best = max(log, key=lambda r: (r["val_auroc"], -r["epoch"]))
+        best = max(log, key=lambda r: (r["val_auroc"], r["epoch"]))  # the later epoch on ties, as 03
         met = {"best_epoch": best["epoch"], "select_on": "val", "task": task, "model": model,
                "fraction": fraction, "seed": seed, "n_train": int(round(2000 * fraction)),
                "prevalence_train": prevalence}

@@ -160,13 +160,13 @@ def test_best_epoch_rule_reads_only_the_named_split():
     """A log where validation peaks at epoch 2 and test at epoch 4 (they disagree)."""
     log = [{"epoch": 1, "val_auroc": 0.70, "test_auroc": 0.60},
            {"epoch": 2, "val_auroc": 0.80, "test_auroc": 0.65},
-           {"epoch": 3, "val_auroc": 0.80, "test_auroc": 0.70},  # ties on val: the earlier epoch wins
+           {"epoch": 3, "val_auroc": 0.80, "test_auroc": 0.70},  # ties on val: the later epoch wins (issue 24)
            {"epoch": 4, "val_auroc": float("nan"), "test_auroc": 0.90}]  # NaN never wins
-    assert finetune.select_best_epoch(log) == 2
-    assert finetune.select_best_epoch(log, "val") == 2
+    assert finetune.select_best_epoch(log) == 3
+    assert finetune.select_best_epoch(log, "val") == 3
     assert finetune.select_best_epoch(log, "test") == 4
     # changing test scores cannot move the default choice
-    assert finetune.select_best_epoch([dict(r, test_auroc=1 - r["test_auroc"]) for r in log]) == 2
+    assert finetune.select_best_epoch([dict(r, test_auroc=1 - r["test_auroc"]) for r in log]) == 3
     with pytest.raises(ValueError, match="select_on"):
         finetune.select_best_epoch(log, "external")
     with pytest.raises(ValueError, match="NaN in every epoch"):

@@ -28,7 +28,7 @@ def test_clipping_and_fraction_table_of_a_store(tmp_path, make_toy_store):
 
     from heartbeit_lib import render
 
-    store = make_toy_store(tmp_path)
+    store = make_toy_store(tmp_path, n=720)  # a validation split above the floor of 50 ECGs per class
     sig = store.signals(np.arange(len(store)))
     sig[::5, 3] *= 6.0  # every fifth ECG: V2 scaled beyond the default +-4 mV
     want = render.clip_fractions(sig, (-4.0, 4.0))

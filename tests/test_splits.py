@@ -165,8 +165,11 @@ def test_splits_identical_across_builds_and_salts(tmp_path):
 
 
 def test_validation_shrinks_with_the_fraction_nested_stratified_with_a_floor_per_class():
-    """Issue 18 s.3: the fraction-f validation set. Oracle: max(ceil(f * n_class), min(n_class, 5)) rows of
-    each class (hand rule), set inclusion for nesting, training ranks unchanged by ranking validation."""
+    """Issue 18 s.3: the fraction-f validation set. Oracle: max(ceil(f * n_class), min(n_class, floor)) rows of
+    each class (hand rule; floor 50 since issue 24), set inclusion for nesting, training ranks unchanged by ranking
+    validation."""
+    from heartbeit_lib.cohorts.splits import VAL_MIN_PER_CLASS as floor
+
     m = _manifest(n_patients=600, prevalence=0.1)
     s = _with_splits(m, cohorts.load_task("custom"), seed=0)
     val = s["split"] == "val"
@@ -178,12 +181,12 @@ def test_validation_shrinks_with_the_fraction_nested_stratified_with_a_floor_per
         assert (~mask | val).all()  # only validation rows (patient-disjoint from train by construction)
         sub = s.loc[mask, "label"].value_counts()
         for c in (0, 1):
-            assert sub.get(c, 0) == max(math.ceil(f * n_c[c] - 1e-9), min(n_c[c], 5))
+            assert sub.get(c, 0) == max(math.ceil(f * n_c[c] - 1e-9), min(n_c[c], floor))
         rows = set(np.flatnonzero(mask))
         assert prev_set is None or prev_set <= rows  # nested
         prev_set = rows
         sizes.append(len(rows))
-    assert sizes[0] < sizes[1] < sizes[2] < sizes[3] == val.sum()  # shrinks with the fraction
+    assert sizes[0] <= sizes[1] <= sizes[2] <= sizes[3] == val.sum() and sizes[0] < sizes[3]  # shrinks with f
     # ranking validation did not move the training ranks (the old single-rng rule, recomputed here)
     rng, is_train, lab = np.random.default_rng(0), (s["split"] == "train").to_numpy(), s["label"].to_numpy()
     for c in np.unique(lab[is_train]):
@@ -196,14 +199,29 @@ def test_validation_shrinks_with_the_fraction_nested_stratified_with_a_floor_per
 def test_store_validation_fraction_few_positives_keeps_all(tmp_path):
     """A store whose validation split has fewer than 5 positives: every fraction keeps them all."""
     rng = np.random.default_rng(3)
-    n = 120
+    n = 1200  # negatives of validation above the floor of 50 (issue 24), so the fractions do shrink it
     meta = pd.DataFrame({"record_id": [f"e{i}" for i in range(n)], "patient_id": [f"pt{i}" for i in range(n)],
-                         "site": "A", "label": (np.arange(n) % 20 == 0).astype(int)})  # 6 positives in all
+                         "site": "A", "label": (np.arange(n) % 40 == 0).astype(int)})  # 30 positives in all
     st = cohorts.build_store_from_arrays(tmp_path / "s", rng.normal(0, 100, (n, 8, 2500)).astype(np.float32), meta,
                                          task=cohorts.load_task("custom"), seed=0, shard_size=64)
     full = st.indices("val")
     pos_full = int(st.labels(full).sum())
-    assert pos_full < 5
+    assert 0 < pos_full < 5
     for f in (0.1, 0.5):
         v = st.indices("val", f)
         assert set(v) <= set(full) and int(st.labels(v).sum()) == pos_full and len(v) < len(full)
+
+
+def test_matched_validation_floor_is_50_ecgs_per_class():
+    """Issue 24 item 2: a shrunken validation set keeps max(ceil(f * n_c), min(n_c, 50)) ECGs of each class c, so
+    a small fraction still ranks epochs on >= 50 positives and 50 negatives (all of a class that has fewer).
+    Oracle: the counts by hand from that rule."""
+    from heartbeit_lib.cohorts.splits import VAL_MIN_PER_CLASS, fraction_mask
+
+    assert VAL_MIN_PER_CLASS == 50
+    lab = np.r_[np.ones(80), np.zeros(300), np.full(12, 2)].astype(np.int64)  # a class of 12: all of it
+    rank = np.r_[np.arange(80), np.arange(300), np.arange(12)]
+    man = pd.DataFrame({"split": "val", "label": lab, "train_rank": rank})
+    for f, want in ((0.01, (50, 50, 12)), (0.1, (50, 50, 12)), (0.5, (50, 150, 12)), (1.0, (80, 300, 12))):
+        m = fraction_mask(man, f, "val")
+        assert tuple(int((m & (lab == c)).sum()) for c in (1, 0, 2)) == want, f

@@ -753,14 +753,30 @@ def compare(a: BootstrapStats, b: BootstrapStats, alpha: float = 0.05, method: s
     return out
 
 
-def seed_pool(stats: Sequence[BootstrapStats], seed: int = 0) -> BootstrapStats:
+def holm_adjust(p_values: Any) -> np.ndarray:
+    """Holm's step-down adjusted p-values (Holm 1979) of a family of m tests: the i-th smallest p becomes
+    ``max_{j <= i} min(1, (m - j + 1) p_(j))``; rejecting where the adjusted p <= alpha controls the family-wise
+    error rate at alpha. NaN p-values stay NaN and do not count in m. float64 array in the input order."""
+    p = np.asarray(p_values, dtype=np.float64).reshape(-1)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = len(ok)
+    if m:
+        order = ok[np.argsort(p[ok], kind="stable")]
+        out[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    return out
+
+
+def seed_pool(stats: Sequence[BootstrapStats], seed: int | Sequence[int] = 0) -> BootstrapStats:
     """One model's :class:`BootstrapStats` over S fine-tuning seeds, scored on the same test resamples.
 
     Point estimate: the mean over seeds of the full-set values. Resample ``b``: the mean over S seeds drawn
     with replacement (``numpy.random.default_rng(seed)``, one (B, S) draw) of the seeds' values on test
     resample ``b``, so its spread covers both test resampling and seed variation (a two-level bootstrap).
-    The draw depends only on (seed, B, S): two models pooled over the same seed list get the same draws,
-    so :func:`compare` of two pooled stats is paired over test ECGs and seeds. The jackknife is not pooled:
+    The draw depends only on (seed, B, S): two models pooled with the same ``seed`` get the same draws, which
+    pairs seed j of one with seed j of the other; fine-tuning seeds of two models are unrelated, so a
+    difference should pool each model with its own stream (``seed=[seed, k]``, ``pipeline.metrics.pool_seeds``):
+    paired on the test resamples, the seeds drawn independently. The jackknife is not pooled:
     use the percentile method for pooled stats. One seed: the seed's own stats (no seed variation to add).
     """
     stats = list(stats)

@@ -49,7 +49,8 @@ def split_metrics(label: np.ndarray, score: np.ndarray) -> dict[str, float]:
 
 
 def select_best_epoch(log: Sequence[Mapping[str, Any]], select_on: str = "val", metric: str = "auroc") -> int:
-    """Epoch (the log's ``epoch`` value) with the highest ``<select_on>_<metric>``; earliest on ties.
+    """Epoch (the log's ``epoch`` value) with the highest ``<select_on>_<metric>``; the *latest* such epoch on ties
+    (a small validation set ties often, and an early tie is an undertrained model: issue 24, item 2).
 
     Only the named split is read: with ``select_on="val"`` the test and external scores never
     influence the choice. NaN (one class in the split) counts as worst.
@@ -70,7 +71,7 @@ def select_best_epoch(log: Sequence[Mapping[str, Any]], select_on: str = "val", 
     if not finite:
         raise ValueError(f"select_best_epoch: {key} is NaN in every epoch (does the {select_on} split hold both classes?)")
     best = max(v for v, _ in finite)
-    return min(e for v, e in finite if v == best)
+    return max(e for v, e in finite if v == best)
 
 
 # ---------------------------------------------------------------- training

@@ -19,7 +19,9 @@ patients in the same splits for every model. Here:
 - **Every epoch** the model scores the ``val``, ``test`` and ``external`` splits; the scores
   (probability of class 1) are appended to ``predictions.parquet`` so every metric can be recomputed
   later, and ``log.jsonl`` gets one line (train loss, learning rate, per-split AUROC/AUPRC).
-- **Best epoch**: chosen on ``select_on`` (default ``"val"``, the patient-disjoint validation split).
+- **Best epoch**: chosen on ``select_on`` (default ``"val"``, the patient-disjoint validation split; at a small
+  fraction its nested subset of at least 50 ECGs per class, ``cohorts.splits.VAL_MIN_PER_CLASS``); ties go to the
+  later epoch (``engine.select_best_epoch``, which the online choice must equal).
   ``select_on="test"`` reproduces the paper / authors' code, which picked the epoch on the test set
   itself: optimistic, allowed only when named. The weights of the chosen epoch are saved as
   ``model_best.pt`` (a plain state dict, ``torch.load(..., weights_only=True)``).
@@ -123,7 +125,7 @@ class FinetuneConfig(runs.TypedConfig):
     amp: bool = True  # mixed precision on cuda
     select_on: str = "val"  # split choosing the best epoch: val (default), test (paper, optimistic) or last (no selection: PTB-XL benchmark)
     eval_every: int = 1  # score val/test/external every k epochs and at the last one (selection sees only scored epochs)
-    val_fraction: str = "matched"  # matched: validation shrinks with fraction (nested, stratified, at least 5 per class) | full: whole split
+    val_fraction: str = "matched"  # matched: validation shrinks with fraction (nested, stratified, at least 50 per class: cohorts.splits.VAL_MIN_PER_CLASS) | full: whole split
     num_workers: int = 0  # DataLoader worker processes
     cache_images: bool = False  # render the store once into its uint8 render_cache/ (shared by a sweep's jobs) and keep splits in memory (small cohorts)
     out_root: str = "outputs"  # root of the run folders
@@ -295,7 +297,7 @@ def checkpoint_ylim(ck: Mapping[str, Any], asked: Sequence[float] | None, where:
     """The amplitude range (lo, hi) mV a pretraining checkpoint's images were drawn at (``render.ylim_mv``;
     checkpoints before issue 18 lack it and were drawn at the old default, +-2 mV). ``asked`` (the
     ``ylim_mv`` parameter) must be None or equal it, else :class:`runs.ConfigError` naming both."""
-    got = tuple(float(v) for v in (ck.get("render") or {}).get("ylim_mv", (-2.0, 2.0)))
+    got = render.saved_ylim_mv((ck.get("render") or {}).get("ylim_mv"))
     if asked is not None and tuple(float(v) for v in asked) != got:
         raise runs.ConfigError(f"parameter 'ylim_mv' = {tuple(asked)} mV, but the pretraining checkpoint {where} "
                                f"was drawn at ylim_mv = {got} mV: fine-tuning must see the pretraining scale "
@@ -605,7 +607,7 @@ def fit(cfg: FinetuneConfig, model: nn.Module, store, splits: Mapping[str, Split
             if epoch == cfg.epochs:
                 best_epoch, best_value = epoch, row["val_auroc"]
                 save_best_weights(model, run_dir)
-        elif math.isfinite(value := row[f"{cfg.select_on}_auroc"]) and value > best_value:  # earliest wins ties
+        elif math.isfinite(value := row[f"{cfg.select_on}_auroc"]) and value >= best_value:  # the later epoch wins ties
             best_epoch, best_value = epoch, value
             save_best_weights(model, run_dir)
         if cfg.resume:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -20,8 +21,8 @@ import yaml
 from heartbeit_lib.analysis.metrics import (AUPRC_METHODS, CI_METHODS, BootstrapStats, MetricsInputError,
                                             benchmark_interval, bootstrap_macro_metrics,
                                             RunMismatchError, _check_labels, _check_method, bootstrap_indices,
-                                            bootstrap_indices_cached, bootstrap_metrics, compare, interval_summary,
-                                            seed_pool)
+                                            bootstrap_indices_cached, bootstrap_metrics, compare, holm_adjust,
+                                            interval_summary, seed_pool)
 from heartbeit_lib.classify.engine import SCORE_PREFIX
 from heartbeit_lib.cohorts.store import LABEL_PREFIX
 from heartbeit_lib.models import registry as models
@@ -368,8 +369,12 @@ def pool_seeds(stats_by_split: dict, run_table: pd.DataFrame | None = None, seed
                reference_model: str = "heartbeit") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Tables 2-3 cells over fine-tuning seeds: per (task, split, model, fraction) the seed-mean AUROC/AUPRC with
     a 95 % interval over test resamples and seeds (:func:`analysis.metrics.seed_pool`: every test resample
-    paired with a resample of the seeds), the seed sd beside it, and paired differences reference - baseline
-    on the same test resamples and seed draws (over the seeds both models have).
+    paired with a resample of the seeds), the seed sd beside it, and differences reference - baseline: the
+    difference of the two seed means (= the mean over all seed pairs), paired on the same test resamples, each
+    model's seeds resampled independently (its own stream, :func:`model_stream`; fine-tuning seed j of one model
+    has nothing to do with seed j of another). Every seed of each model enters (``seeds_reference``,
+    ``seeds_baseline``); ``<metric>_p_holm`` is the bootstrap p Holm-adjusted over the ``holm_family_size``
+    differences of the task and split (:func:`analysis.metrics.holm_adjust`).
 
     ``stats_by_split``: what :func:`evaluate_predictions` put into ``keep_stats``. ``run_table`` (:func:`list_runs`)
     adds ``lr``: the runs' peak learning rate(s) of the cell ("1e-4" or "1e-4/1e-3" when seeds differ), and
@@ -402,19 +407,33 @@ def pool_seeds(stats_by_split: dict, run_table: pd.DataFrame | None = None, seed
             lrs = sorted({lr_of[(task, model, fraction, s)] for s in seeds if (task, model, fraction, s) in lr_of})
             row["lr"] = "/".join(f"{v:g}" for v in lrs) if lrs else None
             rows.append(row)
+        family = []
         for (model, fraction), by_seed in sorted(cells.items()):
             if model != reference_model:
                 continue
             for (other, f2), other_seeds in sorted(cells.items()):
-                common = sorted(set(by_seed) & set(other_seeds))
-                if other == reference_model or f2 != fraction or not common:
+                if other == reference_model or f2 != fraction:
                     continue
-                row = {"task": task, "split": split, "fraction": fraction, "seeds": ",".join(map(str, common)),
-                       "reference": reference_model, "baseline": other}
-                row.update(compare(seed_pool([by_seed[s] for s in common], seed),
-                                   seed_pool([other_seeds[s] for s in common], seed), alpha, "percentile"))
-                diffs.append(row)
+                ref, base = sorted(by_seed), sorted(other_seeds)
+                row = {"task": task, "split": split, "fraction": fraction, "reference": reference_model,
+                       "baseline": other, "seeds_reference": ",".join(map(str, ref)),
+                       "seeds_baseline": ",".join(map(str, base))}
+                row.update(compare(seed_pool([by_seed[s] for s in ref], [seed, model_stream(reference_model)]),
+                                   seed_pool([other_seeds[s] for s in base], [seed, model_stream(other)]),
+                                   alpha, "percentile"))
+                family.append(row)
+        for m in ("auroc", "auprc"):  # Holm over the differences of this task and split (one table's family)
+            for row, p in zip(family, holm_adjust([r[f"{m}_p"] for r in family])):
+                row[f"{m}_p_holm"] = float(p)
+        for row in family:
+            row["holm_family_size"] = len(family)
+        diffs.extend(family)
     return pd.DataFrame(rows), pd.DataFrame(diffs)
+
+
+def model_stream(model: str) -> int:
+    """A stable integer per model name (crc32): the key of its own seed-resampling stream in :func:`pool_seeds`."""
+    return zlib.crc32(str(model).encode())
 
 
 def _paired_differences(task: str, split: str, stats: dict[tuple, BootstrapStats], reference_model: str,

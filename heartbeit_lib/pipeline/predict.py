@@ -222,7 +222,7 @@ def _recorded_rendering(run_dir: Path, info: dict) -> Rendering:
     for key, rec in (("image_size", info["image_size"]), ("layout", info["layout"])):
         if not signal and cfg.get(key) not in (None, rec) and (run_dir / MODEL_RECORD).is_file():
             raise MismatchError(f"{run_dir}: {MODEL_RECORD} records {key} {rec!r} but config.yaml {cfg.get(key)!r}")
-    ylim = None if signal else info.get("ylim_mv", cfg.get("ylim_mv"))
+    ylim = None if signal else render.saved_ylim_mv(info.get("ylim_mv", cfg.get("ylim_mv")))
     cohort = cfg.get("cohort_run")
     if not cohort or not (_resolve(cohort) / "store.json").is_file():
         raise FinetuneRunError(f"{run_dir / 'config.yaml'}: its cohort store {cohort!r} (cohort_run) is not found; "

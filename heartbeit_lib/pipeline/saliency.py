@@ -145,7 +145,7 @@ def find_finetune_runs(finetune_runs: str | Sequence[str]) -> pd.DataFrame:
 def run_ylim(run_cfg: dict, asked, run_dir) -> tuple[float, float]:
     """The amplitude range (lo, hi) mV a fine-tuning run saw (its ``config.yaml``; runs before issue 18 lack
     it and drew at +-2 mV); ``asked`` (parameter ``ylim_mv``) must be None or equal it, else ConfigError."""
-    got = tuple(float(v) for v in (run_cfg.get("ylim_mv") or (-2.0, 2.0)))
+    got = render.saved_ylim_mv(run_cfg.get("ylim_mv"))
     if asked is not None and tuple(float(v) for v in asked) != got:
         raise runs.ConfigError(f"parameter 'ylim_mv' = {tuple(asked)} mV, but run {run_dir} was trained on images "
                                f"drawn at ylim_mv = {got} mV; leave ylim_mv None to use each run's own")

@@ -28,7 +28,7 @@ cohort store), :mod:`.export` (PNG folders; ``python -m heartbeit_lib.render exp
 importable from ``heartbeit_lib.render``.
 """
 
-from heartbeit_lib.render.geometry import (DEFAULT_YLIM_MV, LAYOUTS, LEADS, RENDER_VERSION, RESAMPLE_FILTERS,
+from heartbeit_lib.render.geometry import (DEFAULT_YLIM_MV, LEGACY_YLIM_MV, saved_ylim_mv, LAYOUTS, LEADS, RENDER_VERSION, RESAMPLE_FILTERS,
                                           RenderError, RenderStyle, layout_geometry)
 from heartbeit_lib.render.numpy_renderer import render_ecg
 from heartbeit_lib.render.torch_renderer import render_ecg_torch
@@ -38,7 +38,7 @@ from heartbeit_lib.render.stats import clip_fractions, image_stats
 from heartbeit_lib.render.export import export_pngs, main
 
 __all__ = [
-    "DEFAULT_YLIM_MV", "LAYOUTS", "LEADS", "RENDER_VERSION", "RESAMPLE_FILTERS", "RenderError", "RenderStyle",
+    "DEFAULT_YLIM_MV", "LEGACY_YLIM_MV", "saved_ylim_mv", "LAYOUTS", "LEADS", "RENDER_VERSION", "RESAMPLE_FILTERS", "RenderError", "RenderStyle",
     "layout_geometry", "render_ecg", "render_ecg_torch", "render_ecg_reference", "parity_metrics",
     "save_comparison_figure", "clip_fractions", "image_stats", "RenderedECGDataset", "ECGSignalDataset",
     "RenderTransform", "export_pngs", "main",

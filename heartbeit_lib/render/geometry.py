@@ -65,6 +65,15 @@ RESAMPLE_FILTERS: tuple[str, ...] = ("bilinear", "bicubic", "box", "lanczos", "n
 RENDER_VERSION = "1"
 
 DEFAULT_YLIM_MV: tuple[float, float] = (-4.0, 4.0)  # stack8/grid4x2 band range in mV (module docs: clipping table)
+#: The range images were drawn at before runs recorded ``ylim_mv`` (issue 18 moved the default from +-2 to +-4 mV):
+#: what a run, model record or checkpoint saved without ``ylim_mv`` saw (:func:`saved_ylim_mv`).
+LEGACY_YLIM_MV: tuple[float, float] = (-2.0, 2.0)
+
+
+def saved_ylim_mv(recorded) -> tuple[float, float]:
+    """The amplitude range (lo, hi) mV a saved run was drawn at: its recorded ``ylim_mv``, or :data:`LEGACY_YLIM_MV`
+    when it has none (saved before the range was recorded). The one rule of 03, 06 and 07."""
+    return tuple(float(v) for v in (LEGACY_YLIM_MV if recorded is None or len(recorded) == 0 else recorded))
 _PAPER_MM_PER_S = 25.0  # ECG paper: 25 mm/s, 10 mm/mV
 _PAPER_MM_PER_MV = 10.0
 _GRID_MAJOR_GREY = 200.0  # grey level of 5-mm lines on the clinical layout's paper

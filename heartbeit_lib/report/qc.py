@@ -54,7 +54,7 @@ def table1(store_or_manifest: "CohortStore | pd.DataFrame | str | os.PathLike") 
 
 def fraction_table(store: CohortStore) -> pd.DataFrame:
     """Table 1, per training fraction: the training subset and the validation subset fine-tuning selects its
-    epoch on by default (``val_fraction: matched``; nested, stratified, at least 5 ECGs of each class, so a
+    epoch on by default (``val_fraction: matched``; nested, stratified, at least ``VAL_MIN_PER_CLASS`` = 50 ECGs of each class, so a
     small fraction's validation share can exceed the fraction), and the full validation split for comparison.
 
     Returns a DataFrame indexed by fraction with int columns ``train_ecgs``, ``train_positives``,

@@ -220,6 +220,8 @@ def metric_table(results: pd.DataFrame, metric: str = "auroc", decimals: int = 2
     idx = pd.MultiIndex.from_tuples(index, names=["task", "split", *(["family"] if with_family else []), "model"])
     caption = {"auroc": "Table 2. AUROC (95% CI) by fraction of training data",
                "auprc": "Table 3. AUPRC (95% CI) by fraction of training data"}[metric]
+    caption += (". Each run's epoch is chosen on its validation rows (Table 1, 'validation (<fraction>)': ECGs and "
+                "positives; at least 50 ECGs per class), ties to the later epoch")
     return Table(pd.DataFrame(cell_rows, index=idx, columns=cols),
                  pd.DataFrame(bold_rows, index=idx, columns=cols), caption)
 
@@ -274,13 +276,16 @@ def write_table(cells: pd.DataFrame, out_dir: str | os.PathLike, name: str, bold
 def write_tables(results: pd.DataFrame, preds: pd.DataFrame, out_dir: str | os.PathLike,
                  run_table: pd.DataFrame | None = None, differences: pd.DataFrame | None = None,
                  finetune_seed: int | None = None, decimals: int = 2,
-                 seed_results: pd.DataFrame | None = None) -> dict[str, dict]:
+                 seed_results: pd.DataFrame | None = None,
+                 seed_differences: pd.DataFrame | None = None) -> dict[str, dict]:
     """Tables 1-3 as CSV / Markdown / HTML plus the full-precision ``results.csv`` and
     ``differences.csv``. Returns ``{name: {"markdown": str, "html": str, "paths": {...}}}``.
 
     ``seed_results`` (``pipeline.metrics.pool_seeds``) with ``finetune_seed`` None: Tables 2-3 show the seed-mean
     cells (several seeds per cell allowed), ``seed_results.csv`` is written, and when runs carry a learning
-    rate, ``table_lr`` lists the rate(s) of every cell (each run's own rate is in ``results.csv``)."""
+    rate, ``table_lr`` lists the rate(s) of every cell (each run's own rate is in ``results.csv``).
+    ``seed_differences`` (``pool_seeds``): Table 4, the paired differences with Holm-adjusted p-values
+    (:func:`differences_table`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pooled = seed_results is not None and finetune_seed is None and len(seed_results)
@@ -304,7 +309,32 @@ def write_tables(results: pd.DataFrame, preds: pd.DataFrame, out_dir: str | os.P
             cap = "Learning rate (peak) of each cell's runs (several: the seeds' validation choices differ)"
             out["table_lr"] = {"paths": write_table(lr, out_dir, "table_lr", None, cap),
                                "markdown": table_to_markdown(lr, None, cap), "html": table_to_html(lr, None, cap)}
+    if seed_differences is not None and len(seed_differences):
+        t4, cap4 = differences_table(seed_differences, decimals)
+        out["table4_differences"] = {"paths": write_table(t4, out_dir, "table4_differences", None, cap4),
+                                     "markdown": table_to_markdown(t4, None, cap4), "html": table_to_html(t4, None, cap4)}
     results.to_csv(out_dir / "results.csv", index=False)
     if differences is not None:
         differences.to_csv(out_dir / "differences.csv", index=False)
     return out
+
+
+def differences_table(seed_differences: pd.DataFrame, decimals: int = 2) -> tuple[pd.DataFrame, str]:
+    """Table 4: reference - baseline AUROC per task, split, baseline and fraction (``pipeline.metrics.pool_seeds``):
+    difference of seed means (95 % CI), Holm-adjusted p, and the seeds of each model. Returns (cells, caption)."""
+    d = seed_differences
+    rows, index = [], []
+    for _, r in d.sort_values(["task", "split", "baseline", "fraction"]).iterrows():
+        index.append((task_label(r["task"]), split_label(r["split"]), model_label(r["baseline"]),
+                      fraction_label(r["fraction"])))
+        rows.append({"AUROC difference (95% CI)": format_cell(r["auroc_diff"], r["auroc_diff_lo"], r["auroc_diff_hi"],
+                                                             decimals),
+                     "p (Holm)": f"{r['auroc_p_holm']:.3g}", "seeds (reference / baseline)":
+                     f"{r['seeds_reference']} / {r['seeds_baseline']}"})
+    idx = pd.MultiIndex.from_tuples(index, names=["task", "split", "baseline", "fraction"])
+    ref = ", ".join(sorted(set(d["reference"].map(model_label))))
+    caption = (f"Table 4. {ref} minus each baseline, AUROC: difference of seed means, 95% percentile interval over "
+               "test resamples (paired) with each model's seeds resampled independently; bootstrap p-values "
+               "Holm-adjusted over the differences of each task and split (family size "
+               f"{'/'.join(str(int(v)) for v in sorted(set(d['holm_family_size'])))})")
+    return pd.DataFrame(rows, index=idx), caption
