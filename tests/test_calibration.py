@@ -316,3 +316,18 @@ def test_bad_method_and_bins():
         cal.fit_calibrator([0, 1], [0.2, 0.4], method="beta", split="val")
     with pytest.raises(cal.CalibrationError, match="n_bins"):
         cal.reliability([0, 1], [0.2, 0.4], split="val", n_bins=0)
+
+
+@pytest.mark.parametrize("method", cal.CALIBRATION_METHODS)
+def test_calibrator_refuses_its_fitted_records_whatever_the_scores(method):
+    """Issue 24 item 4: the guard compares records, not scores: permuted (or re-scored) scores of the fitting rows
+    are refused under another split name; other records pass. Oracle: the record ids given here."""
+    y, p = _data(13)
+    ids = np.array([f"r{i}" for i in range(len(p))])
+    c = cal.fit_calibrator(y, p, method=method, split="val", records=ids)
+    perm = np.random.default_rng(0).permutation(len(p))
+    with pytest.raises(cal.SameSplitError, match=f"{len(p)} of its rows"):
+        c.apply(p[perm], split="test", records=ids[perm])  # the fingerprint alone let these through
+    with pytest.raises(cal.SameSplitError, match="1 of its rows"):
+        c.apply(p[:3], split="external", records=["x1", "x2", "r5"])
+    assert c.apply(p[perm][:10], split="test", records=[f"t{i}" for i in range(10)]).shape == (10,)

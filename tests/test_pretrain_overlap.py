@@ -104,3 +104,25 @@ def test_signal_rows_file_and_pretraining_mix_are_traced_to_patients(tmp_path, t
     want = int(pats.isin(set(f.patient_hash[f.split.isin(EVAL)])).sum())
     assert want > 0
     assert overlap.count_overlap(pre / "checkpoints" / "last.pt", stemi.root)["pretrain_overlap_ecgs"] == want
+
+
+def test_07_names_scored_ecgs_external_only_when_checked_against_the_training_stores(tmp_path, toy_signals):
+    """Issue 24 item 4: 07's validation row is 'external' only for patients verified absent from the training runs'
+    stores (outside their external split); overlap is named with counts; other salts are 'unverified'.
+    Oracle: the manifests' splits and patient hashes."""
+    from types import SimpleNamespace
+
+    from heartbeit_lib.pipeline import predict
+
+    train = _store(tmp_path, "mi", 0, toy_signals)
+    members = [SimpleNamespace(config={"cohort_run": str(train.root)})]
+    m = train.manifest
+    ext = m.patient_hash[m.split == "external"].to_numpy()
+    assert predict.scored_data_name(members, train, ext) == "external (scored ECGs)"
+    test = m.patient_hash[m.split == "test"].to_numpy()
+    assert predict.scored_data_name(members, train, test) == (
+        f"scored ECGs (overlaps training: {len(set(test))} patients / {len(test)} ECGs)")
+    other = _store(tmp_path, "stemi", 1, toy_signals, salt="another")
+    got = predict.scored_data_name(members, other, other.manifest.patient_hash[other.manifest.split == "external"])
+    assert got == "scored ECGs (overlap with training unverified)"
+    assert predict.scored_data_name(members, None, ext) == "scored ECGs (overlap with training unverified)"

@@ -403,16 +403,25 @@ class Calibrator:
     n_fit: int
     params: tuple
     fingerprint: str  # sha256 of the fitting scores (float64), to refuse re-applying to them
+    records: frozenset = frozenset()  # ids (record ids or patient hashes) of the fitting rows, when given
 
-    def apply(self, p, *, split: str) -> np.ndarray:
+    def apply(self, p, *, split: str, records=None) -> np.ndarray:
         """Recalibrated probabilities (N,) float64 of the scores ``p`` of split ``split``.
 
-        Raises :class:`SameSplitError` when ``split`` is the fitting split or ``p`` are the very
-        scores the calibrator was fitted on."""
+        ``records``: the ids of the rows of ``p`` (same kind as given to :func:`fit_calibrator`): any id the
+        calibrator was fitted on is refused, whatever the scores (permuted or re-scored fitting rows included).
+
+        Raises :class:`SameSplitError` when ``split`` is the fitting split, ``records`` share ids with the
+        fitting rows, or ``p`` are the very scores the calibrator was fitted on."""
         if split == self.fitted_on:
             raise SameSplitError(f"split {split!r}: this {self.method} calibrator was fitted on {split!r}; "
                                  f"apply it to another split (fitting and evaluating on the same data "
                                  f"overstates calibration)")
+        if records is not None and self.records:
+            shared = self.records.intersection(str(r) for r in records)
+            if shared:
+                raise SameSplitError(f"split {split!r}: {len(shared)} of its rows are rows the calibrator was "
+                                     f"fitted on (split {self.fitted_on!r}); evaluate it on other records")
         pa = check_probabilities(p, split)
         if len(pa) == self.n_fit and _fingerprint(pa) == self.fingerprint:
             raise SameSplitError(f"split {split!r}: these are the scores the calibrator was fitted on "
@@ -424,8 +433,9 @@ class Calibrator:
         return np.interp(pa, x, y)
 
 
-def fit_calibrator(y, p, *, method: str, split: str) -> Calibrator:
-    """Fit a Platt or isotonic recalibration on the split ``split`` (labels ``y``, scores ``p``).
+def fit_calibrator(y, p, *, method: str, split: str, records=None) -> Calibrator:
+    """Fit a Platt or isotonic recalibration on the split ``split`` (labels ``y``, scores ``p``; ``records``: the
+    rows' ids, which :meth:`Calibrator.apply` then refuses to evaluate on).
 
     Returns a :class:`Calibrator`; use ``calibrator.apply(scores, split=other_split)``.
     """
@@ -444,4 +454,5 @@ def fit_calibrator(y, p, *, method: str, split: str) -> Calibrator:
         ymean = np.bincount(inv, weights=ya) / cnt
         fitted = scipy.optimize.isotonic_regression(ymean, weights=cnt.astype(np.float64), increasing=True).x
         params = (ux, np.clip(fitted, 0.0, 1.0))
-    return Calibrator(method=method, fitted_on=split, n_fit=len(pa), params=params, fingerprint=_fingerprint(pa))
+    return Calibrator(method=method, fitted_on=split, n_fit=len(pa), params=params, fingerprint=_fingerprint(pa),
+                      records=frozenset(str(r) for r in records) if records is not None else frozenset())

@@ -69,7 +69,7 @@ from heartbeit_lib.classify.checkpoint import MODEL_RECORD, WEIGHTS, FinetuneRun
 from heartbeit_lib.classify.signal_data import prepare_signals
 from heartbeit_lib.cohorts import (REJECT_COLUMNS, STORE_FS, CohortStore, Source, build_store, clean_id, load_task,
                                    muse_source, output_leads, ptbxl_source, wfdb_source)
-from heartbeit_lib.pipeline import runs
+from heartbeit_lib.pipeline import overlap, runs
 from heartbeit_lib.report import ecg_page
 from heartbeit_lib.utils import atomic_write, resolve_device
 
@@ -541,28 +541,59 @@ def evaluate(y: np.ndarray, p: np.ndarray, name: str, threshold: float, n_boot: 
     return row
 
 
-def validate(members: Sequence[Member], pred: pd.DataFrame, threshold: calibration.Threshold, cfg: PredictConfig
-             ) -> tuple[pd.DataFrame, dict[str, tuple[np.ndarray, np.ndarray]]]:
+def scored_data_name(members: Sequence[Member], scored_store: Any | None, patient_hashes: Sequence[str]) -> str:
+    """The validation-table name of the scored ECGs of ``patient_hashes`` (salted, as in ``scored_store``, the store
+    they were read from): ``external (scored ECGs)`` only when none of their
+    patients has a non-external ECG in a training run's cohort store; ``scored ECGs (overlaps training: P patients
+    / E ECGs)`` when some do; ``scored ECGs (overlap with training unverified)`` when the stores' patient hashes
+    cannot be compared (another salt: ``overlap.check_same_salt``) or the scored store is not known."""
+    unverified = "scored ECGs (overlap with training unverified)"
+    if scored_store is None:
+        return unverified
+    seen: set[str] = set()
+    for root in sorted({str(_resolve(str(m.config.get("cohort_run") or ""))) for m in members}):
+        try:
+            train = CohortStore(root)
+            overlap.check_same_salt(scored_store, train)
+        except (overlap.SaltMismatchError, OSError, ValueError):
+            return unverified
+        tm = train.manifest
+        seen |= set(tm.loc[tm["split"].astype(str) != "external", "patient_hash"].astype(str))
+    pats = np.asarray(patient_hashes, dtype=str)
+    hit = np.isin(pats, list(seen))
+    if hit.any():
+        return f"scored ECGs (overlaps training: {len(set(pats[hit]))} patients / {int(hit.sum())} ECGs)"
+    return "external (scored ECGs)"
+
+
+def validate(members: Sequence[Member], pred: pd.DataFrame, threshold: calibration.Threshold, cfg: PredictConfig,
+             scored_store: Any | None = None) -> tuple[pd.DataFrame, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """The validation table (internal = the training runs' test split, external = the labelled scored ECGs,
     then recalibrated rows when ``cfg.recalibrate``) and the (labels, scores) of each row for the reliability
     diagram."""
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     split_of: dict[str, str] = {}  # row name -> the split it comes from (the calibrator refuses its own)
+    records_of: dict[str, np.ndarray] = {}  # row name -> its record ids (the calibrator refuses its fitted records)
     test = training_scores(members, "test")
     if len(test):
         curves["internal (training runs' test split)"] = (test["label"].to_numpy(), test["score"].to_numpy())
         split_of["internal (training runs' test split)"] = "test"
+        records_of["internal (training runs' test split)"] = test["record_id"].astype(str).to_numpy()
     lab = pred[pred["label"] >= 0]
     if len(lab):
-        curves["external (scored ECGs)"] = (lab["label"].to_numpy(), lab["score"].to_numpy())
-        split_of["external (scored ECGs)"] = "external"
+        name = scored_data_name(members, scored_store, lab["patient_hash"].astype(str).to_numpy())  # "external" only when checked against the training stores
+        curves[name] = (lab["label"].to_numpy(), lab["score"].to_numpy())
+        split_of[name] = "external"
+        records_of[name] = lab["record_id"].astype(str).to_numpy()
     if cfg.recalibrate and curves:
         fit = training_scores(members, cfg.recalibrate_on)
-        cal = calibration.fit_calibrator(fit["label"], fit["score"], method=cfg.recalibrate, split=cfg.recalibrate_on)
+        cal = calibration.fit_calibrator(fit["label"], fit["score"], method=cfg.recalibrate, split=cfg.recalibrate_on,
+                                         records=fit["record_id"].astype(str))
         for name, split in list(split_of.items()):
             if split != cfg.recalibrate_on:  # never evaluated on the split it was fitted on
                 y, p = curves[name]
-                curves[f"{name}, {cfg.recalibrate} on {cfg.recalibrate_on}"] = (y, cal.apply(p, split=split))
+                curves[f"{name}, {cfg.recalibrate} on {cfg.recalibrate_on}"] = (
+                    y, cal.apply(p, split=split, records=records_of[name]))
     raw = {name: curves[name][1] for name in split_of}
     rows = [evaluate(y, p, name, threshold.value, cfg.n_boot, cfg.seed, raw.get(name.split(", ")[0]))
             for name, (y, p) in curves.items()]
@@ -785,7 +816,7 @@ def _run_steps(cfg: PredictConfig, run_dir: Path) -> dict:
     threshold = operating_threshold(members, cfg)
     report = threshold_report(members, threshold, cfg)
     pred = predictions_table(members, inputs, member_scores, threshold)
-    table, curves = validate(members, pred, threshold, cfg)
+    table, curves = validate(members, pred, threshold, cfg, scored_store=inputs.store)
     if curves:
         reliability_figure(curves, run_dir / "reliability.png")
     write_outputs(run_dir, pred, inputs, threshold, table, report, operating_points(members, pred))
