@@ -126,3 +126,17 @@ def test_07_names_scored_ecgs_external_only_when_checked_against_the_training_st
     got = predict.scored_data_name(members, other, other.manifest.patient_hash[other.manifest.split == "external"])
     assert got == "scored ECGs (overlap with training unverified)"
     assert predict.scored_data_name(members, None, ext) == "scored ECGs (overlap with training unverified)"
+
+
+def test_04_lists_runs_allowed_to_overlap_in_its_report_notes(tmp_path):
+    """04 reads the overlap counts 03 recorded (metrics.json) and names those runs in the report notes."""
+    import pandas as pd
+
+    from heartbeit_lib.report import html
+
+    table = pd.DataFrame({"run_dir": ["a/stemi-heartbeit", "a/control-run"], "complete": [True, True],
+                          "pretrain_overlap_ecgs": [12, 0], "pretrain_overlap_patients": [6, 0],
+                          "pretrain_overlap": [None, None]})
+    notes = html.report_notes(pd.DataFrame(), table)
+    assert any("stemi-heartbeit: 12 ECGs of 6 patients" in n for n in notes)
+    assert not any("control-run" in n for n in notes)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
+from pathlib import Path
 import typing
 
 import pytest
@@ -141,6 +143,15 @@ def test_a_successful_notebook_run_prints_nothing_alarming(tmp_path, capfd):
     for bad in ("ERROR", "KeyboardInterrupt", "without encryption", "Traceback"):
         assert bad not in text, text[-2000:]
     assert not list(tmp_path.glob("*ipc*")) and not list(runs.REPO_ROOT.glob("kernel-*ipc*"))
+
+
+def test_kernel_sockets_are_unique_and_outside_the_working_folder(tmp_path, monkeypatch):
+    """jupyter_client's ipc default is 'kernel-ipc' in the current folder for every kernel (parallel notebooks from
+    one folder race for the same socket names; killed kernels leave them in the user's folder)."""
+    monkeypatch.chdir(tmp_path)
+    a, b = runs.QuietKernelManager(), runs.QuietKernelManager()
+    assert a.transport == "ipc" and a.ip != b.ip
+    assert Path(a.ip).parent == Path(tempfile.gettempdir()) and len(a.ip) < 100
 
 
 @pytest.mark.notebooks

@@ -188,7 +188,8 @@ def list_runs(sweep_dir: str | os.PathLike, lr_choice: Sequence[str | os.PathLik
                 for m in ("auroc", "auprc"):
                     if f"{s}_{m}" in met and met[f"{s}_{m}"] is not None:
                         row[f"reported_{s}_{m}"] = float(met[f"{s}_{m}"])
-            for k in ("n_train", "prevalence_train", "n_val", "prevalence_val"):
+            for k in ("n_train", "prevalence_train", "n_val", "prevalence_val", "pretrain_overlap_ecgs",
+                      "pretrain_overlap_patients", "pretrain_overlap"):
                 if k in met:
                     row[k] = met[k]
         rows.append(row)

@@ -33,8 +33,10 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import textwrap
 import types
+import uuid
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -476,6 +478,14 @@ class QuietKernelManager(AsyncKernelManager):
     @default("transport")
     def _transport_default(self) -> str:
         return "ipc"
+
+    @default("ip")
+    def _ip_default(self) -> str:
+        # jupyter_client's default for ipc is "kernel-ipc" in the current folder when no connection file is set yet:
+        # sockets kernel-ipc-<N> in the user's working directory, shared by every kernel started from it (two
+        # notebooks run in parallel from one folder would race for the same names, and a killed kernel leaves them
+        # behind). A unique prefix in the temporary folder instead (short: a Unix socket path is limited to ~100 B).
+        return os.path.join(tempfile.gettempdir(), f"heartbeit-kernel-{uuid.uuid4().hex[:12]}-ipc")
 
     async def _async_interrupt_kernel(self) -> None:
         if getattr(self, "shutting_down", False):

@@ -83,6 +83,19 @@ def report_notes(results: pd.DataFrame, run_table: pd.DataFrame) -> list[str]:
             notes.append("Architectures differ from the paper's base models at 224 px (labels name the model family): "
                          + "; ".join(f"{m}: size {r.model_size}, {r.image_size} px" for m, r in arch.iterrows())
                          + ".")
+    if len(run_table) and "pretrain_overlap_ecgs" in run_table.columns:  # 03 ran with allow_pretrain_overlap
+        leak = run_table[run_table["pretrain_overlap_ecgs"].fillna(0) > 0]
+        if len(leak):
+            notes.append(f"{len(leak)} run(s) fine-tuned from a pretraining run that trained on ECGs of their "
+                         "cohort's validation/test/external patients (allow_pretrain_overlap): "
+                         + "; ".join(f"{Path(r.run_dir).name}: {int(r.pretrain_overlap_ecgs)} ECGs of "
+                                     f"{int(r.pretrain_overlap_patients)} patients" for r in leak.head(10).itertuples())
+                         + ("..." if len(leak) > 10 else "") + ".")
+    if len(run_table) and "pretrain_overlap" in run_table.columns:
+        unv = run_table[run_table["pretrain_overlap"].astype(str) == "unverified"]
+        if len(unv):
+            notes.append(f"{len(unv)} run(s) fine-tuned from a pretraining run whose overlap with their evaluation "
+                         "patients could not be checked (another salt or no 02 run folder).")
     bad = run_table[~run_table["complete"]] if len(run_table) else run_table
     if len(bad):
         notes.append(f"{len(bad)} incomplete run folder(s) skipped: "
