@@ -270,3 +270,24 @@ def test_06_explains_one_named_class_of_a_multilabel_image_model(paper_store, tm
         want = torch.sigmoid(model.eval()(x.float())[:, 2]).double().numpy()
     np.testing.assert_allclose(rec.prob.to_numpy(), want, rtol=1e-5)
     assert res.runs[0].maps["fullgrad"].shape[0] == 3 and len(res.faithfulness) > 0
+
+
+def test_a_run_resumes_after_parameters_were_added_at_their_defaults(tmp_path):
+    """resume.pt of a run started before a parameter existed (here eval_every) resumes when the new parameter is at
+    its default, and is refused when it is not or when an old parameter changed."""
+    cfg = finetune.FinetuneConfig(task="ptbxl_superdiagnostic", model="xresnet1d101", cohort_run=str(tmp_path),
+                                  resume=True)
+    model = torch.nn.Linear(2, 2)
+    opt, sched = finetune.make_optimizer(cfg, model.parameters(), 10)
+    loader = torch.utils.data.DataLoader(list(range(4)), generator=torch.Generator())
+    finetune.save_resume_state(tmp_path, cfg, 1, [], None, float("-inf"), model, opt, sched,
+                               torch.amp.GradScaler("cuda", enabled=False), loader)
+    state = torch.load(tmp_path / finetune.RESUME_FILE, weights_only=True)
+    del state["config"]["eval_every"]  # written by a version without the parameter
+    torch.save(state, tmp_path / finetune.RESUME_FILE)
+    assert finetune.load_resume_state(tmp_path, cfg)["epoch"] == 1
+    import dataclasses
+    with pytest.raises(finetune.runs.ConfigError, match="eval_every"):
+        finetune.load_resume_state(tmp_path, dataclasses.replace(cfg, eval_every=5))
+    with pytest.raises(finetune.runs.ConfigError, match=r"\['lr'\]"):
+        finetune.load_resume_state(tmp_path, dataclasses.replace(cfg, lr=0.5))

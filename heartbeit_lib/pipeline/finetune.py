@@ -661,8 +661,12 @@ def load_resume_state(run_dir: Path, cfg: FinetuneConfig) -> dict | None:
     if not path.is_file():
         return None
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if state["config"] != _resume_key(cfg):
-        diff = sorted(k for k in state["config"] if state["config"][k] != _resume_key(cfg).get(k))
+    old, new = state["config"], _resume_key(cfg)
+    defaults = _resume_key(FinetuneConfig(model=cfg.model))
+    # a parameter added to FinetuneConfig after the run started resumes when it is at its default (the run used it)
+    diff = sorted(k for k in set(old) | set(new)
+                  if ((old[k] != new.get(k)) if k in old else (new[k] != defaults.get(k))))
+    if diff:
         raise runs.ConfigError(f"{path}: written by a run with other parameters ({diff}); delete the run folder "
                                "or run with resume=False")
     return state
