@@ -93,3 +93,9 @@ def test_sliding_windows_average_the_window_logits():
     got_max = sd.sliding_window_logits(MeanModel(), x, 250, aggregate="max")
     assert torch.equal(got_max, torch.stack([x[:, :2, s: s + 250].mean(-1) for s in (0, 125, 250)]).amax(0))
     assert torch.equal(sd.sliding_window_logits(MeanModel(), x, 500), x[:, :2].mean(-1))  # one window
+
+
+@pytest.mark.parametrize("n, fs, rate", [(2500, 500, 100), (1000, 100, 100), (2500, 500, 250), (1001, 500, 100)])
+def test_prepared_length_equals_prepare_signals(n, fs, rate):
+    """Oracle: the output length of prepare_signals (scipy.signal.resample_poly) itself."""
+    assert sd.prepared_length(n, fs, rate) == sd.prepare_signals(np.zeros((1, 1, n), np.float32), fs, rate).shape[-1]

@@ -66,6 +66,13 @@ def prepare_signals(x: np.ndarray, fs: float = STORE_FS, signal_rate: float = SI
     return (y / SCALE_UV).astype(np.float32)
 
 
+def prepared_length(n_samples: int, fs: float, signal_rate: float = SIGNAL_RATE) -> int:
+    """Samples per lead after :func:`prepare_signals` of ``n_samples`` at ``fs`` Hz (``resample_poly``'s
+    ``ceil(n * up / down)``)."""
+    ratio = Fraction(signal_rate / fs).limit_denominator(1000)
+    return -(-int(n_samples) * ratio.numerator // ratio.denominator)
+
+
 def crop_length(crop_seconds: float | None, signal_rate: float, n_samples: int) -> int:
     """Window length in samples (the whole record when ``crop_seconds`` is None)."""
     if crop_seconds is None:
@@ -162,8 +169,7 @@ class StoreSignalDataset(Dataset):
             raise ValueError(f"{len(targets)} targets for {len(self.indices)} rows")
         self.targets = targets.astype(np.float32) if targets.ndim == 2 else targets.astype(np.int64)
         self.signal_rate, self.fs = float(signal_rate), float(getattr(store, "fs", STORE_FS))
-        n_out = prepare_signals(np.zeros((1, 1, store.shape[-1] if hasattr(store, "shape") else 2500), np.float32),
-                                self.fs, self.signal_rate).shape[-1]
+        n_out = prepared_length(store.shape[-1], self.fs, self.signal_rate)
         if crop_samples is not None and not 1 <= crop_samples <= n_out:
             raise ValueError(f"crop_samples={crop_samples} outside 1..{n_out}")
         self.n_samples, self.crop_samples, self.seed, self.epoch = n_out, crop_samples, seed, 0
@@ -227,6 +233,6 @@ class SignalDatasetFactory:
     def __call__(self, store, indices: np.ndarray, image_size=None, layout=None, targets: np.ndarray | None = None,
                  train: bool = False) -> StoreSignalDataset:
         targets = store.labels(indices) if targets is None else targets
-        n = prepare_signals(np.zeros((1, 1, store.shape[-1]), np.float32), float(store.fs), self.signal_rate).shape[-1]
+        n = prepared_length(store.shape[-1], float(store.fs), self.signal_rate)
         crop = crop_length(self.crop_seconds, self.signal_rate, n) if (self.crop_seconds and train) else None
         return StoreSignalDataset(store, indices, targets, self.signal_rate, crop, self.seed)

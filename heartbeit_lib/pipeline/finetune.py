@@ -67,7 +67,7 @@ from heartbeit_lib.classify.data import (EVAL_SPLITS, ImageCache, Split, SplitEr
                                          require_paper_layout,
                                          records_sha256)
 from heartbeit_lib.models.signal_models import benchmark_weight_init
-from heartbeit_lib.classify.signal_data import SignalDatasetFactory, crop_length, fit_standardizer
+from heartbeit_lib.classify.signal_data import SignalDatasetFactory, crop_length, fit_standardizer, prepared_length
 from heartbeit_lib.classify.engine import predict, select_best_epoch, split_metrics  # noqa: F401
 from heartbeit_lib.pipeline import overlap, runs
 
@@ -561,9 +561,8 @@ def fit(cfg: FinetuneConfig, model: nn.Module, store, splits: Mapping[str, Split
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     windows = None
     if signal and cfg.crop_seconds:
-        n_in = train_loader.dataset.n_samples if hasattr(train_loader.dataset, "n_samples") else None
-        windows = engine.Windows(crop_length(cfg.crop_seconds, float(cfg.signal_rate), n_in or 10 ** 9),
-                                 cfg.window_aggregate)
+        n_in = prepared_length(store.shape[-1], float(store.fs), float(cfg.signal_rate))
+        windows = engine.Windows(crop_length(cfg.crop_seconds, float(cfg.signal_rate), n_in), cfg.window_aggregate)
     n_classes = len(splits["train"].classes) if multilabel else 2
     extra = {"crop_seconds": cfg.crop_seconds, "window_aggregate": cfg.window_aggregate} if signal else {}
     write_model_record(run_dir, model, cfg.model, cfg.model_size or None, cfg.image_size, cfg.layout, normalization,
