@@ -1,7 +1,7 @@
 """Distributed-run helpers, in one place: who this process is, the process group, barriers, sums over ranks.
 
 Under ``torchrun`` (or the Slurm launcher, :mod:`heartbeit_lib.launch`) the environment names the rank; without
-it every helper is a no-op for one process. Imports nothing of ``heartbeit_lib`` (the lowest rank of the layers).
+it every helper is a no-op for one process. Imports only :mod:`heartbeit_lib.utils` (the lowest of the layers).
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import os
 
 import torch
 import torch.distributed as dist
+
+from heartbeit_lib.utils import cuda_index
 
 
 def dist_info() -> tuple[int, int, int]:
@@ -24,13 +26,13 @@ def dist_info() -> tuple[int, int, int]:
 def init_distributed() -> tuple[int, int, int]:
     """(rank, world_size, local_rank); initialises the process group under torchrun when needed.
 
-    On CUDA the process's device (``cuda:<local_rank>``) is set before the first collective, so NCCL never
-    puts every rank's buffers on GPU 0.
+    On CUDA the process's device (``utils.cuda_index``: the rule :func:`utils.resolve_device` follows too) is set
+    before the first collective, so NCCL never puts every rank's buffers on GPU 0.
     """
     rank, local_rank, world = dist_info()
     if world > 1 and dist.is_available() and not dist.is_initialized():
         if torch.cuda.is_available():
-            torch.cuda.set_device(local_rank % torch.cuda.device_count())
+            torch.cuda.set_device(cuda_index(local_rank))
             dist.init_process_group("nccl", device_id=torch.device("cuda", torch.cuda.current_device()))
         else:
             dist.init_process_group("gloo")
