@@ -43,7 +43,7 @@ from heartbeit_lib.mim import stmem_pretrain as engine
 from heartbeit_lib.mim.checkpoint import ResumeError, gather_rng  # noqa: F401  (ResumeError: public here)
 from heartbeit_lib.mim.data import TRAIN_STREAM, VAL_STREAM, EpochSampler, PretrainError
 from heartbeit_lib.mim.model import lr_factor
-from heartbeit_lib.distributed import barrier, init_distributed
+from heartbeit_lib.distributed import barrier, ignore_preemption_signals, init_distributed
 from heartbeit_lib.pipeline import runs
 from heartbeit_lib.report import figures
 from heartbeit_lib.pipeline.pretrain.common import EXCLUSION_KEYS, resolve_device, split_rows
@@ -85,7 +85,8 @@ def _build(cfg: PretrainConfig, steps_per_epoch: int, device: torch.device, rank
 def _loader(ds, sampler: EpochSampler, per_rank: int, cfg: PretrainConfig, device: torch.device,
             drop_last: bool) -> DataLoader:
     return DataLoader(ds, batch_size=per_rank, sampler=sampler, num_workers=cfg.num_workers, drop_last=drop_last,
-                      pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))
+                      pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0),
+                      worker_init_fn=ignore_preemption_signals)
 
 
 def train(cfg: PretrainConfig, train_ds, val_ds, run_dir: str | os.PathLike, *,
