@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
 
 import torch
 import torch.distributed as dist
@@ -37,6 +38,27 @@ def init_distributed() -> tuple[int, int, int]:
         else:
             dist.init_process_group("gloo")
     return rank, world, local_rank
+
+
+# what a job scheduler sends before it stops a job: Slurm's --signal (submitit: USR2, or SUBMITIT_PREEMPT_SIGNAL),
+# USR1 (a common --signal choice), TERM (preemption, scancel)
+PREEMPTION_SIGNALS = ("SIGUSR1", "SIGUSR2", "SIGTERM")
+
+
+def ignore_preemption_signals(worker_id: int | None = None) -> None:
+    """``worker_init_fn`` of every DataLoader: the worker ignores the scheduler's stop signals.
+
+    Slurm signals every process of a job step, and a forked worker inherits the main process's Python handlers:
+    under submitit each of rank 0's loader workers would run its checkpoint-and-requeue handler (up to 17
+    processes per rank saving the same checkpoint and calling ``scontrol requeue``).  Only the main process of
+    rank 0 may do that (submitit already skips ranks > 0); the workers keep serving it until it exits, then
+    stop with it (torch's worker loop watches its parent).
+    """
+    names = {*PREEMPTION_SIGNALS, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper().removeprefix("SIG")}
+    for name in sorted(names):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 LONG_TIMEOUT = datetime.timedelta(hours=6)  # single-rank or uneven work between two barriers (token precompute)
