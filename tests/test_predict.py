@@ -385,15 +385,3 @@ def test_operating_points_on_validation_and_scored_ecgs(world):
     thr = json.loads((out / "threshold.json").read_text())
     assert thr["method"] == "specificity" and thr["specificity"] >= 0.9 and thr["target_specificity"] == 0.9
     assert thr["interval"]["n_used"] > 0 and thr["warning"] and res["threshold"]["warning"] == thr["warning"]
-
-
-def test_a_multilabel_model_is_refused_by_name(world, tmp_path):
-    """07 scores binary models; a multi-label run (model.json ``multilabel: true``) is a typed error naming it, not
-    a softmax of its first two logits."""
-    _, ft, _ = world
-    run = tmp_path / "ml"
-    shutil.copytree(ft[0], run)
-    rec = json.loads((run / "model.json").read_text())
-    (run / "model.json").write_text(json.dumps({**rec, "classes": ["NORM", "MI"], "multilabel": True}))
-    with pytest.raises(predict.PredictError, match=r"model.json: a multi-label model \(classes \['NORM', 'MI'\]\)"):
-        predict.load_ensemble(cfg_for(world, finetune_runs=(str(run),)))

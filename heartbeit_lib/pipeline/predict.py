@@ -9,8 +9,8 @@ The steps, each one function here (the notebook calls them in order, :func:`run`
    them, never guessed: an image model's rendering (image size, layout, amplitude range) from
    ``model.json``/``config.yaml``, a signal model's input rate (``signal_rate``) from ``model.json``, the
    preprocessing and rate from ``store.json`` of their cohort store. Members that disagree (image members on the
-   rendering, all on the preprocessing), or a rendering parameter the user sets to another value, is an error
-   naming both values.
+   rendering, all on the preprocessing and the classes), or a rendering parameter the user sets to another value, is
+   an error naming both values.
 2. :func:`prepare_inputs`: either rows of an existing cohort store (``cohort_run``, optional ``split``), or raw files
    under ``data_root`` (``source`` muse, wfdb or ptbxl), read and preprocessed by the cohort builder itself
    (:func:`heartbeit_lib.cohorts.build_store` with the training store's ``preprocess_kw``) into ``<run>/cohort``:
@@ -18,8 +18,9 @@ The steps, each one function here (the notebook calls them in order, :func:`run`
    (``len(inputs) == len(predictions) + len(rejects)``). Patient ids are stored only as salted hashes
    (``salt_file``, else the per-user default salt of :mod:`heartbeit_lib.cohorts.ids`, the one stores use by default).
 3. :func:`score`: image members read the signals rendered with the recorded rendering, signal members the
-   signals resampled to their rate (``classify.signal_data.prepare_signals``, as in training); one probability per
-   member and their mean (``score``).
+   signals resampled to their rate (``classify.signal_data.prepare_signals``, as in training), each scored by 03's
+   own ``classify.engine.predict`` (its normalisation, and for signal models trained on crops its test-time windows
+   combined by the recorded ``window_aggregate``); one probability per member and their mean (``score``).
 4. :func:`operating_threshold`: chosen on the training runs' *validation* split (their ``predictions.parquet`` at
    the chosen epoch, averaged over members), Youden by default, a target sensitivity or a target specificity; never
    on the scored data. :func:`threshold_report`: its bootstrap interval and sensitivity/specificity on validation,
@@ -31,6 +32,14 @@ The steps, each one function here (the notebook calls them in order, :func:`run`
 6. :func:`draw_pictures`: one PNG per chosen ECG and one multi-page PDF (:mod:`heartbeit_lib.report.ecg_page`)
    with the model input and its saliency map (:func:`heartbeit_lib.analysis.saliency.saliency_maps`; a signal
    model's lead x time map drawn into the same layout, :func:`member_maps`).
+
+Multi-label models (``model.json`` ``multilabel: true`` and its ``classes``; e.g. the PTB-XL benchmark tasks): one
+sigmoid per class, and every step above is done class by class: ``predictions.csv`` holds ``label:<c>``,
+``score:<c>`` (the members' mean), ``score_<member>:<c>`` and ``decision:<c>`` per class; each class has its own
+threshold, chosen on that class's validation labels and scores (``threshold.json`` ``classes``); the operating points
+and validation rows carry a ``class`` column; ``metrics.json`` adds the macro AUROC per validation data. An ensemble
+averages runs of the same classes only (a :class:`MismatchError` otherwise). Labels of raw files come from a CSV with
+``record_id`` and one 0/1 column per class (PTB-XL: from the task).
 
 Files in ``<out_root>/07_predict/<run_id>/``: ``predictions.csv``, ``rejects.csv``, ``threshold.json``,
 ``operating_points.csv``,
@@ -61,16 +70,20 @@ from matplotlib.figure import Figure
 
 from heartbeit_lib import render
 from heartbeit_lib.analysis import calibration, metrics
-from heartbeit_lib.analysis.saliency import (METHODS, is_transformer, predict_proba, saliency_maps, signal_saliency,
+from heartbeit_lib.analysis.saliency import (METHODS, is_transformer, saliency_maps, signal_saliency,
                                              to_image, to_store_rate)
 from heartbeit_lib.analysis.saliency.signal_maps import gradcam_layer
 from heartbeit_lib.analysis.saliency.errors import UnsupportedMethodError
 from heartbeit_lib import safety
 from heartbeit_lib.classify.checkpoint import (MODEL_RECORD, WEIGHTS, FinetuneRunError, load_finetune_run,
                                                 read_metrics)
-from heartbeit_lib.classify.signal_data import prepare_signals
-from heartbeit_lib.cohorts import (REJECT_COLUMNS, STORE_FS, CohortStore, Source, build_store, clean_id, load_task,
+from heartbeit_lib.classify import engine
+from heartbeit_lib.classify.engine import SCORE_PREFIX
+from heartbeit_lib.classify.signal_data import crop_length, prepare_signals
+from heartbeit_lib.cohorts import (LABEL_PREFIX, REJECT_COLUMNS, STORE_FS, CohortStore, Source,
+                                   build_store, clean_id, load_task,
                                    muse_source, output_leads, ptbxl_source, wfdb_source)
+from heartbeit_lib.cohorts.sources import add_label_matrix
 from heartbeit_lib.pipeline import overlap, runs
 from heartbeit_lib.report import ecg_page
 from heartbeit_lib.safety import file_name_from, write_csv
@@ -82,6 +95,7 @@ CHUNK = 256  # ECGs rendered at once (256 x 224 x 224 uint8 = 13 MB)
 OPERATING_TARGETS = (0.80, 0.90, 0.95)  # sensitivities and specificities offered in operating_points.csv
 MIN_VAL_POSITIVES = 50  # fewer validation positives than this: the threshold is a rough estimate (warned)
 PICTURE_SIZE = 224  # px of the model-input panel of a signal-only ensemble's pages (its saliency drawn in stack8)
+DECISION_PREFIX = "decision:"  # predictions.csv column of one class of a multi-label model: decision:<class> (0/1)
 
 
 class PredictError(runs.ConfigError):
@@ -101,7 +115,7 @@ class PredictConfig(runs.TypedConfig):
     split: str | None = None  # cohort_run: split to score (train, val, test, external, unassigned); None: all rows
     data_root: str | None = None  # folder of raw ECGs: MUSE XML, WFDB records or a PTB-XL root (instead of cohort_run)
     source: str = "muse"  # format under data_root: muse, wfdb or ptbxl
-    labels: str | None = None  # CSV: record_id (file stem or path without suffix), label 0/1; None: unlabelled (ptbxl: task labels)
+    labels: str | None = None  # CSV: record_id (file stem or path without suffix), label 0/1 (multi-label models: one 0/1 column per class); None: unlabelled (ptbxl: task labels)
     ptbxl_database: str = "ptbxl_database.csv"  # source ptbxl: record table under data_root
     ptbxl_rate: int | None = None  # source ptbxl: 100 or 500 Hz files; None: 500 if every record has one, else 100
     salt_file: str | None = None  # patient-hash salt file (the training store's); None: the per-user default salt (HEARTBEIT_SALT_FILE, else ~/.local/share/heartbeit/salt)
@@ -172,9 +186,11 @@ class Rendering:
     preprocess_kw: dict | None
     task: str
     fs: float = float(STORE_FS)
+    classes: tuple[str, ...] = ()  # a multi-label ensemble's classes (labels CSV columns of raw files), () binary
 
 
 IMAGE_FIELDS = ("image_size", "layout", "ylim_mv")
+Thresholds = typing.Union[calibration.Threshold, dict]  # one threshold, or class -> threshold (multi-label)
 
 
 @dataclasses.dataclass
@@ -191,6 +207,13 @@ class Member:
     rendering: Rendering
     family: str = "image"
     signal_rate: float | None = None
+    classes: tuple[str, ...] = ()  # a multi-label model's classes (one sigmoid each, model.json order); () binary
+    crop_seconds: float | None = None  # signal models trained on crops: scored on windows of this length (as 03)
+    window_aggregate: str = "mean"  # how the windows' outputs are combined (03's ``window_aggregate``)
+
+    @property
+    def multilabel(self) -> bool:
+        return bool(self.classes)
 
 
 def _resolve(path: str) -> Path:
@@ -245,6 +268,27 @@ def _recorded_rendering(run_dir: Path, info: dict) -> Rendering:
                      float(store_info.get("fs", STORE_FS)))
 
 
+def _recorded_outputs(run_dir: Path, info: dict) -> dict:
+    """A member's classes (``model.json`` ``classes`` when ``multilabel``) and its test-time windows
+    (``crop_seconds``, ``window_aggregate``: signal models trained on crops were scored by 03 on windows)."""
+    out: dict[str, Any] = {}
+    if info.get("multilabel"):
+        classes = info.get("classes")
+        if (not isinstance(classes, list) or not classes or len(classes) != info["num_classes"]
+                or not all(isinstance(c, str) and 0 < len(c) <= 64 for c in classes) or len(set(classes)) < len(classes)):
+            raise FinetuneRunError(f"{run_dir / MODEL_RECORD}: multilabel with classes {str(classes)[:80]!r}, not "
+                                   f"{info['num_classes']} distinct class names (num_classes)")
+        out["classes"] = tuple(classes)
+    crop = info.get("crop_seconds")
+    if crop is not None and info.get("family") == "signal":
+        agg = info.get("window_aggregate", "mean")
+        if not isinstance(crop, (int, float)) or isinstance(crop, bool) or not 0 < crop <= 3600 or agg not in ("mean", "max"):
+            raise FinetuneRunError(f"{run_dir / MODEL_RECORD}: crop_seconds {crop!r} / window_aggregate {agg!r} are "
+                                   "not a positive number of seconds and mean or max")
+        out.update(crop_seconds=float(crop), window_aggregate=agg)
+    return out
+
+
 def _same(what: str, a: Any, b: Any, where_a: str, where_b: str) -> None:
     if json.dumps(a, sort_keys=True, default=list) != json.dumps(b, sort_keys=True, default=list):
         raise MismatchError(f"{what}: {a!r} ({where_a}) != {b!r} ({where_b})")
@@ -263,25 +307,27 @@ def load_ensemble(cfg: PredictConfig, device: str | torch.device = "cpu") -> tup
         run_dir = _resolve(entry)
         check_finetune_run(run_dir)
         model, info = load_finetune_run(run_dir, device)
-        if info.get("multilabel"):  # one sigmoid per class: member_probabilities/score_columns are where it goes
-            raise PredictError(f"{run_dir / MODEL_RECORD}: a multi-label model (classes {info.get('classes')}); 07 "
-                               "scores binary models only so far (one score column per class is not built yet)")
         r = _recorded_rendering(run_dir, info)
         met = read_metrics(run_dir)
         family = str(info.get("family", "image"))
         rate = float(info.get("signal_rate") or 100.0) if family == "signal" else None
-        members.append(Member(run_dir, run_dir.name, model, info["normalize"], info["config"], met, r, family, rate))
+        members.append(Member(run_dir, run_dir.name, model, info["normalize"], info["config"], met, r, family, rate,
+                              **_recorded_outputs(run_dir, info)))
     first = members[0]
     for m in members[1:]:  # one store preprocessing and task for all; one rendering for the image members
         for key in ("preprocess_kw", "task", "fs"):
             _same(f"ensemble {key}", getattr(first.rendering, key), getattr(m.rendering, key),
                   str(first.run_dir), str(m.run_dir))
+        if m.classes != first.classes:  # averaged class by class: the same classes in the same order
+            raise MismatchError(f"ensemble classes: {list(first.classes) or 'binary'} ({first.run_dir / MODEL_RECORD})"
+                                f" != {list(m.classes) or 'binary'} ({m.run_dir / MODEL_RECORD}); an ensemble averages "
+                                "runs of the same classes only")
     images = [m for m in members if m.family == "image"]
     for m in images[1:]:
         for key in IMAGE_FIELDS:
             _same(f"ensemble {key}", getattr(images[0].rendering, key), getattr(m.rendering, key),
                   str(images[0].run_dir), str(m.run_dir))
-    rec = images[0].rendering if images else first.rendering
+    rec = dataclasses.replace(images[0].rendering if images else first.rendering, classes=first.classes)
     for key in IMAGE_FIELDS:
         forced = getattr(cfg, key)
         if forced is not None and not images:
@@ -309,17 +355,39 @@ def member_inputs(member: Member, signals: np.ndarray, grey: np.ndarray | None, 
     return torch.from_numpy(grey).float().div(255.0)[:, None].expand(-1, 3, -1, -1)
 
 
+def member_normalization(member: Member, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """The member's input normalisation as 03 applied it on the device (``(x - mean) / std``): per channel
+    (1, 3, 1, 1) of an image model's [0, 1] images, per lead (1, leads|1, 1) of a signal model's millivolts (its
+    recorded ``standardize`` statistics, identity when none were recorded)."""
+    mean, std = member.normalize or ((), ())
+    if not len(mean):
+        mean, std = (0.0,), (1.0,)
+    shape = (1, -1, 1) if member.family == "signal" else (1, -1, 1, 1)
+    return (torch.tensor(mean, dtype=torch.float32, device=device).view(shape),
+            torch.tensor(std, dtype=torch.float32, device=device).view(shape))
+
+
+def member_windows(member: Member, n_samples: int) -> engine.Windows | None:
+    """03's test-time windows for a signal member trained on ``crop_seconds`` crops of inputs ``n_samples`` long at
+    its rate (``crop_length``; outputs combined by its ``window_aggregate``), None for whole-record models."""
+    if member.family != "signal" or not member.crop_seconds:
+        return None
+    return engine.Windows(crop_length(member.crop_seconds, float(member.signal_rate), n_samples),
+                          member.window_aggregate)
+
+
 @torch.no_grad()
 def member_probabilities(member: Member, x: torch.Tensor, batch_size: int) -> np.ndarray:
-    """(n,) float64 probability of class 1 (softmax over the two logits, as 03 scored it) of ``member`` for its
-    inputs ``x`` (:func:`member_inputs`). A multi-label model (one logit per class, sigmoid per class) will return
-    (n, classes) here; the rest of 07 takes its columns from :func:`score_columns`."""
-    if member.family == "image":
-        return predict_proba(member.model, x, 1, member.normalize, batch_size)
+    """What 03 scored for ``member``'s inputs ``x`` (:func:`member_inputs`), with 03's own code
+    (``classify.engine.predict``: its normalisation, test-time windows, softmax or sigmoid): (n,) float64 probability
+    of class 1 (softmax over the two logits) of a binary model, (n, classes) float64 sigmoid per class of a
+    multi-label one."""
     device = next(member.model.parameters()).device
-    out = [torch.softmax(member.model(x[i:i + batch_size].to(device)).float(), dim=1)[:, 1].double().cpu()
-           for i in range(0, len(x), batch_size)]
-    return torch.cat(out).numpy() if out else np.zeros(0)
+    mean, std = member_normalization(member, device)
+    batches = ((x[i:i + batch_size], None) for i in range(0, len(x), batch_size))
+    out = engine.predict(member.model, batches, mean, std, device, multilabel=member.multilabel,
+                         windows=member_windows(member, x.shape[-1]))
+    return out.reshape(0, len(member.classes)) if member.multilabel and not len(out) else out
 
 
 # ======================================================================== 2. inputs
@@ -336,9 +404,10 @@ class Inputs:
     data_root: Path | None
 
 
-def raw_source(cfg: PredictConfig, task: str) -> Source:
+def raw_source(cfg: PredictConfig, task: str, classes: Sequence[str] = ()) -> Source:
     """Raw files under ``cfg.data_root`` as a cohort :class:`Source`, labelled by ``cfg.labels`` (a CSV with
-    ``record_id`` and ``label``) or, for PTB-XL, by the training ``task``."""
+    ``record_id`` and ``label``; for a multi-label model's ``classes`` one 0/1 column per class) or, for PTB-XL, by
+    the training ``task``."""
     root = Path(cfg.data_root)
     if not root.is_dir():
         raise PredictError(f"parameter 'data_root': {root} is not a folder")
@@ -348,19 +417,41 @@ def raw_source(cfg: PredictConfig, task: str) -> Source:
         src = (muse_source if cfg.source == "muse" else wfdb_source)(root, load_task("unlabelled"))
     if not len(src.inputs):
         raise PredictError(f"parameter 'data_root': no {cfg.source} records under {root}")
-    if cfg.labels:
+    if cfg.labels and classes:
+        y = _label_matrix_from_csv(Path(cfg.labels), src.inputs["record_id"], classes)
+        src.inputs = add_label_matrix(src.inputs.drop(columns=[c for c in src.inputs.columns
+                                                               if c.startswith(LABEL_PREFIX)]), y, list(classes))
+    elif cfg.labels:
         src.inputs["label"] = _labels_from_csv(Path(cfg.labels), src.inputs["record_id"])
     return src
 
 
-def _labels_from_csv(path: Path, record_ids: pd.Series) -> np.ndarray:
-    """Label (0/1, -1 when absent) of each record id from ``path`` (``record_id``: the id itself or its stem)."""
+def _label_matrix_from_csv(path: Path, record_ids: pd.Series, classes: Sequence[str]) -> np.ndarray:
+    """(n, classes) int64 labels of a multi-label model's classes from ``path``: ``record_id`` and one 0/1 column
+    per class named as the class (``cohorts.benchmark_labels``' table); -1 for a record the CSV does not list."""
+    tab = _read_labels_csv(path, ["record_id", *classes], "one 0/1 column per class of the model")
+    y = tab[list(classes)].apply(pd.to_numeric, errors="coerce")
+    bad = ~y.isin([0, 1]).all(axis=1)
+    if bad.any():
+        raise PredictError(f"{path}: class labels must be 0 or 1; bad rows e.g. {tab.loc[bad, 'record_id'].head(3).tolist()}")
+    by_id = dict(zip(tab["record_id"].map(clean_id), y.to_numpy(np.int64)))
+    none = np.full(len(classes), -1, np.int64)
+    return np.array([by_id.get(r, by_id.get(Path(r).name, none)) for r in record_ids], np.int64).reshape(-1, len(classes))
+
+
+def _read_labels_csv(path: Path, columns: Sequence[str], what: str) -> pd.DataFrame:
     if not path.is_file():
         raise PredictError(f"parameter 'labels': {path} does not exist")
     tab = pd.read_csv(path, dtype={"record_id": str})
-    miss = [c for c in ("record_id", "label") if c not in tab.columns]
+    miss = [c for c in columns if c not in tab.columns]
     if miss:
-        raise PredictError(f"{path}: missing column(s) {miss}; needs record_id and label (0/1)")
+        raise PredictError(f"{path}: missing column(s) {miss}; needs record_id and {what}")
+    return tab
+
+
+def _labels_from_csv(path: Path, record_ids: pd.Series) -> np.ndarray:
+    """Label (0/1, -1 when absent) of each record id from ``path`` (``record_id``: the id itself or its stem)."""
+    tab = _read_labels_csv(path, ("record_id", "label"), "label (0/1)")
     lab = pd.to_numeric(tab["label"], errors="coerce")
     if not lab.isin([0, 1]).all():
         bad = tab.loc[~lab.isin([0, 1]), "record_id"].head(3).tolist()
@@ -382,7 +473,7 @@ def prepare_inputs(cfg: PredictConfig, run_dir: str | os.PathLike, rendering: Re
             raise PredictError(f"parameter 'split': {store.root} holds no ECG in split {cfg.split!r}")
         empty = pd.DataFrame(columns=["file", "record_id", "stage", "error_class", "reason"])
         return Inputs(store, rows, len(rows), empty, None)
-    src = raw_source(cfg, rendering.task)
+    src = raw_source(cfg, rendering.task, rendering.classes)
     workers = read_workers(cfg.workers, len(src.inputs))
     store = build_store(src.inputs, src.reader, Path(run_dir) / "cohort", task_cfg="unlabelled",
                         preprocess_kw=rendering.preprocess_kw, salt_file=cfg.salt_file, workers=workers,
@@ -417,9 +508,11 @@ def _relative(path: str, root: Path | None) -> str:
 
 
 def score(members: Sequence[Member], inputs: Inputs, rendering: Rendering, batch_size: int = 64) -> np.ndarray:
-    """(n_members, n) probability of class 1 of every member for every scored ECG (read in chunks of
-    :data:`CHUNK`; rendered once per chunk when an image model is among the members)."""
-    out = np.zeros((len(members), len(inputs.rows)), np.float64)
+    """(n_members, n) probability of class 1 of every member for every scored ECG, or (n_members, n, classes) the
+    sigmoid per class of multi-label members (read in chunks of :data:`CHUNK`; rendered once per chunk when an image
+    model is among the members)."""
+    out = np.zeros((len(members), len(inputs.rows), *((len(members[0].classes),) if members[0].multilabel else ())),
+                   np.float64)
     need_images = any(m.family == "image" for m in members)
     for s in range(0, len(inputs.rows), CHUNK):
         sig = inputs.store.signals(inputs.rows[s:s + CHUNK])
@@ -439,69 +532,132 @@ def member_columns(members: Sequence[Member]) -> list[str]:
 
 
 def predictions_table(members: Sequence[Member], inputs: Inputs, member_scores: np.ndarray,
-                      threshold: calibration.Threshold) -> pd.DataFrame:
+                      threshold: Thresholds) -> pd.DataFrame:
     """``record_id, path, patient_hash, label, score`` (ensemble mean), one column per member, ``decision``
-    (1 when ``score >= threshold``)."""
+    (1 when ``score >= threshold``).
+
+    A multi-label ensemble (``threshold`` a dict class -> threshold): ``label:<c>`` (the scored store's label of
+    class c, -1 when it has none), ``score:<c>`` (the members' mean sigmoid), ``score_<member>:<c>`` and
+    ``decision:<c>`` (``score:<c> >= threshold[c]``) per class, in the model's class order."""
     man = inputs.store.manifest.iloc[inputs.rows]
     p = member_scores.mean(axis=0)
     df = pd.DataFrame({"record_id": man["record_id"].astype(str).to_numpy(),
                        "path": [_relative(s, inputs.data_root) for s in man["source_path"]],
-                       "patient_hash": man["patient_hash"].astype(str).to_numpy(),
-                       "label": man["label"].to_numpy(np.int64), "score": p})
+                       "patient_hash": man["patient_hash"].astype(str).to_numpy()})
+    classes = members[0].classes
+    if not classes:
+        df["label"], df["score"] = man["label"].to_numpy(np.int64), p
+        for col, s in zip(member_columns(members), member_scores):
+            df[col] = s
+        df["decision"] = (p >= threshold.value).astype(np.int64)
+        return df
+    cols: dict[str, np.ndarray] = {}
+    for j, c in enumerate(classes):
+        lab = man.get(f"{LABEL_PREFIX}{c}")
+        cols[f"{LABEL_PREFIX}{c}"] = np.full(len(man), -1, np.int64) if lab is None else lab.to_numpy(np.int64)
+    cols.update({f"{SCORE_PREFIX}{c}": p[:, j] for j, c in enumerate(classes)})
     for col, s in zip(member_columns(members), member_scores):
-        df[col] = s
-    df["decision"] = (p >= threshold.value).astype(np.int64)
-    return df
+        cols.update({f"{col}:{c}": s[:, j] for j, c in enumerate(classes)})
+    cols.update({f"{DECISION_PREFIX}{c}": (p[:, j] >= threshold[c].value).astype(np.int64)
+                 for j, c in enumerate(classes)})
+    return pd.concat([df, pd.DataFrame(cols, index=df.index)], axis=1)
+
+
+def class_view(pred: pd.DataFrame, cls: str | None) -> pd.DataFrame:
+    """``pred`` with the ``label``, ``score`` and ``decision`` of class ``cls`` of a multi-label table (``pred``
+    itself when ``cls`` is None): every per-class step is the binary step on this view."""
+    if cls is None:
+        return pred
+    base = [c for c in ("record_id", "path", "patient_hash") if c in pred.columns]
+    return pd.DataFrame({**{c: pred[c] for c in base}, "label": pred[f"{LABEL_PREFIX}{cls}"],
+                         "score": pred[f"{SCORE_PREFIX}{cls}"], "decision": pred[f"{DECISION_PREFIX}{cls}"]})
 
 
 # ======================================================================== 4. threshold (validation split only)
 
 
-def training_scores(members: Sequence[Member], split: str) -> pd.DataFrame:
+def training_scores(members: Sequence[Member], split: str, cls: str | None = None) -> pd.DataFrame:
     """``record_id, label, score`` of the training runs' ``split`` at each run's chosen epoch
-    (``predictions.parquet``), the score averaged over members (records every member scored)."""
+    (``predictions.parquet``), the score averaged over members (records every member scored); ``cls``: of that
+    class of multi-label runs (their ``label:<cls>`` / ``score:<cls>`` columns)."""
+    label, score_col = ("label", "score") if cls is None else (f"{LABEL_PREFIX}{cls}", f"{SCORE_PREFIX}{cls}")
     frames = []
     for k, m in enumerate(members):
         pred = pd.read_parquet(m.run_dir / "predictions.parquet")
+        missing = [c for c in ("record_id", "split", "epoch", label, score_col) if c not in pred.columns]
+        if missing:
+            raise FinetuneRunError(f"{m.run_dir / 'predictions.parquet'}: no column(s) {missing}")
         sel = pred[(pred["split"] == split) & (pred["epoch"] == int(m.metrics["best_epoch"]))]
-        frames.append(sel[["record_id", "label", "score"]].rename(columns={"score": f"s{k}"})
+        frames.append(sel[["record_id", label, score_col]].rename(columns={label: "label", score_col: f"s{k}"})
                       .set_index(["record_id", "label"]))
     df = pd.concat(frames, axis=1, join="inner")
     return pd.DataFrame({"record_id": df.index.get_level_values(0).astype(str),
                          "label": df.index.get_level_values(1).astype(np.int64), "score": df.mean(axis=1).to_numpy()})
 
 
-def _validation_scores(members: Sequence[Member]) -> pd.DataFrame:
-    val = training_scores(members, "val")
+def _validation_scores(members: Sequence[Member], cls: str | None = None) -> pd.DataFrame:
+    val = training_scores(members, "val", cls)
     if val.empty:
         raise PredictError(f"{members[0].run_dir / 'predictions.parquet'}: no validation scores at the chosen epoch; "
                            "the threshold is chosen on the validation split only")
-    return val
+    return val[val["label"] >= 0]
 
 
-def operating_threshold(members: Sequence[Member], cfg: PredictConfig) -> calibration.Threshold:
-    """The threshold chosen on the training runs' validation split (``calibration.choose_threshold``)."""
-    val = _validation_scores(members)
-    return calibration.choose_threshold(val["label"], val["score"], split="val", method=cfg.threshold_method,
-                                        target_sensitivity=cfg.target_sensitivity,
-                                        target_specificity=cfg.target_specificity)
+def operating_threshold(members: Sequence[Member], cfg: PredictConfig) -> Thresholds:
+    """The threshold chosen on the training runs' validation split (``calibration.choose_threshold``); for a
+    multi-label ensemble a dict class -> the threshold chosen on that class's validation labels and scores (each
+    class its own operating point: prevalences and score scales differ between classes)."""
+    if members[0].multilabel:
+        return {c: _choose(members, cfg, c) for c in members[0].classes}
+    return _choose(members, cfg, None)
 
 
-def threshold_report(members: Sequence[Member], threshold: calibration.Threshold, cfg: PredictConfig) -> dict:
+def _choose(members: Sequence[Member], cfg: PredictConfig, cls: str | None) -> calibration.Threshold:
+    val = _validation_scores(members, cls)
+    try:
+        return calibration.choose_threshold(val["label"], val["score"], split="val", method=cfg.threshold_method,
+                                            target_sensitivity=cfg.target_sensitivity,
+                                            target_specificity=cfg.target_specificity)
+    except calibration.CalibrationError as e:
+        if cls is None:
+            raise
+        raise PredictError(f"class {cls!r}: no threshold on the validation split of "
+                           f"{members[0].run_dir / 'predictions.parquet'}: {e}") from None
+
+
+def threshold_report(members: Sequence[Member], threshold: Thresholds, cfg: PredictConfig) -> dict:
     """How much to trust ``threshold``: the validation counts, its bootstrap interval on validation and the
     interval of its sensitivity/specificity there (``calibration.threshold_interval``, ``cfg.n_boot`` resamples),
     and a ``warning`` (also raised as a :class:`UserWarning`) when validation holds fewer than
-    :data:`MIN_VAL_POSITIVES` positives: such a threshold may give a very different sensitivity elsewhere."""
-    val = _validation_scores(members)
+    :data:`MIN_VAL_POSITIVES` positives: such a threshold may give a very different sensitivity elsewhere.
+    Multi-label: ``{"classes": {class: that report}, "warning": one warning naming every class under the bound}``."""
+    if not isinstance(threshold, dict):
+        rep = _report(members, threshold, cfg, None)
+        if rep["warning"]:
+            warnings.warn(rep["warning"], UserWarning, stacklevel=2)
+        return rep
+    reps = {c: _report(members, t, cfg, c) for c, t in threshold.items()}
+    few = {c: r["n_val_positives"] for c, r in reps.items() if r["warning"]}
+    warning = None
+    if few:
+        warning = (f"the thresholds of {len(few)} class(es) were chosen on fewer than {MIN_VAL_POSITIVES} validation "
+                   f"positives ({', '.join(f'{c}: {n}' for c, n in few.items())}); their bootstrap intervals are in "
+                   "threshold.json: expect other sensitivities on new data (see operating_points.csv)")
+        warnings.warn(warning, UserWarning, stacklevel=2)
+    return {"classes": reps, "warning": warning}
+
+
+def _report(members: Sequence[Member], threshold: calibration.Threshold, cfg: PredictConfig, cls: str | None) -> dict:
+    val = _validation_scores(members, cls)
     n_pos = int((val["label"] == 1).sum())
     ci = calibration.threshold_interval(val["label"], val["score"], threshold, n_boot=cfg.n_boot, seed=cfg.seed)
     warning = None
     if n_pos < MIN_VAL_POSITIVES:
-        warning = (f"the threshold {threshold.value:.4g} was chosen on {n_pos} validation positives (< "
-                   f"{MIN_VAL_POSITIVES}): its 95 % bootstrap interval is {ci.value_lo:.4g}-{ci.value_hi:.4g} and "
-                   f"its validation sensitivity {ci.sensitivity_lo:.2f}-{ci.sensitivity_hi:.2f}; expect another "
-                   "sensitivity on new data (see operating_points.csv; choose it on a larger validation set)")
-        warnings.warn(warning, UserWarning, stacklevel=2)
+        warning = (f"{'' if cls is None else f'class {cls}: '}the threshold {threshold.value:.4g} was chosen on "
+                   f"{n_pos} validation positives (< {MIN_VAL_POSITIVES}): its 95 % bootstrap interval is "
+                   f"{ci.value_lo:.4g}-{ci.value_hi:.4g} and its validation sensitivity {ci.sensitivity_lo:.2f}-"
+                   f"{ci.sensitivity_hi:.2f}; expect another sensitivity on new data (see operating_points.csv; "
+                   "choose it on a larger validation set)")
     return {"n_val": len(val), "n_val_positives": n_pos, "interval": dataclasses.asdict(ci), "warning": warning}
 
 
@@ -509,8 +665,20 @@ def operating_points(members: Sequence[Member], pred: pd.DataFrame,
                      targets: Sequence[float] = OPERATING_TARGETS) -> pd.DataFrame:
     """The operating points clinicians ask for: per target sensitivity and target specificity, the threshold chosen
     on the training runs' validation split, its sensitivity/specificity there, and (labelled scored ECGs only) on
-    the scored ECGs. A target no validation threshold reaches gets a ``note``."""
-    val = _validation_scores(members)
+    the scored ECGs. A target no validation threshold reaches gets a ``note``. Multi-label: the same per class
+    (chosen on that class's validation labels), a ``class`` column first."""
+    if members[0].multilabel:
+        frames = []
+        for c in members[0].classes:
+            pts = _points(members, class_view(pred, c), targets, c)
+            pts.insert(0, "class", c)
+            frames.append(pts)
+        return pd.concat(frames, ignore_index=True)
+    return _points(members, pred, targets, None)
+
+
+def _points(members: Sequence[Member], pred: pd.DataFrame, targets: Sequence[float], cls: str | None) -> pd.DataFrame:
+    val = _validation_scores(members, cls)
     lab = pred[pred["label"] >= 0]
     rows = []
     for name in ("sensitivity", "specificity"):
@@ -577,15 +745,33 @@ def scored_data_name(members: Sequence[Member], scored_store: Any | None, patien
     return "external (scored ECGs)"
 
 
-def validate(members: Sequence[Member], pred: pd.DataFrame, threshold: calibration.Threshold, cfg: PredictConfig,
+def validate(members: Sequence[Member], pred: pd.DataFrame, threshold: Thresholds, cfg: PredictConfig,
              scored_store: Any | None = None) -> tuple[pd.DataFrame, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """The validation table (internal = the training runs' test split, external = the labelled scored ECGs,
     then recalibrated rows when ``cfg.recalibrate``) and the (labels, scores) of each row for the reliability
-    diagram."""
+    diagram.
+
+    Multi-label: the rows of every class (a ``class`` column first; thresholds, calibrators and intervals per
+    class), and the curves of each row pooled over the classes (one reliability curve per data, not per class)."""
+    if not members[0].multilabel:
+        return _validate(members, pred, threshold, cfg, scored_store, None)
+    tables, pooled = [], {}
+    for c in members[0].classes:
+        table, curves = _validate(members, class_view(pred, c), threshold[c], cfg, scored_store, c)
+        tables.append(table.assign(**{"class": c})[["class", *table.columns]] if len(table) else table)
+        for name, (y, p) in curves.items():
+            ys, ps = pooled.get(name, ((), ()))
+            pooled[name] = (np.r_[ys, y].astype(np.int64), np.r_[ps, p])
+    return pd.concat(tables, ignore_index=True), pooled
+
+
+def _validate(members: Sequence[Member], pred: pd.DataFrame, threshold: calibration.Threshold, cfg: PredictConfig,
+              scored_store: Any | None, cls: str | None) -> tuple[pd.DataFrame, dict]:
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     split_of: dict[str, str] = {}  # row name -> the split it comes from (the calibrator refuses its own)
     records_of: dict[str, np.ndarray] = {}  # row name -> its record ids (the calibrator refuses its fitted records)
-    test = training_scores(members, "test")
+    test = training_scores(members, "test", cls)
+    test = test[test["label"] >= 0]
     if len(test):
         curves["internal (training runs' test split)"] = (test["label"].to_numpy(), test["score"].to_numpy())
         split_of["internal (training runs' test split)"] = "test"
@@ -597,7 +783,8 @@ def validate(members: Sequence[Member], pred: pd.DataFrame, threshold: calibrati
         split_of[name] = "external"
         records_of[name] = lab["record_id"].astype(str).to_numpy()
     if cfg.recalibrate and curves:
-        fit = training_scores(members, cfg.recalibrate_on)
+        fit = training_scores(members, cfg.recalibrate_on, cls)
+        fit = fit[fit["label"] >= 0]
         cal = calibration.fit_calibrator(fit["label"], fit["score"], method=cfg.recalibrate, split=cfg.recalibrate_on,
                                          records=fit["record_id"].astype(str))
         for name, split in list(split_of.items()):
@@ -636,7 +823,8 @@ def reliability_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: s
 
 def choose_pictures(pred: pd.DataFrame, cfg: PredictConfig) -> np.ndarray:
     """Positions in ``pred`` to draw: the ``n_pictures`` highest scores, the first ``n_pictures`` positives
-    by score, or the records of ``picture_ids`` (an unknown id is an error naming it)."""
+    by score, or the records of ``picture_ids`` (an unknown id is an error naming it). A multi-label table: by each
+    ECG's highest class score, positives = ECGs with a positive decision in any class."""
     if cfg.pictures == "none":
         return np.zeros(0, np.int64)
     if cfg.pictures == "ids":
@@ -645,10 +833,32 @@ def choose_pictures(pred: pd.DataFrame, cfg: PredictConfig) -> np.ndarray:
         if missing:
             raise PredictError(f"parameter 'picture_ids': {missing} not among the scored records")
         return np.array([pos[r] for r in cfg.picture_ids], np.int64)
-    order = np.argsort(-pred["score"].to_numpy(), kind="stable")
+    order = score_order(pred)
     if cfg.pictures == "positives":
-        order = order[pred["decision"].to_numpy()[order] == 1]
+        order = order[_columns(pred, DECISION_PREFIX, "decision").max(axis=1)[order] == 1]
     return order[:cfg.n_pictures]
+
+
+def score_order(pred: pd.DataFrame) -> np.ndarray:
+    """Positions of ``pred`` from the highest score down (multi-label: each ECG's highest class score)."""
+    return np.argsort(-_columns(pred, SCORE_PREFIX, "score").max(axis=1), kind="stable")
+
+
+def _columns(pred: pd.DataFrame, prefix: str, binary: str) -> np.ndarray:
+    """(n, classes) of the ``<prefix><class>`` columns of a multi-label table, else (n, 1) of column ``binary``."""
+    cols = [c for c in pred.columns if c.startswith(prefix)] or [binary]
+    return pred[cols].to_numpy()
+
+
+def picture_class(members: Sequence[Member], row: pd.Series, threshold: Thresholds) -> tuple[str | None, int]:
+    """The class one page shows and explains: (None, 1) for a binary model (class 1's logit), for a multi-label one
+    the class whose score is furthest above its threshold (a positive decision when there is one), with its output
+    index."""
+    if not members[0].multilabel:
+        return None, 1
+    margin = [float(row[f"{SCORE_PREFIX}{c}"]) - threshold[c].value for c in members[0].classes]
+    j = int(np.argmax(margin))
+    return members[0].classes[j], j
 
 
 def _safe_name(record_id: str) -> str:
@@ -667,25 +877,27 @@ def signal_method(member: Member, method: str) -> str:
         return "ig"
 
 
-def member_maps(members: Sequence[Member], signals: np.ndarray, grey: np.ndarray, rendering: Rendering, method: str
-                ) -> np.ndarray:
-    """(n, H, W) saliency in [0, 1] on the pictured model input ``grey`` (n, H, W), averaged over members.
+def member_maps(members: Sequence[Member], signals: np.ndarray, grey: np.ndarray, rendering: Rendering, method: str,
+                target_class: int = 1) -> np.ndarray:
+    """(n, H, W) saliency in [0, 1] of output ``target_class`` on the pictured model input ``grey`` (n, H, W),
+    averaged over members.
 
     An image member's map is on its own input (rollout falls back to gradcam for CNNs); a signal member's lead x
-    time map (:func:`heartbeit_lib.analysis.saliency.signal_saliency` on what it read, repeated onto the store's
-    samples) is drawn into the pictured layout, each lead's panel taking its lead's map, so members of both
-    families are averaged on the same pixels."""
+    time map (:func:`heartbeit_lib.analysis.saliency.signal_saliency` on what it read, normalised as 03 did, the
+    whole record in one pass, repeated onto the store's samples) is drawn into the pictured layout, each lead's
+    panel taking its lead's map, so members of both families are averaged on the same pixels."""
     maps = []
     for m in members:
         x = member_inputs(m, signals, grey, rendering)
         if m.family == "signal":
-            lt = to_store_rate(signal_saliency(m.model, x, signal_method(m, method), 1, batch_size=8),
-                               signals.shape[-1])
+            mean, std = member_normalization(m)
+            lt = to_store_rate(signal_saliency(m.model, (x - mean) / std, signal_method(m, method), target_class,
+                                               batch_size=8), signals.shape[-1])
             maps.append(to_image(lt, grey.shape[-1], rendering.layout or "stack8"))
         else:
             maps.append(saliency_maps(m.model, x.contiguous(),
                                       method if method != "rollout" or is_transformer(m.model) else "gradcam",
-                                      1, normalization=m.normalize, batch_size=8))
+                                      target_class, normalization=m.normalize, batch_size=8))
     return np.mean(maps, axis=0)
 
 
@@ -695,28 +907,40 @@ def _saliency_note(members: Sequence[Member], method: str) -> str:
 
 
 def draw_pictures(members: Sequence[Member], inputs: Inputs, pred: pd.DataFrame, positions: np.ndarray,
-                  rendering: Rendering, threshold: calibration.Threshold, cfg: PredictConfig,
+                  rendering: Rendering, threshold: Thresholds, cfg: PredictConfig,
                   run_dir: str | os.PathLike) -> list[Path]:
     """``pictures/<record_id>.png`` per position and ``pictures.pdf`` (all pages); returns the PNG paths. The
     model-input panel is the image models' input, or for a signal-only ensemble the signals drawn in ``stack8`` at
-    :data:`PICTURE_SIZE` px, with the members' saliency on top (:func:`member_maps`)."""
+    :data:`PICTURE_SIZE` px, with the members' saliency on top (:func:`member_maps`). A multi-label page shows the
+    score, threshold, decision and saliency of one class (:func:`picture_class`) and names the positive classes."""
     if not len(positions):
         return []
     out = Path(run_dir) / "pictures"
     out.mkdir(exist_ok=True)
     sig = inputs.store.signals(inputs.rows[positions])
     grey = render_images(sig, rendering)
-    maps = member_maps(members, sig, grey, rendering, cfg.saliency_method) if cfg.saliency_method else None
+    shown = [picture_class(members, pred.iloc[int(i)], threshold) for i in positions]
+    maps = None
+    if cfg.saliency_method:
+        maps = np.zeros(grey.shape, np.float32)
+        for j in sorted({j for _, j in shown}):  # one pass per explained output
+            sel = np.array([k for k, (_, jj) in enumerate(shown) if jj == j])
+            maps[sel] = member_maps(members, sig[sel], grey[sel], rendering, cfg.saliency_method, j)
     leads = tuple(inputs.store.info.get("leads") or output_leads())
     pages, paths = [], []
     for k, i in enumerate(positions):
-        r = pred.iloc[int(i)]
+        cls = shown[k][0]
+        r = class_view(pred, cls).iloc[int(i)]
         lab = {1: "label: positive", 0: "label: negative"}.get(int(r["label"]), "")
+        positives = ("positive classes: " + (", ".join(c for c in members[0].classes
+                                                       if pred.iloc[int(i)][f"{DECISION_PREFIX}{c}"] == 1) or "none")
+                     if cls is not None else "")
         note = "  ".join(t for t in (f"{len(members)}-model ensemble" if len(members) > 1 else members[0].name,
+                                     f"class {cls}" if cls is not None else "", positives,
                                      _saliency_note(members, cfg.saliency_method) if maps is not None else "",
                                      lab) if t)
         page = ecg_page.ECGPage(signal=sig[k], fs=rendering.fs, image=grey[k], record_id=str(r["record_id"]),
-                                score=float(r["score"]), threshold=threshold.value,
+                                score=float(r["score"]), threshold=_threshold_of(threshold, cls).value,
                                 decision="POSITIVE" if r["decision"] == 1 else "negative",
                                 saliency=None if maps is None else maps[k], leads=leads,
                                 input_layout=rendering.layout or "stack8", input_samples=sig.shape[-1], note=note)
@@ -730,15 +954,30 @@ def draw_pictures(members: Sequence[Member], inputs: Inputs, pred: pd.DataFrame,
 # ======================================================================== files, provenance, the whole run
 
 
+def _threshold_of(threshold: Thresholds, cls: str | None) -> calibration.Threshold:
+    return threshold if cls is None else threshold[cls]
+
+
+def threshold_record(threshold: Thresholds, report: dict | None = None) -> dict:
+    """``threshold.json``: the threshold and its :func:`threshold_report`; multi-label: ``{"classes": {class:
+    threshold and report}, "warning": ...}``."""
+    report = report or {}
+    if not isinstance(threshold, dict):
+        return {**dataclasses.asdict(threshold), **report}
+    per = report.get("classes", {})
+    return {"classes": {c: {**dataclasses.asdict(t), **per.get(c, {})} for c, t in threshold.items()},
+            "warning": report.get("warning")}
+
+
 def write_outputs(run_dir: str | os.PathLike, pred: pd.DataFrame, inputs: Inputs,
-                  threshold: calibration.Threshold, table: pd.DataFrame | None, report: dict | None = None,
+                  threshold: Thresholds, table: pd.DataFrame | None, report: dict | None = None,
                   points: pd.DataFrame | None = None) -> None:
-    """``predictions.csv``, ``rejects.csv``, ``threshold.json`` (with :func:`threshold_report`),
+    """``predictions.csv``, ``rejects.csv``, ``threshold.json`` (:func:`threshold_record`),
     ``operating_points.csv`` and (labels only) ``validation.csv``."""
     run_dir = Path(run_dir)
     atomic_write(run_dir / "predictions.csv", lambda t: write_csv(pred, t, index=False))
     atomic_write(run_dir / "rejects.csv", lambda t: write_csv(inputs.rejects, t, index=False))
-    runs.write_json(run_dir / "threshold.json", {**dataclasses.asdict(threshold), **(report or {})})
+    runs.write_json(run_dir / "threshold.json", threshold_record(threshold, report))
     if points is not None:
         atomic_write(run_dir / "operating_points.csv", lambda t: write_csv(points, t, index=False))
     if table is not None and len(table):
@@ -757,17 +996,27 @@ def training_provenance(members: Sequence[Member]) -> list[dict]:
     return out
 
 
-def run_metrics(pred: pd.DataFrame, inputs: Inputs, threshold: calibration.Threshold, table: pd.DataFrame | None,
+def run_metrics(pred: pd.DataFrame, inputs: Inputs, threshold: Thresholds, table: pd.DataFrame | None,
                 members: Sequence[Member], report: dict | None = None) -> dict:
     """``metrics.json``: counts, threshold (and its :func:`threshold_report`), fraction called positive, and the
-    validation rows."""
+    validation rows. Multi-label: ``classes``, the positive decisions and mean score per class, and ``macro_auroc``
+    per validation data (the mean of the classes' AUROC where one is defined, as 03/04)."""
     out = {"n_inputs": inputs.n_inputs, "n_scored": len(pred), "n_rejected": len(inputs.rejects),
            "n_members": len(members), "members": [m.name for m in members],
-           "threshold": {**dataclasses.asdict(threshold), **(report or {})},
-           "n_positive_decisions": int(pred["decision"].sum()),
-           "mean_score": float(pred["score"].mean()) if len(pred) else None}
+           "threshold": threshold_record(threshold, report)}
+    classes = members[0].classes
+    if classes:
+        out.update(classes=list(classes),
+                   n_positive_decisions={c: int(pred[f"{DECISION_PREFIX}{c}"].sum()) for c in classes},
+                   mean_score={c: float(pred[f"{SCORE_PREFIX}{c}"].mean()) if len(pred) else None for c in classes})
+    else:
+        out.update(n_positive_decisions=int(pred["decision"].sum()),
+                   mean_score=float(pred["score"].mean()) if len(pred) else None)
     if table is not None and len(table):
         out["validation"] = json.loads(table.to_json(orient="records"))
+        if classes and "auroc" in table.columns:
+            out["macro_auroc"] = {str(d): float(g["auroc"].mean()) for d, g in table.groupby("data", sort=False)
+                                  if g["auroc"].notna().any()}
     return out
 
 
