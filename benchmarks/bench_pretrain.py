@@ -45,10 +45,10 @@ from heartbeit_lib.mim import tokenizers
 
 
 class ArrayStore:
-    """In-memory stand-in for ``cohorts.CohortStore``: ``signals(idx)`` and ``manifest``."""
+    """In-memory stand-in for ``cohorts.CohortStore``: ``signals(idx)``, ``manifest``, ``shape``, ``fs`` (500 Hz)."""
 
     def __init__(self, x: np.ndarray):
-        self.x = x
+        self.x, self.shape, self.fs = x, x.shape, 500.0
         self.manifest = pd.DataFrame({"label": np.full(len(x), -1)})
         self.root = None
 

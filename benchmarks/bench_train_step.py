@@ -12,7 +12,7 @@ one process, per batch from a store of float32 (N, 8, 2500) uV at 500 Hz:
 
 * images: ``render.RenderedECGDataset.render_batch`` (store read + vectorised render at 112 px);
 * signals: store read + ``signal_data.prepare_signals`` (resample_poly 500 -> 100 Hz, uV -> mV) +
-  ``SignalDataset`` items collated (with 2.5 s random crops off, the default).
+  ``StoreSignalDataset`` items collated (with 2.5 s random crops off, the default).
 
 Usage::
 
@@ -108,9 +108,8 @@ def main() -> None:
         images_ds.render_batch(rows[0])
 
     def signal_data_batch() -> None:
-        x = signal_data.prepare_signals(store.signals(rows[0]), signal_data.STORE_FS, args.signal_rate)
-        ds = signal_data.SignalDataset(x, np.zeros(len(x), dtype=np.int64))
-        default_collate([ds[i] for i in range(len(ds))])
+        ds = signal_data.StoreSignalDataset(store, rows[0], np.zeros(len(rows[0]), dtype=np.int64), args.signal_rate)
+        default_collate(ds.__getitems__(np.arange(len(ds))))
 
     data = timed({"image": image_data, "signal": signal_data_batch}, args.steps, torch.device("cpu"))
 

@@ -1,16 +1,19 @@
 """Distributed-run helpers, in one place: who this process is, the process group, barriers, sums over ranks.
 
 Under ``torchrun`` (or the Slurm launcher, :mod:`heartbeit_lib.launch`) the environment names the rank; without
-it every helper is a no-op for one process. Imports nothing of ``heartbeit_lib`` (the lowest rank of the layers).
+it every helper is a no-op for one process. Imports only :mod:`heartbeit_lib.utils` (the lowest of the layers).
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+import signal
 
 import torch
 import torch.distributed as dist
+
+from heartbeit_lib.utils import cuda_index
 
 
 def dist_info() -> tuple[int, int, int]:
@@ -24,17 +27,38 @@ def dist_info() -> tuple[int, int, int]:
 def init_distributed() -> tuple[int, int, int]:
     """(rank, world_size, local_rank); initialises the process group under torchrun when needed.
 
-    On CUDA the process's device (``cuda:<local_rank>``) is set before the first collective, so NCCL never
-    puts every rank's buffers on GPU 0.
+    On CUDA the process's device (``utils.cuda_index``: the rule :func:`utils.resolve_device` follows too) is set
+    before the first collective, so NCCL never puts every rank's buffers on GPU 0.
     """
     rank, local_rank, world = dist_info()
     if world > 1 and dist.is_available() and not dist.is_initialized():
         if torch.cuda.is_available():
-            torch.cuda.set_device(local_rank % torch.cuda.device_count())
+            torch.cuda.set_device(cuda_index(local_rank))
             dist.init_process_group("nccl", device_id=torch.device("cuda", torch.cuda.current_device()))
         else:
             dist.init_process_group("gloo")
     return rank, world, local_rank
+
+
+# what a job scheduler sends before it stops a job: Slurm's --signal (submitit: USR2, or SUBMITIT_PREEMPT_SIGNAL),
+# USR1 (a common --signal choice), TERM (preemption, scancel)
+PREEMPTION_SIGNALS = ("SIGUSR1", "SIGUSR2", "SIGTERM")
+
+
+def ignore_preemption_signals(worker_id: int | None = None) -> None:
+    """``worker_init_fn`` of every DataLoader: the worker ignores the scheduler's stop signals.
+
+    Slurm signals every process of a job step, and a forked worker inherits the main process's Python handlers:
+    under submitit each of rank 0's loader workers would run its checkpoint-and-requeue handler (up to 17
+    processes per rank saving the same checkpoint and calling ``scontrol requeue``).  Only the main process of
+    rank 0 may do that (submitit already skips ranks > 0); the workers keep serving it until it exits, then
+    stop with it (torch's worker loop watches its parent).
+    """
+    names = {*PREEMPTION_SIGNALS, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper().removeprefix("SIG")}
+    for name in sorted(names):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 LONG_TIMEOUT = datetime.timedelta(hours=6)  # single-rank or uneven work between two barriers (token precompute)

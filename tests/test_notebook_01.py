@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from heartbeit_lib import cohorts
-from heartbeit_lib.pipeline import runs
+from heartbeit_lib.pipeline import preprocess, runs
 
 pytestmark = pytest.mark.notebooks
 
@@ -49,6 +49,13 @@ def test_demo_cohort(tmp_path):
     assert metrics["n_train"] > 0 and metrics["n_test"] > 0
     # the executed notebook must not show raw patient ids (P00000...) anywhere
     assert "P0000" not in (run_dir / "01_preprocess.ipynb").read_text()
+
+    # the stage contract: preprocess.run does the notebook's steps, so it writes the same metrics.json and tables
+    cfg = preprocess.PreprocessConfig.from_dict({**params, "run_id": "demo-run"})
+    assert preprocess.run(cfg, runs.start_run("01_preprocess", cfg)) == metrics
+    for name in ("table1.csv", "table1_fractions.csv", "rejects.csv"):
+        assert (tmp_path / "01_preprocess" / "demo-run" / name).read_text() == (run_dir / name).read_text(), name
+    assert (tmp_path / "01_preprocess" / "demo-run" / preprocess.QC_FIGURE).stat().st_size > 0
 
 
 @pytest.mark.shared

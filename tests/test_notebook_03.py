@@ -15,9 +15,10 @@ import sys
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
-from heartbeit_lib.pipeline import runs
+from heartbeit_lib.pipeline import finetune, runs
 
 pytestmark = pytest.mark.notebooks
 NB = runs.NOTEBOOKS_DIR / "03_finetune.ipynb"
@@ -61,6 +62,20 @@ def test_users_command_with_defaults(nb_root):
     cfg = yaml.safe_load((d / "config.yaml").read_text())
     assert cfg["cohort_run"] == str(nb_root / "01_preprocess" / TASK)
     assert cfg["pretrain_run"] == str(nb_root / "02_pretrain" / "cpu") and cfg["image_size"] == 32
+
+    # the stage contract: finetune.run does the notebook's steps after its config cell, so from the same resolved
+    # config (and 1 thread, as the notebook's kernel here) it writes the same metrics.json
+    cfg = finetune.FinetuneConfig.from_dict({**cfg, "run_id": "contract"})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        got = finetune.run(cfg, runs.start_run("03_finetune", cfg))
+    finally:
+        torch.set_num_threads(threads)
+    timing = {"train_time_s"}
+    assert {k: v for k, v in json.loads(json.dumps(got)).items() if k not in timing} == \
+        {k: v for k, v in m.items() if k not in timing}
+    _check_run_folder(nb_root / "03_finetune" / "contract", 2)
 
 
 def test_sweep_cli_runs_the_notebook_with_html(nb_root, tmp_path):

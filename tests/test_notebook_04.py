@@ -19,6 +19,7 @@ from conftest import FRACTIONS, MODELS, make_fake_sweep
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from heartbeit_lib.analysis import metrics
+from heartbeit_lib.pipeline import metrics as stage
 from heartbeit_lib.pipeline import runs
 
 SIZES = (60, 150, 120)  # val, test, external
@@ -70,3 +71,11 @@ def test_notebook_04_tables_figures_report(tmp_path):
     report = (run_dir / "report.html").read_text()
     assert report.count("data:image/png;base64,") == 4 and "Table 3. AUPRC" in report
     assert "1 incomplete run folder(s) skipped" in report
+
+    # the stage contract: stage.run does the notebook's steps, so it writes the same metrics.json and tables
+    cfg = stage.MetricsConfig.from_dict({**params, "run_id": "t-run"})
+    assert json.loads(json.dumps(stage.run(cfg, runs.start_run("04_metrics", cfg)), default=float)) == m
+    for name in ("results.csv", "differences.csv", "seed_differences.csv", "table2_auroc.md"):
+        got = (tmp_path / "04_metrics" / "t-run" / "tables" / name).read_text()
+        assert got == (run_dir / "tables" / name).read_text(), name
+    assert sorted(p.name for p in (tmp_path / "04_metrics" / "t-run" / "figures").glob("*.png")) == figs

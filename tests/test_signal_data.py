@@ -56,24 +56,40 @@ def test_bad_inputs_are_rejected():
         sd.crop_length(6.0, 100, 500)
 
 
-def test_dataset_whole_records_and_reproducible_crops():
-    x = np.random.default_rng(1).normal(size=(5, 8, 500)).astype(np.float32)
-    labels = np.array([0, 1, 0, 1, 1])
-    whole = sd.SignalDataset(x, labels)
-    xi, yi = whole[3]
-    assert xi.dtype == torch.float32 and torch.equal(xi, torch.from_numpy(x[3])) and yi == 1
+class _ArrayStore:
+    """In-memory stand-in for a cohort store: ``shape``, ``fs`` and ``signals(rows)``."""
 
-    crops = sd.SignalDataset(x, labels, crop_samples=sd.crop_length(2.5, 100, 500), seed=7)
+    def __init__(self, x: np.ndarray, fs: float):
+        self.x, self.fs, self.shape = x, fs, x.shape
+
+    def signals(self, rows) -> np.ndarray:
+        return self.x[np.asarray(rows)]
+
+
+def test_dataset_whole_records_and_reproducible_crops():
+    """Oracle: prepare_signals of the record (whole items), true slices of it (crops)."""
+    x = np.random.default_rng(1).normal(size=(5, 8, 500)).astype(np.float32)
+    store, labels = _ArrayStore(x, 100.0), np.array([0, 1, 0, 1, 1])
+    prep = sd.prepare_signals(x, 100.0, 100.0)
+    whole = sd.StoreSignalDataset(store, np.arange(5), labels, 100.0)
+    xi, yi = whole[3]
+    assert xi.dtype == torch.float32 and torch.equal(xi, torch.from_numpy(prep[3])) and yi == 1
+    assert [int(y) for _, y in whole.__getitems__([4, 0])] == [1, 0]
+    assert torch.equal(sd.StoreSignalDataset(store, np.arange(5), None, 100.0)[2], torch.from_numpy(prep[2]))
+
+    crops = sd.StoreSignalDataset(store, np.arange(5), labels, 100.0, crop_samples=sd.crop_length(2.5, 100, 500),
+                                  seed=7)
     a, _ = crops[2]
     assert a.shape == (8, 250)
-    start = int(np.flatnonzero((x[2, 0, :251] == a[0, 0].item()))[0])
-    assert torch.equal(a, torch.from_numpy(x[2, :, start: start + 250]))  # a true slice of the record
+    start = int(np.flatnonzero((prep[2, 0, :251] == a[0, 0].item()))[0])
+    assert torch.equal(a, torch.from_numpy(prep[2, :, start: start + 250]))  # a true slice of the record
     assert torch.equal(crops[2][0], a)  # same epoch -> same crop
+    assert torch.equal(crops.__getitems__([0, 2])[1][0], a)  # the crop does not depend on the batch
     starts = set()
     for epoch in range(8):
         crops.set_epoch(epoch)
         c = crops[2][0]
-        starts.add(int(np.flatnonzero(x[2, 0] == c[0, 0].item())[0]))
+        starts.add(int(np.flatnonzero(prep[2, 0] == c[0, 0].item())[0]))
     assert len(starts) > 1  # crops move between epochs
 
 

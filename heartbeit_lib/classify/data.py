@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from heartbeit_lib import render
+from heartbeit_lib.distributed import ignore_preemption_signals
 from heartbeit_lib.cohorts.errors import SplitError
 from heartbeit_lib.cohorts.evaluation import EVAL_SPLITS
 
@@ -243,7 +244,8 @@ class _CachedDataset(torch.utils.data.Dataset):
             raise SplitError(f"parameter 'cache_images': {len(ds)} ECGs in one split exceed {MAX_CACHED_IMAGES} "
                              f"({len(ds) * 50_176 / 1e9:.0f} GB of uint8 224-px images); set cache_images=false "
                              "and render in loader workers (num_workers)")
-        loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=False, num_workers=num_workers)
+        loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=False, num_workers=num_workers,
+                                             worker_init_fn=ignore_preemption_signals)
         xs, ys = [], []
         for x, y in loader:
             if x.is_floating_point():
@@ -304,4 +306,4 @@ def make_loader(ds, batch_size: int, shuffle: bool, seed: int, num_workers: int,
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g,
                                        num_workers=num_workers, drop_last=drop_last,
                                        pin_memory=torch.cuda.is_available(),
-                                       persistent_workers=num_workers > 0)
+                                       persistent_workers=num_workers > 0, worker_init_fn=ignore_preemption_signals)

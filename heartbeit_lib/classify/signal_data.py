@@ -20,7 +20,7 @@ The cohort store holds (N, 8, 2500) float32 microvolts at 500 Hz (5 s), already 
 3. **Crops (option, default off).** The benchmark trains on random 2.5 s crops and scores test
    records by sliding 2.5 s windows with stride 1.25 s, aggregating window outputs. Here
    ``crop_seconds=None`` (default) feeds the whole 5 s record in training and evaluation;
-   ``crop_seconds=2.5`` turns on random crops in :class:`SignalDataset` (training) and
+   ``crop_seconds=2.5`` turns on random crops in :class:`StoreSignalDataset` (training) and
    :func:`sliding_window_logits` does the test-time windows (mean of window logits by default,
    ``aggregate="max"`` is the benchmark's choice).
 """
@@ -83,43 +83,6 @@ def crop_length(crop_seconds: float | None, signal_rate: float, n_samples: int) 
     return n
 
 
-class SignalDataset(Dataset):
-    """(float32 (leads, T) tensor, label) pairs from prepared signals.
-
-    Parameters
-    ----------
-    signals : (N, leads, T) float32, the output of :func:`prepare_signals`.
-    labels : (N,) int class labels.
-    crop_samples : None (default) yields whole records; an int yields random crops of that many
-        samples (training). The crop start of item ``i`` in epoch ``e`` comes from
-        ``np.random.default_rng((seed, e, i))``, so crops are reproducible and independent of the
-        number of loader workers; call :meth:`set_epoch` each epoch.
-    """
-
-    def __init__(self, signals: np.ndarray, labels: np.ndarray, crop_samples: int | None = None, seed: int = 0):
-        signals = np.asarray(signals, dtype=np.float32)
-        labels = np.asarray(labels)
-        if signals.ndim != 3 or len(labels) != len(signals):
-            raise ValueError(f"signals must be (N, leads, T) with N labels, got {signals.shape} and {labels.shape}")
-        if crop_samples is not None and not 1 <= crop_samples <= signals.shape[-1]:
-            raise ValueError(f"crop_samples={crop_samples} outside 1..{signals.shape[-1]}")
-        self.signals, self.labels = signals, labels.astype(np.int64)
-        self.crop_samples, self.seed, self.epoch = crop_samples, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.signals)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        x = self.signals[i]
-        if self.crop_samples is not None and self.crop_samples < x.shape[-1]:
-            start = np.random.default_rng((self.seed, self.epoch, int(i))).integers(0, x.shape[-1] - self.crop_samples + 1)
-            x = x[:, start: start + self.crop_samples]
-        return torch.from_numpy(np.ascontiguousarray(x)), int(self.labels[i])
-
-
 def window_starts(n_samples: int, window: int, stride_fraction: float = CROP_STRIDE) -> list[int]:
     """Window starts covering ``n_samples``: every ``round(window * stride_fraction)`` samples, plus a
     last window flush with the end (the benchmark's TimeseriesDatasetCrops rule)."""
@@ -152,22 +115,26 @@ class StoreSignalDataset(Dataset):
 
     Each batch is ``prepare_signals(store.signals(rows), store.fs, signal_rate)`` (row by row the same values as
     preparing the whole split at once), then, with ``crop_samples``, a random crop per item whose start comes from
-    ``np.random.default_rng((seed, epoch, i))`` as :class:`SignalDataset` (call :meth:`set_epoch`).
+    ``np.random.default_rng((seed, epoch, i))`` (reproducible, independent of the batch and the number of loader
+    workers; call :meth:`set_epoch` each epoch).
 
     Parameters
     ----------
     store : a ``CohortStore`` (any layout: ``store.shape``, ``store.fs``).
     indices : (n,) int64 store rows.
-    targets : (n,) int64 class labels, or (n, C) float32 0/1 multi-label targets.
+    targets : (n,) int64 class labels, or (n, C) float32 0/1 multi-label targets; None (pretraining): items are
+        the signals alone.
     """
 
-    def __init__(self, store, indices: np.ndarray, targets: np.ndarray, signal_rate: float = SIGNAL_RATE,
+    def __init__(self, store, indices: np.ndarray, targets: np.ndarray | None, signal_rate: float = SIGNAL_RATE,
                  crop_samples: int | None = None, seed: int = 0):
         self.store, self.indices = store, np.asarray(indices, np.int64)
-        targets = np.asarray(targets)
-        if len(targets) != len(self.indices):
-            raise ValueError(f"{len(targets)} targets for {len(self.indices)} rows")
-        self.targets = targets.astype(np.float32) if targets.ndim == 2 else targets.astype(np.int64)
+        if targets is not None:
+            targets = np.asarray(targets)
+            if len(targets) != len(self.indices):
+                raise ValueError(f"{len(targets)} targets for {len(self.indices)} rows")
+            targets = targets.astype(np.float32) if targets.ndim == 2 else targets.astype(np.int64)
+        self.targets = targets
         self.signal_rate, self.fs = float(signal_rate), float(getattr(store, "fs", STORE_FS))
         n_out = prepared_length(store.shape[-1], self.fs, self.signal_rate)
         if crop_samples is not None and not 1 <= crop_samples <= n_out:
@@ -180,16 +147,24 @@ class StoreSignalDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    def prepared(self, pos) -> np.ndarray:
+        """float32 (len(pos), leads, n_samples) millivolts at ``signal_rate`` Hz: the whole records of items ``pos``,
+        one ``store.signals`` read (float16 shards -> float32) and :func:`prepare_signals` of that batch only."""
+        return prepare_signals(self.store.signals(self.indices[np.asarray(pos, np.int64)]), self.fs,
+                               self.signal_rate)
+
     def __getitems__(self, pos) -> list:
         pos = np.asarray(pos, np.int64)
-        x = prepare_signals(self.store.signals(self.indices[pos]), self.fs, self.signal_rate)
+        x = self.prepared(pos)
         c = self.crop_samples
         if c is not None and c < x.shape[-1]:
             starts = [np.random.default_rng((self.seed, self.epoch, int(i))).integers(0, x.shape[-1] - c + 1)
                       for i in pos]
             x = np.stack([x[k, :, s: s + c] for k, s in enumerate(starts)])
-        y = torch.from_numpy(self.targets[pos])
-        return list(zip(torch.from_numpy(np.ascontiguousarray(x)).unbind(0), y.unbind(0)))
+        xs = torch.from_numpy(np.ascontiguousarray(x)).unbind(0)
+        if self.targets is None:
+            return list(xs)
+        return list(zip(xs, torch.from_numpy(self.targets[pos]).unbind(0)))
 
     def __getitem__(self, i: int):
         return self.__getitems__([i])[0]

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from heartbeit_lib import render
+from heartbeit_lib.distributed import ignore_preemption_signals
 from heartbeit_lib.cohorts.evaluation import (EVAL_PATIENTS_FILE, EVAL_SPLITS, pretraining_rows,  # noqa: F401
                                              read_eval_patients)
 from heartbeit_lib.mim import masking
@@ -244,4 +245,5 @@ def make_loader(ds: Dataset, sampler: EpochSampler, per_rank: int, workers: int,
     return DataLoader(ds, batch_size=per_rank, sampler=sampler, num_workers=workers, drop_last=drop_last,
                       collate_fn=collate,
                       pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-                      generator=torch.Generator().manual_seed(0))  # workers are seeded from this, not global RNG
+                      generator=torch.Generator().manual_seed(0),  # workers are seeded from this, not global RNG
+                      worker_init_fn=ignore_preemption_signals)

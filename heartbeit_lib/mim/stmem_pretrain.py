@@ -4,7 +4,7 @@ The driver is ``pipeline.pretrain.signal``; this module holds what it calls, the
 ``mim.data`` / ``mim.engine`` / ``mim.checkpoint``:
 
 - :class:`MaskedSignalDataset` - prepared signals (``classify.signal_data.prepare_signals``: store rows at
-  ``signal_rate`` Hz, millivolts) keyed by ``(i, epoch)`` as ``mim.data.EpochSampler`` yields them, each with
+  ``signal_rate`` Hz, millivolts, read per batch) keyed by ``(i, epoch)`` as ``mim.data.EpochSampler`` yields them, each with
   the uniform noise (leads, patches) that chooses its masked patches.  The noise is a function of
   (seed, stream, row, epoch) only, so masks do not depend on the batch, the number of processes or a resume.
 - :func:`train_one_epoch` / :func:`evaluate` - masked-patch MSE (``models.stmem.STMEM``), AdamW steps, gradient
@@ -37,27 +37,36 @@ _EPOCH_KEYS = ("backbone", "backbone_config", "modality", "decoder", "epoch", "s
 
 
 class MaskedSignalDataset(Dataset):
-    """Items ``(x float32 (leads, T), noise float32 (leads, n_patches))`` for keys ``(i, epoch)``.
+    """Items ``(x float32 (leads, T), noise float32 (leads, n_patches))`` for keys ``(i, epoch)``, streamed.
+
+    Nothing of the cohort is held here: each batch of keys (``__getitems__``) is one read of its rows through
+    ``signals.prepared`` (``classify.signal_data.StoreSignalDataset``: the store's float16 shards -> float32
+    millivolts at ``signal_rate`` Hz, per batch), so a rank's memory does not grow with the cohort (the
+    in-memory float64 path cost 273 kB per ECG per rank, ~18 TB per node at 8.5 M ECGs).
 
     Parameters
     ----------
-    signals : (N, leads, T) float32, the output of ``prepare_signals``.
+    signals : any object with ``len()`` and ``prepared(pos) -> float32 (len(pos), leads, T)`` (a
+        ``StoreSignalDataset`` of the pretraining rows; item ``i`` is its row ``i``).
     n_patches : patches per lead (``stmem.geometry``); the noise covers them.
     seed, stream : the noise of item i in epoch e comes from ``np.random.default_rng((seed, stream, i, e))``.
     """
 
-    def __init__(self, signals: np.ndarray, n_patches: int, seed: int = 0, stream: int = 0):
-        self.signals = np.ascontiguousarray(signals, dtype=np.float32)
-        self.n_patches, self.seed, self.stream = n_patches, seed, stream
+    def __init__(self, signals, n_patches: int, seed: int = 0, stream: int = 0):
+        self.signals, self.n_patches, self.seed, self.stream = signals, n_patches, seed, stream
 
     def __len__(self) -> int:
         return len(self.signals)
 
+    def __getitems__(self, keys) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        keys = [(int(i), int(e)) for i, e in keys]
+        x = torch.from_numpy(np.ascontiguousarray(self.signals.prepared([i for i, _ in keys]), np.float32))
+        return [(x[k], torch.from_numpy(np.random.default_rng((self.seed, self.stream, i, e)).random(
+                    (x.shape[1], self.n_patches), dtype=np.float32)))
+                for k, (i, e) in enumerate(keys)]
+
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        i, epoch = key
-        noise = np.random.default_rng((self.seed, self.stream, int(i), int(epoch))).random(
-            (self.signals.shape[1], self.n_patches), dtype=np.float32)
-        return torch.from_numpy(self.signals[i]), torch.from_numpy(noise)
+        return self.__getitems__([key])[0]
 
 
 def train_one_epoch(net: nn.Module, loader, opt: torch.optim.Optimizer, sched, device: torch.device,

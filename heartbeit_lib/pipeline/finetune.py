@@ -726,16 +726,18 @@ def plot_learning_curves(log: Sequence[Mapping[str, Any]], best_epoch: int | Non
 # ---------------------------------------------------------------- whole run (the notebook's steps)
 
 
-def run_finetune(cfg: FinetuneConfig, dataset_factory: Callable | None = None, store=None,
-                 figure: bool = True, image_cache: ImageCache | None = None) -> FitResult:
-    """The notebook's steps in-process: resolve inputs, start the run folder, train, plot, finish.
+def run(cfg: FinetuneConfig, run_dir: str | os.PathLike, dataset_factory: Callable | None = None, store=None,
+        figure: bool = True, image_cache: ImageCache | None = None) -> dict[str, Any]:
+    """The notebook's steps after its config cell (store, splits, model, training, learning curves, metrics),
+    finishing the run folder ``run_dir`` (made by ``runs.start_run`` from ``cfg``); returns ``metrics.json``'s
+    content. ``cfg`` is resolved already (:func:`resolve_inputs`, as the notebook does before ``start_run`` so that
+    ``config.yaml`` names the upstream runs); the keywords are :func:`run_finetune`'s."""
+    return _run_steps(cfg, run_dir, dataset_factory, store, figure, image_cache).metrics
 
-    Used by the sweep's in-process executor and tests; ``notebooks/03_finetune.ipynb`` calls the
-    same functions cell by cell. ``figure=False`` skips ``learning_curves.png`` (about 0.3 s of
-    matplotlib per run, the largest cost of a tiny CPU run).
-    """
-    cfg = resolve_inputs(cfg)
-    run_dir = runs.start_run("03_finetune", cfg)
+
+def _run_steps(cfg: FinetuneConfig, run_dir: str | os.PathLike, dataset_factory: Callable | None, store,
+               figure: bool, image_cache: ImageCache | None) -> FitResult:
+    run_dir = Path(run_dir)
     if store is None:
         store = open_store(cfg)
     splits = make_splits(store, cfg.fraction, cfg.val_fraction)
@@ -746,6 +748,19 @@ def run_finetune(cfg: FinetuneConfig, dataset_factory: Callable | None = None, s
         plot_learning_curves(result.log, result.best_epoch, run_dir / "learning_curves.png", title=cfg.run_id)
     runs.finish_run(run_dir, metrics=result.metrics, data_hashes={**result.data_hashes, **input_hashes(cfg)})
     return result
+
+
+def run_finetune(cfg: FinetuneConfig, dataset_factory: Callable | None = None, store=None,
+                 figure: bool = True, image_cache: ImageCache | None = None) -> FitResult:
+    """The notebook's steps in-process: resolve inputs, start the run folder, then :func:`run`'s steps.
+
+    Used by the sweep's in-process executor and tests; ``notebooks/03_finetune.ipynb`` calls the
+    same functions cell by cell. ``figure=False`` skips ``learning_curves.png`` (about 0.3 s of
+    matplotlib per run, the largest cost of a tiny CPU run).
+    """
+    cfg = resolve_inputs(cfg)
+    run_dir = runs.start_run("03_finetune", cfg)
+    return _run_steps(cfg, run_dir, dataset_factory, store, figure, image_cache)
 
 
 def open_store(cfg: FinetuneConfig):

@@ -1,5 +1,5 @@
 """Notebook 04 (metrics): find the 03_finetune runs, bootstrap every run's AUROC/AUPRC on the same
-resamples, and the run's ``metrics.json``.
+resamples, the run's ``metrics.json`` and :func:`run`, the notebook's steps in one call.
 
 The statistics live in :mod:`heartbeit_lib.analysis.metrics`, the tables / figures / HTML report in
 :mod:`heartbeit_lib.report`; this module holds the notebook's :class:`MetricsConfig` and the glue.
@@ -28,6 +28,7 @@ from heartbeit_lib.classify.engine import SCORE_PREFIX
 from heartbeit_lib.cohorts.store import LABEL_PREFIX
 from heartbeit_lib.models import registry as models
 from heartbeit_lib.pipeline import runs
+from heartbeit_lib.report import figures, html, tables
 from heartbeit_lib.report.tables import SPLIT_LABELS, SPLIT_ORDER, order_models
 
 PREDICTION_COLUMNS = ("record_id", "patient_hash", "split", "epoch", "label", "score")
@@ -486,3 +487,32 @@ def run_metrics(results: pd.DataFrame, differences: pd.DataFrame, run_table: pd.
     out["results"] = clean.to_dict(orient="records")
     out["differences"] = differences.replace({np.nan: None}).to_dict(orient="records") if len(differences) else []
     return out
+
+
+# ------------------------------------------------------------------------------ the notebook's steps
+
+
+def run(cfg: MetricsConfig, run_dir: str | os.PathLike) -> dict:
+    """The notebook's steps in order (runs, bootstrap, seed pooling, tables, figures, report, metrics), finishing
+    the run folder ``run_dir`` (made by ``runs.start_run``); returns ``metrics.json``'s content."""
+    run_dir = Path(run_dir)
+    run_table = list_runs(cfg.finetune_root, cfg.lr_choice)
+    preds = collect_runs(cfg.finetune_root, lr_choice=cfg.lr_choice)
+    stats: dict = {}
+    results, differences = evaluate_predictions(
+        preds, n_boot=cfg.n_boot, seed=cfg.seed, alpha=cfg.alpha, method=cfg.ci_method, auprc_method=cfg.auprc_method,
+        stratify=cfg.stratify, reference_model=cfg.reference_model, splits=cfg.splits,
+        indices_dir=cfg.bootstrap_dir or run_dir / "bootstrap", keep_stats=stats)
+    seed_results, seed_differences = pool_seeds(stats, run_table, seed=cfg.seed, alpha=cfg.alpha,
+                                                reference_model=cfg.reference_model)
+    written = tables.write_tables(results, preds, run_dir / "tables", run_table=run_table, differences=differences,
+                                  finetune_seed=cfg.finetune_seed, seed_results=seed_results,
+                                  seed_differences=seed_differences if cfg.finetune_seed is None else None)
+    safety.write_csv(seed_differences, run_dir / "tables" / "seed_differences.csv", index=False)
+    figure_paths = figures.write_figures(preds, results, differences, run_dir / "figures",
+                                         reference_model=cfg.reference_model, finetune_seed=cfg.finetune_seed,
+                                         auprc_method=cfg.auprc_method, splits=cfg.splits, dpi=cfg.figure_dpi)
+    html.write_report(run_dir, written, figure_paths, config=cfg.to_dict(), notes=html.report_notes(results, run_table))
+    metrics = run_metrics(results, differences, run_table)
+    runs.finish_run(run_dir, metrics=metrics, data_hashes=prediction_hashes(run_table))
+    return metrics

@@ -1,5 +1,5 @@
 """Notebook 01 (``notebooks/01_preprocess.ipynb``): its config, the data source it names, the store build,
-Table 1, the QC figure, provenance hashes and ``metrics.json``.
+Table 1, the QC figure, provenance hashes, ``metrics.json`` and :func:`run`, the notebook's steps in one call.
 
 The algorithms live in :mod:`heartbeit_lib.cohorts` (tasks, sources, store builder, splits) and
 :mod:`heartbeit_lib.report.qc` (Table 1, QC figure); this module only wires them to the notebook.
@@ -162,3 +162,18 @@ def finish(run_dir: str | os.PathLike, store: CohortStore, source: Source) -> di
     metrics["n_eval_patients"] = write_eval_patients(run_dir, store)
     runs.finish_run(run_dir, metrics=metrics, data_hashes=data_hashes(source))
     return metrics
+
+
+QC_FIGURE = "qc_raw_vs_filtered.png"  # the QC figure's file in the run folder (saved at 90 dpi)
+
+
+def run(cfg: PreprocessConfig, run_dir: str | os.PathLike) -> dict:
+    """The notebook's steps in order (source, store build, Table 1 and its per-fraction rows, QC figure, metrics),
+    finishing the run folder ``run_dir`` (made by ``runs.start_run``); returns ``metrics.json``'s content."""
+    run_dir = Path(run_dir)
+    source = make_source(cfg, cfg.task_config())
+    store = build_from_config(cfg, run_dir, source)
+    qc.save_table(qc.table1(store), run_dir / "table1")
+    qc.save_table(qc.fraction_table(store), run_dir / "table1_fractions")
+    qc.qc_figure(store, source.reader, n=cfg.n_qc).savefig(run_dir / QC_FIGURE, dpi=90)
+    return finish(run_dir, store, source)

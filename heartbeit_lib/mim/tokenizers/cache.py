@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from heartbeit_lib import render, utils
+from heartbeit_lib.distributed import ignore_preemption_signals
 
 
 def _render_version() -> str:
@@ -114,7 +115,7 @@ def precompute_tokens(store: Any, tokenizer: Any, size: int = 224, layout: str =
                             dict(style or {}), render_fn)
     dev = getattr(tokenizer, "device", torch.device("cpu"))
     loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=num_workers,
-                                         pin_memory=dev.type == "cuda")
+                                         pin_memory=dev.type == "cuda", worker_init_fn=ignore_preemption_signals)
     for s, imgs in (tqdm(loader, desc=f"tokens (rank {rank})", unit="batch") if progress else loader):
         out[s:s + len(imgs)] = np.asarray(tokenizer.tokenize(imgs.to(dev, non_blocking=True)).cpu()).astype(dtype)
     out.flush()

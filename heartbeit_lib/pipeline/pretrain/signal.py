@@ -7,7 +7,8 @@ run folder layout), called by ``notebooks/02_pretrain.ipynb`` and ``python -m he
 1. Rows: ``pretrain.common.split_rows(cfg, store)``, the very function the image pretraining uses (train +
    unassigned, held-out ``val``; ``max_train``/``max_val`` caps), so both families see exactly the same ECGs.
    The rows are saved as ``pretraining_rows.npy`` for the record.
-2. Inputs: ``prepare_signals`` (store rows resampled to ``signal_rate`` Hz, millivolts), the fine-tuning input.
+2. Inputs: ``prepare_signals`` (store rows resampled to ``signal_rate`` Hz, millivolts), the fine-tuning input,
+   streamed from the store per batch (``classify.signal_data.StoreSignalDataset``, as fine-tuning reads it).
 3. Model: ``stmem.build_pretrainer(model_size, 8 leads, signal_rate)``; patches of 0.3 s and ``mask_ratio``
    0.75 per lead as in ST-MEM (Na et al. 2024); loss MSE on masked patches with per-patch normalised targets.
 4. Optimisation: AdamW (betas 0.9/0.95 as MAE/ST-MEM, ``weight_decay``, none on 1-D parameters), per-step linear
@@ -36,14 +37,14 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from heartbeit_lib import utils
-from heartbeit_lib.classify.signal_data import STORE_FS, prepare_signals
+from heartbeit_lib.classify.signal_data import StoreSignalDataset
 from heartbeit_lib.cohorts import CohortStore
 from heartbeit_lib.models import stmem
 from heartbeit_lib.mim import stmem_pretrain as engine
 from heartbeit_lib.mim.checkpoint import ResumeError, gather_rng  # noqa: F401  (ResumeError: public here)
 from heartbeit_lib.mim.data import TRAIN_STREAM, VAL_STREAM, EpochSampler, PretrainError
 from heartbeit_lib.mim.model import lr_factor
-from heartbeit_lib.distributed import barrier, init_distributed
+from heartbeit_lib.distributed import barrier, ignore_preemption_signals, init_distributed
 from heartbeit_lib.pipeline import runs
 from heartbeit_lib.report import figures
 from heartbeit_lib.pipeline.pretrain.common import EXCLUSION_KEYS, resolve_device, split_rows
@@ -63,8 +64,9 @@ def build_data(cfg: PretrainConfig, store: Any, rows: dict) -> tuple[engine.Mask
     _, n_patches = stmem.geometry(cfg.signal_rate)
 
     def ds(r: np.ndarray, stream: int) -> engine.MaskedSignalDataset:
-        return engine.MaskedSignalDataset(prepare_signals(store.signals(r), STORE_FS, cfg.signal_rate),
-                                          n_patches, cfg.seed, stream)
+        # streamed from the store's shards batch by batch (nothing of the cohort in memory)
+        return engine.MaskedSignalDataset(StoreSignalDataset(store, r, None, cfg.signal_rate), n_patches,
+                                          cfg.seed, stream)
 
     return ds(rows["train"], TRAIN_STREAM), (ds(rows["val"], VAL_STREAM) if len(rows["val"]) else None)
 
@@ -85,7 +87,8 @@ def _build(cfg: PretrainConfig, steps_per_epoch: int, device: torch.device, rank
 def _loader(ds, sampler: EpochSampler, per_rank: int, cfg: PretrainConfig, device: torch.device,
             drop_last: bool) -> DataLoader:
     return DataLoader(ds, batch_size=per_rank, sampler=sampler, num_workers=cfg.num_workers, drop_last=drop_last,
-                      pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))
+                      pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0),
+                      worker_init_fn=ignore_preemption_signals)
 
 
 def train(cfg: PretrainConfig, train_ds, val_ds, run_dir: str | os.PathLike, *,

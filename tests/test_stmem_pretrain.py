@@ -1,0 +1,48 @@
+"""ST-MEM pretraining data (issue 25 item 1): streamed from the store per batch, equal to the in-memory inputs.
+
+Oracles: ``prepare_signals`` of the whole split at once (the former in-memory path; exact, resample_poly acts row
+by row), ``np.random.default_rng((seed, stream, i, epoch))`` for the mask noise, and ``tracemalloc`` for what the
+data build allocates (numpy reports its buffers to it)."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import torch
+
+from heartbeit_lib import cohorts
+from heartbeit_lib.classify.signal_data import prepare_signals
+from heartbeit_lib.mim.data import TRAIN_STREAM, EpochSampler
+from heartbeit_lib.models import stmem
+from heartbeit_lib.pipeline import pretrain
+from heartbeit_lib.pipeline.pretrain import signal as pretrain_signal
+
+
+def test_signal_pretraining_data_streams_from_the_store(tmp_path, make_toy_store):
+    store = make_toy_store(tmp_path, n=120)
+    store = cohorts.CohortStore(store.root)
+    cfg = pretrain.PretrainConfig(cohort_run=str(store.root), modality="signal", model_size="micro", seed=3,
+                                  batch_size=8, device="cpu", progress=False)
+    rows = pretrain.split_rows(cfg, store)
+    tracemalloc.start()
+    train, val = pretrain_signal.build_data(cfg, store, rows)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    # the in-memory path allocated the split as float64 (n x 8 x 2500 x 8 B = 160 kB per ECG): here ~ the row ids
+    per_ecg = 8 * store.shape[-1] * 8
+    assert peak < 0.05 * per_ecg * len(rows["train"]), peak
+    assert len(train) == len(rows["train"]) and len(val) == len(rows["val"])
+
+    want = prepare_signals(store.signals(rows["train"]), store.fs, cfg.signal_rate)  # the whole split at once
+    _, n_patches = stmem.geometry(cfg.signal_rate)
+    sampler = EpochSampler(len(train), 8, cfg.seed)
+    sampler.set_epoch(2)
+    loader = pretrain_signal._loader(train, sampler, 8, cfg, torch.device("cpu"), drop_last=True)
+    keys = list(sampler)
+    got_x, got_noise = map(torch.cat, zip(*loader))
+    assert got_x.dtype == torch.float32 and len(got_x) == len(keys)
+    for k, (i, e) in enumerate(keys):
+        np.testing.assert_array_equal(got_x[k].numpy(), want[i])
+        noise = np.random.default_rng((cfg.seed, TRAIN_STREAM, i, e)).random((8, n_patches), dtype=np.float32)
+        np.testing.assert_array_equal(got_noise[k].numpy(), noise)
