@@ -16,33 +16,27 @@ Every likelihood counts (0 = unknown included). A record keeps only classes seen
 
 from __future__ import annotations
 
-import ast
 import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from heartbeit_lib.io.errors import MetadataError
+from heartbeit_lib.io.ptbxl import parse_scp_codes
+
 from .errors import TaskError
 
 BENCHMARK_TASKS = ("all", "diagnostic", "subdiagnostic", "superdiagnostic", "form", "rhythm")
-MAX_SCP_LITERAL = 10_000  # characters: a scp_codes cell is a small dict literal
 
 
-def _parse_scp(value: object, where: str) -> dict:
-    """One ``scp_codes`` cell (``"{'NORM': 100.0, 'SR': 0.0}"``) as a dict of statement -> likelihood."""
-    if isinstance(value, dict):
-        return value
-    text = str(value)
-    if len(text) > MAX_SCP_LITERAL:
-        raise TaskError(f"{where}: scp_codes literal of {len(text)} characters (more than {MAX_SCP_LITERAL})")
+def _parse_scp(value: object, database_csv: object, ecg_id: object) -> dict:
+    """One ``scp_codes`` cell (``"{'NORM': 100.0, 'SR': 0.0}"``) as a dict of statement -> likelihood
+    (:func:`heartbeit_lib.io.ptbxl.parse_scp_codes`, its error as a :class:`TaskError` naming the record)."""
     try:
-        d = ast.literal_eval(text)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as e:
-        raise TaskError(f"{where}: scp_codes {text[:60]!r} is not a dict literal ({type(e).__name__})") from None
-    if not isinstance(d, dict) or not all(isinstance(k, str) for k in d):
-        raise TaskError(f"{where}: scp_codes {text[:60]!r} is not a dict of statement -> likelihood")
-    return d
+        return parse_scp_codes(value, database_csv, f"ecg_id {ecg_id}")
+    except MetadataError as e:
+        raise TaskError(str(e)) from None
 
 
 def _class_map(task: str, statements: pd.DataFrame) -> dict[str, str] | None:
@@ -99,7 +93,7 @@ def benchmark_labels(database_csv: str | os.PathLike, task: str,
         raise TaskError(f"benchmark_labels: missing column(s) {sorted(need)} in {database_csv} / "
                         f"{sorted(need_st)} in {statements_csv}")
     mapping = _class_map(task, statements)
-    sets = [_aggregate(_parse_scp(v, f"{database_csv} ecg_id {e}"), mapping)
+    sets = [_aggregate(_parse_scp(v, database_csv, e), mapping)
             for e, v in zip(db["ecg_id"], db["scp_codes"])]
     classes = sorted(set().union(*sets)) if sets else []  # min_samples 0: every class seen at least once
     keep = np.array([len(s) > 0 for s in sets], bool)
