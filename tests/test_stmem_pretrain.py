@@ -6,6 +6,7 @@ data build allocates (numpy reports its buffers to it)."""
 
 from __future__ import annotations
 
+import dataclasses
 import tracemalloc
 
 import numpy as np
@@ -46,3 +47,25 @@ def test_signal_pretraining_data_streams_from_the_store(tmp_path, make_toy_store
         np.testing.assert_array_equal(got_x[k].numpy(), want[i])
         noise = np.random.default_rng((cfg.seed, TRAIN_STREAM, i, e)).random((8, n_patches), dtype=np.float32)
         np.testing.assert_array_equal(got_noise[k].numpy(), noise)
+
+
+def test_accumulated_micro_batches_follow_the_large_batch(tmp_path, make_toy_store):
+    """Issue 25 item 6, the ST-MEM driver. Oracle: the run with the whole batch per forward; per-epoch losses
+    to rtol 1e-5 and the final encoder to atol 3e-5 (float summation order differs)."""
+    torch.set_num_threads(1)
+    store = cohorts.CohortStore(make_toy_store(tmp_path, n=120).root)
+    cfg = pretrain.PretrainConfig(cohort_run=str(store.root), modality="signal", model_size="micro", epochs=2,
+                                  batch_size=16, warmup_epochs=0.5, drop_path=0.0, device="cpu", progress=False,
+                                  threads=1, save_every=1)
+    rows = pretrain.split_rows(cfg, store)
+    runs = {}
+    for accum in (1, 4):
+        train, val = pretrain_signal.build_data(cfg, store, rows)
+        runs[accum] = pretrain_signal.train(dataclasses.replace(cfg, accum_steps=accum), train, val,
+                                            tmp_path / f"accum{accum}")
+    for key in ("train_loss", "val_loss", "lr", "step"):
+        np.testing.assert_allclose([h[key] for h in runs[4]["history"]], [h[key] for h in runs[1]["history"]],
+                                   rtol=1e-5, err_msg=key)
+    a, b = (torch.load(r["checkpoint"], weights_only=True)["backbone"] for r in (runs[1], runs[4]))
+    for k, v in a.items():
+        torch.testing.assert_close(b[k], v, rtol=0, atol=3e-5, msg=k)

@@ -15,6 +15,7 @@ The driver is ``pipeline.pretrain.signal``; this module holds what it calls, the
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -71,26 +72,37 @@ class MaskedSignalDataset(Dataset):
 
 def train_one_epoch(net: nn.Module, loader, opt: torch.optim.Optimizer, sched, device: torch.device,
                     mask_ratio: float, amp: bool = False, clip_grad: float = 0.0, world: int = 1,
-                    step: int = 0) -> tuple[dict, int]:
-    """One pass: per batch the masked-patch MSE, backward, clip, AdamW and scheduler step.
+                    step: int = 0, accum_steps: int = 1) -> tuple[dict, int]:
+    """One pass: per batch the masked-patch MSE, backward, clip, AdamW and scheduler step.  With ``accum_steps``
+    > 1 the loader yields micro-batches and every ``accum_steps`` of them make one step (``loss / accum_steps``
+    each: equal micro-batches, so the summed gradients are the large batch's; DDP syncs on the last only).
+    The losses stay on the device until the end of the epoch (no host sync per step).
 
-    Returns ({train_loss (mean over the epoch's batches and ranks), lr, epoch_time_s}, global step).
+    Returns ({train_loss (mean over the epoch's steps and ranks), lr, epoch_time_s}, global step).
     """
     net.train()
-    t0, tot, n = time.time(), 0.0, 0
-    for x, noise in loader:
+    no_sync = getattr(net, "no_sync", None)
+    t0, n = time.time(), 0
+    tot = torch.zeros((), dtype=torch.float64, device=device)
+    opt.zero_grad(set_to_none=True)
+    for k, (x, noise) in enumerate(loader):
         x, noise = x.to(device, non_blocking=True), noise.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = net(x, mask_ratio=mask_ratio, noise=noise)["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        last = (k + 1) % accum_steps == 0
+        with no_sync() if (no_sync is not None and not last) else contextlib.nullcontext():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = net(x, mask_ratio=mask_ratio, noise=noise)["loss"]
+            (loss / accum_steps).backward()
+        tot += loss.detach().double() / accum_steps
+        if not last:
+            continue
         if clip_grad > 0:
             nn.utils.clip_grad_norm_(net.parameters(), clip_grad)
         opt.step()
         sched.step()
+        opt.zero_grad(set_to_none=True)
         step += 1
-        tot, n = tot + float(loss.detach()), n + 1
-    return {"train_loss": mean_over_ranks(tot, n, world, device), "lr": sched.get_last_lr()[0],
+        n += 1
+    return {"train_loss": mean_over_ranks(float(tot), n, world, device), "lr": sched.get_last_lr()[0],
             "epoch_time_s": time.time() - t0}, step
 
 

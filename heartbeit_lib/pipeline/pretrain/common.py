@@ -42,6 +42,15 @@ def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
         raise PretrainError(str(e)) from None
 
 
+def micro_batch(cfg: PretrainConfig, world: int) -> int:
+    """ECGs per forward pass of one process: ``batch_size / world / accum_steps`` (a whole number, else
+    :class:`PretrainError` naming the three)."""
+    if cfg.batch_size % (world * cfg.accum_steps):
+        raise PretrainError(f"batch_size {cfg.batch_size} must be divisible by the {world} processes x accum_steps "
+                            f"{cfg.accum_steps}")
+    return cfg.batch_size // world // cfg.accum_steps
+
+
 # what split_rows counts of the evaluation-patient exclusion, reported in 02's metrics.json (image and signal)
 EXCLUSION_KEYS = ("eval_patient_overlap_ecgs", "eval_patient_dropped_ecgs", "keep_eval_patients",
                   "mix_eval_patient_ecgs_dropped")
@@ -55,8 +64,10 @@ def split_rows(cfg: PretrainConfig, store: Any) -> dict[str, np.ndarray]:
     also counts ``eval_patient_overlap_ecgs`` and ``eval_patient_dropped_ecgs``.
     ``val`` is ``store.indices(cfg.val_split)``; when that is empty, a seeded ``val_fraction`` of the
     training patients is held out instead (drawn on patients in order of first appearance, so two
-    builds of the same inputs with different salts hold out the same ECGs).  ``max_train``/``max_val`` cap the
-    counts by a seeded subsample.
+    builds of the same inputs with different salts hold out the same ECGs); with ``max_val`` only the first drawn
+    patients up to ``max_val`` ECGs are held out, the others stay in ``train`` (hold out only what is evaluated).
+    ``max_train``/``max_val`` cap the counts by a seeded subsample (``max_val`` then drops at most the last held-out
+    patient's surplus ECGs).
     """
     splits = list(cfg.train_splits)
     everything = np.unique(np.concatenate([store.indices(s) for s in splits])).astype(np.int64)
@@ -85,9 +96,16 @@ def split_rows(cfg: PretrainConfig, store: Any) -> dict[str, np.ndarray]:
         # depends on the seed only, not on the salt of the store build
         codes, uniq = pd.factorize(store.manifest["patient_hash"].to_numpy()[train], sort=False)
         n_val = max(1, int(round(cfg.val_fraction * len(uniq))))
-        is_val = np.isin(codes, rng.permutation(len(uniq))[:n_val])
+        chosen = rng.permutation(len(uniq))[:n_val]
+        if cfg.max_val:
+            # hold out only what is evaluated: the first patients of the draw until max_val ECGs are reached
+            # (at paper scale 10 % of patients is ~850k ECGs, 20k of them evaluated: the rest stays in training)
+            ecgs = np.bincount(codes, minlength=len(uniq))[chosen]
+            chosen = chosen[:int(np.searchsorted(np.cumsum(ecgs), cfg.max_val)) + 1]
+        is_val = np.isin(codes, chosen)
         val, train = train[is_val], train[~is_val]
-        held_out = f"{cfg.val_fraction:.0%} of training patients"
+        held_out = (f"{len(chosen)} of {len(uniq)} training patients (up to {cfg.val_fraction:.0%}, "
+                    f"until max_val {cfg.max_val} ECGs)" if cfg.max_val else f"{cfg.val_fraction:.0%} of training patients")
     if cfg.max_train and len(train) > cfg.max_train:
         train = np.sort(rng.choice(train, cfg.max_train, replace=False))
     if cfg.max_val and len(val) > cfg.max_val:

@@ -33,7 +33,8 @@ class PretrainConfig(runs.TypedConfig):
     layout: str = "stack8"  # render layout: stack8 as the paper | grid4x2 | clinical3x4
     ylim_mv: tuple[float, ...] = (-4.0, 4.0)  # amplitude range (lo, hi) of each lead band in mV, clipped beyond; the paper: (-2, 2)
     epochs: int = 300  # paper: 300
-    batch_size: int = 128  # global batch over all processes
+    batch_size: int = 128  # global batch over all processes (per optimizer step)
+    accum_steps: int = 1  # micro-batches per optimizer step: each forward takes batch_size / processes / accum_steps ECGs (the paper's batch on one 40-80 GB GPU); same trajectory as the large batch
     lr: float = 5e-4  # peak AdamW learning rate, as the paper
     min_lr: float = 1e-5  # learning rate at the end of the cosine
     warmup_epochs: float = 10.0  # linear warmup
@@ -68,7 +69,7 @@ class PretrainConfig(runs.TypedConfig):
         for name in ("max_train", "max_val"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise runs.ConfigError(f"parameter {name!r} must be >= 1 (None for all), got {getattr(self, name)}")
-        pos = ("epochs", "batch_size", "image_size", "vocab_size", "save_every")
+        pos = ("epochs", "batch_size", "accum_steps", "image_size", "vocab_size", "save_every")
         for name in pos:
             if getattr(self, name) < 1:
                 raise runs.ConfigError(f"parameter {name!r} must be >= 1, got {getattr(self, name)}")

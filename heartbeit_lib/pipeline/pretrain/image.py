@@ -56,7 +56,8 @@ from heartbeit_lib.mim.model import (NORMALIZE, MIMModel, lr_factor, masked_posi
 from heartbeit_lib.pipeline import runs
 from heartbeit_lib.report import figures
 from heartbeit_lib.distributed import barrier as _barrier, init_distributed, long_barrier  # noqa: F401
-from heartbeit_lib.pipeline.pretrain.common import EXCLUSION_KEYS, cpu_threads, resolve_device, split_rows  # noqa: F401
+from heartbeit_lib.pipeline.pretrain.common import (EXCLUSION_KEYS, cpu_threads, micro_batch, resolve_device,  # noqa: F401
+                                                    split_rows)
 from heartbeit_lib.pipeline.pretrain.config import PretrainConfig
 
 
@@ -152,6 +153,7 @@ def train(cfg: PretrainConfig, data: MIMData, run_dir: str | os.PathLike, *,
     per_rank = cfg.batch_size // world
     sampler = EpochSampler(len(data.train), cfg.batch_size, cfg.seed, rank, world)
     steps_per_epoch = len(sampler) // per_rank
+    micro = micro_batch(cfg, world)
     model, opt, sched = _build(cfg, data.vocab_size, steps_per_epoch, device, rank)
 
     history: list[dict] = []
@@ -166,8 +168,8 @@ def train(cfg: PretrainConfig, data: MIMData, run_dir: str | os.PathLike, *,
         utils.atomic_write_text(run_dir / "log.jsonl", "".join(json.dumps(_log_line(h)) + "\n" for h in history))
 
     net = _wrap(model, cfg, world, device)
-    train_loader = make_loader(data.train, sampler, per_rank, cfg.num_workers, device, drop_last=True)
-    val_loader = _val_loader(cfg, data, per_rank, rank, world, device)
+    train_loader = make_loader(data.train, sampler, micro, cfg.num_workers, device, drop_last=True)
+    val_loader = _val_loader(cfg, data, micro, rank, world, device)
 
     show = cfg.progress and rank == 0
     for epoch in range(start_epoch, cfg.epochs):
@@ -177,7 +179,7 @@ def train(cfg: PretrainConfig, data: MIMData, run_dir: str | os.PathLike, *,
         ep, step = engine.train_one_epoch(net, train_loader, opt, sched, device, num_masked=cfg.num_masked, amp=amp,
                                           clip_grad=cfg.clip_grad, world=world, step=step, record_steps=record_steps,
                                           desc=f"epoch {epoch + 1}/{cfg.epochs}" if show else None,
-                                          norm=data.normalize)
+                                          norm=data.normalize, accum_steps=cfg.accum_steps)
         line = {"epoch": epoch + 1, "step": step, "train_loss": ep["train_loss"], "train_acc": ep["train_acc"],
                 "lr": ep["lr"], "images_per_s": steps_per_epoch * cfg.batch_size / ep["epoch_time_s"],
                 "epoch_time_s": ep["epoch_time_s"], "data_wait_s": ep["data_wait_s"]}

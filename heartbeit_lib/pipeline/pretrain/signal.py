@@ -47,7 +47,7 @@ from heartbeit_lib.mim.model import lr_factor
 from heartbeit_lib.distributed import barrier, ignore_preemption_signals, init_distributed
 from heartbeit_lib.pipeline import runs
 from heartbeit_lib.report import figures
-from heartbeit_lib.pipeline.pretrain.common import EXCLUSION_KEYS, resolve_device, split_rows
+from heartbeit_lib.pipeline.pretrain.common import EXCLUSION_KEYS, micro_batch, resolve_device, split_rows
 from heartbeit_lib.pipeline.pretrain.config import PretrainConfig
 
 
@@ -107,6 +107,7 @@ def train(cfg: PretrainConfig, train_ds, val_ds, run_dir: str | os.PathLike, *,
     if len(train_ds) < cfg.batch_size:
         raise PretrainError(f"batch_size {cfg.batch_size} exceeds the {len(train_ds)} pretraining ECGs")
     per_rank = cfg.batch_size // world
+    micro = micro_batch(cfg, world)
     sampler = EpochSampler(len(train_ds), cfg.batch_size, cfg.seed, rank, world)
     steps_per_epoch = len(sampler) // per_rank
     model, opt, sched = _build(cfg, steps_per_epoch, device, rank)
@@ -120,15 +121,15 @@ def train(cfg: PretrainConfig, train_ds, val_ds, run_dir: str | os.PathLike, *,
         utils.atomic_write_text(run_dir / "log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
     net: nn.Module = model if world == 1 else nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)
-    train_loader = _loader(train_ds, sampler, per_rank, cfg, device, drop_last=True)
+    train_loader = _loader(train_ds, sampler, micro, cfg, device, drop_last=True)
     val_loader = None if val_ds is None else _loader(
         val_ds, EpochSampler(len(val_ds), world, cfg.seed, rank, world, shuffle=False, drop_last=False),
-        per_rank, cfg, device, drop_last=False)
+        micro, cfg, device, drop_last=False)
     epochs = range(start_epoch, cfg.epochs)
     for epoch in tqdm(epochs, desc="ST-MEM", leave=False) if cfg.progress and rank == 0 else epochs:
         sampler.set_epoch(epoch)
         ep, step = engine.train_one_epoch(net, train_loader, opt, sched, device, cfg.mask_ratio, amp,
-                                          cfg.clip_grad, world, step)
+                                          cfg.clip_grad, world, step, accum_steps=cfg.accum_steps)
         line = {"epoch": epoch + 1, "step": step, **ep,
                 "ecgs_per_s": steps_per_epoch * cfg.batch_size / ep["epoch_time_s"]}
         if val_loader is not None:
