@@ -7,10 +7,13 @@ Run from the repository root::
 Data: the real MUSE XML files of ``../shared/data/muse`` (the readable ones), cycled to ``--n`` inputs. Stages, each
 timed on its own over the whole batch, the way 07_predict runs them:
 
-- **read**: ``io.read_ecg(path)`` per file (defusedxml parse + base64 decode of the leads);
+- **read**: ``io.read_ecg(path)`` per file (defusedxml parse + base64 decode of the leads), in this process; and
+  **read_2_processes**: the same files split between two ``spawn`` processes (what 07's ``workers: 2`` does through
+  the store build; the workers import no torch, ``heartbeit_lib.utils``);
 - **preprocess**: ``signals.preprocess`` with the paper's settings (band-pass 0.5-40 Hz, median 3, first 2,500
-  samples at 500 Hz; what ``parameters/01_preprocess/*.yaml`` record in store.json), per record, then the float16
-  storage round trip of the cohort store;
+  samples at 500 Hz; what ``parameters/01_preprocess/*.yaml`` record in store.json) on batches of 256 records, as
+  the store build runs it, then the float16 storage round trip of the cohort store; and **preprocess_per_record**
+  (one call per record, for the ratio);
 - **render**: ``render.render_ecg`` at 224 px, stack8 layout, batches of 256;
 - **model**: softmax probabilities of a randomly initialised ``vit_b16_scratch`` (weights do not change the speed),
   size ``micro`` (2 blocks, width 64) and ``base`` (the paper's ViT-B/16, 86 M parameters), batch 64, float32,
@@ -22,7 +25,8 @@ timed on its own over the whole batch, the way 07_predict runs them:
   (finished run folders written here with random weights), once with ``workers: 1`` (one process reads and
   preprocesses) and once with ``workers: 2`` (the store build's spawn workers, one shard each), side by side.
 
-ECGs/s per stage = n / seconds; end to end = n / (sum of the stages of that model); 07's ECGs/s = n / its wall time.
+ECGs/s per stage = n / seconds; end to end = n / (sum of the stages of that model: read in 2 processes, batched
+preprocessing); 07's ECGs/s = n / its wall time.
 Wall time on a shared machine: the load average before and after and the torch threads are printed with the
 figures (ratios measured in the same run travel; absolute rates under load do not).
 A CUDA device, when present (``--device cuda``), runs the model stages there.
@@ -32,7 +36,9 @@ Writes ``outputs/predict/bench_predict.json``.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
 import json
+import multiprocessing
 import os
 import platform
 import shutil
@@ -42,14 +48,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 import yaml
 
-from heartbeit_lib import io, render, signals
-from heartbeit_lib.classify import checkpoint
-from heartbeit_lib.models import registry as models
-from heartbeit_lib.classify.signal_data import prepare_signals
-from heartbeit_lib.pipeline import predict
+from heartbeit_lib import io, signals
+
+if __name__ != "__mp_main__":  # spawn workers (read_2_processes) re-run this file's imports: they read files only
+    import torch
+
+    from heartbeit_lib import render
+    from heartbeit_lib.classify import checkpoint
+    from heartbeit_lib.classify.signal_data import prepare_signals
+    from heartbeit_lib.models import registry as models
+    from heartbeit_lib.pipeline import predict
 
 REPO = Path(__file__).resolve().parents[1]
 MUSE = REPO.parent / "shared" / "data" / "muse"
@@ -79,34 +89,59 @@ def stage_read(paths: list[Path]):
     return [io.read_ecg(p) for p in paths]
 
 
-def stage_preprocess(recs) -> np.ndarray:
+def _read_signals(paths: list[Path]) -> list[tuple[np.ndarray, float, tuple]]:
+    return [(r.signal, r.fs, tuple(r.leads)) for r in map(io.read_ecg, paths)]
+
+
+def stage_read_parallel(paths: list[Path], workers: int = 2) -> list:
+    """The files split into ``workers`` contiguous parts, each read in its own ``spawn`` process (started inside
+    the timing, as 07's store build starts its workers)."""
+    ctx = multiprocessing.get_context("spawn")
+    parts = [paths[k::workers] for k in range(workers)]
+    with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        return [r for part in pool.map(_read_signals, parts) for r in part]
+
+
+def stage_preprocess_per_record(recs) -> np.ndarray:
     x = np.concatenate([np.reshape(signals.preprocess(r.signal, r.fs, list(r.leads), **PREPROCESS_KW), (-1, 8, 2500))
                         for r in recs])
     return x.astype(np.float16).astype(np.float32)  # the cohort store keeps float16
+
+
+def stage_preprocess(recs) -> np.ndarray:
+    """Batches of 256 records of one rate and lead set (the store build's ``_preprocess_records``)."""
+    out = []
+    for s in range(0, len(recs), 256):
+        part = recs[s:s + 256]
+        same = {(r.fs, tuple(r.leads), np.shape(r.signal)) for r in part}
+        assert len(same) == 1, "the shared MUSE files are one rate and lead set"
+        x = np.stack([np.asarray(r.signal, np.float32) for r in part])
+        out.append(np.asarray(signals.preprocess(x, part[0].fs, list(part[0].leads), **PREPROCESS_KW), np.float32))
+    return np.concatenate(out).astype(np.float16).astype(np.float32)
 
 
 def stage_render(x: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([render.render_ecg(x[s:s + 256], size, "stack8") for s in range(0, len(x), 256)])
 
 
-@torch.no_grad()
 def stage_model(model: torch.nn.Module, grey: np.ndarray, device: torch.device, batch: int = 64) -> np.ndarray:
     out = []
     for s in range(0, len(grey), batch):
         x = torch.from_numpy(grey[s:s + batch]).to(device).float().div(255.0)[:, None].expand(-1, 3, -1, -1)
-        out.append(torch.softmax(model((x - 0.5) / 0.5), dim=1)[:, 1].cpu())
+        with torch.no_grad():
+            out.append(torch.softmax(model((x - 0.5) / 0.5), dim=1)[:, 1].cpu())
     if device.type == "cuda":
         torch.cuda.synchronize()
     return torch.cat(out).numpy()
 
 
-@torch.no_grad()
 def stage_signal_model(model: torch.nn.Module, x: np.ndarray, device: torch.device, batch: int = 64) -> np.ndarray:
     """(n, 8, 2500) uV at 500 Hz -> probabilities, through the signal models' input path (100 Hz, mV)."""
     out = []
     for s in range(0, len(x), batch):
         xb = torch.from_numpy(prepare_signals(x[s:s + batch], 500.0, 100.0)).to(device)
-        out.append(torch.softmax(model(xb), dim=1)[:, 1].cpu())
+        with torch.no_grad():
+            out.append(torch.softmax(model(xb), dim=1)[:, 1].cpu())
     return torch.cat(out).numpy()
 
 
@@ -177,12 +212,18 @@ def main() -> int:
     load_before = os.getloadavg()
     files = readable_files(MUSE)
     paths = [files[i % len(files)] for i in range(args.n)]
-    recs, t_read = timed(lambda: stage_read(paths))
+    recs, t_read1 = timed(lambda: stage_read(paths))
+    _, t_read = timed(lambda: stage_read_parallel(paths, 2))
+    x1, t_pre1 = timed(lambda: stage_preprocess_per_record(recs))
     x, t_pre = timed(lambda: stage_preprocess(recs))
+    np.testing.assert_allclose(x, x1, atol=0.5)  # the batch is the same preprocessing (float16 storage: ~0.03 uV)
     grey, t_render = timed(lambda: stage_render(x, args.size))
     res = {"n": args.n, "muse_files": len(files), "size": args.size, "device": str(device),
            "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-           "ecg_per_s": {"read": args.n / t_read, "preprocess": args.n / t_pre, "render": args.n / t_render}}
+           "ecg_per_s": {"read": args.n / t_read1, "read_2_processes": args.n / t_read,
+                         "preprocess_per_record": args.n / t_pre1, "preprocess": args.n / t_pre,
+                         "render": args.n / t_render},
+           "ratios": {"read_2_processes_vs_1": t_read1 / t_read, "preprocess_batch_vs_per_record": t_pre1 / t_pre}}
     for size, n in (("micro", args.n), ("base", args.n_base)):
         torch.manual_seed(0)
         model = models.create_model("vit_b16_scratch", num_classes=2, size=size, img_size=args.size).to(device).eval()

@@ -1,14 +1,17 @@
 """Small helpers every layer uses: atomic file writes, the compute device (distributed runs: :mod:`.distributed`).
 
-Imports nothing of ``heartbeit_lib`` (any module may import it).
+Imports nothing of ``heartbeit_lib`` (any module may import it), and torch only where a function needs it: the
+cohort store's ``spawn`` build workers import this module, and torch took most of their start-up (07 with 2 workers
+was slower than with 1: ``benchmarks/bench_predict.py``).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
@@ -27,6 +30,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
     """``torch.save`` atomically (plain tensors and dicts: loadable with ``weights_only=True``)."""
+    import torch
+
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
@@ -42,6 +47,8 @@ def cuda_index(local_rank: int) -> int:
     visible GPU it is 0 (``cuda:<local_rank>`` would be an invalid ordinal for ranks >= 1); several processes on
     one GPU (the one-chip DDP check) share it.
     """
+    import torch
+
     return local_rank % max(torch.cuda.device_count(), 1)
 
 
@@ -49,6 +56,8 @@ def resolve_device(name: str | None = "auto", local_rank: int = 0) -> torch.devi
     """``auto``/``None`` -> ``cuda`` when available, else ``cpu``; ``cuda`` without an index ->
     ``cuda:<cuda_index(local_rank)>`` (and makes it the current device). Raises ``ValueError`` when CUDA is
     asked for and absent, or a ``cuda:N`` index is not visible."""
+    import torch
+
     if name in (None, "auto"):
         name = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(name)

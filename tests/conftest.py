@@ -182,7 +182,7 @@ def toy_store(root, n: int = 96, task: str = "toy"):
 def tiny_run(root, model: str, fraction: float = 1.0, task: str = "toy", **kw) -> finetune.FitResult:
     cfg = finetune.FinetuneConfig(task=task, model=model, model_size=kw.pop("model_size", "micro"), fraction=fraction,
                                   epochs=kw.pop("epochs", 1), batch_size=16, image_size=kw.pop("image_size", 32),
-                                  out_root=str(root), device="cpu", cache_images=True, **kw)
+                                  out_root=str(root), device="cpu", cache_images=kw.pop("cache_images", True), **kw)
     return finetune.run_finetune(cfg, figure=False)
 
 

@@ -25,7 +25,10 @@ import yaml
 from conftest import REPO_ROOT, predict_runs, write_wfdb_folder
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from heartbeit_lib import render
+from heartbeit_lib.analysis import calibration
 from heartbeit_lib.classify.checkpoint import FinetuneRunError
+from heartbeit_lib.cohorts import CohortStore
 from heartbeit_lib.pipeline import predict, runs
 
 BROKEN = REPO_ROOT / "tests" / "data" / "broken"
@@ -289,12 +292,12 @@ def test_mixed_family_ensemble_on_raw_files_with_lead_time_saliency(signal_world
     assert len(pred) == 6 and len(list((out / "pictures").glob("*.png"))) == 2
     members, rendering = predict.load_ensemble(cfg_for(w, finetune_runs=tuple(map(str, sig))))
     assert [m.family for m in members] == ["signal", "signal"] and rendering.image_size is None
-    store = predict.CohortStore(out / "cohort")
+    store = CohortStore(out / "cohort")
     s = store.signals(np.arange(2))
     grey = predict.render_images(s, rendering)
     assert grey.shape == (2, predict.PICTURE_SIZE, predict.PICTURE_SIZE)
     maps = predict.member_maps(members[:1], s, grey, rendering, "ig")
-    geo = predict.render.layout_geometry("stack8", grey.shape[1:], s.shape[-1])
+    geo = render.layout_geometry("stack8", grey.shape[1:], s.shape[-1])
     y0, y1 = geo["bands"][geo["panels"][0]["band"]]
     assert maps.max() > 0 and np.all(maps[:, y0:y1] == maps[:, y0:y0 + 1])  # rows of one band: one lead's map
     bands = [maps[:, geo["bands"][p["band"]][0]] for p in geo["panels"]]
@@ -358,7 +361,7 @@ def test_threshold_report_interval_and_small_validation_warning(world, tmp_path,
         rep = predict.threshold_report([member], thr, cfg)
         assert rep["warning"] is None
     assert (rep["n_val"], rep["n_val_positives"]) == (len(y), n_pos)
-    want = predict.calibration.threshold_interval(y, p, thr, n_boot=100, seed=cfg.seed)
+    want = calibration.threshold_interval(y, p, thr, n_boot=100, seed=cfg.seed)
     assert rep["interval"] == dataclasses.asdict(want) and want.value_lo <= thr.value <= want.value_hi
     assert want.value_hi > want.value_lo  # a threshold chosen on 90-140 records moves between resamples
 
@@ -385,15 +388,3 @@ def test_operating_points_on_validation_and_scored_ecgs(world):
     thr = json.loads((out / "threshold.json").read_text())
     assert thr["method"] == "specificity" and thr["specificity"] >= 0.9 and thr["target_specificity"] == 0.9
     assert thr["interval"]["n_used"] > 0 and thr["warning"] and res["threshold"]["warning"] == thr["warning"]
-
-
-def test_a_multilabel_model_is_refused_by_name(world, tmp_path):
-    """07 scores binary models; a multi-label run (model.json ``multilabel: true``) is a typed error naming it, not
-    a softmax of its first two logits."""
-    _, ft, _ = world
-    run = tmp_path / "ml"
-    shutil.copytree(ft[0], run)
-    rec = json.loads((run / "model.json").read_text())
-    (run / "model.json").write_text(json.dumps({**rec, "classes": ["NORM", "MI"], "multilabel": True}))
-    with pytest.raises(predict.PredictError, match=r"model.json: a multi-label model \(classes \['NORM', 'MI'\]\)"):
-        predict.load_ensemble(cfg_for(world, finetune_runs=(str(run),)))
