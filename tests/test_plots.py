@@ -175,3 +175,15 @@ def test_figures_and_self_contained_report(evaluated, tmp_path):
     assert text.count("data:image/png;base64,") == 2
     assert not re.search(r"src=\"(?!data:)", text)  # nothing linked from outside the file
     assert "Table 2. AUROC" in text
+
+
+def test_caption_names_the_epoch_rule_of_each_model():
+    """The tables' caption states how each run's epoch was chosen (oracle: the runs' select_on, written by hand)."""
+    res = pd.DataFrame({"model": ["heartbeit", "xresnet1d101", "vit_b16"], "select_on": ["val", "last", None]})
+    cap = tables.epoch_rule_caption(res)
+    assert "validation rows" in cap and "except xresnet1d101: the last epoch, no selection" in cap
+    assert "vit_b16" not in cap  # a run without select_on (older folders) used validation, the default
+    only_last = tables.epoch_rule_caption(res[res.model == "xresnet1d101"])
+    assert "validation" not in only_last and "xresnet1d101: the last epoch" in only_last
+    assert tables.epoch_rule_caption(res.drop(columns="select_on")) == (
+        ". Each run's epoch is " + tables.VALIDATION_RULE)

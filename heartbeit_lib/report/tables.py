@@ -223,10 +223,29 @@ def metric_table(results: pd.DataFrame, metric: str = "auroc", decimals: int = 2
     idx = pd.MultiIndex.from_tuples(index, names=["task", "split", *(["family"] if with_family else []), "model"])
     caption = {"auroc": "Table 2. AUROC (95% CI) by fraction of training data",
                "auprc": "Table 3. AUPRC (95% CI) by fraction of training data"}[metric]
-    caption += (". Each run's epoch is chosen on its validation rows (Table 1, 'validation (<fraction>)': ECGs and "
-                "positives; at least 50 ECGs per class), ties to the later epoch")
+    caption += epoch_rule_caption(res)
     return Table(pd.DataFrame(cell_rows, index=idx, columns=cols),
                  pd.DataFrame(bold_rows, index=idx, columns=cols), caption)
+
+
+VALIDATION_RULE = ("chosen on its validation rows (Table 1, 'validation (<fraction>)': ECGs and positives; at least "
+                   "50 ECGs per class), ties to the later epoch")
+OTHER_RULES = {"last": "the last epoch, no selection (the PTB-XL benchmark's protocol)",
+               "test": "the best test epoch (the paper's optimistic choice)"}
+
+
+def epoch_rule_caption(results: pd.DataFrame) -> str:
+    """The caption's sentence on how each run's epoch was chosen, from the runs' ``select_on`` (missing: ``val``):
+    the validation rule, with the models that used another rule named after it."""
+    rules = (results["select_on"].fillna("val").replace("", "val") if "select_on" in results.columns
+             else pd.Series("val", index=results.index))
+    others = [f"{', '.join(sorted(results.loc[rules == r, 'model'].astype(str).unique()))}: {OTHER_RULES.get(r, r)}"
+              for r in sorted(set(rules) - {"val"})]
+    if not others:
+        return ". Each run's epoch is " + VALIDATION_RULE
+    if not (rules == "val").any():
+        return ". Each run's epoch is " + "; ".join(others)
+    return ". Each run's epoch is " + VALIDATION_RULE + ", except " + "; ".join(others)
 
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")  # inside a table cell only these start markup
