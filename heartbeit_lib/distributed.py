@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime
 import os
 import signal
+import socket
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -24,6 +26,34 @@ def dist_info() -> tuple[int, int, int]:
     return 0, 0, 1
 
 
+def gloo_socket_ifname(env: dict | None = None) -> str | None:
+    """Set ``GLOO_SOCKET_IFNAME`` from ``NCCL_SOCKET_IFNAME`` when only the latter is set; returns the value used.
+
+    Every run opens gloo groups besides NCCL (``long_barrier``, gloo on CPU); across nodes gloo needs the
+    network interface too, else it binds to the hostname's address, often one the other node cannot reach.  NCCL
+    names interfaces by prefix (``eth`` = eth0, eth1, ...; ``=eth0`` exactly); gloo wants exact names, so each
+    prefix becomes the first local interface it matches.  NCCL's exclusion form (``^docker,lo``) has no gloo
+    equivalent: then nothing is set (a warning says so; set ``GLOO_SOCKET_IFNAME`` or ``launch --socket-ifname``).
+    """
+    env = os.environ if env is None else env
+    if env.get("GLOO_SOCKET_IFNAME") or not env.get("NCCL_SOCKET_IFNAME"):
+        return env.get("GLOO_SOCKET_IFNAME")
+    spec = env["NCCL_SOCKET_IFNAME"]
+    if spec.startswith("^"):
+        warnings.warn(f"NCCL_SOCKET_IFNAME={spec!r} excludes interfaces, which gloo cannot; set GLOO_SOCKET_IFNAME "
+                      "for multi-node runs", stacklevel=2)
+        return None
+    local = [name for _, name in socket.if_nameindex()]
+    names = []
+    for item in filter(None, spec.split(",")):
+        if item.startswith("="):
+            names.append(item[1:])
+        else:
+            names.append(next((n for n in local if n.startswith(item)), item))
+    env["GLOO_SOCKET_IFNAME"] = ",".join(names)
+    return env["GLOO_SOCKET_IFNAME"]
+
+
 def init_distributed() -> tuple[int, int, int]:
     """(rank, world_size, local_rank); initialises the process group under torchrun when needed.
 
@@ -32,6 +62,7 @@ def init_distributed() -> tuple[int, int, int]:
     """
     rank, local_rank, world = dist_info()
     if world > 1 and dist.is_available() and not dist.is_initialized():
+        gloo_socket_ifname()  # before any gloo group exists
         if torch.cuda.is_available():
             torch.cuda.set_device(cuda_index(local_rank))
             dist.init_process_group("nccl", device_id=torch.device("cuda", torch.cuda.current_device()))

@@ -66,19 +66,23 @@ class DistributedJob(submitit.helpers.Checkpointable):
     """
 
     def __init__(self, stage: str, argv: Sequence[str], target: Callable[..., Any] | None = None,
-                 args: Sequence[Any] = ()):
+                 args: Sequence[Any] = (), socket_ifname: str | None = None):
         self.stage, self.argv, self.target, self.args = stage, list(argv), target, tuple(args)
+        self.socket_ifname = socket_ifname
 
     def __call__(self) -> Any:
-        # CUDA_VISIBLE_DEVICES stays as Slurm set it: the stage picks cuda:LOCAL_RANK, as under torchrun
+        # CUDA_VISIBLE_DEVICES stays as Slurm set it: the stage picks utils.cuda_index(LOCAL_RANK), as under torchrun
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        if self.socket_ifname:  # the network interface of both backends (gloo's barriers, NCCL's collectives)
+            os.environ["NCCL_SOCKET_IFNAME"] = os.environ["GLOO_SOCKET_IFNAME"] = self.socket_ifname
         if self.target is not None:
             return self.target(*self.args)
         return stage_entry(self.stage)(self.argv)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """Requeue the same job, resuming (the stage checkpoints every epoch; nothing to save here)."""
-        again = DistributedJob(self.stage, [*self.argv, "-p", "resume", "true"], self.target, self.args)
+        again = DistributedJob(self.stage, [*self.argv, "-p", "resume", "true"], self.target, self.args,
+                               self.socket_ifname)
         return submitit.helpers.DelayedSubmission(again)
 
 
@@ -152,6 +156,9 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     ap.add_argument("--log-dir", default="outputs/launch_logs", help="submitit logs and pickles")
     ap.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=True,
                     help="--no-gpu: local CPU processes (gloo)")
+    ap.add_argument("--socket-ifname", default=None, metavar="IFACE",
+                    help="network interface(s) between nodes, exact names (e.g. ib0): sets NCCL_SOCKET_IFNAME and "
+                         "GLOO_SOCKET_IFNAME in every task (default: NCCL's, copied to gloo)")
     ap.add_argument("--wait", action="store_true", help="wait for the job and print rank 0's result")
     return ap.parse_known_args(list(argv))
 
@@ -161,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_run_id(stage_argv, args.nodes * args.gpus_per_node)
     stage_entry(args.stage)  # fail here, not on the cluster, if the stage does not exist
     ex = make_executor(args)
-    job = ex.submit(DistributedJob(args.stage, stage_argv))
+    job = ex.submit(DistributedJob(args.stage, stage_argv, socket_ifname=args.socket_ifname))
     print(f"submitted {args.stage} as job {job.job_id} ({args.nodes} node(s) x {args.gpus_per_node} task(s)); "
           f"logs: {job.paths.stdout}", flush=True)
     if args.wait:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 
 import pytest
 import torch
@@ -105,3 +106,105 @@ def test_loader_workers_ignore_the_preemption_signal(tmp_path, signame):
         assert log.read_text().split() == [str(os.getpid())]
     finally:
         signal.signal(sig, old)
+
+
+def test_gloo_takes_the_interface_nccl_is_told(monkeypatch):
+    """Two nodes: gloo (long_barrier, CPU groups) needs GLOO_SOCKET_IFNAME; before the fix only NCCL's was set.
+    Oracle: socket.if_nameindex() (the loopback 'lo' exists here)."""
+    local = [n for _, n in socket.if_nameindex()]
+    lo = next(n for n in local if n.startswith("lo"))
+    env = {"NCCL_SOCKET_IFNAME": "lo"}  # NCCL's prefix form
+    assert distributed.gloo_socket_ifname(env) == lo and env["GLOO_SOCKET_IFNAME"] == lo
+    env = {"NCCL_SOCKET_IFNAME": "=ib0,=lo"}  # exact names
+    assert distributed.gloo_socket_ifname(env) == "ib0,lo"
+    env = {"NCCL_SOCKET_IFNAME": "lo", "GLOO_SOCKET_IFNAME": "eth7"}  # an explicit gloo setting wins
+    assert distributed.gloo_socket_ifname(env) == "eth7"
+    with pytest.warns(UserWarning, match="GLOO_SOCKET_IFNAME"):
+        assert distributed.gloo_socket_ifname({"NCCL_SOCKET_IFNAME": "^docker"}) is None
+    # init_distributed sets it before the process group (and so before any gloo group) exists
+    monkeypatch.setenv("NCCL_SOCKET_IFNAME", "lo")
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    seen = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: seen.append(os.environ.get("GLOO_SOCKET_IFNAME")))
+    distributed.init_distributed()
+    assert seen == [lo]
+
+
+def test_launcher_option_sets_both_interfaces(monkeypatch):
+    from heartbeit_lib import launch
+    args, rest = launch.parse(["pretrain", "--socket-ifname", "ib0", "-p", "run_id", "x"])
+    assert args.socket_ifname == "ib0" and rest == ["-p", "run_id", "x"]
+    monkeypatch.setattr(launch.submitit.helpers.TorchDistributedEnvironment, "__init__", lambda self: None)
+    monkeypatch.setattr(launch.submitit.helpers.TorchDistributedEnvironment, "export", lambda self, **k: None)
+    for k in ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME"):
+        monkeypatch.delenv(k, raising=False)
+    job = launch.DistributedJob("pretrain", rest, target=lambda: (os.environ["NCCL_SOCKET_IFNAME"],
+                                                                  os.environ["GLOO_SOCKET_IFNAME"]),
+                                socket_ifname="ib0")
+    assert job() == ("ib0", "ib0")
+    assert job.checkpoint().function.socket_ifname == "ib0"  # a requeued job keeps it
+
+
+def _token_worker(rank: int, world: int, port: int, store_dir: str, tok_path: str, cache: str, log: str) -> None:
+    """A rank of the token precompute that records every file it opens for writing."""
+    import numpy as np
+
+    from heartbeit_lib import cohorts
+    from heartbeit_lib.mim import tokenizers
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    real = np.lib.format.open_memmap
+
+    def recording(path, mode="r+", *a, **k):
+        if mode in ("r+", "w+"):
+            with open(log, "a") as f:
+                f.write(f"{rank} {os.path.basename(path)}\n")
+        return real(path, mode, *a, **k)
+
+    np.lib.format.open_memmap = recording
+    try:
+        r, w, _ = distributed.init_distributed()
+        tok = tokenizers.load_tokenizer("ecg_kmeans", tok_path)
+        tokenizers.precompute_tokens(cohorts.CohortStore(store_dir), tok, 32, cache_dir=cache, batch_size=8,
+                                     rank=r, world=w, barrier=distributed.long_barrier)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_token_precompute_ranks_never_write_the_same_file(tmp_path):
+    """On a shared file system two nodes writing one memmap each flush whole pages, so the page holding the
+    boundary between their rows keeps one node's half: each rank must write its own file.  Before the fix both
+    ranks opened ``<key>.partial-2.npy`` read-write.  Oracle for the content: the one-process cache, byte for
+    byte (the files ``open_memmap`` opens for writing are recorded per rank)."""
+    import numpy as np
+    import pandas as pd
+    import torch.multiprocessing as mp
+
+    from conftest import free_port
+    from heartbeit_lib import cohorts, render
+    from heartbeit_lib.mim import tokenizers
+    rng = np.random.default_rng(0)
+    x = (800 * np.sin(2 * np.pi * rng.uniform(0.8, 2, (37, 8, 1)) * np.arange(2500) / 500)).astype(np.float32)
+    meta = pd.DataFrame({"record_id": [f"r{i}" for i in range(37)], "patient_id": [f"p{i}" for i in range(37)],
+                         "site": "a", "label": -1})
+    store = cohorts.build_store_from_arrays(tmp_path / "store", x, meta, task="unlabelled")
+    tok = tokenizers.fit_kmeans_tokenizer(render.render_ecg(store.signals(np.arange(20)), size=32), 16, seed=0)
+    tok_path = tok.save(tmp_path / "tok.pt")
+    one = tokenizers.precompute_tokens(store, tok, 32, cache_dir=tmp_path / "one", batch_size=8)
+    log = tmp_path / "writes.txt"
+    mp.start_processes(_token_worker, args=(2, free_port(), str(store.root), str(tok_path), str(tmp_path / "two"),
+                                            str(log)), nprocs=2, join=True, start_method="fork")
+    writes = [line.split() for line in log.read_text().splitlines()]
+    by_rank = {r: {name for rr, name in writes if int(rr) == r} for r in (0, 1)}
+    merged = {name for name in by_rank[0] if name.endswith(".partial-2.npy")}  # rank 0's merge after the barrier
+    assert not (by_rank[0] - merged) & by_rank[1], writes
+    assert by_rank[1] and not by_rank[1] & merged, writes
+    name = os.path.basename(one.filename)
+    assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+    assert sorted(os.listdir(tmp_path / "two")) == sorted(os.listdir(tmp_path / "one"))  # no part file left

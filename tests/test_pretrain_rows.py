@@ -30,3 +30,20 @@ def test_max_val_holds_out_only_the_evaluated_patients(tmp_path, make_toy_store)
 def test_paper_files_cap_the_held_out_set():
     for name in ("paper.yaml", "paper_ecg_kmeans.yaml"):
         assert runs.load_parameter_files(REPO_ROOT / "parameters/02_pretrain" / name).get("max_val"), name
+
+
+def test_token_baselines_use_at_most_max_val_held_out_ecgs():
+    """Issue 25 item 9: rank 0 computed the baselines on every held-out ECG (694 s at 850k) while the other ranks
+    waited in DDP's first NCCL collective.  Oracle: the majority-token accuracy recomputed by hand on the evenly
+    spaced held-out items."""
+    from conftest import tiny_mim_data
+
+    data = tiny_mim_data()  # 8 held-out images
+    full = pretrain.token_baselines(data)
+    assert full["n_val"] == 8 and full == pretrain.token_baselines(data, max_val=100)
+    capped = pretrain.token_baselines(data, max_val=3)
+    pos = [0, 4, 7]  # np.linspace(0, 7, 3) rounded
+    va = data.val.all_tokens()[pos]
+    masks = np.stack([data.val.mask(i) for i in pos])
+    assert capped["n_val"] == 3
+    assert capped["majority_acc"] == float((va == capped["majority_token"])[masks].mean())

@@ -26,7 +26,8 @@ STORE_FS = 500
 # end in "Too many open files".  The cost of the cap: a read from a closed shard reopens it (open + mmap of the
 # .npy, measured 0.26-0.31 ms per shard with one row read on the shared 2-core dev machine), so a batch of 128
 # random ECGs over 4,150 shards (94 % misses at 256 open) spends ~35 ms reopening, about as long as rendering
-# it.  Pages stay in the OS page cache.  Fewer, larger shards (shard_size 16384: 520 shards) avoid the cost.
+# it.  Pages stay in the OS page cache.  Fewer, larger shards (shard_size 16384: 520 shards, about half the reads
+# reopening) cut the cost; parameters/01_preprocess/paper_pretrain_muse.yaml uses them.
 MAX_OPEN_SHARDS = 256
 LABEL_PREFIX = "label:"  # manifest column of one class of a multi-label task: label:<class> (1, 0, -1 unlabelled)
 REJECT_COLUMNS = ("input_index", "source_path", "record_id", "stage", "error_type", "reason")

@@ -59,6 +59,35 @@ def _rank_starts(n: int, batch_size: int, rank: int, world: int) -> list[int]:
     return starts[rank * per:(rank + 1) * per]
 
 
+def _rank_rows(n: int, batch_size: int, rank: int, world: int) -> tuple[int, int]:
+    """[lo, hi) store rows of rank ``rank`` (:func:`_rank_starts`'s batches; lo == hi when it has none)."""
+    starts = _rank_starts(n, batch_size, rank, world)
+    return (starts[0], min(starts[-1] + batch_size, n)) if starts else (n, n)
+
+
+def _part_path(partial: Path, rank: int, world: int) -> Path:
+    """Rank ``rank``'s own token file (the partial file itself for one process)."""
+    return partial if world == 1 else partial.with_name(f"{partial.stem}.rank{rank}.npy")
+
+
+def _merge_parts(partial: Path, n: int, batch_size: int, world: int, dtype, grid: tuple[int, int],
+                 chunk: int = 1 << 16) -> None:
+    """Rank 0: the ranks' files copied in row order into ``partial`` (chunks of ``chunk`` rows), then deleted."""
+    merged = np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=(n, *grid))
+    for r in range(world):
+        lo, hi = _rank_rows(n, batch_size, r, world)
+        if hi == lo:
+            continue
+        part = np.load(_part_path(partial, r, world), mmap_mode="r", allow_pickle=False)
+        for a in range(0, hi - lo, chunk):
+            merged[lo + a:lo + min(a + chunk, hi - lo)] = part[a:a + chunk]
+        del part
+    merged.flush()
+    del merged
+    for r in range(world):
+        _part_path(partial, r, world).unlink(missing_ok=True)
+
+
 def _no_barrier() -> None:
     return None
 
@@ -70,8 +99,10 @@ def precompute_tokens(store: Any, tokenizer: Any, size: int = 224, layout: str =
     """Tokens of every ECG in a cohort store, rendered as in pretraining, cached on disk.
 
     Several processes share the work: each renders and tokenizes a contiguous run of whole batches of
-    ``batch_size`` rows (the batches a single process would make) into one memory-mapped ``.npy`` that rank 0
-    creates, then rank 0 renames it into place; the file equals a single-process run's byte for byte.
+    ``batch_size`` rows (the batches a single process would make) into its own memory-mapped ``.npy`` (never one
+    file for all: on a shared file system two nodes would overwrite each other's half of the boundary page), then
+    rank 0 copies them in order into one file and renames it into place; the file equals a single-process run's
+    byte for byte.
     ``barrier`` must synchronise all ranks without a short timeout (the lengthy part runs between two
     barriers: pass a gloo group with a long timeout, never an NCCL barrier with its 10-minute watchdog).
     Images are rendered as uint8 in ``num_workers`` DataLoader workers; on CUDA the tokenizer runs under bf16
@@ -106,22 +137,27 @@ def precompute_tokens(store: Any, tokenizer: Any, size: int = 224, layout: str =
     barrier()  # every rank has looked before rank 0 may start a new file
     dtype = np.int16 if tokenizer.vocab_size <= np.iinfo(np.int16).max + 1 else np.int32
     partial = folder / f"{key}.partial-{world}.npy"
-    if rank == 0:
-        folder.mkdir(parents=True, exist_ok=True)
-        np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=(n, h, w)).flush()
+    lo, hi = _rank_rows(n, batch_size, rank, world)
+    folder.mkdir(parents=True, exist_ok=True)
+    if hi > lo:
+        # every rank writes its own file: on a shared file system two nodes writing one file would each flush
+        # whole pages, and the page holding two ranks' boundary rows would keep only one node's half
+        out = np.lib.format.open_memmap(_part_path(partial, rank, world), mode="w+", dtype=dtype,
+                                        shape=(hi - lo, h, w))
+        batches = _TokenBatches(store, _rank_starts(n, batch_size, rank, world), n, batch_size, size, layout,
+                                dict(style or {}), render_fn)
+        dev = getattr(tokenizer, "device", torch.device("cpu"))
+        loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=num_workers,
+                                             pin_memory=dev.type == "cuda", worker_init_fn=ignore_preemption_signals)
+        for s, imgs in (tqdm(loader, desc=f"tokens (rank {rank})", unit="batch") if progress else loader):
+            out[s - lo:s - lo + len(imgs)] = np.asarray(tokenizer.tokenize(imgs.to(dev, non_blocking=True)).cpu()
+                                                        ).astype(dtype)
+        out.flush()
+        del out
     barrier()
-    out = np.lib.format.open_memmap(partial, mode="r+")
-    batches = _TokenBatches(store, _rank_starts(n, batch_size, rank, world), n, batch_size, size, layout,
-                            dict(style or {}), render_fn)
-    dev = getattr(tokenizer, "device", torch.device("cpu"))
-    loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=num_workers,
-                                         pin_memory=dev.type == "cuda", worker_init_fn=ignore_preemption_signals)
-    for s, imgs in (tqdm(loader, desc=f"tokens (rank {rank})", unit="batch") if progress else loader):
-        out[s:s + len(imgs)] = np.asarray(tokenizer.tokenize(imgs.to(dev, non_blocking=True)).cpu()).astype(dtype)
-    out.flush()
-    del out
-    barrier()
     if rank == 0:
+        if world > 1:
+            _merge_parts(partial, n, batch_size, world, dtype, (h, w))
         os.replace(partial, path)
         meta = {"key": key, "tokenizer_kind": tokenizer.kind, "tokenizer_fingerprint": tokenizer.fingerprint(),
                 "vocab_size": tokenizer.vocab_size, "size": size, "layout": layout, "style": style or {},
