@@ -235,8 +235,9 @@ class _CachedDataset(torch.utils.data.Dataset):
     """A dataset materialised once in memory as uint8 (when the images are exact multiples of 1/255, always so
     for rendered ECGs; else float32), rendered batch by batch in ``num_workers`` loader workers.
 
-    Items: ``(image, int64 label)``, the image uint8 (or float32) in the source's shape; the model input is
-    made on the device (:func:`device_images`), so values equal the uncached path's.
+    Items: ``(image, label)``, the image uint8 (or float32) in the source's shape, the label int64 (or the
+    source's float (C,) multi-label targets); the model input is made on the device (:func:`device_images`), so
+    values equal the uncached path's.
     """
 
     def __init__(self, ds: torch.utils.data.Dataset, num_workers: int = 0):
@@ -257,7 +258,8 @@ class _CachedDataset(torch.utils.data.Dataset):
         if xs and any(x.dtype != torch.uint8 for x in xs):
             xs = [x.float() / 255 if x.dtype == torch.uint8 else x for x in xs]
         self.x = torch.cat(xs) if xs else torch.zeros(0, dtype=torch.uint8)
-        self.y = torch.cat(ys).long() if ys else torch.zeros(0, dtype=torch.long)
+        y = torch.cat(ys) if ys else torch.zeros(0, dtype=torch.long)
+        self.y = y if y.is_floating_point() else y.long()  # multi-label targets stay float
 
     def __len__(self) -> int:
         return len(self.y)
@@ -285,17 +287,20 @@ class ImageCache:
         self._items.clear()
 
     def dataset(self, factory: Callable, store, split: Split, image_size: int, layout: str,
-                num_workers: int = 0) -> "_CachedDataset":
-        """The cached dataset of ``split`` (rendered through ``factory`` on first use)."""
+                num_workers: int = 0, targets: np.ndarray | None = None) -> "_CachedDataset":
+        """The cached dataset of ``split`` (rendered through ``factory`` on first use); ``targets``: a multi-label
+        split's (n, C) targets, passed to ``factory`` and part of the key."""
         # a functools.partial (the default factory with an amplitude range) is keyed by its function and arguments
         fkey = (id(factory.func), factory.args, tuple(sorted(factory.keywords.items()))) \
             if isinstance(factory, functools.partial) else id(factory)
         key = (str(getattr(store, "root", id(store))), fkey, image_size, layout,
-               hashlib.sha1(split.indices.tobytes() + split.label.tobytes()).hexdigest())
+               hashlib.sha1(split.indices.tobytes() + split.label.tobytes()
+                            + (b"" if targets is None else np.ascontiguousarray(targets).tobytes())).hexdigest())
         if key not in self._items:
             while len(self._items) >= self.max_items:
                 self._items.pop(next(iter(self._items)))
-            self._items[key] = _CachedDataset(factory(store, split.indices, image_size, layout), num_workers)
+            kw = {} if targets is None else {"targets": targets}
+            self._items[key] = _CachedDataset(factory(store, split.indices, image_size, layout, **kw), num_workers)
         return self._items[key]
 
 

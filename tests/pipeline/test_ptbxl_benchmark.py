@@ -291,3 +291,26 @@ def test_a_run_resumes_after_parameters_were_added_at_their_defaults(tmp_path):
         finetune.load_resume_state(tmp_path, dataclasses.replace(cfg, eval_every=5))
     with pytest.raises(finetune.runs.ConfigError, match=r"\['lr'\]"):
         finetune.load_resume_state(tmp_path, dataclasses.replace(cfg, lr=0.5))
+
+
+def test_cached_images_of_a_multilabel_task_keep_the_targets(paper_store, tmp_path):
+    """cache_images on a multi-label image task (the question-at-scale sweep's setting): the cached split holds the
+    same images and the same float (n, C) targets as the uncached dataset (oracle: the uncached dataset's items,
+    exact), and a cached run writes every class's predictions."""
+    from heartbeit_lib.classify.data import ImageCache, default_dataset_factory
+
+    split = make_splits(paper_store, 1.0)["test"]
+    plain = default_dataset_factory(paper_store, split.indices, 32, "stack8", targets=split.targets)
+    cached = ImageCache().dataset(default_dataset_factory, paper_store, split, 32, "stack8", targets=split.targets)
+    assert len(cached) == len(plain) == len(split)
+    for i in range(len(plain)):
+        x, y = plain[i]
+        cx, cy = cached[i]
+        assert torch.equal(torch.as_tensor(x), cx) and cy.dtype == torch.float32
+        assert torch.equal(torch.as_tensor(y, dtype=torch.float32), cy)
+    cfg = finetune.FinetuneConfig(task="ptbxl_superdiagnostic", model="vit_b16_scratch", model_size="micro",
+                                  epochs=1, batch_size=16, image_size=32, cohort_run=str(paper_store.root),
+                                  out_root=str(tmp_path), device="cpu", cache_images=True)
+    run = finetune.run_finetune(cfg, store=paper_store, figure=False).run_dir
+    pred = pd.read_parquet(run / "predictions.parquet")
+    assert all(f"score:{c}" in pred.columns for c in paper_store.classes)

@@ -88,9 +88,10 @@ def _loaders(cfg: FinetuneConfig, store, splits: Mapping[str, Split], factory: C
             kw["train"] = train  # random crops in training only
         if image_cache is None:
             return factory(store, split.indices, cfg.image_size, cfg.layout, **kw)
-        if kw:
-            raise SplitError("cache_images does not apply to multi-label or signal datasets")
-        return image_cache.dataset(factory, store, split, cfg.image_size, cfg.layout, cfg.num_workers)
+        if "train" in kw:
+            raise SplitError("cache_images does not apply to signal datasets")
+        return image_cache.dataset(factory, store, split, cfg.image_size, cfg.layout, cfg.num_workers,
+                                   targets=kw.get("targets"))
 
     train = splits["train"]
     train_ds = make_ds(train, train=True)
