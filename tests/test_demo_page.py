@@ -86,7 +86,22 @@ def test_predict_run_prefers_heartbeit_at_full_data(tmp_path):
 
 def test_demo_says_how_long_it_will_take(tmp_path):
     """Before anything runs: the last demo's own timing on this machine when recorded, else the documented one."""
-    assert "904 s" in demo.expected_duration(tmp_path)
+    said = demo.expected_duration(tmp_path)
+    assert said.startswith("about 8 min") and "443 CPU s" in said
     (tmp_path / demo.TIMINGS).write_text('{"seconds": 540.4, "cpu_count": 2, "load_start": 0.3, "load_end": 1.1}')
     said = demo.expected_duration(tmp_path)
     assert said.startswith("about 9 min") and "540 s on 2 cores at load 0.3" in said
+
+
+def test_stage_timing_counts_the_cpu_of_finished_child_processes():
+    """A stage that runs a child process (as papermill runs a kernel) records that child's CPU seconds; oracle: the
+    child's own ``time.process_time()``, printed by it (the parent's share is small and only adds)."""
+    import subprocess
+    import sys
+
+    code = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\nprint(time.process_time())"
+    with demo._timed("child"):
+        child_cpu = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                         check=True).stdout)
+    rec = demo.STAGE_TIMES.pop("child")
+    assert child_cpu >= 0.3 and rec["cpu_s"] >= child_cpu - 0.02 and rec["wall_s"] >= rec["cpu_s"] / 2

@@ -6,7 +6,8 @@ Steps (each a papermill run with its HTML rendering, parameters from ``parameter
 1. ``01_preprocess`` -> ``outputs/01_preprocess/demo``: the synthetic deepfake-ecg cohort (or PTB-XL, task ``mi``,
    when ``PTBXL_ROOT`` points at a PTB-XL root).
 2. ``02_pretrain``   -> ``outputs/02_pretrain/demo``: a micro HeartBEiT, masked image modelling.
-3. ``03_finetune``  -> ``outputs/03_finetune/<task>-<model>-f<fraction>-s0``: the sweep ``parameters/sweeps/demo.yaml``.
+3. ``03_finetune``  -> ``outputs/03_finetune/<task>-<model>-f<fraction>-s0``: the sweep ``parameters/sweeps/demo.yaml``
+   (HeartBEiT at 100 % as a notebook, the other runs inline: the same run folders without a kernel each).
 4. ``04_metrics``   -> ``outputs/04_metrics/demo``: tables, curves and the HTML report.
 5. ``05_wasserstein`` -> ``outputs/05_wasserstein/demo`` (needs a natural-image folder: ``../shared/data/
    imagenet-samples`` or ``IMAGE_DIR``; skipped with a message otherwise).
@@ -16,16 +17,19 @@ Steps (each a papermill run with its HTML rendering, parameters from ``parameter
 The demo always starts fresh (it removes its own earlier run folders) and ends on ``outputs/demo_report.html``, one
 page a person reads without clicking (:func:`write_demo_page`): what the data is, Table 2, the fraction curves,
 the pretraining curve, rendered and masked examples, a saliency overlay, the Wasserstein bars, the prediction on
-held-apart ECGs, then links to every run.
+held-apart ECGs, then links to every run. Each stage's wall and CPU seconds are printed and kept in
+``demo_timings.json``.
 Usage: ``python -m heartbeit_lib.demo [--out-root outputs]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -40,18 +44,25 @@ from heartbeit_lib.report.summary_page import Link, PageFigure, PageTable, Secti
 
 RUN_ID = "demo"
 TIMINGS = "demo_timings.json"  # under out_root: the last demo's wall time per stage, cores and load
-MEASURED = "904 s (15 min) on 2 cores beside four training jobs (README, last measured demo)"
+# the last measurement, stage by stage beside a training run at load 5.6-10 (24 min of wall time there), one thread
+# per stage (OMP_NUM_THREADS=1): a quiet 2-core machine's wall time is about the CPU time (less where 01's two build
+# workers overlap, more by the kernels' start-up waits)
+MEASURED = ("443 CPU s: 01 52, 02 228, 03 90 (8 runs), 04 17, 05 15, 06 27, 07 15; "
+            "about 8 min on 2 quiet cores (not timed on a quiet machine)")
 
 
 def expected_duration(out_root: Path) -> str:
     """What the demo says before it starts: the last demo's wall time on this machine (its ``demo_timings.json``:
-    seconds, cores, load average at its start) when there is one, else the documented measurement."""
+    seconds, cores, load average at its start; also the CPU seconds of each stage) when there is one, else the
+    documented measurement (:data:`MEASURED`)."""
     try:
         last = json.loads((out_root / TIMINGS).read_text())
         return (f"about {last['seconds'] / 60:.0f} min: the last demo here took {last['seconds']:.0f} s on "
                 f"{last['cpu_count']} cores at load {last['load_start']:.1f} (now {os.getloadavg()[0]:.1f})")
     except (OSError, ValueError, KeyError, TypeError):
-        return f"about 15 min: {MEASURED}; a busier machine takes longer (load now {os.getloadavg()[0]:.1f})"
+        return f"about 8 min: {MEASURED}; a busier machine takes longer (load now {os.getloadavg()[0]:.1f})"
+
+
 DEFAULT_IMAGES = runs.REPO_ROOT.parent / "shared" / "data" / "imagenet-samples"
 
 
@@ -63,30 +74,54 @@ def _params(nb: str, variant: str) -> dict:
     return runs.load_parameter_files(f) if f.exists() else {}
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its children that have ended (the notebook kernels and,
+    through them, their worker processes)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+STAGE_TIMES: dict[str, dict[str, float]] = {}  # stage -> wall_s, cpu_s of this demo (written to TIMINGS)
+
+
+@contextlib.contextmanager
+def _timed(name: str):
+    """Record the stage's wall and CPU seconds in :data:`STAGE_TIMES` and print them. CPU seconds travel between
+    machines better than wall time on a shared one: with one thread per process, a quiet machine's wall time is
+    about the CPU time (less where 01's two build workers overlap)."""
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    print(f"[demo] {name} ...", flush=True)
+    yield
+    STAGE_TIMES[name] = {"wall_s": time.perf_counter() - t0, "cpu_s": cpu_seconds() - c0}
+    print(f"[demo] {name} done in {STAGE_TIMES[name]['wall_s']:.0f} s ({STAGE_TIMES[name]['cpu_s']:.0f} CPU s)",
+          flush=True)
+
+
 def _step(nb: str, params: dict, out_root: Path) -> Path:
     run_dir = out_root / nb / RUN_ID
     if run_dir.exists():
         safety.remove_tree(run_dir, out_root)  # the demo always starts fresh (only inside out_root)
-    t0 = time.time()
-    print(f"[demo] {nb} ...", flush=True)
-    runs.execute_notebook(nb, {**params, "out_root": str(out_root), "run_id": RUN_ID}, run_dir)
-    print(f"[demo] {nb} done in {time.time() - t0:.0f} s -> {run_dir}", flush=True)
+    with _timed(nb):
+        runs.execute_notebook(nb, {**params, "out_root": str(out_root), "run_id": RUN_ID}, run_dir)
     return run_dir
 
 
 def _finetune_sweep(out_root: Path, task: str, cohort: Path, pretrain: Path) -> Path:
+    """The demo sweep: HeartBEiT at 100 % through the 03 notebook (papermill, with its HTML: the notebook the demo
+    shows), the other runs inline (``sweep.inline_executor``: the same run folders without a Jupyter kernel each,
+    whose start-up, imports and HTML rendering cost about as much as a micro model's 10 epochs)."""
     spec = sweep.load_sweep(runs.PARAMETERS_DIR / "sweeps" / "demo.yaml", out_root=str(out_root))
     spec = dataclasses.replace(spec, grid={**spec.grid, "task": [task]},
                                params={**spec.params, "cohort_run": str(cohort), "pretrain_run": str(pretrain)})
     for combo in spec.combinations():
         if spec.run_dir(combo).exists():
             safety.remove_tree(spec.run_dir(combo), out_root)
-    t0 = time.time()
-    print(f"[demo] 03_finetune sweep ({len(spec.combinations())} runs) ...", flush=True)
-    summary = sweep.run_sweep(spec, executor="papermill", progress=False)
-    if not summary.ok:
-        raise RuntimeError(f"demo fine-tuning runs failed:\n{summary}")
-    print(f"[demo] 03_finetune done in {time.time() - t0:.0f} s", flush=True)
+    shown = dataclasses.replace(spec, only={"model": ["heartbeit"], "fraction": [max(spec.grid["fraction"])]})
+    with _timed(f"03_finetune ({len(spec.combinations())} runs, 1 as a notebook)"):
+        for part, runner in ((shown, "papermill"), (spec, "inline")):  # the second skips the complete first
+            summary = sweep.run_sweep(part, executor=runner, progress=False)
+            if not summary.ok:
+                raise RuntimeError(f"demo fine-tuning runs failed:\n{summary}")
     return out_root / "03_finetune"
 
 
@@ -100,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     image_dir = Path(os.environ.get("IMAGE_DIR", DEFAULT_IMAGES))
     print(f"[demo] notebooks 01-07 on {'PTB-XL' if ptbxl else 'the synthetic demo data'}: "
           f"{expected_duration(out_root)}", flush=True)
-    t0, load_start = time.time(), os.getloadavg()[0]
+    t0, load_start, cpu0 = time.time(), os.getloadavg()[0], cpu_seconds()
 
     p01 = _params("01_preprocess", "ptbxl_subset_mi" if ptbxl else "demo")
     if ptbxl:
@@ -127,9 +162,11 @@ def main(argv: list[str] | None = None) -> int:
         stages["07_predict"] = _step("07_predict", {**_params("07_predict", "demo"), "cohort_run": str(cohort),
                                                     "split": held_apart, "finetune_runs": [str(ref)]}, out_root)
     index = write_demo_page(out_root / "demo_report.html", stages, ft_runs, synthetic=not ptbxl)
-    print(f"[demo] finished in {time.time() - t0:.0f} s")
-    runs.write_json(out_root / TIMINGS, {"seconds": time.time() - t0, "cpu_count": os.cpu_count(),
-                                         "load_start": load_start, "load_end": os.getloadavg()[0]})
+    cpu = cpu_seconds() - cpu0
+    print(f"[demo] finished in {time.time() - t0:.0f} s ({cpu:.0f} CPU s)")
+    runs.write_json(out_root / TIMINGS, {"seconds": time.time() - t0, "cpu_seconds": cpu,
+                                         "cpu_count": os.cpu_count(), "load_start": load_start,
+                                         "load_end": os.getloadavg()[0], "stages": STAGE_TIMES})
     print(f"[demo] report: {index}")
     print(f"[demo] metrics report: {metrics / 'report.html'}")
     return 0

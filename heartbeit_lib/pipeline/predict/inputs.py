@@ -116,9 +116,12 @@ def prepare_inputs(cfg: PredictConfig, run_dir: str | os.PathLike, rendering: Re
 
 def read_workers(workers: int, n_files: int) -> int:
     """Processes that read and preprocess ``n_files`` raw files (the store build's ``spawn`` workers, one shard
-    each): ``workers``, at most one per file. Each worker starts Python and imports the library; on the 2-core
-    machine at load ~11 two workers scored 512 MUSE files at 0.19x (micro ViT) and 0.55x (xresnet1d101) the rate
-    of one (``benchmarks/bench_predict.py``), so 1 is the default; try more on a quiet many-core machine."""
+    each): ``workers``, at most one per file. Each worker starts Python and imports the reader and the filters (no
+    torch since ``heartbeit_lib.utils`` imports it lazily: with it, two workers scored 512 MUSE files at 0.19x the
+    rate of one at load ~11); on the shared 2-core machine at load ~8.6 two workers scored 256 files at 0.67x (micro
+    ViT) and 0.61x (xresnet1d101) the rate of one (``benchmarks/bench_predict.py``): the start-up of two processes
+    still costs more than half of the reading there, so 1 stays the default; try 2 or more on a quiet machine and
+    for thousands of files."""
     return max(1, min(int(workers), n_files))
 
 
