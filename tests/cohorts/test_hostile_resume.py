@@ -20,7 +20,7 @@ import pytest
 from heartbeit_lib import cohorts
 from heartbeit_lib.cohorts import build
 
-PTBXL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ptbxl" / "records500" / "00000"
+PTBXL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "ptbxl" / "records500" / "00000"
 
 
 def _data(tmp_path: Path) -> Path:

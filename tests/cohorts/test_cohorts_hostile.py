@@ -21,7 +21,7 @@ import pytest
 from heartbeit_lib import cohorts, io
 from heartbeit_lib.cohorts import ids
 
-BROKEN = Path(__file__).resolve().parent / "data" / "broken"
+BROKEN = Path(__file__).resolve().parents[1] / "data" / "broken"
 OUT_LEADS = ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6")
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from heartbeit_lib import io
 
-BROKEN = Path(__file__).resolve().parent / "data" / "broken"
+BROKEN = Path(__file__).resolve().parents[1] / "data" / "broken"
 OK = BROKEN / "ok"
 with open(BROKEN / "EXPECTED.csv", newline="") as _f:
     EXPECTED = list(csv.DictReader(_f))

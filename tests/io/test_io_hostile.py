@@ -22,7 +22,7 @@ import scipy.io
 from heartbeit_lib import io
 from heartbeit_lib.io.muse import _tight_commas
 
-BROKEN = Path(__file__).resolve().parent / "data" / "broken"
+BROKEN = Path(__file__).resolve().parents[1] / "data" / "broken"
 OK = BROKEN / "ok"
 with open(BROKEN / "EXPECTED.csv", newline="") as _f:
     EXPECTED = {row["file"]: row for row in csv.DictReader(_f)}

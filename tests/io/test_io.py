@@ -26,7 +26,7 @@ import pytest
 
 from heartbeit_lib import io
 
-OK = Path(__file__).resolve().parent / "data" / "broken" / "ok"
+OK = Path(__file__).resolve().parents[1] / "data" / "broken" / "ok"
 LEADS8 = ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6")
 
 
