@@ -112,7 +112,7 @@ class TypedConfig:
 
     A stage's Config is the one declaration of its notebook's parameters: each field is one line
     ``name: type = literal  # comment`` and the notebook's ``parameters`` cell is those lines verbatim
-    (:func:`parameters_cell`; ``make params`` writes the cells, ``tests/test_parameters.py`` checks them).
+    (:func:`parameters_cell`; ``make params`` writes the cells, ``tests/pipeline/test_parameters.py`` checks them).
     ``None`` means "auto"; list-valued parameters are tuples here and YAML lists in parameter files.
     Subclasses may define ``choices: ClassVar[dict[str, tuple]]`` to restrict fields and ``validate(self)``
     for cross-field checks (raise :class:`ConfigError`); ``path_components`` names the fields that become a

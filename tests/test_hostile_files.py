@@ -109,7 +109,7 @@ def test_the_salt_file_must_be_a_private_regular_file(tmp_path, kind):
 
 
 def test_a_private_salt_file_reads():
-    pass  # covered by tests/test_cohorts.py::test_salt_file_and_missing_patient_ids (mode 0600)
+    pass  # covered by tests/cohorts/test_cohorts.py::test_salt_file_and_missing_patient_ids (mode 0600)
 
 
 # ---------------------------------------------------------------- item 4: spreadsheet cells

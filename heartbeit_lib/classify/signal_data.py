@@ -9,7 +9,7 @@ The cohort store holds (N, 8, 2500) float32 microvolts at 500 Hz (5 s), already 
    and 60 Hz would fold back into 40-50 Hz. ``resample_poly`` applies a linear-phase FIR anti-alias
    filter (Kaiser window, cut-off at the new Nyquist, 50 Hz) with its delay compensated, so QRS
    timing does not move; measured through the whole chain, a 55 Hz tone aliases below -40 dB and
-   60 Hz mains below -60 dB, and 10 Hz passes within 1 % (tests/test_signal_data.py).
+   60 Hz mains below -60 dB, and 10 Hz passes within 1 % (tests/classify/test_signal_data.py).
    ``scipy.signal.decimate``'s default, an order-8 Chebyshev IIR run forward-backward with its
    cut-off at 40 Hz, would also do, but ripples in the band and has filtfilt edge transients.
    Any rational rate works (250 Hz: up 1, down 2).

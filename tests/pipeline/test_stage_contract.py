@@ -1,6 +1,6 @@
 """One stage contract: every ``pipeline/<stage>`` module of a notebook exposes its Config (the one declaration of
 the notebook's parameters) and ``run(cfg, run_dir)``, which does the notebook's steps and returns ``metrics.json``'s
-content (tests/test_notebook_0N.py check that it writes the notebook's metrics).
+content (tests/pipeline/test_notebook_0N.py check that it writes the notebook's metrics).
 
 Oracle: the signatures, read with ``inspect``.
 """

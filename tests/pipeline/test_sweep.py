@@ -1,7 +1,7 @@
 """Sweep runner: the full models x 5 fractions grid on a tiny configuration, resuming, failures.
 
 The grid runs in-process (``executor="inprocess"``: the notebook's steps without a kernel);
-``tests/test_notebook_03.py`` runs a combination through papermill. Oracles: the cohort store's
+``tests/pipeline/test_notebook_03.py`` runs a combination through papermill. Oracles: the cohort store's
 saved splits (every run must have scored exactly the store's val/test/external records and trained
 on the store's nested fraction subsets) and the run folders' own ``run.json``/``metrics.json``.
 """

@@ -20,7 +20,7 @@ Methods (:func:`saliency_maps`, one common API for the four model families)
     founded transformer methods. The per-channel upsampling of pytorch-grad-cam is replaced by an
     exactly equivalent sum-then-upsample (:class:`FastFullGrad`; bilinear resizing is linear), which
     avoids a (B, channels, H, W) array per layer (6.5 GB for ResNet-152's last stage at a batch of
-    16); ``tests/test_saliency.py`` compares it with the library's own FullGrad.
+    16); ``tests/analysis/test_saliency.py`` compares it with the library's own FullGrad.
 ``gradcam``
     Grad-CAM (``pytorch_grad_cam.GradCAM``) on the last stage: ResNet ``layer4[-1]``, EfficientNet
     ``features[-1]``, and for ViT/BEiT ``blocks[-1].norm1`` (as pytorch-grad-cam's ViT example),
