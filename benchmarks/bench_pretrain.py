@@ -71,17 +71,19 @@ def ecg_like(n: int, seed: int = 0) -> np.ndarray:
 
 
 def loader_rates(size: int = 224, batch: int = 128, n_batches: int = 12, workers: int = 1,
-                 n_ecgs: int = 1024) -> dict[str, float]:
+                 n_ecgs: int = 1024, after_only: bool = False) -> dict[str, float]:
     """Images/s delivered by ``workers`` DataLoader workers (per worker: divide by ``workers``), float32 RGB
-    (before) vs uint8 grey (after), measured after the first batch (worker start-up excluded)."""
+    (before) vs uint8 grey (after; alone with ``after_only``), measured after the first batch (worker start-up
+    excluded)."""
     store = ArrayStore(ecg_like(n_ecgs))
     grid = (size // 16, size // 16)
     k = masking.num_masked_for(grid)
     tokens = np.zeros((n_ecgs, *grid), np.int16)
     rows = np.arange(n_ecgs)
     out = {}
-    for name, images in (("float32 (B, 3, H, W), before", render.RenderedECGDataset(store, rows, size=size)),
-                         ("uint8 (B, H, W), after", StoreImages(store, rows, size))):
+    paths = [("float32 (B, 3, H, W), before", render.RenderedECGDataset(store, rows, size=size)),
+             ("uint8 (B, H, W), after", StoreImages(store, rows, size))]
+    for name, images in paths[1:] if after_only else paths:
         ds = MIMDataset(images, tokens, k, max(1, round(16 * grid[0] * grid[1] / 196)), rows=rows)
         sampler = EpochSampler(n_ecgs, batch, seed=0)
         loader = make_loader(ds, sampler, batch, workers, torch.device("cpu"), drop_last=True)

@@ -1,18 +1,21 @@
-"""One prepared GPU check (issue 17), driven by ``benchmarks/gpu_check.sh``; prints one table.
+"""One prepared GPU check (issues 17, 25), driven by ``benchmarks/gpu_check.sh``; prints one table.
 
-Rows (each ``value`` with its unit, or ``skipped: <why>``):
+Rows (each ``value`` with its unit, ``skipped: <why>`` or ``failed: <error>``; a failing row is recorded and the
+next one runs; the table file is rewritten after every row, so a timeout keeps what was measured), cheap first:
 
-1. pretraining images/s at BEiT-base/224, bf16, batch 128 per GPU: a plain timm step (2-class head) and the MIM
-   step (vocabulary 8192, 75 of 196 patches masked), eager and ``torch.compile``;
-2. the loader's images/s per worker (1 worker; float32 RGB before issue 17, uint8 grey after);
-3. the torch renderer (``render.render_ecg_torch``) in ECGs/s at batch 1024 on the GPU;
-4. the DALL-E-sized encoder (random weights) in images/s under bf16 autocast (the token precompute's cost);
-5. a 2-GPU NCCL run of ``pipeline.pretrain.run``: 50 steps at base/224 with the distributed token precompute
-   (DALL-E-sized encoder with random weights, so no download), then a resume of that run on 1 GPU
-   (checkpoint of 2 processes, resumed by 1: reseeded RNG, per-device CUDA state).
+1. pretraining step images/s at BEiT-base/224, bf16, batch 128: a plain timm step (2-class head) and the MIM step
+   (vocabulary 8192, 75 of 196 patches masked), eager;
+2. the torch renderer (``render.render_ecg_torch``) in ECGs/s at batch 1024 on the GPU;
+3. the DALL-E-sized encoder (random weights) in images/s at the real input (224-px images, as the token
+   precompute feeds it), bf16 autocast;
+4. the loader's images/s at 1, 4, 8 and 12 workers (uint8 grey; float32 RGB "before" at 1 worker);
+5. ``pipeline.pretrain.run`` through the real training loop at base/224 (50 steps of 128 ECGs; DALL-E-sized
+   encoder with random weights for the token precompute, so no download): one process (images/s, data-wait
+   share, peak memory); two processes sharing the one GPU over gloo (the DDP path on a single chip) against it;
+   the resume of that 2-process run on 1 process; and last one process with ``compile: true``.
 
-``--smoke`` runs the same code at toy sizes on CPU (tests/test_gpu_check.py), with the GPU rows skipped unless
-``--smoke-ddp`` (2 gloo processes on CPU).  Subcommand ``ddp`` is what torchrun starts for row 5.
+``--smoke`` runs the same code at toy sizes on CPU (tests/test_gpu_check.py), with the GPU rows skipped and the
+runs of row 5 only with ``--smoke-ddp``.  Subcommand ``ddp`` is what torchrun (or one process) starts for row 5.
 """
 from __future__ import annotations
 
@@ -135,8 +138,31 @@ def renderer_row(dev: torch.device, batch: int, img: int, reps: int) -> None:
     row(f"torch renderer, batch {batch}, {img}px, on {dev.type}", f"{batch / t:,.0f} ECGs/s")
 
 
+def attempt(what: str, fn, *args, **kw) -> None:
+    """Run one row's measurement; an exception becomes a ``failed`` row and the check goes on.
+    ``GPU_CHECK_FAIL_ROW=<text>`` makes the rows whose name contains it fail (the CPU test of this rule)."""
+    try:
+        if os.environ.get("GPU_CHECK_FAIL_ROW") and os.environ["GPU_CHECK_FAIL_ROW"] in what:
+            raise RuntimeError("injected by GPU_CHECK_FAIL_ROW")
+        fn(*args, **kw)
+    except Exception as e:  # noqa: BLE001 - any failure is a finding of the one-shot check
+        row(what, f"failed: {type(e).__name__}: {str(e)[:200]}")
+
+
+def loader_worker_rows(img: int, batch: int, n_batches: int, n_ecgs: int, workers: list[int]) -> None:
+    """Row 4 beyond one worker: uint8 images/s at each worker count (the float32 path only at 1, above); each
+    worker delivers 3 timed batches after the first (start-up excluded)."""
+    for w in workers:
+        def one() -> None:
+            rate = bp.loader_rates(img, batch, 3 * w, w, max(n_ecgs, batch * (3 * w + 2)), after_only=True)
+            row(f"loader, {w} workers, {img}px, batch {batch}, uint8", f"{rate['uint8 (B, H, W), after']:,.0f} images/s")
+
+        attempt(f"loader, {w} workers", one)
+
+
 def encoder_row(dev: torch.device, img: int, batch: int, reps: int, n_hid: int) -> None:
-    """Row 4: DALL-E-sized encoder (random weights) images/s, bf16 autocast on CUDA."""
+    """Row 3: DALL-E-sized encoder (random weights) images/s on ``img``-px images (the tokenizer's own resize to
+    its input view included), bf16 autocast on CUDA."""
     tok = tokenizers.DalleTokenizer(tokenizers.DalleEncoder(n_hid=n_hid), device=dev, batch_size=batch)
     images = torch.randint(0, 256, (batch, img, img), dtype=torch.uint8, device=dev)
     t = _timed(lambda: tok.tokenize(images), dev, 1, reps)
@@ -170,38 +196,70 @@ def ddp_prepare(args, root: Path) -> None:
     torch.save(tokenizers.DalleEncoder(n_hid=args.n_hid).state_dict(), root / "dalle.pt")
 
 
+def _pretrain_run(args, root: Path, nproc: int, run_id: str, env: dict, **extra) -> tuple[dict, float]:
+    """One ``pretrain.run`` of ``nproc`` processes (torchrun for 2); returns (its last log line, wall seconds).
+    Raises RuntimeError with the tail of its output when it fails."""
+    me = str(Path(__file__).resolve())
+    params = _ddp_params(args, root, 2, run_id) + [x for k, v in extra.items() for x in ("-p", k, str(v))]
+    cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", me, "ddp"]
+           if nproc > 1 else [sys.executable, me, "ddp"]) + params
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.ddp_timeout)
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"rc {r.returncode}: {(r.stderr or r.stdout)[-300:]!r}")
+    log = [json.loads(x) for x in (root / "out" / "02_pretrain" / run_id / "log.jsonl").read_text().splitlines()]
+    return log[-1], wall
+
+
+def _describe(line: dict, wall: float) -> str:
+    mem = f"{line['max_memory_gb']:.1f} GB peak" if "max_memory_gb" in line else "peak memory n/a (CPU)"
+    return (f"{line['images_per_s']:,.0f} images/s, data wait {100 * line['data_wait_s'] / line['epoch_time_s']:.0f}% "
+            f"of the epoch, {mem}; {wall:.0f} s wall with start-up")
+
+
 def ddp_rows(args) -> None:
-    """Row 5: torchrun 2 processes (NCCL, or gloo with --smoke), then 1 process resuming the same run."""
+    """Row 5: one process, two processes on the one device over gloo, the 2 -> 1 resume, then compile."""
     root = Path(tempfile.mkdtemp(prefix="gpu_check_"))
     ddp_prepare(args, root)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    me = str(Path(__file__).resolve())
-    cmd2 = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", me, "ddp",
-            *_ddp_params(args, root, 2, "ddp")]
-    t0 = time.perf_counter()
-    r = subprocess.run(cmd2, env=dict(env, GPU_CHECK_STOP_AFTER="1"), capture_output=True, text=True,
-                       timeout=args.ddp_timeout)
-    wall = time.perf_counter() - t0
-    if r.returncode != 0:
-        row("2-process run", f"failed (rc {r.returncode}): {(r.stderr or r.stdout)[-400:]!r}")
-        return
-    log = [json.loads(x) for x in (root / "out" / "02_pretrain" / "ddp" / "log.jsonl").read_text().splitlines()]
-    tok = json.loads(next((root / "store" / "tokens").glob("*.json")).read_text())
-    row(f"2-process run ({'gloo' if args.smoke else 'NCCL'}), epoch 1 of 2, {log[-1]['step']} steps",
-        f"{wall:.0f} s wall incl. start-up and token precompute of {tok['shape'][0]} ECGs; "
-        f"{log[-1]['images_per_s']:,.0f} images/s in the epoch; killed after it")
-    cmd1 = [sys.executable, me, "ddp", *_ddp_params(args, root, 2, "ddp")]
-    t0 = time.perf_counter()
-    r = subprocess.run(cmd1, env=env, capture_output=True, text=True, timeout=args.ddp_timeout)
-    wall = time.perf_counter() - t0
-    if r.returncode != 0:
-        row("resume on 1 process", f"failed (rc {r.returncode}): {(r.stderr or r.stdout)[-400:]!r}")
-        return
-    m = json.loads((root / "out" / "02_pretrain" / "ddp" / "metrics.json").read_text())
-    ok = m["resumed_from_epoch"] == 1 and m["epochs_done"] == 2 and m["world_size"] == 1
-    row("resume of that run on 1 process (epoch 2)", f"{'ok' if ok else 'WRONG'}: resumed from epoch "
-        f"{m['resumed_from_epoch']}, {m['epochs_done']} epochs, {m['images_per_s_last_epoch']:,.0f} images/s, "
-        f"{wall:.0f} s wall; masked-token acc {m.get('final_val_acc', float('nan')):.3f}")
+    stop1 = dict(env, GPU_CHECK_STOP_AFTER="1")
+    what = f"pretrain.run, {args.size}/{args.img}, {args.ddp_steps} steps of {args.ddp_batch}"
+    one: dict = {}
+
+    def single() -> None:
+        line, wall = _pretrain_run(args, root, 1, "one", stop1)
+        tok = json.loads(next((root / "store" / "tokens").glob("*.json")).read_text())
+        one.update(line)
+        row(f"{what}, 1 process, eager", _describe(line, wall) + f" (incl. token precompute of {tok['shape'][0]} ECGs)")
+
+    def two() -> None:
+        line, wall = _pretrain_run(args, root, 2, "ddp", dict(stop1, HEARTBEIT_DIST_BACKEND="gloo"))
+        vs = f" = {line['images_per_s'] / one['images_per_s']:.2f} x the 1-process run" if one else ""
+        row(f"{what}, 2 processes on one device (gloo), epoch 1 of 2", _describe(line, wall) + vs + "; killed after it")
+
+    def resume() -> None:
+        _, wall = _pretrain_run(args, root, 1, "ddp", env)
+        m = json.loads((root / "out" / "02_pretrain" / "ddp" / "metrics.json").read_text())
+        ok = m["resumed_from_epoch"] == 1 and m["epochs_done"] == 2 and m["world_size"] == 1
+        row("resume of that run on 1 process (epoch 2)", f"{'ok' if ok else 'WRONG'}: resumed from epoch "
+            f"{m['resumed_from_epoch']}, {m['epochs_done']} epochs, {m['images_per_s_last_epoch']:,.0f} images/s, "
+            f"{wall:.0f} s wall; masked-token acc {m.get('final_val_acc', float('nan')):.3f}")
+
+    def compiled() -> None:
+        if time.perf_counter() - STATE["t0"] > args.compile_after_s:
+            row(f"{what}, 1 process, compile", f"skipped: {args.compile_after_s} s budget spent")
+            return
+        line, wall = _pretrain_run(args, root, 1, "compiled", stop1, compile="true")
+        row(f"{what}, 1 process, compile", _describe(line, wall) + " (compile time in the wall)")
+
+    attempt(f"{what}, 1 process, eager", single)
+    attempt(f"{what}, 2 processes on one device (gloo)", two)
+    attempt("resume of that run on 1 process", resume)
+    if args.smoke:
+        row(f"{what}, 1 process, compile", "skipped: --smoke")
+    else:
+        attempt(f"{what}, 1 process, compile", compiled)
 
 
 def ddp_main(argv: list[str]) -> int:
@@ -239,7 +297,7 @@ def main() -> int:
     ap.add_argument("--smoke", action="store_true", help="toy sizes on CPU (the CPU test)")
     ap.add_argument("--smoke-ddp", action="store_true", help="with --smoke: also the 2-process run (gloo)")
     ap.add_argument("--out", default=os.environ.get("OUT"), help="folder for gpu_check.txt (default $OUT)")
-    ap.add_argument("--compile-after-s", type=int, default=240, help="skip the compiled steps after this many s")
+    ap.add_argument("--compile-after-s", type=int, default=330, help="skip the compiled run after this many s")
     args = ap.parse_args()
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     dev = torch.device("cuda" if gpus else "cpu")
@@ -249,7 +307,7 @@ def main() -> int:
         loader = dict(img=32, batch=8, n_batches=3, n_ecgs=64)
     else:
         args.size, args.img, args.batch, args.vocab, args.steps, args.n_hid = "base", 224, 128, 8192, 10, 256
-        args.ddp_batch, args.ddp_steps, args.workers, args.ddp_timeout = 128, 50, 6, 420
+        args.ddp_batch, args.ddp_steps, args.workers, args.ddp_timeout = 128, 50, 8, 200
         loader = dict(img=224, batch=128, n_batches=12, n_ecgs=1024)
     head = (f"gpu_check: torch {torch.__version__}, {gpus} GPU(s)"
             + (f" ({torch.cuda.get_device_name(0)})" if gpus else "") + f", {os.cpu_count()} CPUs"
@@ -257,24 +315,19 @@ def main() -> int:
     print(head, flush=True)
     STATE.update(head=head, out=args.out)
     if gpus or args.smoke:
-        step_rates(dev, args.size, args.img, args.batch, args.vocab, args.steps, compile_=False)
+        attempt("pretraining steps", step_rates, dev, args.size, args.img, args.batch, args.vocab, args.steps,
+                compile_=False)
+        attempt("torch renderer", renderer_row, dev, 1024 if gpus else 16, args.img, 10 if gpus else 1)
+        attempt("DALL-E encoder", encoder_row, dev, args.img, 256 if gpus else 2, 5 if gpus else 1, args.n_hid)
     else:
-        row("pretraining steps", "skipped: no GPU")
-    loader_rows(**loader)
-    if gpus or args.smoke:
-        renderer_row(dev, 1024 if gpus else 16, args.img, 10 if gpus else 1)
-        encoder_row(dev, args.img // 2, 256 if gpus else 2, 5 if gpus else 1, args.n_hid)
+        row("pretraining steps / torch renderer / DALL-E encoder", "skipped: no GPU")
+    attempt("loader, 1 worker", loader_rows, **loader)
+    loader_worker_rows(**loader, workers=[2] if args.smoke else [4, 8, 12])
+    if gpus or (args.smoke and args.smoke_ddp):
+        attempt("pretrain.run rows", ddp_rows, args)
     else:
-        row("torch renderer / DALL-E encoder", "skipped: no GPU")
-    if gpus >= 2 or (args.smoke and args.smoke_ddp):
-        ddp_rows(args)
-    else:
-        row("2-GPU NCCL run + 1-GPU resume", f"skipped: {gpus} GPU" if not args.smoke else "skipped: --smoke")
-    if gpus:  # last: compiling two base models takes minutes; skipped when the budget is nearly spent
-        if time.perf_counter() - STATE["t0"] < args.compile_after_s:
-            step_rates(dev, args.size, args.img, args.batch, args.vocab, args.steps, compile_=True)
-        else:
-            row("pretraining steps, torch.compile", f"skipped: {args.compile_after_s} s budget spent")
+        row("pretrain.run: 1 process, 2 processes on one device, resume, compile",
+            "skipped: --smoke" if args.smoke else "skipped: no GPU")
     print("\n" + table())
     if args.out:
         (Path(args.out) / "gpu_check.txt").write_text(table() + "\n")

@@ -63,11 +63,16 @@ def init_distributed() -> tuple[int, int, int]:
     rank, local_rank, world = dist_info()
     if world > 1 and dist.is_available() and not dist.is_initialized():
         gloo_socket_ifname()  # before any gloo group exists
-        if torch.cuda.is_available():
+        cuda = torch.cuda.is_available()
+        if cuda:
             torch.cuda.set_device(cuda_index(local_rank))
+        # HEARTBEIT_DIST_BACKEND=gloo: several processes on one GPU (NCCL refuses two ranks on one device), as
+        # benchmarks/gpu_check.sh runs the DDP path on a single chip
+        backend = os.environ.get("HEARTBEIT_DIST_BACKEND") or ("nccl" if cuda else "gloo")
+        if backend == "nccl":
             dist.init_process_group("nccl", device_id=torch.device("cuda", torch.cuda.current_device()))
         else:
-            dist.init_process_group("gloo")
+            dist.init_process_group(backend)
     return rank, world, local_rank
 
 

@@ -183,6 +183,8 @@ def train(cfg: PretrainConfig, data: MIMData, run_dir: str | os.PathLike, *,
         line = {"epoch": epoch + 1, "step": step, "train_loss": ep["train_loss"], "train_acc": ep["train_acc"],
                 "lr": ep["lr"], "images_per_s": steps_per_epoch * cfg.batch_size / ep["epoch_time_s"],
                 "epoch_time_s": ep["epoch_time_s"], "data_wait_s": ep["data_wait_s"]}
+        if device.type == "cuda":  # peak of this process since it started (GB)
+            line["max_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
         if val_loader is not None:
             ev = engine.evaluate(net, val_loader, device, cfg.num_masked, amp, world, norm=data.normalize)
             line.update(val_loss=ev["loss"], val_acc=ev["acc"])
