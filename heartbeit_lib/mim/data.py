@@ -129,9 +129,15 @@ class MIMDataset(Dataset):
                           rows=self.rows[pos], mask_keys=keys)
 
     def mask(self, i: int, epoch: int = 0) -> np.ndarray:
-        i = int(i) if self.mask_keys is None else int(self.mask_keys[int(i)])
-        rng = np.random.default_rng((self.seed, self.stream, epoch, int(i)))
-        return masking.block_mask(rng, self.grid, self.num_masked, min_block=self.min_block)
+        """bool (h, w) mask of item ``i`` in ``epoch`` (the same as in any batch: :meth:`masks`)."""
+        return self.masks([(i, epoch)])[0]
+
+    def masks(self, keys: Sequence[tuple[int, int]]) -> np.ndarray:
+        """bool (len(keys), h, w) masks of keys ``(i, epoch)``: ``masking.block_masks_batched``, one generator
+        ``default_rng((seed, stream, epoch, i))`` per item, so an item's mask does not depend on its batch."""
+        ids = [(int(i) if self.mask_keys is None else int(self.mask_keys[int(i)]), int(e)) for i, e in keys]
+        rngs = [np.random.default_rng((self.seed, self.stream, e, i)) for i, e in ids]
+        return masking.block_masks_batched(rngs, self.grid, self.num_masked, min_block=self.min_block)
 
     @staticmethod
     def _key(key) -> tuple[int, int]:
@@ -155,7 +161,7 @@ class MIMDataset(Dataset):
         pos = [i for i, _ in ks]
         images = self._images(pos)
         tokens = torch.from_numpy(self._tokens_at(np.asarray(pos, np.int64)))
-        masks = torch.from_numpy(np.stack([self.mask(i, e) for i, e in ks]))
+        masks = torch.from_numpy(self.masks(ks))
         return images, tokens, masks
 
     def __getitems__(self, keys: Sequence) -> "_Batch":

@@ -153,6 +153,9 @@ def test_masks_depend_only_on_seed_stream_epoch_row():
     assert torch.equal(a, d.train[(5, 2)][2]) and int(a.sum()) == 2
     assert any(not torch.equal(a, d.train[(5, e)][2]) for e in range(3, 10))
     assert np.array_equal(d.train.mask(5, 2), a.numpy())
+    # a batch's masks are each item's own (the batch is split over processes and workers)
+    keys = [(5, 2), (1, 0), (7, 2)]
+    assert np.array_equal(d.train.get_batch(keys)[2].numpy(), np.stack([d.train.mask(i, e) for i, e in keys]))
 
 
 @pytest.mark.slow

@@ -330,7 +330,7 @@ def token_baselines(data: MIMData, max_val: int = BASELINE_MAX_VAL) -> dict:
     pos_major = np.array([np.bincount(flat[:, j], minlength=data.vocab_size).argmax() for j in range(flat.shape[1])])
     pos = np.unique(np.linspace(0, len(data.val) - 1, min(max_val, len(data.val))).round().astype(np.int64))
     va = data.val.all_tokens()[pos]
-    masks = np.stack([data.val.mask(int(i)) for i in pos])
+    masks = data.val.masks([(int(i), 0) for i in pos])
     nn_pred = nearest_unmasked_tokens(va, masks).reshape(len(va), -1)
     va, masks = va.reshape(len(va), -1), masks.reshape(len(va), -1)
     hits = {"majority_acc": va == majority, "position_majority_acc": va == pos_major[None, :],
