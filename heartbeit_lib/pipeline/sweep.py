@@ -575,10 +575,18 @@ class WarmJob(submitit.helpers.Checkpointable):
     job holds is ``busy`` and skipped, one it finished is ``skipped``. Returns ``{run_id: outcome}`` (``ran``,
     ``skipped``, ``busy`` or ``failed: <error>``); a failure does not stop the job."""
 
-    def __init__(self, spec: SweepSpec, combos: Sequence[Mapping[str, Any]], runner: str, threads: int | None = None):
+    def __init__(self, spec: SweepSpec, combos: Sequence[Mapping[str, Any]], runner: str, threads: int | None = None,
+                 cuda_device: str | None = None):
         self.spec, self.combos, self.runner, self.threads = spec, [dict(c) for c in combos], runner, threads
+        self.cuda_device = cuda_device  # this job's CUDA_VISIBLE_DEVICES entry (None: as started)
 
     def __call__(self) -> dict[str, str]:
+        if self.cuda_device is not None:
+            # set before CUDA starts in this process (nothing of ours touches CUDA at import): the device list
+            # is read once, at CUDA's initialisation
+            if torch.cuda.is_initialized():
+                raise RuntimeError("WarmJob: CUDA started before CUDA_VISIBLE_DEVICES could be set")
+            os.environ["CUDA_VISIBLE_DEVICES"] = self.cuda_device
         out: dict[str, str] = {}
         for combo in self.combos:
             rid = self.spec.run_id(combo)
@@ -689,28 +697,50 @@ def _record_submitted(spec: SweepSpec, combo: Mapping[str, Any], job: submitit.J
                  stderr=str(job.paths.stderr), error=None)
 
 
+def _cpu_count() -> int:
+    """CPUs this process may run on (a Slurm allocation's, not the node's), at least 1."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def job_slots(jobs: int, n_gpu: int, visible: str | None, cpus: int) -> list[tuple[str | None, int]]:
+    """(``CUDA_VISIBLE_DEVICES`` value or None on CPU, torch / OpenMP threads) for each of ``jobs`` parallel jobs.
+
+    Job i runs on the i-th of the ``n_gpu`` GPUs this process sees (round robin when there are more jobs):
+    the i-th entry of the inherited ``visible`` list ("2,5" from Slurm or a user: job 0 gets "2"; UUIDs and
+    MIG names pass through), or index i when nothing was inherited.  Every job gets ``max(1, cpus // jobs)``
+    threads, so the jobs' data loading and CPU ops do not oversubscribe a node's cores.
+    """
+    for name, value, low in (("jobs", jobs, 0), ("n_gpu", n_gpu, 0), ("cpus", cpus, 1)):
+        if value < low:
+            raise SweepError(f"job_slots: {name} must be >= {low}, got {value}")
+    entries = [str(i) for i in range(n_gpu)] if visible is None else \
+        [e.strip() for e in visible.split(",") if e.strip()][:n_gpu]
+    threads = max(1, cpus // max(jobs, 1))
+    return [(entries[i % len(entries)] if entries else None, threads) for i in range(jobs)]
+
+
 def local_parallel_sweep(spec: SweepSpec, parallel: int | None = None, runner: str | None = None,
                          poll_s: float = 0.5, timeout_min: float = 24 * 60) -> SweepSummary:
     """Run the missing and failed combinations in ``parallel`` warm submitit local jobs (:class:`WarmJob`: each goes
     through the whole list, claiming what nobody else holds), so each job process starts once, not once per
     combination.
 
-    On a machine with GPUs each job sees one (``CUDA_VISIBLE_DEVICES`` = its slot; ``parallel`` defaults to
-    the GPU count); on CPU the cores are split between the jobs (torch and OpenMP threads = cores // parallel).
-    Waits for every job; a combination's error is recorded as its failure (a job that dies fails the combinations
-    no other job finished).
+    Devices and threads per job: :func:`job_slots` (job i gets the i-th GPU this process sees, by its entry in
+    an inherited ``CUDA_VISIBLE_DEVICES``; ``parallel`` defaults to the GPU count; the CPU cores are split
+    between the jobs, GPU or not).  Waits for every job; a combination's error is recorded as its failure (a
+    job that dies fails the combinations no other job finished).
     """
     n_gpu = torch.cuda.device_count()
     parallel = int(parallel or spec.parallel or n_gpu or 2)
-    threads = None if n_gpu else max(1, (os.cpu_count() or 1) // parallel)
     todo, left = _to_submit(spec)
     summary = SweepSummary(spec.name, len(spec.combinations()), [], list(left), {}, 0.0)
     ex = submitit.LocalExecutor(folder=spec.logs)
+    # gpus_per_node 0: submitit would set CUDA_VISIBLE_DEVICES to physical indices; each job sets its own entry
+    ex.update_parameters(timeout_min=timeout_min, gpus_per_node=0)
     t0, jobs = time.time(), []
-    for slot in range(min(parallel, len(todo))):
-        gpus = {"gpus_per_node": 1, "visible_gpus": [slot % n_gpu]} if n_gpu else {"gpus_per_node": 0}
-        ex.update_parameters(timeout_min=timeout_min, **gpus)
-        jobs.append(ex.submit(WarmJob(spec, todo, runner or spec.runner, threads)))
+    slots = job_slots(min(parallel, len(todo)), n_gpu, os.environ.get("CUDA_VISIBLE_DEVICES"), _cpu_count())
+    for device, threads in slots:
+        jobs.append(ex.submit(WarmJob(spec, todo, runner or spec.runner, threads, cuda_device=device)))
     for combo in todo:
         _record_submitted(spec, combo, jobs[0], "local_parallel")
     while not all(j.done() for j in jobs):

@@ -494,3 +494,69 @@ def test_local_parallel_keeps_two_warm_jobs_for_four_combinations(grid_root, tmp
     pids = {sweep.read_record(spec, r)["pid"] for r in rids}
     assert len(pids) <= 2  # four combinations, at most two processes: the jobs stayed warm
     assert all(runs.is_complete(spec.run_dir(c)) for c in spec.combinations())
+
+
+@pytest.mark.parametrize("jobs,n_gpu,visible,cpus,want", [
+    (2, 2, "3,7", 16, [("3", 8), ("7", 8)]),               # inherited list: entries, not physical 0 and 1
+    (3, 2, " 3, 7 ", 16, [("3", 5), ("7", 5), ("3", 5)]),  # more jobs than GPUs: round robin
+    (2, 2, None, 16, [("0", 8), ("1", 8)]),                # nothing inherited: indices
+    (2, 1, "GPU-aa,GPU-bb", 4, [("GPU-aa", 2), ("GPU-aa", 2)]),  # device_count wins over the list's length
+    (2, 0, "", 3, [(None, 1), (None, 1)]),                 # CPU: threads split, floor, at least 1
+    (4, 0, None, 2, [(None, 1)] * 4),
+])
+def test_job_slots_map_jobs_to_inherited_devices_and_split_threads(jobs, n_gpu, visible, cpus, want):
+    assert sweep.job_slots(jobs, n_gpu, visible, cpus) == want
+
+
+def test_job_slots_reject_bad_counts():
+    with pytest.raises(sweep.SweepError, match="cpus"):
+        sweep.job_slots(2, 0, None, 0)
+    with pytest.raises(sweep.SweepError, match="jobs"):
+        sweep.job_slots(-1, 0, None, 2)
+
+
+def test_local_parallel_jobs_get_the_inherited_gpus_and_a_share_of_the_cores(tmp_path, monkeypatch):
+    """Faked: 2 visible GPUs from an inherited CUDA_VISIBLE_DEVICES=5,2 and 12 CPUs; a stand-in submitit executor
+    records what each job would run with (oracle: the job objects and the executor's parameters)."""
+    path = write_sweep(tmp_path / "gpu.yaml", tmp_path / "out", ["resnet152_scratch"], [0.5, 1.0])
+    spec = sweep.load_sweep(path)
+    submitted, params = [], {}
+
+    class Job:
+        def __init__(self, fn):
+            self.fn, self.job_id = fn, str(len(submitted))
+            self.paths = type("P", (), {"stdout": tmp_path / "o", "stderr": tmp_path / "e"})()
+
+        def done(self):
+            return True
+
+        def exception(self):
+            return None
+
+        def result(self):
+            return {spec.run_id(c): "ran" for c in spec.combinations()}
+
+    class Executor:
+        def __init__(self, folder):
+            pass
+
+        def update_parameters(self, **kw):
+            params.update(kw)
+
+        def submit(self, fn):
+            submitted.append(fn)
+            return Job(fn)
+
+    monkeypatch.setattr(sweep.submitit, "LocalExecutor", Executor)
+    monkeypatch.setattr(sweep.torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(sweep, "_cpu_count", lambda: 12)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,2")
+    res = sweep.local_parallel_sweep(spec)
+    assert res.ok and len(res.ran) == 2
+    assert [(j.cuda_device, j.threads) for j in submitted] == [("5", 6), ("2", 6)]
+    assert params["gpus_per_node"] == 0  # submitit would export physical indices 0 and 1
+
+    # the job sets its entry in its own process before anything starts CUDA
+    monkeypatch.setattr(sweep, "run_combination", lambda *a, **k: "ran")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # what submitit's controller gives a job without GPUs
+    assert set(submitted[1]().values()) == {"ran"} and os.environ["CUDA_VISIBLE_DEVICES"] == "2"
