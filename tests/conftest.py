@@ -290,6 +290,21 @@ def _fake_pretrain_checkpoint(path, size="micro", img_size=32, seed=0, mean=(0.9
     return ckpt
 
 
+@pytest.fixture
+def host_reads(monkeypatch) -> list:
+    """Counts reads of tensor values into Python (``item``, ``float``, ``int``, ``bool``, ``tolist``): on a GPU
+    each one waits for the device (a host sync).  The list gains one entry per read while the test runs."""
+    reads: list = []
+    for name in ("item", "__float__", "__int__", "__bool__", "tolist"):
+        orig = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _orig=orig, _name=name, **k):
+            reads.append(_name)
+            return _orig(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return reads
+
+
 @pytest.fixture(scope="session")
 def smooth_ecgs():
     """``smooth_ecgs(n, seed=0)`` -> float32 (n, 8, 2500) microvolts of ECG-like beats."""

@@ -383,3 +383,28 @@ def test_render_cache_is_the_renderer_once_per_store_and_setting(tmp_path, make_
     assert len(list(f.parent.glob("*.npy"))) == 2
     ds = data.default_dataset_factory(store, np.array([3, 1]), 32, "stack8", (-3.0, 3.0), disk_cache=True)
     assert np.array_equal(torch.stack([x for x, _ in ds.__getitems__([0, 1])]).numpy(), want[[3, 1]])
+
+
+def test_fp16_steps_read_nothing_back_with_the_fused_optimizer(host_reads):
+    """Issue 25 item 10b: with fp16's GradScaler a non-fused Adam reads ``found_inf`` back every step (a host
+    sync on CUDA); ``make_optimizer(fused=True)``, what ``fit`` asks for on CUDA, gets the inf check on the
+    device.  Run on the CPU with ``GradScaler("cpu")``, 6 steps.  Oracles: the count of host reads (one per epoch:
+    the mean loss at its end) and the default Adam's trajectory (weights to atol 1e-6, loss to rtol 1e-6)."""
+    from heartbeit_lib.classify import engine
+    cfg = finetune.FinetuneConfig()
+    gen = torch.Generator().manual_seed(0)
+    loader = [(torch.rand(8, 3, 4, 4, generator=gen), torch.randint(0, 2, (8,), generator=gen)) for _ in range(6)]
+    mean, std = torch.full((1, 3, 1, 1), 0.5), torch.full((1, 3, 1, 1), 0.25)
+    out = {}
+    for fused in (False, True):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 2))
+        opt, sched = finetune.make_optimizer(cfg, model.parameters(), 6, fused=fused)
+        host_reads.clear()
+        loss = engine.train_one_epoch(model, loader, opt, sched, torch.amp.GradScaler("cpu"), mean, std,
+                                      torch.device("cpu"))
+        out[fused] = (loss, [p.detach().clone() for p in model.parameters()], len(host_reads))
+    assert out[False][2] >= 6 and out[True][2] == 1
+    assert out[True][0] == pytest.approx(out[False][0], rel=1e-6)
+    for a, b in zip(out[True][1], out[False][1]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)

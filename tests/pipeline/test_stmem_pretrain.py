@@ -15,6 +15,7 @@ import torch
 from heartbeit_lib import cohorts
 from heartbeit_lib.classify.signal_data import prepare_signals
 from heartbeit_lib.mim.data import TRAIN_STREAM, EpochSampler
+from heartbeit_lib.mim import stmem_pretrain
 from heartbeit_lib.models import stmem
 from heartbeit_lib.pipeline import pretrain
 from heartbeit_lib.pipeline.pretrain import signal as pretrain_signal
@@ -69,3 +70,23 @@ def test_accumulated_micro_batches_follow_the_large_batch(tmp_path, make_toy_sto
     a, b = (torch.load(r["checkpoint"], weights_only=True)["backbone"] for r in (runs[1], runs[4]))
     for k, v in a.items():
         torch.testing.assert_close(b[k], v, rtol=0, atol=3e-5, msg=k)
+
+
+def test_held_out_loss_is_summed_on_the_device(host_reads):
+    """Issue 25 item 10b. Oracle: the per-batch host loop it replaced (``float(loss) * len(x)`` summed in Python,
+    divided by the count): equal to the last bit (the same float64 operations), and one host read per call
+    (the end), not one per batch."""
+    torch.manual_seed(0)
+    net = stmem.build_pretrainer("micro", 8, 100.0)
+    gen = torch.Generator().manual_seed(1)
+    n_patches = stmem.geometry(100.0)[1]
+    batches = [(torch.randn(b, 8, 30 * n_patches, generator=gen), torch.rand(b, 8, n_patches, generator=gen))
+               for b in (4, 4, 3)]  # a partial last batch: the weights matter
+    dev = torch.device("cpu")
+    got = stmem_pretrain.evaluate(net, batches, dev, 0.75)
+    assert len(host_reads) == 1
+    tot = 0.0
+    with torch.no_grad():
+        for x, noise in batches:
+            tot += float(net(x, mask_ratio=0.75, noise=noise)["loss"]) * len(x)
+    assert got == tot / 11

@@ -64,14 +64,17 @@ def optimizer_params(cfg: FinetuneConfig, model: nn.Module):
                                     layer_decay=cfg.layer_decay)
 
 
-def make_optimizer(cfg: FinetuneConfig, params, total_steps: int):
+def make_optimizer(cfg: FinetuneConfig, params, total_steps: int, fused: bool = False):
     """Adam (or AdamW: ``optimizer``) + OneCycleLR stepped once per batch: lr ``lr_start`` -> ``lr`` (after
     ``pct_start`` = 30 % of the steps) -> ``lr_start / 1e4`` (cosine), as the paper's "OneCycle between 3e-4 and
     1e-3"; groups with an ``lr_scale`` (:func:`optimizer_params`) follow the same cycle scaled. fastai's
-    ``fit_one_cycle(lr)`` of the PTB-XL benchmark is ``optimizer=adamw, adam_beta2=0.99, lr_start=lr/25``."""
+    ``fit_one_cycle(lr)`` of the PTB-XL benchmark is ``optimizer=adamw, adam_beta2=0.99, lr_start=lr/25``.
+    ``fused`` (:func:`fit` on CUDA): one kernel per step, and fp16's ``GradScaler`` hands it the inf check on the
+    device instead of reading it back (``found_inf.item()``: a host sync every step with the other kinds)."""
     params = list(params)
     kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    opt = kind(params, lr=cfg.lr_start, betas=(0.9, cfg.adam_beta2), weight_decay=cfg.weight_decay)
+    opt = kind(params, lr=cfg.lr_start, betas=(0.9, cfg.adam_beta2), weight_decay=cfg.weight_decay,
+               **({"fused": True} if fused else {}))
     scales = [g.get("lr_scale", 1.0) for g in opt.param_groups]
     max_lr = cfg.lr if all(x == 1.0 for x in scales) else [cfg.lr * x for x in scales]
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=max(1, total_steps),
@@ -173,7 +176,8 @@ def fit(cfg: FinetuneConfig, model: nn.Module, store, splits: Mapping[str, Split
     shape = (1, -1, 1) if signal else (1, -1, 1, 1)  # per lead of (B, leads, T) / per channel of (B, 3, H, W)
     mean = torch.tensor(normalization[0], dtype=torch.float32, device=device).view(shape)
     std = torch.tensor(normalization[1], dtype=torch.float32, device=device).view(shape)
-    opt, sched = make_optimizer(cfg, optimizer_params(cfg, model), cfg.epochs * len(train_loader))
+    opt, sched = make_optimizer(cfg, optimizer_params(cfg, model), cfg.epochs * len(train_loader),
+                                fused=device.type == "cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     windows = None
     if signal and cfg.crop_seconds:
