@@ -26,6 +26,26 @@ def dist_info() -> tuple[int, int, int]:
     return 0, 0, 1
 
 
+def cap_compile_threads(env: dict | None = None, cpus: int | None = None) -> int:
+    """Limit inductor's compile workers of this process to its share of the CPUs; returns the number set.
+
+    ``torch.compile`` starts ``compile_threads`` worker processes (inductor's default: min(32, CPUs)) in every
+    rank, so 8 ranks on a node start up to 256 at once.  Here: ``max(1, min(32, cpus // LOCAL_WORLD_SIZE))``,
+    ``cpus`` = this process's CPU affinity (a Slurm task's own CPUs; under torchrun every rank sees the node's,
+    shared by ``LOCAL_WORLD_SIZE`` ranks).  A ``TORCHINDUCTOR_COMPILE_THREADS`` in the environment wins.
+    """
+    import torch._inductor.config as inductor_config  # imported here: only compiled runs need it
+
+    env = os.environ if env is None else env
+    if env.get("TORCHINDUCTOR_COMPILE_THREADS"):
+        n = int(env["TORCHINDUCTOR_COMPILE_THREADS"])
+    else:
+        cpus = cpus or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        n = max(1, min(32, cpus // max(1, int(env.get("LOCAL_WORLD_SIZE", 1)))))
+    inductor_config.compile_threads = n
+    return n
+
+
 def gloo_socket_ifname(env: dict | None = None) -> str | None:
     """Set ``GLOO_SOCKET_IFNAME`` from ``NCCL_SOCKET_IFNAME`` when only the latter is set; returns the value used.
 

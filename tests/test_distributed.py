@@ -208,3 +208,22 @@ def test_token_precompute_ranks_never_write_the_same_file(tmp_path):
     name = os.path.basename(one.filename)
     assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
     assert sorted(os.listdir(tmp_path / "two")) == sorted(os.listdir(tmp_path / "one"))  # no part file left
+
+
+@pytest.mark.parametrize("env,cpus,want", [
+    ({"LOCAL_WORLD_SIZE": "8"}, 128, 16),                 # torchrun: the node's CPUs shared by 8 ranks
+    ({}, 12, 12),                                         # a Slurm task with its own 12 CPUs
+    ({"LOCAL_WORLD_SIZE": "8"}, 4, 1),                    # never 0
+    ({}, 256, 32),                                        # inductor's own ceiling
+    ({"LOCAL_WORLD_SIZE": "8", "TORCHINDUCTOR_COMPILE_THREADS": "3"}, 128, 3),  # the user's setting wins
+])
+def test_compile_threads_are_capped_per_rank(env, cpus, want):
+    """Issue 25 item 10c: inductor's default would start min(32, CPUs) compile workers in every rank.  Oracle: the
+    value inductor reads (``torch._inductor.config.compile_threads``) after the call."""
+    import torch._inductor.config as inductor_config
+    before = inductor_config.compile_threads
+    try:
+        assert distributed.cap_compile_threads(env, cpus) == want
+        assert inductor_config.compile_threads == want
+    finally:  # not monkeypatch: its undo deletes a config module's attribute
+        inductor_config.compile_threads = before

@@ -300,3 +300,20 @@ def test_cli_parameter_values():
                                       (("train_splits", "[train, val]"), ("run_id", "007"), ("max_train", "None"),
                                        ("epochs", "3"))})
     assert (cfg.train_splits, cfg.run_id, cfg.max_train, cfg.epochs) == (("train", "val"), "007", None, 3)
+
+
+def test_compiled_training_compiles_once(tmp_path, monkeypatch):
+    """Issue 25 item 10c: with ``compile: true`` the training module is compiled once for two epochs and the
+    held-out evaluation (eval mode, no_grad, a partial last batch of 3): dynamic=False on whole micro-batches,
+    and evaluation on the uncompiled model.  Oracle: a counting torch.compile backend (dynamo traces, no
+    inductor code generation): one graph in all (before: a second one, dynamo's 'grad_mode' guard failing in
+    evaluation)."""
+    graphs = []
+    real = torch.compile
+
+    def backend(gm, example_inputs):
+        graphs.append(len(gm.graph.nodes))
+        return gm.forward
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: real(m, backend=backend, **kw))
+    P.train(_tiny_cfg(compile=True, epochs=2), _tiny_data(n=44, n_val=11), tmp_path)
+    assert len(graphs) == 1
