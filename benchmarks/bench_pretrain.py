@@ -10,9 +10,9 @@ Measured side by side in one run, on the same batch:
 * ``data``: the pretraining data pipeline for one batch in one process - read signals, render images
   (``render.RenderedECGDataset``), look up cached tokens, draw block masks (:class:`MIMDataset`).
   Target: >= 3x the MIM step's images/s (per loader worker);
-* ``masks``: BEiT block masks for one batch of 128 at 224 px (14 x 14 grid, 75 masked), the per-sample Python
-  loop (``masking.block_mask`` per item, as the data path drew them until issue 25) against the batched
-  ``masking.block_masks_batched`` the data path uses now, each with its per-item generators, alternated;
+* ``masks``: one batch of 128 at 224 px (14 x 14 grid, 75 masked) in one process: read + render, BEiT block
+  masks by the per-sample Python loop (``masking.block_mask`` per item, as the data path drew them until
+  issue 25) and by the batched ``masking.block_masks_batched`` the data path uses now, alternated (``--masks-only``);
 * ``tokenize``: the k-means tokenizer on rendered images (run once per store, then cached);
 * ``loader``: images/s of one DataLoader worker delivering batches to the training process (the
   worker renders, pickles the batch through shared memory; the main process receives it), before (float32
@@ -100,22 +100,27 @@ def loader_rates(size: int = 224, batch: int = 128, n_batches: int = 12, workers
     return out
 
 
-def mask_times(batch: int = 128, grid: tuple[int, int] = (14, 14), reps: int = 15) -> dict[str, float]:
-    """Median ms per batch of ``batch`` block masks: per-sample loop vs batched, alternated ``reps`` times on the
-    same keys (the generators ``default_rng((0, 0, rep, i))`` are made inside both timings, as the dataset does)."""
+def batch_costs(batch: int = 128, size: int = 224, reps: int = 9) -> dict[str, tuple[float, float]]:
+    """Median (wall ms, CPU ms) per batch of ``batch`` in one process, alternated ``reps`` times: read + render
+    (uint8, the loader's ``StoreImages``), block masks by the per-sample loop, block masks batched (both make their
+    per-item generators ``default_rng((0, 0, rep, i))`` inside the timing, as the dataset does).  CPU ms is this
+    process's CPU time: on a shared machine it is the steadier figure."""
+    grid = (size // 16, size // 16)
     k, min_block = masking.num_masked_for(grid), max(1, round(16 * grid[0] * grid[1] / 196))
-    old, new = [], []
+    images = StoreImages(ArrayStore(ecg_like(batch)), np.arange(batch), size)
+    images.uint8_batch(np.arange(batch))  # warm-up
+    jobs = {"render": lambda r: images.uint8_batch(np.arange(batch)),
+            "per-sample": lambda r: np.stack([masking.block_mask(np.random.default_rng((0, 0, r, i)), grid, k,
+                                                                 min_block=min_block) for i in range(batch)]),
+            "batched": lambda r: masking.block_masks_batched([np.random.default_rng((0, 0, r, i))
+                                                              for i in range(batch)], grid, k, min_block=min_block)}
+    t: dict[str, list] = {key: [] for key in jobs}
     for r in range(reps):
-        t0 = time.perf_counter()
-        np.stack([masking.block_mask(np.random.default_rng((0, 0, r, i)), grid, k, min_block=min_block)
-                  for i in range(batch)])
-        t1 = time.perf_counter()
-        masking.block_masks_batched([np.random.default_rng((0, 0, r, i)) for i in range(batch)], grid, k,
-                                    min_block=min_block)
-        t2 = time.perf_counter()
-        old.append(t1 - t0)
-        new.append(t2 - t1)
-    return {"per-sample": 1e3 * statistics.median(old), "batched": 1e3 * statistics.median(new)}
+        for key, fn in jobs.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            fn(r)
+            t[key].append((time.perf_counter() - w0, time.process_time() - c0))
+    return {key: tuple(1e3 * statistics.median(x[j] for x in v) for j in (0, 1)) for key, v in t.items()}
 
 
 def _sync(dev: torch.device) -> None:
@@ -134,7 +139,7 @@ def main() -> None:
     ap.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
-    ap.add_argument("--masks-only", action="store_true", help="only the block-mask timing")
+    ap.add_argument("--masks-only", action="store_true", help="only the per-batch render and mask costs")
     ap.add_argument("--loader-only", action="store_true", help="only the masks and the loader's images/s per worker")
     ap.add_argument("--loader-batch", type=int, default=128, help="loader batch (per GPU) for the loader figure")
     ap.add_argument("--loader-size", type=int, default=224, help="image side for the loader figure")
@@ -142,10 +147,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
-    mt = mask_times(args.loader_batch, (args.loader_size // 16,) * 2)
-    print(f"block masks, batch {args.loader_batch}, {args.loader_size // 16}^2 grid: per-sample "
-          f"{mt['per-sample']:.1f} ms, batched {mt['batched']:.1f} ms per batch "
-          f"({mt['per-sample'] / mt['batched']:.1f}x)")
+    c = batch_costs(args.loader_batch, args.loader_size)
+    print(f"one process, batch {args.loader_batch}, {args.loader_size}px, ms per batch (CPU ms): "
+          + ", ".join(f"{name} {c[key][0]:.1f} ({c[key][1]:.1f})" for key, name in
+                      (("render", "read+render"), ("per-sample", "block masks per-sample"),
+                       ("batched", "block masks batched")))
+          + f"; masks per-sample / batched {c['per-sample'][0] / c['batched'][0]:.1f}x wall, "
+          f"{c['per-sample'][1] / c['batched'][1]:.1f}x CPU")
     if args.masks_only:
         return
     rates = loader_rates(args.loader_size, args.loader_batch)
