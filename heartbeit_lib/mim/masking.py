@@ -12,14 +12,16 @@ neighbours, so the extra patches extend existing blocks instead of adding isolat
 
 Two implementations of that one process:
 
-- :func:`block_mask` - one mask per call, BEiT's loop in Python (about 0.6 ms per 14 x 14 mask, so 68-86 ms
-  per batch of 128: as much as rendering the batch).  It keeps BEiT's random stream (tested against it).
+- :func:`block_mask` - one mask per call, BEiT's loop in Python: 39 CPU ms per batch of 128 14 x 14 masks, as
+  much as reading and rendering the batch at 224 px (43 ms; ``benchmarks/bench_pretrain.py --masks-only``).  It
+  keeps BEiT's random stream (tested against it).
 - :func:`block_masks_batched` - one mask per generator, all advanced together: each round draws one block for
-  every unfinished mask with array operations, then the grow step adds one patch to every short mask at once.
-  The data path (``mim.data.MIMDataset``) uses it.  Each mask reads only its own generator, so a mask does not
-  depend on the other items of its batch (the batch split over processes and loader workers).  The numbers are
-  drawn in a different order than :func:`block_mask` draws them, so the masks differ draw by draw but follow the
-  same distribution (``tests/mim/test_masking.py`` compares per-position frequency, counts and block statistics).
+  every unfinished mask with array operations, then the grow step adds one patch to every short mask at once
+  (10 CPU ms per batch of 128).  The data path (``mim.data.MIMDataset``) uses it.  Each mask reads only its own
+  generator, so a mask does not depend on the other items of its batch (the batch split over processes and
+  loader workers).  The numbers are drawn in a different order than :func:`block_mask` draws them, so the masks
+  differ draw by draw but follow the same distribution (``tests/mim/test_masking.py`` compares per-position
+  frequency, counts and block statistics).
 
 All randomness comes from the ``np.random.Generator`` objects passed in (BEiT's generator used the global
 ``random`` module).
@@ -185,7 +187,7 @@ def block_masks_batched(rngs: Sequence[np.random.Generator], grid: tuple[int, in
     mask = np.zeros((n, h, w), dtype=bool)
     count = np.zeros(n, np.int64)
     fails = np.zeros(n, np.int64)
-    active = count < num_masked  # (n,)
+    active = np.full(n, num_masked > 0 and attempts > 0)  # (n,) masks still drawing blocks
     draws = np.empty((n, _CHUNK, 4))
     r = 0
     while active.any():
