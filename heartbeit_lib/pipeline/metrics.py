@@ -381,7 +381,10 @@ def pool_seeds(stats_by_split: dict, run_table: pd.DataFrame | None = None, seed
     model's seeds resampled independently (its own stream, :func:`model_stream`; fine-tuning seed j of one model
     has nothing to do with seed j of another). Every seed of each model enters (``seeds_reference``,
     ``seeds_baseline``); ``<metric>_p_holm`` is the bootstrap p Holm-adjusted over the ``holm_family_size``
-    differences of the task and split (:func:`analysis.metrics.holm_adjust`).
+    differences of the task and split (:func:`analysis.metrics.holm_adjust`), and ``<metric>_diff_lo_adj`` /
+    ``_hi_adj`` the simultaneous interval of that family (Bonferroni: percentile interval at level
+    ``1 - alpha_adj``, ``alpha_adj = alpha / holm_family_size``; it excludes 0 only where Holm's test rejects
+    too, Holm being the more powerful of the two).
 
     ``stats_by_split``: what :func:`evaluate_predictions` put into ``keep_stats``. ``run_table`` (:func:`list_runs`)
     adds ``lr``: the runs' peak learning rate(s) of the cell ("1e-4" or "1e-4/1e-3" when seeds differ), and
@@ -425,16 +428,20 @@ def pool_seeds(stats_by_split: dict, run_table: pd.DataFrame | None = None, seed
                 row = {"task": task, "split": split, "fraction": fraction, "reference": reference_model,
                        "baseline": other, "seeds_reference": ",".join(map(str, ref)),
                        "seeds_baseline": ",".join(map(str, base))}
-                row.update(compare(seed_pool([by_seed[s] for s in ref], [seed, model_stream(reference_model)]),
-                                   seed_pool([other_seeds[s] for s in base], [seed, model_stream(other)]),
-                                   alpha, "percentile"))
-                family.append(row)
+                pair = (seed_pool([by_seed[s] for s in ref], [seed, model_stream(reference_model)]),
+                        seed_pool([other_seeds[s] for s in base], [seed, model_stream(other)]))
+                row.update(compare(*pair, alpha, "percentile"))
+                family.append((row, pair))
         for m in ("auroc", "auprc"):  # Holm over the differences of this task and split (one table's family)
-            for row, p in zip(family, holm_adjust([r[f"{m}_p"] for r in family])):
+            for (row, _), p in zip(family, holm_adjust([r[f"{m}_p"] for r, _ in family])):
                 row[f"{m}_p_holm"] = float(p)
-        for row in family:
+        for row, pair in family:  # simultaneous intervals: Bonferroni, each at level 1 - alpha / family size
+            adjusted = compare(*pair, alpha / len(family), "percentile")
+            for m in ("auroc", "auprc"):
+                row[f"{m}_diff_lo_adj"], row[f"{m}_diff_hi_adj"] = adjusted[f"{m}_diff_lo"], adjusted[f"{m}_diff_hi"]
             row["holm_family_size"] = len(family)
-        diffs.extend(family)
+            row["alpha_adj"] = alpha / len(family)
+        diffs.extend(row for row, _ in family)
     return pd.DataFrame(rows), pd.DataFrame(diffs)
 
 

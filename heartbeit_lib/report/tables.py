@@ -361,14 +361,18 @@ def differences_table(seed_differences: pd.DataFrame, decimals: int = 2) -> tupl
     for _, r in d.sort_values(["task", "split", "baseline", "fraction"]).iterrows():
         index.append((task_label(r["task"]), split_label(r["split"]), model_label(r["baseline"]),
                       fraction_label(r["fraction"])))
-        rows.append({"AUROC difference (95% CI)": format_cell(r["auroc_diff"], r["auroc_diff_lo"], r["auroc_diff_hi"],
-                                                             decimals),
-                     "p (Holm)": f"{r['auroc_p_holm']:.3g}", "seeds (reference / baseline)":
+        cells = {"AUROC difference (95% CI)": format_cell(r["auroc_diff"], r["auroc_diff_lo"], r["auroc_diff_hi"],
+                                                          decimals)}
+        if "auroc_diff_lo_adj" in r and pd.notna(r["auroc_diff_lo_adj"]):
+            cells["simultaneous CI (Bonferroni)"] = (f"{r['auroc_diff_lo_adj']:.{decimals}f} - "
+                                                     f"{r['auroc_diff_hi_adj']:.{decimals}f}")
+        rows.append({**cells, "p (Holm)": f"{r['auroc_p_holm']:.3g}", "seeds (reference / baseline)":
                      f"{r['seeds_reference']} / {r['seeds_baseline']}"})
     idx = pd.MultiIndex.from_tuples(index, names=["task", "split", "baseline", "fraction"])
     ref = ", ".join(sorted(set(d["reference"].map(model_label))))
     caption = (f"Table 4. {ref} minus each baseline, AUROC: difference of seed means, 95% percentile interval over "
                "test resamples (paired) with each model's seeds resampled independently; bootstrap p-values "
                "Holm-adjusted over the differences of each task and split (family size "
-               f"{'/'.join(str(int(v)) for v in sorted(set(d['holm_family_size'])))})")
+               f"{'/'.join(str(int(v)) for v in sorted(set(d['holm_family_size'])))}); simultaneous intervals over "
+               "the same family at level 1 - 0.05 / family size (Bonferroni)")
     return pd.DataFrame(rows, index=idx), caption

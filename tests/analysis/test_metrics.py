@@ -373,6 +373,34 @@ def test_pool_seeds_mean_interval_over_test_and_seeds_and_paired_differences():
     assert t4.iloc[0]["p (Holm)"] == f"{d['auroc_p_holm']:.3g}"
 
 
+def test_pool_seeds_simultaneous_intervals_over_the_family():
+    """Issue 24 item 3: beside Holm's p, each difference of a table's family (task, split) gets a simultaneous
+    interval at level 1 - alpha / m (Bonferroni). Oracle: numpy percentiles of the documented paired resample
+    differences at alpha / (2m) and 1 - alpha / (2m), m = 2 baselines x 1 fraction; tolerance 1e-12."""
+    ids = np.array([f"r{i:03d}" for i in range(120)])
+    labels = (np.arange(120) % 4 == 0).astype(int)
+    rng = np.random.default_rng(3)
+    frames = [pd.DataFrame({"task": "mi", "model": m, "fraction": 0.1, "seed": s, "split": "test", "record_id": ids,
+                            "label": labels, "score": labels * k * (1 + s) + rng.normal(size=120)})
+              for s in range(2) for m, k in (("heartbeit", 1.0), ("resnet152", 0.6), ("xresnet1d101", 0.3))]
+    stats = {}
+    PM.evaluate_predictions(pd.concat(frames, ignore_index=True), n_boot=300, seed=0, keep_stats=stats)
+    _, diffs = PM.pool_seeds(stats, seed=0)
+    assert len(diffs) == 2 and set(diffs["holm_family_size"]) == {2}
+    st = stats[("mi", "test")]
+    hb = M.seed_pool([st[("heartbeit", 0.1, s)] for s in range(2)], [0, PM.model_stream("heartbeit")]).boot_auroc
+    for _, d in diffs.iterrows():
+        other = M.seed_pool([st[(d["baseline"], 0.1, s)] for s in range(2)], [0, PM.model_stream(d["baseline"])])
+        q = np.quantile(hb - other.boot_auroc, [0.05 / 4, 1 - 0.05 / 4])
+        assert (d["auroc_diff_lo_adj"], d["auroc_diff_hi_adj"]) == pytest.approx(tuple(q), abs=1e-12)
+        assert d["alpha_adj"] == pytest.approx(0.025)
+        assert d["auroc_diff_lo_adj"] <= d["auroc_diff_lo"] and d["auroc_diff_hi_adj"] >= d["auroc_diff_hi"]
+    from heartbeit_lib.report import tables
+
+    t4, cap = tables.differences_table(diffs)
+    assert "Bonferroni" in cap and "simultaneous CI (Bonferroni)" in t4.columns
+
+
 def test_holm_adjusted_p_values_and_the_family_of_a_table():
     """Oracle: Holm's step-down rule by hand (m = 3 finite p-values; NaN stays NaN and is not counted)."""
     np.testing.assert_allclose(M.holm_adjust([0.01, 0.04, 0.03, np.nan]), [0.03, 0.06, 0.06, np.nan])
