@@ -22,8 +22,10 @@ timed on its own over the whole batch, the way 07_predict runs them:
   as 03/07 feed it (``classify.signal_data.prepare_signals``), batch 64;
 - **07 end to end**: ``predict.run`` itself (``pictures: none``; threshold, its bootstrap interval and the operating
   points included) on a folder of the MUSE files copied to ``--n`` names, for the micro ViT and for xresnet1d101
-  (finished run folders written here with random weights), once with ``workers: 1`` (one process reads and
-  preprocesses) and once with ``workers: 2`` (the store build's spawn workers, one shard each), side by side.
+  (finished run folders written here with random weights), once with ``workers: 1`` (this process reads and
+  preprocesses, and a thread scores each chunk of 256 stored ECGs while the next ones are read:
+  ``predict.prepare_and_score``) and once with ``workers: 2`` (the store build's spawn workers, one shard each, then
+  the scoring), side by side.
 
 ECGs/s per stage = n / seconds; end to end = n / (sum of the stages of that model: read in 2 processes, batched
 preprocessing); 07's ECGs/s = n / its wall time.

@@ -595,7 +595,7 @@ class BuildPlan:
     task: TaskConfig
     seed: int
     salt: str
-    params: dict  # what the output depends on (build_spec.json)
+    params: dict  # what the output depends on (build_spec.json), then salt_file (recorded in store.json)
     n_shards: int
     manifest_columns: list[str]
     dtypes: dict[str, Any]
@@ -615,12 +615,14 @@ def plan_build(inputs: pd.DataFrame, run_dir: str | os.PathLike, *, task_cfg: "T
     if shard_size < 1:
         raise CohortError(f"shard_size must be >= 1, got {shard_size}")
     df = _check_inputs(inputs)
+    given_salt = bool(salt)
     salt = salt if salt else read_or_create_salt(run_dir, salt_file)
     (run_dir / "store" / "parts").mkdir(parents=True, exist_ok=True)
     params = {"task": task.to_dict(), "seed": int(seed), "shard_size": int(shard_size),
               "preprocess_kw": None if preprocess_kw is None else dict(preprocess_kw),
               "leads": list(store_layout(preprocess_kw)[0]), "format": STORE_FORMAT, "version": STORE_VERSION}
     _check_or_write_build_spec(run_dir, _fingerprint(df, salt, params), params)
+    params["salt_file"] = None if given_salt else str(salt_path(run_dir, salt_file))  # store.json, as build_store
     extra = [c for c in df.columns if c not in (*INPUT_COLUMNS, "reject", "input_index")]
     manifest_columns = ["record_id", "patient_hash", "patient_source", "site", "label", "shard", "offset",
                         "source_path", "input_index", "fs_source", "n_samples_source", *extra]

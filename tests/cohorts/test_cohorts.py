@@ -332,6 +332,26 @@ def test_muse_source_lvef_with_missing_and_unlabelled_rows(shared_data, tmp_path
 
 
 @pytest.mark.shared
+def test_batched_preprocessing_equals_one_call_per_record(shared_data, tmp_path):
+    """The build preprocesses the records of one rate, lead set and length together (what 07 scores); each stored ECG
+    equals the record preprocessed alone. Oracle: one ``signals.preprocess`` call per file (the paper's settings) on
+    the 10 shared MUSE files (500 Hz) and 3 PTB-XL records (100 Hz: a second batch), cast to float16 as the store
+    keeps them; tolerance: none."""
+    from heartbeit_lib import io, signals
+
+    paths = sorted((shared_data / "muse").glob("*.xml")) + sorted((shared_data / "ptbxl" / "records100").rglob("*_lr.hea"))[:3]
+    inputs = pd.DataFrame({"source_path": [str(p) for p in paths], "record_id": [f"r{i:02d}" for i in range(len(paths))]})
+    kw = preprocess.PreprocessConfig().preprocess_kw()
+    store = cohorts.build_store(inputs, io.read_ecg, tmp_path, task_cfg="unlabelled", preprocess_kw=kw, salt="s",
+                                workers=1, progress=False)
+    assert len(store) == 13 and sorted(set(store.manifest["fs_source"])) == [100.0, 500.0]
+    for i, p in enumerate(paths):
+        rec = io.read_ecg(p)
+        alone = signals.preprocess(rec.signal, rec.fs, list(rec.leads), **kw)[0].astype(np.float16).astype(np.float32)
+        np.testing.assert_array_equal(store.signals([i])[0], alone)
+
+
+@pytest.mark.shared
 def test_wfdb_folder_unlabelled(shared_data, tmp_path):
     root = shared_data / "cinc" / "records"
     src = cohorts.wfdb_source(root, cohorts.load_task("unlabelled"))

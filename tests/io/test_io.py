@@ -214,6 +214,22 @@ def test_muse_mini_seed_decodes_and_reads_metadata():
         io.read_ecg(path, waveform="Median")
 
 
+@pytest.mark.parametrize("space", ["\r\n", "\t", "  \n ", "\u00a0", "\u2003\r\n"])
+def test_muse_base64_wrapping_whitespace_is_dropped(tmp_path, space):
+    """WaveFormData wrapped with ASCII or non-ASCII white space (every character ``str.split()`` drops) reads as
+    the unwrapped file. Oracle: the seed's own record (bit for bit); only the wrapping differs."""
+    path = OK / "muse_mini.xml"
+    text = path.read_text(encoding="latin-1").replace('encoding="ISO-8859-1"', 'encoding="UTF-8"')
+    wrapped = re.sub(r"(<WaveFormData>)(.*?)(</WaveFormData>)",
+                     lambda m: m[1] + space.join(re.findall(".{1,7}", re.sub(r"\s", "", m[2]))) + space + m[3],
+                     text, flags=re.S)
+    assert wrapped != text
+    (tmp_path / "wrapped.xml").write_text(wrapped, encoding="utf-8")
+    ref, rec = io.read_ecg(path), io.read_ecg(tmp_path / "wrapped.xml")
+    np.testing.assert_array_equal(rec.signal, ref.signal)
+    assert rec.leads == ref.leads
+
+
 def test_wfdb_exotic_format_goes_through_wfdb_and_matches(tmp_path):
     """Format 212 (not decoded here) is read by wfdb.rdrecord; units uV and lower-case names.
     Oracle: wfdb.rdrecord(...).p_signal (uV) and the written digital values."""

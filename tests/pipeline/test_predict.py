@@ -388,3 +388,41 @@ def test_operating_points_on_validation_and_scored_ecgs(world):
     thr = json.loads((out / "threshold.json").read_text())
     assert thr["method"] == "specificity" and thr["specificity"] >= 0.9 and thr["target_specificity"] == 0.9
     assert thr["interval"]["n_used"] > 0 and thr["warning"] and res["threshold"]["warning"] == thr["warning"]
+
+
+@pytest.mark.shared
+def test_prepare_and_score_equals_prepare_inputs_then_score(world, shared_data, tmp_path, monkeypatch):
+    """run()'s and the notebook's path (the store built shard by shard, each chunk of stored ECGs scored in a thread
+    while the next shards are read) against the two steps it joins, prepare_inputs then score, on 21 real MUSE files and 2
+    rejects (a CardioSoft XML and a CRC mismatch) in the first two shards, so chunks straddle shards.
+    Oracle: prepare_inputs + score; tolerance: none (the same signals, rows, rejects and probabilities bit for bit;
+    only the store's shard size differs)."""
+    from heartbeit_lib.pipeline.predict import scores
+
+    monkeypatch.setattr(scores, "CHUNK", 8)  # 3 shards of 8 inputs, 3 chunks of 8 stored ECGs (2 rejects between)
+    root, ft, _ = world
+    folder = tmp_path / "muse"
+    folder.mkdir()
+    files = sorted((shared_data / "muse").glob("*.xml"))
+    for i in range(21):
+        shutil.copy(files[i % len(files)], folder / f"{i:03d}_{files[i % len(files)].name}")
+    shutil.copy(shared_data / "muse" / "not_muse" / "gecardiosoft_deepecg_dummy_ecg.xml", folder / "003a_cardiosoft.xml")
+    shutil.copy(BROKEN / "muse_crc_mismatch.xml", folder / "010a_crc.xml")
+    cfg = cfg_for(world, finetune_runs=tuple(map(str, ft)), data_root=str(folder), source="muse", labels=None)
+    members, rendering = predict.load_ensemble(cfg)
+    ref_inputs = predict.prepare_inputs(cfg, tmp_path / "two_calls", rendering)
+    ref = predict.score(members, ref_inputs, rendering, cfg.batch_size)
+    inputs, got = predict.prepare_and_score(cfg, tmp_path / "overlapped", members, rendering)
+
+    assert got.shape == ref.shape == (2, 21) and inputs.store.info["shard_size"] == 8 != ref_inputs.store.info["shard_size"]
+    np.testing.assert_array_equal(got, ref)
+    pd.testing.assert_frame_equal(inputs.rejects, ref_inputs.rejects)
+    assert sorted(inputs.rejects["error_class"]) == ["ChecksumError", "WrongRootError"]
+    assert inputs.n_inputs == ref_inputs.n_inputs == 23 and np.array_equal(inputs.rows, ref_inputs.rows)
+    layout = ["shard", "offset"]
+    pd.testing.assert_frame_equal(inputs.store.manifest.drop(columns=layout),
+                                  ref_inputs.store.manifest.drop(columns=layout))
+    np.testing.assert_array_equal(inputs.store.signals(inputs.rows), ref_inputs.store.signals(ref_inputs.rows))
+    info, ref_info = ({k: v for k, v in s.info.items() if k not in ("shard_size", "n_shards")}
+                      for s in (inputs.store, ref_inputs.store))
+    assert info == ref_info and info["salt_file"]  # merge_store records the salt file as build_store does

@@ -21,6 +21,8 @@ The steps, each one function here (the notebook calls them in order, :func:`run`
    signals resampled to their rate (``classify.signal_data.prepare_signals``, as in training), each scored by 03's
    own ``classify.engine.predict`` (its normalisation, and for signal models trained on crops its test-time windows
    combined by the recorded ``window_aggregate``); one probability per member and their mean (``score``).
+   :func:`prepare_and_score` does steps 2 and 3 in one call (the notebook and :func:`run`) with the same result: raw
+   files read in this process are scored chunk by chunk in a background thread while the next ones are read.
 4. :func:`operating_threshold`: chosen on the training runs' *validation* split (their ``predictions.parquet`` at
    the chosen epoch, averaged over members), Youden by default, a target sensitivity or a target specificity; never
    on the scored data. :func:`threshold_report`: its bootstrap interval and sensitivity/specificity on validation,
@@ -74,8 +76,9 @@ from heartbeit_lib.pipeline.predict.ensemble import (IMAGE_FIELDS, Member, Rende
                                                      check_finetune_run, load_ensemble, member_inputs,
                                                      member_normalization, member_probabilities, member_windows,
                                                      render_images)
-from heartbeit_lib.pipeline.predict.inputs import Inputs, prepare_inputs, raw_source, read_workers
-from heartbeit_lib.pipeline.predict.scores import class_view, member_columns, predictions_table, score
+from heartbeit_lib.pipeline.predict.inputs import Inputs, prepare_inputs, raw_inputs, raw_source, read_workers
+from heartbeit_lib.pipeline.predict.scores import (class_view, member_columns, predictions_table, prepare_and_score,
+                                                   score, score_chunk)
 from heartbeit_lib.pipeline.predict.thresholds import (operating_points, operating_threshold, threshold_record,
                                                        threshold_report, training_scores)
 from heartbeit_lib.pipeline.predict.validation import (evaluate, reliability_figure, scored_data_name, validate)
@@ -185,8 +188,7 @@ def run(cfg: PredictConfig, run_dir: str | os.PathLike | None = None) -> dict:
 
 def _run_steps(cfg: PredictConfig, run_dir: Path) -> dict:
     members, rendering = load_ensemble(cfg, resolve_device(cfg.device))
-    inputs = prepare_inputs(cfg, run_dir, rendering)
-    member_scores = score(members, inputs, rendering, cfg.batch_size)
+    inputs, member_scores = prepare_and_score(cfg, run_dir, members, rendering)  # prepare_inputs, then score
     threshold = operating_threshold(members, cfg)
     report = threshold_report(members, threshold, cfg)
     pred = predictions_table(members, inputs, member_scores, threshold)

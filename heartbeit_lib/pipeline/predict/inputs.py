@@ -106,6 +106,12 @@ def prepare_inputs(cfg: PredictConfig, run_dir: str | os.PathLike, rendering: Re
                         preprocess_kw=rendering.preprocess_kw, salt_file=cfg.salt_file, workers=workers,
                         shard_size=max(64, math.ceil(len(src.inputs) / workers)) if workers > 1 else 512,
                         progress=False)  # one shard per worker: shards are the unit of parallel work
+    return raw_inputs(cfg, src, store)
+
+
+def raw_inputs(cfg: PredictConfig, src: Source, store: CohortStore) -> Inputs:
+    """The :class:`Inputs` of the raw files of ``src`` once built into ``store``: every stored row, and the rejects
+    with their file relative to ``cfg.data_root``."""
     root = Path(cfg.data_root)
     rej = store.rejects
     rejects = pd.DataFrame({"file": [_relative(p, root) for p in rej["source_path"]], "record_id": rej["record_id"],

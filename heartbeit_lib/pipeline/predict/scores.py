@@ -3,33 +3,91 @@ multi-label model)."""
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures as cf
+import os
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from heartbeit_lib.classify.engine import SCORE_PREFIX
-from heartbeit_lib.cohorts import LABEL_PREFIX
+from heartbeit_lib.cohorts import LABEL_PREFIX, build_shard_range, merge_store, plan_build, shard_ranges
+from heartbeit_lib.cohorts.store import shard_name
 
-from heartbeit_lib.pipeline.predict.config import CHUNK, DECISION_PREFIX, Thresholds
+from heartbeit_lib.pipeline.predict.config import CHUNK, DECISION_PREFIX, PredictConfig, Thresholds
 from heartbeit_lib.pipeline.predict.ensemble import (Member, Rendering, member_inputs, member_probabilities,
                                                      render_images)
-from heartbeit_lib.pipeline.predict.inputs import Inputs, _relative
+from heartbeit_lib.pipeline.predict.inputs import Inputs, _relative, prepare_inputs, raw_inputs, raw_source
+
+MAX_BUILD_STEPS = 64  # store-build calls of prepare_and_score (each re-plans the whole inputs table: O(n) per call)
 
 
 def score(members: Sequence[Member], inputs: Inputs, rendering: Rendering, batch_size: int = 64) -> np.ndarray:
     """(n_members, n) probability of class 1 of every member for every scored ECG, or (n_members, n, classes) the
     sigmoid per class of multi-label members (read in chunks of :data:`CHUNK`; rendered once per chunk when an image
     model is among the members)."""
-    out = np.zeros((len(members), len(inputs.rows), *((len(members[0].classes),) if members[0].multilabel else ())),
-                   np.float64)
-    need_images = any(m.family == "image" for m in members)
+    out = _no_scores(members, len(inputs.rows))
     for s in range(0, len(inputs.rows), CHUNK):
         sig = inputs.store.signals(inputs.rows[s:s + CHUNK])
-        grey = render_images(sig, rendering) if need_images else None
-        for k, m in enumerate(members):
-            out[k, s:s + len(sig)] = member_probabilities(m, member_inputs(m, sig, grey, rendering), batch_size)
+        out[:, s:s + len(sig)] = score_chunk(members, sig, rendering, batch_size)
     return out
+
+
+def _no_scores(members: Sequence[Member], n: int) -> np.ndarray:
+    return np.zeros((len(members), n, *((len(members[0].classes),) if members[0].multilabel else ())), np.float64)
+
+
+def score_chunk(members: Sequence[Member], signals: np.ndarray, rendering: Rendering, batch_size: int = 64
+                ) -> np.ndarray:
+    """(n_members, n[, classes]) probabilities of the float32 store signals (n, leads, T) of one chunk (rendered once
+    when an image model is among the members)."""
+    grey = render_images(signals, rendering) if any(m.family == "image" for m in members) else None
+    return np.stack([member_probabilities(m, member_inputs(m, signals, grey, rendering), batch_size)
+                     for m in members])
+
+
+def prepare_and_score(cfg: PredictConfig, run_dir: str | os.PathLike, members: Sequence[Member],
+                      rendering: Rendering) -> tuple[Inputs, np.ndarray]:
+    """:func:`prepare_inputs` then :func:`score` (steps 2 and 3, what :func:`run` does), the same inputs and
+    probabilities bit for bit, faster for raw files read in this process (``workers`` 1): their store is built in
+    shards of :data:`CHUNK` (``cohorts.build_shard_range``, then ``merge_store``) and each chunk of :data:`CHUNK`
+    stored ECGs, in store order, is scored in a background thread while the next shards are read, so the model
+    (torch, which releases the GIL) runs beside the reader (Python) on a second core.
+
+    Returns the :class:`Inputs` and :func:`score`'s (n_members, n[, classes]) probabilities."""
+    if cfg.cohort_run or cfg.workers > 1:
+        inputs = prepare_inputs(cfg, run_dir, rendering)
+        return inputs, score(members, inputs, rendering, cfg.batch_size)
+    src = raw_source(cfg, rendering.task, rendering.classes)
+    cohort = Path(run_dir) / "cohort"
+    kw = dict(task_cfg="unlabelled", preprocess_kw=rendering.preprocess_kw, salt_file=cfg.salt_file,
+              shard_size=CHUNK)
+    n_shards = plan_build(src.inputs, cohort, **kw).n_shards
+    n_steps = min(n_shards, MAX_BUILD_STEPS)
+    running: collections.deque[cf.Future] = collections.deque()
+    done: list[np.ndarray] = []
+    with cf.ThreadPoolExecutor(1) as pool:
+
+        def submit(signals: np.ndarray) -> None:
+            while len(running) >= 2:  # at most two chunks wait in memory when the model is the slower stage
+                done.append(running.popleft().result())
+            running.append(pool.submit(score_chunk, members, signals, rendering, cfg.batch_size))
+
+        carry: list[np.ndarray] = []  # stored ECGs not yet scored, float32 as CohortStore.signals gives them
+        for step, shards in enumerate(shard_ranges(n_shards, n_steps)):
+            build_shard_range(src.inputs, src.reader, cohort, task_index=step, n_tasks=n_steps, **kw)
+            carry.extend(np.load(cohort / "store" / f"{shard_name(i)}.npy").astype(np.float32) for i in shards)
+            pending = np.concatenate(carry)
+            for s in range(0, len(pending) - len(pending) % CHUNK, CHUNK):  # the chunks score() would take
+                submit(pending[s:s + CHUNK])
+            carry = [pending[len(pending) - len(pending) % CHUNK:]]
+        if len(carry[0]):
+            submit(carry[0])
+        store = merge_store(src.inputs, cohort, **kw)
+        done.extend(f.result() for f in running)
+    return raw_inputs(cfg, src, store), np.concatenate(done, axis=1) if done else _no_scores(members, 0)
 
 
 def member_columns(members: Sequence[Member]) -> list[str]:
