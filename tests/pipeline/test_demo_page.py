@@ -87,7 +87,7 @@ def test_predict_run_prefers_heartbeit_at_full_data(tmp_path):
 def test_demo_says_how_long_it_will_take(tmp_path):
     """Before anything runs: the last demo's own timing on this machine when recorded, else the documented one."""
     said = demo.expected_duration(tmp_path)
-    assert said.startswith("about 8 min") and "443 CPU s" in said
+    assert said.startswith("about 7 min") and "417 s on 2 quiet cores" in said
     (tmp_path / demo.TIMINGS).write_text('{"seconds": 540.4, "cpu_count": 2, "load_start": 0.3, "load_end": 1.1}')
     said = demo.expected_duration(tmp_path)
     assert said.startswith("about 9 min") and "540 s on 2 cores at load 0.3" in said
