@@ -234,9 +234,9 @@ def test_local_parallel_sweep_kill_one_job_and_rerun_submits_only_it(grid_root, 
     assert _state(spec, slow) in ("queued", "running")
     _wait_for(lambda: (spec.run_dir(spec.combinations()[1]) / "resume.pt").is_file(), what="the first epoch")
     assert _state(spec, slow) == "running"
-    job.cancel()
+    job.cancel()  # SIGINT: a job started from a long pytest session can inherit it as ignored and run to the end,
+    _kill_lock_holders(spec.state_dir / f"{slow}.lock")  # so kill the lock holder now, before it can finish
     _wait_for(job.done, what="the killed job")
-    _kill_lock_holders(spec.state_dir / f"{slow}.lock")
     _wait_for(lambda: _state(spec, slow) == "failed", 60,
               f"the lock to be released (status: {sweep.status_lines(spec)}, record: {sweep.read_record(spec, slow)})")
     lines = sweep.status_lines(spec)
