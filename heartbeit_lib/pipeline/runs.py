@@ -31,6 +31,7 @@ import inspect
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -46,6 +47,7 @@ import numpy as np
 import papermill
 import yaml
 from jupyter_client.manager import AsyncKernelManager
+from jupyter_client.provisioning import LocalProvisioner
 from nbconvert import HTMLExporter
 from traitlets import default
 
@@ -465,6 +467,59 @@ def resolve_notebook(name: str) -> Path:
     return cands[0]
 
 
+def ipc_prefix() -> str:
+    """A unique path prefix for one kernel's Unix sockets, in the temporary folder.
+
+    jupyter_client's default for ipc is "kernel-ipc" in the current folder: sockets kernel-ipc-<N> in the user's
+    working directory, shared by every kernel started from it (two notebooks run in parallel from one folder would
+    race for the same names, and a killed kernel leaves them behind). Short: a Unix socket path is limited to ~100 B.
+    """
+    return os.path.join(tempfile.gettempdir(), f"heartbeit-kernel-{uuid.uuid4().hex[:12]}-ipc")
+
+
+class IPCProvisioner(LocalProvisioner):
+    """The local kernel launcher with the kernel's sockets on IPC instead of TCP (issue 26).
+
+    ipykernel >= 7 warns on every start that it "is running over TCP without encryption" unless the manager
+    provisions CurveZMQ keys, which neither papermill's command line nor nbclient asks for. The kernelspec that
+    ``make`` installs (:func:`install_kernelspec`) names this provisioner, so a bare ``papermill`` call, JupyterLab
+    and :func:`execute_notebook` all start the kernel on Unix sockets that only this machine's user can reach. A
+    manager that already chose IPC, or restarts a kernel whose connection file is written, is left as it is.
+
+    It also drops the SIGINT that jupyter_client sends before asking a kernel to shut down, which made the idle
+    kernel of every successful run log ``[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel`` (a busy kernel
+    is still stopped: the shutdown request goes over the control channel, then the process is killed after the
+    grace period). Interrupts a user asks for (JupyterLab's stop button) go through.
+    """
+
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        km = self.parent
+        if km is not None and km.transport == "tcp" and not km._connection_file_written:
+            km.transport = "ipc"
+            km.ip = ipc_prefix()
+        return await super().pre_launch(**kwargs)
+
+    async def send_signal(self, signum: int) -> None:
+        if signum == signal.SIGINT and getattr(self.parent, "shutting_down", False):
+            return
+        await super().send_signal(signum)
+
+
+KERNEL_PROVISIONER = "heartbeit-ipc-provisioner"  # pyproject's jupyter_client.kernel_provisioners entry point
+
+
+def install_kernelspec(prefix: str | os.PathLike = sys.prefix, name: str = "python3") -> Path:
+    """Install this environment's Python kernel as ``name`` under ``<prefix>/share/jupyter/kernels`` with the
+    :class:`IPCProvisioner` (what ``make`` runs after ``pip install``). Returns the kernel.json path."""
+    from ipykernel.kernelspec import install
+
+    dest = Path(install(kernel_name=name, prefix=str(prefix))) / "kernel.json"
+    spec = json.loads(dest.read_text())
+    spec.setdefault("metadata", {})["kernel_provisioner"] = {"provisioner_name": KERNEL_PROVISIONER, "config": {}}
+    dest.write_text(json.dumps(spec, indent=1) + "\n")
+    return dest
+
+
 class QuietKernelManager(AsyncKernelManager):
     """The kernel papermill starts, minus two alarming messages on every successful run (issue 26):
 
@@ -481,11 +536,7 @@ class QuietKernelManager(AsyncKernelManager):
 
     @default("ip")
     def _ip_default(self) -> str:
-        # jupyter_client's default for ipc is "kernel-ipc" in the current folder when no connection file is set yet:
-        # sockets kernel-ipc-<N> in the user's working directory, shared by every kernel started from it (two
-        # notebooks run in parallel from one folder would race for the same names, and a killed kernel leaves them
-        # behind). A unique prefix in the temporary folder instead (short: a Unix socket path is limited to ~100 B).
-        return os.path.join(tempfile.gettempdir(), f"heartbeit-kernel-{uuid.uuid4().hex[:12]}-ipc")
+        return ipc_prefix()
 
     async def _async_interrupt_kernel(self) -> None:
         if getattr(self, "shutting_down", False):
@@ -530,13 +581,17 @@ def notebook_to_html(nb_path: str | os.PathLike) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m heartbeit_lib.pipeline.runs params`` (``make params``) rewrites the parameters cells from the
-    Configs; ``papermill --help-notebook notebooks/<name>.ipynb`` lists a notebook's parameters."""
+    Configs; ``... runs kernelspec`` (``make``) installs the environment's kernel (:func:`install_kernelspec`);
+    ``papermill --help-notebook notebooks/<name>.ipynb`` lists a notebook's parameters."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv == ["params"]:
         for p in write_parameters_cells():
             print("rewrote", p)
         return 0
-    print("usage: python -m heartbeit_lib.pipeline.runs params", file=sys.stderr)
+    if argv == ["kernelspec"]:
+        print("installed", install_kernelspec())
+        return 0
+    print("usage: python -m heartbeit_lib.pipeline.runs params | kernelspec", file=sys.stderr)
     return 2
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 import typing
@@ -143,6 +146,38 @@ def test_a_successful_notebook_run_prints_nothing_alarming(tmp_path, capfd):
     for bad in ("ERROR", "KeyboardInterrupt", "without encryption", "Traceback"):
         assert bad not in text, text[-2000:]
     assert not list(tmp_path.glob("*ipc*")) and not list(runs.REPO_ROOT.glob("kernel-*ipc*"))
+
+
+@pytest.mark.notebooks
+def test_bare_papermill_with_the_installed_kernelspec_prints_nothing_alarming(tmp_path):
+    """Issue 26: the README's bare ``papermill`` command (not :func:`runs.execute_notebook`) printed ipykernel's "TCP
+    without encryption" warning and ``[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel`` on every successful
+    run. The kernelspec from :func:`runs.install_kernelspec` (what ``make`` installs) names the IPC provisioner.
+    Oracle: the papermill process's stderr, and the executed notebook's output; the same call with ipykernel's own
+    kernelspec printed both messages (checked by hand, 2026-12-07)."""
+    prefix = tmp_path / "prefix"
+    spec = runs.install_kernelspec(prefix=prefix, name="heartbeit-test")
+    assert json.loads(spec.read_text())["metadata"]["kernel_provisioner"]["provisioner_name"] == runs.KERNEL_PROVISIONER
+    nb, out = tmp_path / "t.ipynb", tmp_path / "o.ipynb"
+    _tiny_notebook(nb, "print(x + 1)")
+    env = dict(os.environ, JUPYTER_PATH=str(prefix / "share" / "jupyter"))
+    proc = subprocess.run([str(Path(sys.executable).parent / "papermill"), str(nb), str(out), "-p", "x", "2",
+                           "-k", "heartbeit-test"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "3\\n" in out.read_text()
+    for bad in ("ERROR", "KeyboardInterrupt", "without encryption", "Traceback"):
+        assert bad not in proc.stderr + proc.stdout, proc.stderr[-2000:]
+
+
+def test_make_installs_the_kernelspec_with_the_ipc_provisioner():
+    """``make``'s install step runs ``python -m heartbeit_lib.pipeline.runs kernelspec``: the environment's python3
+    kernel names the provisioner, and jupyter_client finds it through the package's entry point."""
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.provisioning import KernelProvisionerFactory
+
+    spec = KernelSpecManager().get_kernel_spec("python3")
+    assert spec.metadata["kernel_provisioner"]["provisioner_name"] == runs.KERNEL_PROVISIONER
+    assert KernelProvisionerFactory.instance().is_provisioner_available(spec)
 
 
 def test_kernel_sockets_are_unique_and_outside_the_working_folder(tmp_path, monkeypatch):
