@@ -430,17 +430,14 @@ def pool_seeds(stats_by_split: dict, run_table: pd.DataFrame | None = None, seed
                        "seeds_baseline": ",".join(map(str, base))}
                 pair = (seed_pool([by_seed[s] for s in ref], [seed, model_stream(reference_model)]),
                         seed_pool([other_seeds[s] for s in base], [seed, model_stream(other)]))
-                row.update(compare(*pair, alpha, "percentile"))
                 family.append((row, pair))
+        for row, pair in family:  # simultaneous intervals: Bonferroni, each at level 1 - alpha / family size
+            row.update(compare(*pair, alpha, "percentile", alpha_adj=alpha / len(family)))
+            row["holm_family_size"] = len(family)
+            row["alpha_adj"] = alpha / len(family)
         for m in ("auroc", "auprc"):  # Holm over the differences of this task and split (one table's family)
             for (row, _), p in zip(family, holm_adjust([r[f"{m}_p"] for r, _ in family])):
                 row[f"{m}_p_holm"] = float(p)
-        for row, pair in family:  # simultaneous intervals: Bonferroni, each at level 1 - alpha / family size
-            adjusted = compare(*pair, alpha / len(family), "percentile")
-            for m in ("auroc", "auprc"):
-                row[f"{m}_diff_lo_adj"], row[f"{m}_diff_hi_adj"] = adjusted[f"{m}_diff_lo"], adjusted[f"{m}_diff_hi"]
-            row["holm_family_size"] = len(family)
-            row["alpha_adj"] = alpha / len(family)
         diffs.extend(row for row, _ in family)
     return pd.DataFrame(rows), pd.DataFrame(diffs)
 

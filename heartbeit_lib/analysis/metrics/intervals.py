@@ -175,8 +175,12 @@ def paired_difference(y_true: Any, score_a: Any, score_b: Any, n_boot: int = 500
     return compare(a, b, alpha=alpha, method=method)
 
 
-def compare(a: BootstrapStats, b: BootstrapStats, alpha: float = 0.05, method: str = "percentile") -> dict:
-    """Paired difference ``a - b`` of two :class:`BootstrapStats` computed on the same indices."""
+def compare(a: BootstrapStats, b: BootstrapStats, alpha: float = 0.05, method: str = "percentile",
+            alpha_adj: float | None = None) -> dict:
+    """Paired difference ``a - b`` of two :class:`BootstrapStats` computed on the same indices.
+
+    ``alpha_adj`` (e.g. ``alpha / m`` for a family of m differences) adds ``<metric>_diff_lo_adj`` / ``_hi_adj``:
+    the same resample differences' interval at level ``1 - alpha_adj``."""
     if a.valid.shape != b.valid.shape or not np.array_equal(a.valid, b.valid) or a.n != b.n:
         raise RunMismatchError("compare: the two models were not scored on the same resamples")
     out: dict[str, Any] = {}
@@ -188,6 +192,8 @@ def compare(a: BootstrapStats, b: BootstrapStats, alpha: float = 0.05, method: s
         lo, hi = _interval(pa - pb, d_boot, jack, alpha, method)
         out.update({f"{name}_a": pa, f"{name}_b": pb, f"{name}_diff": pa - pb, f"{name}_diff_lo": lo,
                     f"{name}_diff_hi": hi, f"{name}_p": bootstrap_p_value(d_boot)})
+        if alpha_adj is not None:
+            out[f"{name}_diff_lo_adj"], out[f"{name}_diff_hi_adj"] = _interval(pa - pb, d_boot, jack, alpha_adj, method)
     out.update(n=a.n, n_pos=a.n_pos, n_boot=int(a.valid.size), n_boot_valid=int(a.valid.sum()),
                alpha=alpha, method=method, auprc_method=a.auprc_method)
     return out
