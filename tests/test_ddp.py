@@ -22,24 +22,16 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import free_port, tiny_mim_data, tiny_pretrain_config
+from conftest import free_port, gloo_rank, tiny_mim_data, tiny_pretrain_config
 
 from heartbeit_lib.pipeline import pretrain as P
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    try:
+    with gloo_rank(rank, world, port):
         res = P.train(tiny_pretrain_config(), tiny_mim_data(), os.path.join(out_dir, "ddp"), record_steps=True)
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump({"history": res["history"], "world": res["world_size"]}, f)
-    finally:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 @pytest.mark.slow

@@ -151,11 +151,9 @@ def _token_worker(rank: int, world: int, port: int, store_dir: str, tok_path: st
     """A rank of the token precompute that records every file it opens for writing."""
     import numpy as np
 
+    from conftest import gloo_rank
     from heartbeit_lib import cohorts
     from heartbeit_lib.mim import tokenizers
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
     real = np.lib.format.open_memmap
 
     def recording(path, mode="r+", *a, **k):
@@ -165,14 +163,11 @@ def _token_worker(rank: int, world: int, port: int, store_dir: str, tok_path: st
         return real(path, mode, *a, **k)
 
     np.lib.format.open_memmap = recording
-    try:
+    with gloo_rank(rank, world, port):
         r, w, _ = distributed.init_distributed()
         tok = tokenizers.load_tokenizer("ecg_kmeans", tok_path)
         tokenizers.precompute_tokens(cohorts.CohortStore(store_dir), tok, 32, cache_dir=cache, batch_size=8,
                                      rank=r, world=w, barrier=distributed.long_barrier)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 @pytest.mark.slow

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import warnings
 from pathlib import Path
 
@@ -18,6 +17,8 @@ import pandas as pd
 import pytest
 import torch
 import torch.multiprocessing as mp
+
+from conftest import free_port, gloo_rank
 
 from heartbeit_lib import cohorts, render
 from heartbeit_lib.classify import data as cdata
@@ -38,29 +39,15 @@ def _store(root, n=40, shard_size=512, seed=0, labelled=False):
                                            task="custom" if labelled else "unlabelled", shard_size=shard_size)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # ---------------------------------------------------------------- item 1: distributed token precompute
 
 
 def _precompute_worker(rank: int, world: int, port: int, store_dir: str, tok_path: str, cache: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    import torch.distributed as dist
-
-    try:
+    with gloo_rank(rank, world, port):
         r, w, _ = P.init_distributed()
         tok = tokenizers.load_tokenizer("ecg_kmeans", tok_path)
         tokenizers.precompute_tokens(cohorts.CohortStore(store_dir), tok, 32, cache_dir=cache, batch_size=8,
                                      rank=r, world=w, barrier=P.long_barrier)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 @pytest.mark.slow
@@ -70,7 +57,7 @@ def test_two_process_token_precompute_equals_single_process_byte_for_byte(tmp_pa
     tok = tokenizers.fit_kmeans_tokenizer(render.render_ecg(store.signals(np.arange(20)), size=32), 16, seed=0)
     tok_path = tok.save(tmp_path / "tok.pt")
     one = tokenizers.precompute_tokens(store, tok, 32, cache_dir=tmp_path / "one", batch_size=8)
-    mp.start_processes(_precompute_worker, args=(2, _free_port(), str(store.root), str(tok_path),
+    mp.start_processes(_precompute_worker, args=(2, free_port(), str(store.root), str(tok_path),
                                                  str(tmp_path / "two")), nprocs=2, join=True, start_method="spawn")
     name = os.path.basename(one.filename)
     assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()

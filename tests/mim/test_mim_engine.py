@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import free_port, tiny_mim_data, tiny_pretrain_config
+from conftest import free_port, gloo_rank, tiny_mim_data, tiny_pretrain_config
 from heartbeit_lib.pipeline import pretrain as P
 
 
@@ -31,18 +31,11 @@ def _close(a_dir, b_dir) -> None:
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str, accum: int) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    import torch.distributed as dist
-    try:
+    with gloo_rank(rank, world, port):
         cfg = dataclasses.replace(tiny_pretrain_config(), accum_steps=accum)
         res = P.train(cfg, tiny_mim_data(), os.path.join(out_dir, "ddp"), record_steps=True)
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump(res["history"], f)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 @pytest.mark.slow
