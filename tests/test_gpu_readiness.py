@@ -176,6 +176,17 @@ def test_uint8_loader_and_device_normalisation_equal_the_float_path(tmp_path):
     assert torch.equal(cdata.device_images(cached.x, mean, std, channels_last=True), (f_old - mean) / std)
 
 
+def test_building_the_image_cache_leaves_the_global_rng_alone(tmp_path):
+    """A DataLoader without its own generator draws a base seed from the global torch RNG on every iteration, so
+    building the cache moved every later global draw (model init, dropout) of a run with cache_images. Oracle:
+    torch.get_rng_state() before and after, byte for byte."""
+    store = _store(tmp_path / "store", n=6)
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    cdata._CachedDataset(cdata.default_dataset_factory(store, np.arange(6), 32, "stack8"))
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_cache_images_refuses_a_split_above_the_cap(tmp_path, monkeypatch):
     store = _store(tmp_path / "store", n=6)
     monkeypatch.setattr(cdata, "MAX_CACHED_IMAGES", 5)

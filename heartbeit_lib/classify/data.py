@@ -245,7 +245,10 @@ class _CachedDataset(torch.utils.data.Dataset):
             raise SplitError(f"parameter 'cache_images': {len(ds)} ECGs in one split exceed {MAX_CACHED_IMAGES} "
                              f"({len(ds) * 50_176 / 1e9:.0f} GB of uint8 224-px images); set cache_images=false "
                              "and render in loader workers (num_workers)")
+        # its own generator: a DataLoader without one draws its workers' base seed from the global torch RNG, so
+        # building the cache would move every later global draw (a run with cache_images differing from one without)
         loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=False, num_workers=num_workers,
+                                             generator=torch.Generator().manual_seed(0),
                                              worker_init_fn=ignore_preemption_signals)
         xs, ys = [], []
         for x, y in loader:

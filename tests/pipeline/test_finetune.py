@@ -408,3 +408,21 @@ def test_fp16_steps_read_nothing_back_with_the_fused_optimizer(host_reads):
     assert out[True][0] == pytest.approx(out[False][0], rel=1e-6)
     for a, b in zip(out[True][1], out[False][1]):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_run_is_the_same_whether_it_renders_the_image_cache_or_finds_it(toy_root, tmp_path):
+    """A sweep in one process renders each split's images once (cache_images): the first run renders them, the
+    next finds them. Building the cache drew from the global torch RNG after the run's seed was set, so the two
+    runs' training randomness (drop path) differed. Oracle: the first run's log, equal to the second's exactly."""
+    import importlib
+
+    fit = importlib.import_module("heartbeit_lib.pipeline.finetune.fit")  # the package re-exports fit(), a function
+    fit.IMAGE_CACHE.clear()
+    logs = []
+    for run_id in ("cache-miss", "cache-hit"):
+        cfg = tiny_cfg(tmp_path, model="vit_b16_scratch", epochs=2, run_id=run_id,
+                       cohort_run=str(toy_root / "01_preprocess" / TASK))
+        logs.append([{k: v for k, v in r.items() if "sec" not in k and "time" not in k}
+                     for r in finetune.run_finetune(cfg).log])
+    assert len(fit.IMAGE_CACHE) > 0 and logs[0] == logs[1]
