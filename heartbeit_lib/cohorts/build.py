@@ -333,6 +333,21 @@ def _holding_run_folder_lock(fn: Callable[..., Any]) -> Callable[..., Any]:
     return locked
 
 
+def _start_build(run_dir, task_cfg, shard_size: int, inputs: pd.DataFrame, salt: str | None,
+                 salt_file) -> tuple[Path, Any, pd.DataFrame, bool, str]:
+    """What every store build checks and prepares first: (run_dir, the task, the checked inputs, whether a salt
+    was given, the salt); creates ``store/parts``."""
+    run_dir = Path(run_dir)
+    task = load_task(task_cfg)
+    if shard_size < 1:
+        raise CohortError(f"shard_size must be >= 1, got {shard_size}")
+    df = _check_inputs(inputs)
+    given_salt = bool(salt)
+    salt = salt if salt else read_or_create_salt(run_dir, salt_file)
+    (run_dir / "store" / "parts").mkdir(parents=True, exist_ok=True)
+    return run_dir, task, df, given_salt, salt
+
+
 @_holding_run_folder_lock
 def build_store(inputs: pd.DataFrame, reader: Callable[[str], Any], run_dir: str | os.PathLike, *,
                 task_cfg: "TaskConfig | str" = "custom", seed: int = 0, shard_size: int = 512,
@@ -387,15 +402,8 @@ def build_store(inputs: pd.DataFrame, reader: Callable[[str], Any], run_dir: str
     -------
     CohortStore
     """
-    run_dir = Path(run_dir)
-    task = load_task(task_cfg)
-    if shard_size < 1:
-        raise CohortError(f"shard_size must be >= 1, got {shard_size}")
-    df = _check_inputs(inputs)
-    given_salt = bool(salt)
-    salt = salt if salt else read_or_create_salt(run_dir, salt_file)
+    run_dir, task, df, given_salt, salt = _start_build(run_dir, task_cfg, shard_size, inputs, salt, salt_file)
     store_dir = run_dir / "store"
-    (store_dir / "parts").mkdir(parents=True, exist_ok=True)
     # what the output depends on (not workers/progress): a resumed build must match it
     params = {"task": task.to_dict(), "seed": int(seed), "shard_size": int(shard_size),
               "preprocess_kw": None if preprocess_kw is None else dict(preprocess_kw),
@@ -610,14 +618,7 @@ def plan_build(inputs: pd.DataFrame, run_dir: str | os.PathLike, *, task_cfg: "T
     ``salt``/``salt_file``, ``salt.txt``: call it once before starting the array tasks so they never race to
     create either.
     """
-    run_dir = Path(run_dir)
-    task = load_task(task_cfg)
-    if shard_size < 1:
-        raise CohortError(f"shard_size must be >= 1, got {shard_size}")
-    df = _check_inputs(inputs)
-    given_salt = bool(salt)
-    salt = salt if salt else read_or_create_salt(run_dir, salt_file)
-    (run_dir / "store" / "parts").mkdir(parents=True, exist_ok=True)
+    run_dir, task, df, given_salt, salt = _start_build(run_dir, task_cfg, shard_size, inputs, salt, salt_file)
     params = {"task": task.to_dict(), "seed": int(seed), "shard_size": int(shard_size),
               "preprocess_kw": None if preprocess_kw is None else dict(preprocess_kw),
               "leads": list(store_layout(preprocess_kw)[0]), "format": STORE_FORMAT, "version": STORE_VERSION}
