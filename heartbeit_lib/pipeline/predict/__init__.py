@@ -52,6 +52,7 @@ member's folder, its run.json, config and file hashes).
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import dataclasses
 import json
 import os
@@ -186,11 +187,17 @@ def run(cfg: PredictConfig, run_dir: str | os.PathLike | None = None) -> dict:
         runs.release_run_folder(final)
 
 
+def _threshold_and_report(members: Sequence[Member], cfg: PredictConfig) -> tuple[Thresholds, dict]:
+    threshold = operating_threshold(members, cfg)
+    return threshold, threshold_report(members, threshold, cfg)
+
+
 def _run_steps(cfg: PredictConfig, run_dir: Path) -> dict:
     members, rendering = load_ensemble(cfg, resolve_device(cfg.device))
-    inputs, member_scores = prepare_and_score(cfg, run_dir, members, rendering)  # prepare_inputs, then score
-    threshold = operating_threshold(members, cfg)
-    report = threshold_report(members, threshold, cfg)
+    with cf.ThreadPoolExecutor(1) as pool:  # the threshold depends on the training runs' validation scores only:
+        chosen = pool.submit(_threshold_and_report, members, cfg)  # chosen (bootstrap: 0.15 s) while ECGs are read
+        inputs, member_scores = prepare_and_score(cfg, run_dir, members, rendering)  # prepare_inputs, then score
+        threshold, report = chosen.result()
     pred = predictions_table(members, inputs, member_scores, threshold)
     table, curves = validate(members, pred, threshold, cfg, scored_store=inputs.store)
     if curves:
