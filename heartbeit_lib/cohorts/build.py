@@ -43,6 +43,9 @@ INPUT_COLUMNS = ("source_path", "record_id", "patient_id", "site", "label")
 # reader's bug) is a reject too: one file never stops a build; KeyboardInterrupt/SystemExit do.
 REJECTABLE: tuple[type[BaseException], ...] = (RecordError, hio.ECGReadError, signals.SignalError)
 PER_FILE_FAILURES: tuple[type[BaseException], ...] = (Exception,)
+# records per signals.preprocess call: 16 x 12 x 5000 float32 = 3.8 MB; numpy asks the kernel for huge pages from
+# 4 MiB, whose faults may stall in compaction (see signals.preprocess's chunk_size)
+PREPROCESS_CHUNK = 16
 LOCK_NAME = ".build.lock"  # in the run folder, flock-ed for the whole build
 _CORE_DTYPES = {"record_id": str, "patient_hash": str, "patient_source": str, "site": str,
                 "label": np.int64, "shard": np.int64, "offset": np.int64, "source_path": str,
@@ -200,7 +203,7 @@ def _preprocess_records(recs: list[tuple[dict, Any]], pkw: dict | None, rejects:
         sig = np.asarray(rec.signal)
         key = (float(rec.fs), tuple(str(l).upper() for l in rec.leads), sig.shape)
         groups.setdefault(key, []).append(j)
-    chunk = 256  # bounds peak memory: 256 x 12 x 5000 float32 = 61 MB
+    chunk = PREPROCESS_CHUNK
     failed: list[int] = []
     for (fs, leads, _), js in groups.items():
         for s in range(0, len(js), chunk):
@@ -702,7 +705,10 @@ def build_shards_in_order(inputs: pd.DataFrame, reader: Callable[[str], Any], ru
         return ShardSpec(i, r, reader, str(store_dir), plan.salt, plan.params["preprocess_kw"], plan.manifest_columns,
                          plan.dtypes, input_stamps(r))
 
-    todo = [i for i in range(plan.n_shards) if not _shard_done(store_dir, i, input_stamps(rows(i)))]
+    # a shard with its files is redone when its inputs changed; the inputs' stamps (4 stat calls per file) only
+    # for those: a fresh build starts its readers at once
+    todo = [i for i in range(plan.n_shards)
+            if not (_shard_done(store_dir, i) and _shard_done(store_dir, i, input_stamps(rows(i))))]
     if getattr(reader, "in_process", False) or not todo:
         for i in range(plan.n_shards):
             if i in todo:
