@@ -678,7 +678,8 @@ def build_shard_range(inputs: pd.DataFrame, reader: Callable[[str], Any], run_di
 
 
 def build_shards_in_order(inputs: pd.DataFrame, reader: Callable[[str], Any], run_dir: str | os.PathLike, *,
-                          workers: int = 1, **build_kw: Any) -> Iterator[int]:
+                          workers: int = 1, while_reading: Callable[[], Any] | None = None,
+                          **build_kw: Any) -> Iterator[int]:
     """Build every shard of the store and yield each shard's index, in shard order, once it is built (no merge:
     :func:`merge_store` with the same ``build_kw`` follows), so a caller can use shard ``i`` while later shards are
     still being read. Resumable as :func:`build_shard_range` (finished shards are skipped and yielded at once).
@@ -691,6 +692,9 @@ def build_shards_in_order(inputs: pd.DataFrame, reader: Callable[[str], Any], ru
     child never enters it). A worker that dies (a file that crashes the reader, memory) leaves the remaining
     shards to :class:`_DeathProbe` (``spawn``, one file at a time), which rejects the culprit as
     :func:`build_store` does. An in-memory reader (``reader.in_process``) is read in this process.
+
+    ``while_reading``, when given, is called once in this process as soon as the readers have started (before the
+    first shard is awaited), else before building in this process: work that needs no ECG fills that wait.
     """
     plan = plan_build(inputs, run_dir, **build_kw)
     store_dir, size = plan.run_dir / "store", plan.params["shard_size"]
@@ -710,6 +714,8 @@ def build_shards_in_order(inputs: pd.DataFrame, reader: Callable[[str], Any], ru
     todo = [i for i in range(plan.n_shards)
             if not (_shard_done(store_dir, i) and _shard_done(store_dir, i, input_stamps(rows(i))))]
     if getattr(reader, "in_process", False) or not todo:
+        if while_reading is not None:
+            while_reading()
         for i in range(plan.n_shards):
             if i in todo:
                 build_shard(spec(i))
@@ -729,6 +735,8 @@ def build_shards_in_order(inputs: pd.DataFrame, reader: Callable[[str], Any], ru
                 running.append((ahead.popleft(), pool.submit(build_shard, first)))
             finally:
                 gc.unfreeze()
+            if while_reading is not None:
+                while_reading()
             for i in range(plan.n_shards):
                 while ahead and len(running) < 4 * workers:
                     j = ahead.popleft()

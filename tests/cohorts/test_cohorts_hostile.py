@@ -194,12 +194,14 @@ def test_legacy_salt_in_the_run_folder_is_reused(tmp_path):
 def test_shards_in_order_from_forked_readers_equal_build_store(tmp_path):
     """``build_shards_in_order`` (07's readers: forked workers, shards yielded in order as they are built) then
     ``merge_store``: every shard index once, in order, and the store of ``build_store`` in one process (oracle)
-    byte for byte: signals, manifest, rejects (a reader failure included). A second call yields the built shards
-    without reading (resumed)."""
+    byte for byte: signals, manifest, rejects (a reader failure included); ``while_reading`` runs once. A second
+    call yields the built shards without reading (resumed)."""
     n, kw = 7, dict(preprocess_kw=None, salt="s", shard_size=2)
     reader = FailingReader(_signals(n), 500, OUT_LEADS, in_process=False)
-    got = list(cohorts.build_shards_in_order(_inputs(n), reader, tmp_path / "forked", workers=2, **kw))
-    assert got == [0, 1, 2, 3]
+    calls: list[int] = []
+    got = list(cohorts.build_shards_in_order(_inputs(n), reader, tmp_path / "forked", workers=2,
+                                             while_reading=lambda: calls.append(1), **kw))
+    assert got == [0, 1, 2, 3] and calls == [1]  # while_reading: once
     store = cohorts.merge_store(_inputs(n), tmp_path / "forked", **kw)
     ref = cohorts.build_store(_inputs(n), reader, tmp_path / "ref", workers=1, progress=False, **kw)
     np.testing.assert_array_equal(store.signals(np.arange(len(store))), ref.signals(np.arange(len(ref))))

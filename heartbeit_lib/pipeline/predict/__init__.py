@@ -52,7 +52,6 @@ member's folder, its run.json, config and file hashes).
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
 import json
 import os
@@ -194,10 +193,11 @@ def _threshold_and_report(members: Sequence[Member], cfg: PredictConfig) -> tupl
 
 def _run_steps(cfg: PredictConfig, run_dir: Path) -> dict:
     members, rendering = load_ensemble(cfg, resolve_device(cfg.device))
-    with cf.ThreadPoolExecutor(1) as pool:  # the threshold depends on the training runs' validation scores only:
-        chosen = pool.submit(_threshold_and_report, members, cfg)  # chosen (bootstrap: 0.15 s) while ECGs are read
-        inputs, member_scores = prepare_and_score(cfg, run_dir, members, rendering)  # prepare_inputs, then score
-        threshold, report = chosen.result()
+    chosen: list = []  # the threshold needs the training runs' validation scores only: chosen (its bootstrap:
+    # 0.15 s) while the readers read the first ECGs
+    inputs, member_scores = prepare_and_score(cfg, run_dir, members, rendering,  # prepare_inputs, then score
+                                              while_reading=lambda: chosen.extend(_threshold_and_report(members, cfg)))
+    threshold, report = chosen
     pred = predictions_table(members, inputs, member_scores, threshold)
     table, curves = validate(members, pred, threshold, cfg, scored_store=inputs.store)
     if curves:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -49,7 +49,8 @@ def score_chunk(members: Sequence[Member], signals: np.ndarray, rendering: Rende
 
 
 def prepare_and_score(cfg: PredictConfig, run_dir: str | os.PathLike, members: Sequence[Member],
-                      rendering: Rendering) -> tuple[Inputs, np.ndarray]:
+                      rendering: Rendering, while_reading: Callable[[], Any] | None = None
+                      ) -> tuple[Inputs, np.ndarray]:
     """:func:`prepare_inputs` then :func:`score` (steps 2 and 3, what :func:`run` does), the same inputs and
     probabilities bit for bit, faster for raw files: ``workers`` reader processes (``cohorts.build_shards_in_order``,
     forked) build the store in shards of :data:`SHARD` files while this process scores the stored ECGs, in store
@@ -59,8 +60,13 @@ def prepare_and_score(cfg: PredictConfig, run_dir: str | os.PathLike, members: S
     The scored units are whole batches of :func:`score` (``batch_size`` rows, or :data:`CHUNK` rows when
     ``batch_size`` does not divide it), so every batch the model sees holds the rows :func:`score` would give it.
 
+    ``while_reading`` (optional) is called once while the readers read the first shard (:func:`run`: the threshold
+    and its bootstrap interval, which need no scored ECG), else before the inputs are prepared.
+
     Returns the :class:`Inputs` and :func:`score`'s (n_members, n[, classes]) probabilities."""
     if cfg.cohort_run:
+        if while_reading is not None:
+            while_reading()
         inputs = prepare_inputs(cfg, run_dir, rendering)
         return inputs, score(members, inputs, rendering, cfg.batch_size)
     src = raw_source(cfg, rendering.task, rendering.classes)
@@ -77,7 +83,8 @@ def prepare_and_score(cfg: PredictConfig, run_dir: str | os.PathLike, members: S
         # the readers hold `readers` cores until the last shard is built: torch's threads spin-wait when they
         # outnumber the free cores (micro ViT on 2 cores, 1 reader: 7.4 CPU ms per ECG with 2 threads, 4.6 with 1)
         torch.set_num_threads(max(1, threads - readers))
-        for i in build_shards_in_order(src.inputs, src.reader, cohort, workers=readers, **kw):
+        for i in build_shards_in_order(src.inputs, src.reader, cohort, workers=readers, while_reading=while_reading,
+                                       **kw):
             if i == last:
                 torch.set_num_threads(threads)
             carry.append(np.load(cohort / "store" / f"{shard_name(i)}.npy").astype(np.float32))
