@@ -36,7 +36,7 @@ A CUDA device, when present (``--device cuda``), runs the model stages there.
 Writes ``outputs/predict/bench_predict.json``.
 
 Measured 2026-12-07 (2 cores, training paused, two other nice-19 jobs: load 2.9-3.3, 2 torch threads; "before" is
-the code before issue 26's second round, run from a copy of its commit in the same window): 07 end to end micro ViT
+the code of commit ea58da0, run from a copy of it in the same window): 07 end to end micro ViT
 161.6 ECG/s with 1 reader, 157.6 with 2 (before 113.0, 97.9); xresnet1d101 160.6 and 136.8 (before 103.7, 87.6);
 CPU per ECG scoring + reading 4.75 + 5.07 ms (micro ViT), 6.06 + 4.49 ms (xresnet1d101). Stages: read 313 ECG/s
 (before 258), 2 forked readers 498 (1.59x one; 2 spawn processes 98), batched preprocessing 884 (2.47x per record;
