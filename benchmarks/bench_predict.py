@@ -8,12 +8,14 @@ Data: the real MUSE XML files of ``../shared/data/muse`` (the readable ones), cy
 timed on its own over the whole batch, the way 07_predict runs them:
 
 - **read**: ``io.read_ecg(path)`` per file (defusedxml parse + base64 decode of the leads), in this process; and
-  **read_2_processes**: the same files split between two ``spawn`` processes (what 07's ``workers: 2`` does through
-  the store build; the workers import no torch, ``heartbeit_lib.utils``);
+  **read_2_processes**: the same files split between two processes forked inside the timing (07's readers,
+  ``cohorts.build_shards_in_order``; only a count comes back, as 07's readers write their signals to the store),
+  and **read_2_spawn_processes**: the same with ``spawn`` (what ``cohorts.build_store``'s workers pay: Python
+  start and the imports of the reader and the filters in each);
 - **preprocess**: ``signals.preprocess`` with the paper's settings (band-pass 0.5-40 Hz, median 3, first 2,500
-  samples at 500 Hz; what ``parameters/01_preprocess/*.yaml`` record in store.json) on batches of 256 records, as
-  the store build runs it, then the float16 storage round trip of the cohort store; and **preprocess_per_record**
-  (one call per record, for the ratio);
+  samples at 500 Hz; what ``parameters/01_preprocess/*.yaml`` record in store.json) on batches of
+  ``cohorts.build.PREPROCESS_CHUNK`` (16) records, as the store build runs it, then the float16 storage round trip
+  of the cohort store; and **preprocess_per_record** (one call per record, for the ratio);
 - **render**: ``render.render_ecg`` at 224 px, stack8 layout, batches of 256;
 - **model**: softmax probabilities of a randomly initialised ``vit_b16_scratch`` (weights do not change the speed),
   size ``micro`` (2 blocks, width 64) and ``base`` (the paper's ViT-B/16, 86 M parameters), batch 64, float32,
@@ -21,11 +23,10 @@ timed on its own over the whole batch, the way 07_predict runs them:
 - **signal model**: ``xresnet1d101`` (random init) on the same preprocessed signals, resampled to 100 Hz and scaled
   as 03/07 feed it (``classify.signal_data.prepare_signals``), batch 64;
 - **07 end to end**: ``predict.run`` itself (``pictures: none``; threshold, its bootstrap interval and the operating
-  points included) on a folder of the MUSE files copied to ``--n`` names, for the micro ViT and for xresnet1d101
-  (finished run folders written here with random weights), once with ``workers: 1`` (this process reads and
-  preprocesses, and a thread scores each chunk of 256 stored ECGs while the next ones are read:
-  ``predict.prepare_and_score``) and once with ``workers: 2`` (the store build's spawn workers, one shard each, then
-  the scoring), side by side.
+  points included) on a folder of the MUSE files copied to ``--n-e2e`` names, for the micro ViT and for
+  xresnet1d101 (finished run folders written here with random weights), with ``workers: 1`` and ``workers: 2``:
+  that many forked reader processes build the store in shards of 64 files while this process scores each shard's
+  ECGs as it comes in (``predict.prepare_and_score``), side by side.
 
 ECGs/s per stage = n / seconds; end to end = n / (sum of the stages of that model: read in 2 processes, batched
 preprocessing); 07's ECGs/s = n / its wall time.
@@ -33,6 +34,13 @@ Wall time on a shared machine: the load average before and after and the torch t
 figures (ratios measured in the same run travel; absolute rates under load do not).
 A CUDA device, when present (``--device cuda``), runs the model stages there.
 Writes ``outputs/predict/bench_predict.json``.
+
+Measured 2026-12-07 (2 cores, training paused, two other nice-19 jobs: load 2.9-3.3, 2 torch threads; "before" is
+the code of commit ea58da0, run from a copy of it in the same window): 07 end to end micro ViT
+161.6 ECG/s with 1 reader, 157.6 with 2 (before 113.0, 97.9); xresnet1d101 160.6 and 136.8 (before 103.7, 87.6);
+CPU per ECG scoring + reading 4.75 + 5.07 ms (micro ViT), 6.06 + 4.49 ms (xresnet1d101). Stages: read 313 ECG/s
+(before 258), 2 forked readers 498 (1.59x one; 2 spawn processes 98), batched preprocessing 884 (2.47x per record;
+before 368, 0.66x), render 4,905, micro ViT 622, xresnet1d101 352. See docs/experiments.md.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ import json
 import multiprocessing
 import os
 import platform
+import resource
 import shutil
 import tempfile
 import time
@@ -53,6 +62,7 @@ import pandas as pd
 import yaml
 
 from heartbeit_lib import io, signals
+from heartbeit_lib.cohorts.build import PREPROCESS_CHUNK
 
 if __name__ != "__mp_main__":  # spawn workers (read_2_processes) re-run this file's imports: they read files only
     import torch
@@ -91,17 +101,19 @@ def stage_read(paths: list[Path]):
     return [io.read_ecg(p) for p in paths]
 
 
-def _read_signals(paths: list[Path]) -> list[tuple[np.ndarray, float, tuple]]:
-    return [(r.signal, r.fs, tuple(r.leads)) for r in map(io.read_ecg, paths)]
+def _read_count(paths: list[Path]) -> int:
+    """Samples read from ``paths`` (the signals stay in the worker, as 07's readers keep theirs for the store)."""
+    return sum(int(np.size(io.read_ecg(p).signal)) for p in paths)
 
 
-def stage_read_parallel(paths: list[Path], workers: int = 2) -> list:
-    """The files split into ``workers`` contiguous parts, each read in its own ``spawn`` process (started inside
-    the timing, as 07's store build starts its workers)."""
-    ctx = multiprocessing.get_context("spawn")
+def stage_read_parallel(paths: list[Path], workers: int = 2, method: str = "fork") -> int:
+    """The files split into ``workers`` interleaved parts, each read in its own process started inside the timing:
+    ``fork`` (07's readers, ``cohorts.build_shards_in_order``) or ``spawn`` (``cohorts.build_store``'s workers).
+    Only a count comes back (07's readers write their signals to the store)."""
+    ctx = multiprocessing.get_context(method)
     parts = [paths[k::workers] for k in range(workers)]
     with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        return [r for part in pool.map(_read_signals, parts) for r in part]
+        return sum(pool.map(_read_count, parts))
 
 
 def stage_preprocess_per_record(recs) -> np.ndarray:
@@ -111,10 +123,10 @@ def stage_preprocess_per_record(recs) -> np.ndarray:
 
 
 def stage_preprocess(recs) -> np.ndarray:
-    """Batches of 256 records of one rate and lead set (the store build's ``_preprocess_records``)."""
+    """Batches of ``PREPROCESS_CHUNK`` records of one rate and lead set (the store build's ``_preprocess_records``)."""
     out = []
-    for s in range(0, len(recs), 256):
-        part = recs[s:s + 256]
+    for s in range(0, len(recs), PREPROCESS_CHUNK):
+        part = recs[s:s + PREPROCESS_CHUNK]
         same = {(r.fs, tuple(r.leads), np.shape(r.signal)) for r in part}
         assert len(same) == 1, "the shared MUSE files are one rate and lead set"
         x = np.stack([np.asarray(r.signal, np.float32) for r in part])
@@ -177,8 +189,15 @@ def finished_run(root: Path, name: str, size: str, image_size: int | None) -> Pa
     return run
 
 
+def _children_cpu() -> float:
+    """User + system CPU seconds of this process's finished children (07's reader processes, once joined)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def end_to_end(files: list[Path], n: int, device: str) -> dict:
-    """07's ECGs/s (``predict.run``, pictures off) for the micro ViT and xresnet1d101, workers 1 and 2."""
+    """07's ECGs/s (``predict.run``, pictures off) for the micro ViT and xresnet1d101, workers 1 and 2, and the CPU
+    milliseconds per ECG of this process (scoring) and of its readers."""
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -193,11 +212,13 @@ def end_to_end(files: list[Path], n: int, device: str) -> dict:
                 cfg = predict.PredictConfig(finetune_runs=(str(run),), data_root=str(folder), source="muse",
                                             pictures="none", device=device, workers=workers, n_boot=500,
                                             out_root=str(tmp / "out"), run_id=f"{key}-w{workers}")
-                t0 = time.perf_counter()
+                t0, c0, k0 = time.perf_counter(), time.process_time(), _children_cpu()
                 res = predict.run(cfg)
                 wall = time.perf_counter() - t0
+                cpu = {"this_process": time.process_time() - c0, "readers": _children_cpu() - k0}
                 out[f"{key}_workers{workers}"] = {"ecg_per_s": res["n_scored"] / wall, "n_scored": res["n_scored"],
-                                                  "n_rejected": res["n_rejected"], "seconds": wall}
+                                                  "n_rejected": res["n_rejected"], "seconds": wall,
+                                                  "cpu_ms_per_ecg": {k: 1e3 * v / n for k, v in cpu.items()}}
     return out
 
 
@@ -216,6 +237,7 @@ def main() -> int:
     paths = [files[i % len(files)] for i in range(args.n)]
     recs, t_read1 = timed(lambda: stage_read(paths))
     _, t_read = timed(lambda: stage_read_parallel(paths, 2))
+    _, t_read_spawn = timed(lambda: stage_read_parallel(paths, 2, "spawn"))
     x1, t_pre1 = timed(lambda: stage_preprocess_per_record(recs))
     x, t_pre = timed(lambda: stage_preprocess(recs))
     np.testing.assert_allclose(x, x1, atol=0.5)  # the batch is the same preprocessing (float16 storage: ~0.03 uV)
@@ -223,9 +245,11 @@ def main() -> int:
     res = {"n": args.n, "muse_files": len(files), "size": args.size, "device": str(device),
            "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
            "ecg_per_s": {"read": args.n / t_read1, "read_2_processes": args.n / t_read,
+                         "read_2_spawn_processes": args.n / t_read_spawn,
                          "preprocess_per_record": args.n / t_pre1, "preprocess": args.n / t_pre,
                          "render": args.n / t_render},
-           "ratios": {"read_2_processes_vs_1": t_read1 / t_read, "preprocess_batch_vs_per_record": t_pre1 / t_pre}}
+           "ratios": {"read_2_processes_vs_1": t_read1 / t_read, "read_2_spawn_processes_vs_1": t_read1 / t_read_spawn,
+                      "preprocess_batch_vs_per_record": t_pre1 / t_pre}}
     for size, n in (("micro", args.n), ("base", args.n_base)):
         torch.manual_seed(0)
         model = models.create_model("vit_b16_scratch", num_classes=2, size=size, img_size=args.size).to(device).eval()

@@ -14,7 +14,8 @@ settled filters (only a window touching the record's own start or end carries th
 per-record chain of scipy calls (``sosfiltfilt`` then ``ndimage.median_filter(mode="nearest")``
 then slicing) bit for bit; it is vectorised over chunks of records and computes the median
 only over the kept window. Measured (``benchmarks/bench_preprocess.py``): about 1,100 ECGs per
-CPU-second for (12, 5000) -> (8, 2500), 2.1-2.5x the per-record loop; the two IIR passes are
+CPU-second for (12, 5000) -> (8, 2500), 2.1-2.5x the per-record loop (chunks kept under 4 MiB:
+see ``chunk_size``); the two IIR passes are
 ~75% of the time and scipy's ``sosfilt`` holds the GIL, so parallelise across processes.
 
 Defaults and why
@@ -72,7 +73,8 @@ N_SAMPLES: int = 2500         # samples kept (5 s at 500 Hz)
 BAND: tuple[float, float] = (0.5, 40.0)  # Hz, Butterworth band-pass edges (paper)
 ORDER: int = 4                # Butterworth order per edge (scipy's N); see module docstring
 MEDIAN_KERNEL: int = 3        # samples; see module docstring for what it removes
-CHUNK_SIZE: int = 32          # records per vectorised chunk (fits the CPU caches; measured best)
+CHUNK_SIZE: int = 32          # records per vectorised chunk at most (fits the CPU caches; measured best)
+WORK_BYTES: int = 3 << 20     # and at most this many bytes of float64 work buffer per chunk; see preprocess
 
 
 # --------------------------------------------------------------------------- errors
@@ -349,8 +351,12 @@ def preprocess(x: np.ndarray, fs: float, leads: Sequence[str], *,
         If True, records shorter than ``start + n_samples`` (after resampling) are zero-padded
         at the end (after filtering); if False (default) they raise :class:`SignalTooShortError`.
     chunk_size : int
-        Records processed per vectorised chunk (memory/cache trade-off only; results do not
-        depend on it).
+        Records processed per vectorised chunk at most (memory/cache trade-off only; results do
+        not depend on it); fewer when their float64 work buffer would exceed :data:`WORK_BYTES`
+        (3 MiB: 9 records of 8 x 5,000 samples). numpy asks the kernel for transparent huge pages
+        for arrays from 4 MiB, and where THP defrag is ``madvise`` each fault may stall in direct
+        compaction: at 32 records (10 MB buffers) the system time measured 0.25-1.9 ms per record,
+        more than the filtering, on the shared 2-core machine; at 9 records, ~0.
 
     Returns
     -------
@@ -393,6 +399,7 @@ def preprocess(x: np.ndarray, fs: float, leads: Sequence[str], *,
     keep = min(stop, n_res) - start
 
     out = np.zeros((n_rec, len(idx), n_samples), dtype=np.float32)
+    chunk_size = max(1, min(chunk_size, WORK_BYTES // (len(idx) * (n_res + 2 * p) * 8)))
     for c0 in range(0, n_rec, chunk_size):
         chunk = arr[c0:c0 + chunk_size]
         nc = chunk.shape[0]

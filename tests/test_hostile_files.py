@@ -321,3 +321,52 @@ def test_a_60_mib_xml_is_refused_before_it_is_read(tmp_path):
     with pytest.raises(io.FileTooLargeError, match="over the cap"):
         io.read_ecg(p)
     assert time.perf_counter() - t0 < 1  # 19-27 s and up to 2.4 GB before
+
+
+def _outside_root_per_path(paths, root):
+    """The per-path definition (the code before folders were listed once): lstat, stat and resolve of each file
+    and sibling."""
+    top, out = root.resolve(), []
+    for s in paths:
+        p, why = Path(s), ""
+        for f in (p, *(p.with_suffix(e) for e in (".hea", ".dat", ".mat") if e != p.suffix)):
+            if (f.is_symlink() or f.exists()) and top not in f.resolve().parents:
+                why = f"{f.name} resolves outside data_root {root} (a symlink or '..' leaving it): not read"
+                break
+        out.append(why)
+    return out
+
+
+def _record_files_per_path(paths):
+    out = set()
+    for s in paths:
+        p = Path(s)
+        if p.is_file():
+            out.add(p)
+            out.update(q for q in (p.with_suffix(".dat"), p.with_suffix(".mat")) if q.is_file())
+    return sorted(out)
+
+
+def test_listed_folders_refuse_and_keep_what_per_path_checks_do(tmp_path):
+    """``sources._outside_root`` and ``_record_files`` list each folder once; oracle: the per-path stat/resolve
+    definition above, on regular files, siblings, links inside and outside the root (file, sibling, folder),
+    a dangling link, a FIFO, a '..' path and a missing file."""
+    from heartbeit_lib.cohorts import sources
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "secret.dat").write_bytes(b"s")
+    for name in ("a.xml", "f.hea", "f.dat", "f.mat", "sub/g.hea", "sub/g.dat", "h.hea"):
+        (root / name).write_bytes(b"x")
+    (root / "b.xml").symlink_to(root / "a.xml")
+    (root / "c.xml").symlink_to(outside / "secret.dat")
+    (root / "h.dat").symlink_to(outside / "secret.dat")
+    (root / "e.xml").symlink_to(tmp_path / "nowhere")
+    (root / "linked").symlink_to(outside)
+    os.mkfifo(root / "p.hea")
+    paths = [str(root / n) for n in ("a.xml", "b.xml", "c.xml", "e.xml", "f.hea", "sub/g.hea", "h.hea", "p.hea",
+                                     "linked/secret.dat", "sub/../a.xml", "sub/../../outside/secret.dat", "none.hea")]
+    got = sources._outside_root(paths, root)
+    assert got == _outside_root_per_path(paths, root)
+    assert [bool(w) for w in got] == [False, False, True, True, False, False, True, False, True, False, True, False]
+    assert sources._record_files(paths) == _record_files_per_path(paths)

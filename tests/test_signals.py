@@ -201,12 +201,15 @@ def test_lead_order_case_and_selection():
     np.testing.assert_array_equal(two, base[:, [7, 0]])
 
 
-def test_shapes_dtypes_and_chunking():
+def test_shapes_dtypes_and_chunking(monkeypatch):
     x = ecg_like(5, seed=6)
     one = S.preprocess(x[0], FS, LEADS12)
     assert one.shape == (1, 8, 2500) and one.dtype == np.float32
     batch = S.preprocess(x, FS, LEADS12, chunk_size=32)
     np.testing.assert_array_equal(S.preprocess(x, FS, LEADS12, chunk_size=1), batch)
+    assert S.WORK_BYTES // (8 * (5000 + 2 * 27) * 8) == 9  # the paper's records: 9 per chunk, under 4 MiB of work
+    monkeypatch.setattr(S, "WORK_BYTES", 2 * 8 * (5000 + 2 * 27) * 8)  # 2 records per chunk: 3 chunks for 5
+    np.testing.assert_array_equal(S.preprocess(x, FS, LEADS12, chunk_size=32), batch)
     np.testing.assert_array_equal(one[0], batch[0])
     as_int = np.round(x).astype(np.int16)
     np.testing.assert_allclose(S.preprocess(as_int, FS, LEADS12), S.preprocess(as_int.astype(float), FS, LEADS12))

@@ -38,7 +38,8 @@ config and orchestration in :mod:`heartbeit_lib.pipeline.preprocess`.
 """
 
 from .build import FLOAT16_MAX, INPUT_COLUMNS, REJECTABLE, ShardSpec, build_shard, build_store, output_leads
-from .build import BuildPlan, build_shard_range, merge_store, plan_build, shard_ranges  # array builds
+from .build import (BuildPlan, build_shard_range, build_shards_in_order, merge_store, plan_build,  # array builds
+                    shard_ranges)
 from .errors import (AmplitudeRangeError, CohortError, LabelError, NonFiniteOutputError, RecordError, SplitError,
                      StoreError, StoredShapeError, TaskError, WorkerDiedError)
 from .ids import SaltFileError, clean_id, default_salt_path, hash_patient, read_or_create_salt, salt_path

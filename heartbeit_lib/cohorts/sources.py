@@ -75,31 +75,58 @@ class Source:
         return self.inputs.drop(columns=["patient_id"], errors="ignore").head(n)
 
 
+def _entries(listing: dict[str, tuple[str, dict[str, os.DirEntry]]], folder: str) -> tuple[str, dict[str, os.DirEntry]]:
+    """``(real path, {name: entry})`` of ``folder``, listed once (``os.scandir``) and kept in ``listing``: a
+    folder of N record files costs one listing, not ~4 stat calls per file and sibling ({} when unreadable)."""
+    if folder not in listing:
+        try:
+            with os.scandir(folder) as it:
+                names = {e.name: e for e in it}
+        except OSError:
+            names = {}
+        listing[folder] = (os.path.realpath(folder), names)
+    return listing[folder]
+
+
 def _record_files(paths: Iterable[str]) -> list[Path]:
     """Existing files of each record: the path itself and its siblings with the same stem (.dat, .mat)."""
     out: set[Path] = set()
+    listing: dict = {}
     for s in paths:
         p = Path(s)
-        if p.is_file():  # regular files only (a FIFO would hang the hashing)
-            out.add(p)
-            for ext in (".dat", ".mat"):
-                q = p.with_suffix(ext)
-                if q.is_file():
-                    out.add(q)
+        names = _entries(listing, str(p.parent))[1]
+        for q in (p, p.with_suffix(".dat"), p.with_suffix(".mat")):
+            e = names.get(q.name)  # None: absent, or another spelling (a case-insensitive file system): ask
+            if e.is_file() if e is not None else q.is_file():  # regular files only (a FIFO would hang the hashing)
+                out.add(q)
+            elif q is p:
+                break
     return sorted(out)
 
 
 def _outside_root(paths: Iterable[str], root: Path, rejects: Iterable[str] | None = None) -> list[str]:
     """Per input, why it is refused ('' when it is not): the earlier reason in ``rejects``, else when the file or
     its record's ``.hea`` / ``.dat`` / ``.mat`` siblings resolve (symlinks, ``..``) outside ``root``: a symlink
-    to a secret (the salt file) must not be read, nor its content quoted into a reject."""
+    to a secret (the salt file) must not be read, nor its content quoted into a reject.
+
+    Each folder is listed and resolved once; a name that is not a symlink resolves to its folder's real path plus
+    the name, a symlink is resolved on its own (``Path.resolve``)."""
     top = root.resolve()
+    listing: dict = {}
     out = []
     for s, why in zip(paths, rejects if rejects is not None else itertools.repeat("")):
         if not why:
             p = Path(s)
+            real_dir, names = _entries(listing, str(p.parent))
             for f in (p, *(p.with_suffix(e) for e in (".hea", ".dat", ".mat") if e != p.suffix)):
-                if (f.is_symlink() or f.exists()) and top not in f.resolve().parents:
+                e = names.get(f.name)
+                if e is None:
+                    if not os.path.lexists(f):  # no such file nor link: nothing to read
+                        continue
+                    real = f.resolve()  # another spelling of an entry (a case-insensitive file system)
+                else:
+                    real = f.resolve() if e.is_symlink() else Path(real_dir) / f.name
+                if top not in real.parents:
                     why = f"{f.name} resolves outside data_root {root} (a symlink or '..' leaving it): not read"
                     break
         out.append(why)

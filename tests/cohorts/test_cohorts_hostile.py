@@ -189,3 +189,38 @@ def test_legacy_salt_in_the_run_folder_is_reused(tmp_path):
     assert ids.read_or_create_salt(tmp_path) == "legacy"
     assert ids.salt_path(tmp_path) == tmp_path / "salt.txt"
     assert not ids.default_salt_path().exists()
+
+
+def test_shards_in_order_from_forked_readers_equal_build_store(tmp_path):
+    """``build_shards_in_order`` (07's readers: forked workers, shards yielded in order as they are built) then
+    ``merge_store``: every shard index once, in order, and the store of ``build_store`` in one process (oracle)
+    byte for byte: signals, manifest, rejects (a reader failure included); ``while_reading`` runs once. A second
+    call yields the built shards without reading (resumed)."""
+    n, kw = 7, dict(preprocess_kw=None, salt="s", shard_size=2)
+    reader = FailingReader(_signals(n), 500, OUT_LEADS, in_process=False)
+    calls: list[int] = []
+    got = list(cohorts.build_shards_in_order(_inputs(n), reader, tmp_path / "forked", workers=2,
+                                             while_reading=lambda: calls.append(1), **kw))
+    assert got == [0, 1, 2, 3] and calls == [1]  # while_reading: once
+    store = cohorts.merge_store(_inputs(n), tmp_path / "forked", **kw)
+    ref = cohorts.build_store(_inputs(n), reader, tmp_path / "ref", workers=1, progress=False, **kw)
+    np.testing.assert_array_equal(store.signals(np.arange(len(store))), ref.signals(np.arange(len(ref))))
+    pd.testing.assert_frame_equal(store.manifest, ref.manifest)
+    pd.testing.assert_frame_equal(store.rejects.assign(reason=""), ref.rejects.assign(reason=""))
+    assert list(store.rejects["record_id"]) == ["ecg01", "ecg03", "ecg04"]
+    again = DyingReader(_signals(n), 500, OUT_LEADS, in_process=False)  # would kill a worker if it read anything
+    assert list(cohorts.build_shards_in_order(_inputs(n), again, tmp_path / "forked", workers=2, **kw)) == [0, 1, 2, 3]
+    pd.testing.assert_frame_equal(cohorts.merge_store(_inputs(n), tmp_path / "forked", **kw).rejects, store.rejects)
+
+
+@pytest.mark.slow
+def test_shards_in_order_survive_a_dying_reader(tmp_path):
+    """A record that kills its forked worker: the remaining shards go to the spawn probe (as build_store), the
+    record is a WorkerDiedError reject, every shard is yielded once and in order, the counts add up."""
+    reader = DyingReader(_signals(6), 500, OUT_LEADS, in_process=False)
+    kw = dict(preprocess_kw=None, salt="s", shard_size=2)
+    assert list(cohorts.build_shards_in_order(_inputs(6), reader, tmp_path, workers=2, **kw)) == [0, 1, 2]
+    store = cohorts.merge_store(_inputs(6), tmp_path, **kw)
+    _accounted(store, 6)
+    assert store.rejects["record_id"].tolist() == ["ecg02"]
+    assert store.rejects["error_type"].tolist() == ["WorkerDiedError"]

@@ -452,3 +452,55 @@ def test_ptbxl_every_record_reads(ptbxl_root, rate, db, n):
             ref = wfdb.rdrecord(path)
             for i, name in enumerate(ref.sig_name):
                 np.testing.assert_allclose(rec.lead(name), ref.p_signal[:, i] * 1000.0, rtol=2**-23, atol=1e-3)
+
+
+def _same_tree(a, b) -> None:
+    """Element trees equal in tag (``{uri}local`` == ``uri}local``), attributes, text and tail, recursively."""
+    def key(t):
+        return t[1:] if t.startswith("{") else t
+    assert key(a.tag) == key(b.tag)
+    assert {key(k): v for k, v in a.attrib.items()} == {key(k): v for k, v in b.attrib.items()}
+    assert (a.text, a.tail) == (b.text, b.tail)
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        _same_tree(x, y)
+
+
+def _defused_reference(data: bytes):
+    import defusedxml.ElementTree as DET
+    return DET.fromstring(data, forbid_dtd=False, forbid_entities=True, forbid_external=True)
+
+
+NAMESPACED = (b'<?xml version="1.0"?>\n<!-- c --><r xmlns="urn:a" xmlns:b="urn:b" b:x="1" y="2">'
+              b'<b:c z="&amp;3">t&#65;&lt;<d/>tail</b:c><?pi x?><e>\r\n  line\r\n</e></r>\n')
+
+
+def test_muse_parser_builds_defusedxmls_tree():
+    """``muse.defused_fromstring`` (expat events straight to the C TreeBuilder) builds the tree of
+    ``defusedxml.ElementTree.fromstring`` (oracle; same flags): the seed, a namespaced document with attributes,
+    character references, a PI, a comment and CRLF text, and every shared MUSE XML file when present."""
+    from heartbeit_lib.io.muse import defused_fromstring
+    docs = [(OK / "muse_mini.xml").read_bytes(), NAMESPACED]
+    shared = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "muse"
+    docs += [p.read_bytes() for p in sorted(shared.rglob("*.xml"))]
+    for data in docs:
+        _same_tree(defused_fromstring(data), _defused_reference(data))
+
+
+@pytest.mark.parametrize("doc, error", [
+    (b'<!DOCTYPE r [<!ENTITY a "b">]><r>&a;</r>', "EntitiesForbidden"),
+    (b'<!DOCTYPE r [<!ENTITY a SYSTEM "file:///etc/passwd">]><r>&a;</r>', "EntitiesForbidden"),
+    (b'<!DOCTYPE r SYSTEM "http://example.invalid/x.dtd"><r>&undefined;</r>', "ParseError"),
+    (b'<r>&undefined;</r>', "ParseError"),
+    (b'<r><a></r>', "ParseError"),
+])
+def test_muse_parser_refuses_what_defusedxml_refuses(doc, error):
+    """The same documents are refused with the same exception type as ``defusedxml.ElementTree.fromstring``
+    (oracle): entity declarations, an undefined entity, malformed XML."""
+    from heartbeit_lib.io.muse import defused_fromstring
+    with pytest.raises(Exception) as ref:
+        _defused_reference(doc)
+    with pytest.raises(Exception) as got:
+        defused_fromstring(doc)
+    assert type(got.value) is type(ref.value) and type(ref.value).__name__ == error
+    assert str(got.value) == str(ref.value)

@@ -391,15 +391,17 @@ def test_operating_points_on_validation_and_scored_ecgs(world):
 
 
 @pytest.mark.shared
-def test_prepare_and_score_equals_prepare_inputs_then_score(world, shared_data, tmp_path, monkeypatch):
-    """run()'s and the notebook's path (the store built shard by shard, each chunk of stored ECGs scored in a thread
-    while the next shards are read) against the two steps it joins, prepare_inputs then score, on 21 real MUSE files and 2
-    rejects (a CardioSoft XML and a CRC mismatch) in the first two shards, so chunks straddle shards.
+@pytest.mark.parametrize("workers", [1, 2])
+def test_prepare_and_score_equals_prepare_inputs_then_score(world, shared_data, tmp_path, monkeypatch, workers):
+    """run()'s and the notebook's path (the store built shard by shard in forked reader processes, the stored ECGs
+    scored here as their shards come in) against the two steps it joins, prepare_inputs then score, on 21 real MUSE
+    files and 2 rejects (a CardioSoft XML and a CRC mismatch) in the first two shards, so chunks straddle shards.
     Oracle: prepare_inputs + score; tolerance: none (the same signals, rows, rejects and probabilities bit for bit;
     only the store's shard size differs)."""
     from heartbeit_lib.pipeline.predict import scores
 
-    monkeypatch.setattr(scores, "CHUNK", 8)  # 3 shards of 8 inputs, 3 chunks of 8 stored ECGs (2 rejects between)
+    monkeypatch.setattr(scores, "CHUNK", 8)  # 3 chunks of 8 stored ECGs (2 rejects between)
+    monkeypatch.setattr(scores, "SHARD", 5)  # 5 shards of 5 inputs: chunks straddle shards
     root, ft, _ = world
     folder = tmp_path / "muse"
     folder.mkdir()
@@ -408,13 +410,16 @@ def test_prepare_and_score_equals_prepare_inputs_then_score(world, shared_data, 
         shutil.copy(files[i % len(files)], folder / f"{i:03d}_{files[i % len(files)].name}")
     shutil.copy(shared_data / "muse" / "not_muse" / "gecardiosoft_deepecg_dummy_ecg.xml", folder / "003a_cardiosoft.xml")
     shutil.copy(BROKEN / "muse_crc_mismatch.xml", folder / "010a_crc.xml")
-    cfg = cfg_for(world, finetune_runs=tuple(map(str, ft)), data_root=str(folder), source="muse", labels=None)
+    cfg = cfg_for(world, finetune_runs=tuple(map(str, ft)), data_root=str(folder), source="muse", labels=None,
+                  workers=workers)
     members, rendering = predict.load_ensemble(cfg)
-    ref_inputs = predict.prepare_inputs(cfg, tmp_path / "two_calls", rendering)
+    ref_inputs = predict.prepare_inputs(dataclasses.replace(cfg, workers=1), tmp_path / "two_calls", rendering)
     ref = predict.score(members, ref_inputs, rendering, cfg.batch_size)
+    threads = torch.get_num_threads()
     inputs, got = predict.prepare_and_score(cfg, tmp_path / "overlapped", members, rendering)
+    assert torch.get_num_threads() == threads  # fewer while the readers ran (the reference used them all), restored
 
-    assert got.shape == ref.shape == (2, 21) and inputs.store.info["shard_size"] == 8 != ref_inputs.store.info["shard_size"]
+    assert got.shape == ref.shape == (2, 21) and inputs.store.info["shard_size"] == 5 != ref_inputs.store.info["shard_size"]
     np.testing.assert_array_equal(got, ref)
     pd.testing.assert_frame_equal(inputs.rejects, ref_inputs.rejects)
     assert sorted(inputs.rejects["error_class"]) == ["ChecksumError", "WrongRootError"]

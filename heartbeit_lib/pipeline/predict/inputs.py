@@ -121,13 +121,12 @@ def raw_inputs(cfg: PredictConfig, src: Source, store: CohortStore) -> Inputs:
 
 
 def read_workers(workers: int, n_files: int) -> int:
-    """Processes that read and preprocess ``n_files`` raw files (the store build's ``spawn`` workers, one shard
-    each): ``workers``, at most one per file. Each worker starts Python and imports the reader and the filters (no
-    torch since ``heartbeit_lib.utils`` imports it lazily: with it, two workers scored 512 MUSE files at 0.19x the
-    rate of one at load ~11); on the shared 2-core machine at load ~8.6 two workers scored 256 files at 0.67x (micro
-    ViT) and 0.61x (xresnet1d101) the rate of one (``benchmarks/bench_predict.py``): the start-up of two processes
-    still costs more than half of the reading there, so 1 stays the default; try 2 or more on a quiet machine and
-    for thousands of files."""
+    """Processes that read and preprocess ``n_files`` raw files: ``workers``, at most one per file.
+
+    :func:`~heartbeit_lib.pipeline.predict.prepare_and_score` (07's path) forks them (``cohorts.build_shards_in_order``)
+    and scores in this process meanwhile, so ``workers: 1`` already keeps two cores busy (the reader and the model);
+    :func:`prepare_inputs` alone builds the store with ``cohorts.build_store`` (in this process for 1, else its
+    ``spawn`` workers, one shard each: each starts Python and imports the reader and the filters, ~2.2 CPU s)."""
     return max(1, min(int(workers), n_files))
 
 

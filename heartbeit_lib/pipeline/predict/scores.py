@@ -3,25 +3,25 @@ multi-label model)."""
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures as cf
+import math
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
 from heartbeit_lib.classify.engine import SCORE_PREFIX
-from heartbeit_lib.cohorts import LABEL_PREFIX, build_shard_range, merge_store, plan_build, shard_ranges
+from heartbeit_lib.cohorts import LABEL_PREFIX, build_shards_in_order, merge_store
 from heartbeit_lib.cohorts.store import shard_name
 
 from heartbeit_lib.pipeline.predict.config import CHUNK, DECISION_PREFIX, PredictConfig, Thresholds
 from heartbeit_lib.pipeline.predict.ensemble import (Member, Rendering, member_inputs, member_probabilities,
                                                      render_images)
-from heartbeit_lib.pipeline.predict.inputs import Inputs, _relative, prepare_inputs, raw_inputs, raw_source
+from heartbeit_lib.pipeline.predict.inputs import Inputs, _relative, prepare_inputs, raw_inputs, raw_source, read_workers
 
-MAX_BUILD_STEPS = 64  # store-build calls of prepare_and_score (each re-plans the whole inputs table: O(n) per call)
+SHARD = 64  # raw files per store shard in prepare_and_score: the unit the readers hand to the scoring
 
 
 def score(members: Sequence[Member], inputs: Inputs, rendering: Rendering, batch_size: int = 64) -> np.ndarray:
@@ -49,44 +49,55 @@ def score_chunk(members: Sequence[Member], signals: np.ndarray, rendering: Rende
 
 
 def prepare_and_score(cfg: PredictConfig, run_dir: str | os.PathLike, members: Sequence[Member],
-                      rendering: Rendering) -> tuple[Inputs, np.ndarray]:
+                      rendering: Rendering, while_reading: Callable[[], Any] | None = None
+                      ) -> tuple[Inputs, np.ndarray]:
     """:func:`prepare_inputs` then :func:`score` (steps 2 and 3, what :func:`run` does), the same inputs and
-    probabilities bit for bit, faster for raw files read in this process (``workers`` 1): their store is built in
-    shards of :data:`CHUNK` (``cohorts.build_shard_range``, then ``merge_store``) and each chunk of :data:`CHUNK`
-    stored ECGs, in store order, is scored in a background thread while the next shards are read, so the model
-    (torch, which releases the GIL) runs beside the reader (Python) on a second core.
+    probabilities bit for bit, faster for raw files: ``workers`` reader processes (``cohorts.build_shards_in_order``,
+    forked) build the store in shards of :data:`SHARD` files while this process scores the stored ECGs, in store
+    order, as soon as the shards holding them are built; then ``merge_store``. The model (torch) and the readers
+    (Python: XML, base64, the filters) so run on different cores at once, with no GIL between them.
+
+    The scored units are whole batches of :func:`score` (``batch_size`` rows, or :data:`CHUNK` rows when
+    ``batch_size`` does not divide it), so every batch the model sees holds the rows :func:`score` would give it.
+
+    ``while_reading`` (optional) is called once while the readers read the first shard (:func:`run`: the threshold
+    and its bootstrap interval, which need no scored ECG), else before the inputs are prepared.
 
     Returns the :class:`Inputs` and :func:`score`'s (n_members, n[, classes]) probabilities."""
-    if cfg.cohort_run or cfg.workers > 1:
+    if cfg.cohort_run:
+        if while_reading is not None:
+            while_reading()
         inputs = prepare_inputs(cfg, run_dir, rendering)
         return inputs, score(members, inputs, rendering, cfg.batch_size)
     src = raw_source(cfg, rendering.task, rendering.classes)
     cohort = Path(run_dir) / "cohort"
     kw = dict(task_cfg="unlabelled", preprocess_kw=rendering.preprocess_kw, salt_file=cfg.salt_file,
-              shard_size=CHUNK)
-    n_shards = plan_build(src.inputs, cohort, **kw).n_shards
-    n_steps = min(n_shards, MAX_BUILD_STEPS)
-    running: collections.deque[cf.Future] = collections.deque()
+              shard_size=SHARD)
+    readers = read_workers(cfg.workers, len(src.inputs))
+    last = max(1, math.ceil(len(src.inputs) / SHARD)) - 1  # plan_build's shard count
+    unit = cfg.batch_size if CHUNK % cfg.batch_size == 0 else CHUNK  # score()'s batches, whole
     done: list[np.ndarray] = []
-    with cf.ThreadPoolExecutor(1) as pool:
-
-        def submit(signals: np.ndarray) -> None:
-            while len(running) >= 2:  # at most two chunks wait in memory when the model is the slower stage
-                done.append(running.popleft().result())
-            running.append(pool.submit(score_chunk, members, signals, rendering, cfg.batch_size))
-
-        carry: list[np.ndarray] = []  # stored ECGs not yet scored, float32 as CohortStore.signals gives them
-        for step, shards in enumerate(shard_ranges(n_shards, n_steps)):
-            build_shard_range(src.inputs, src.reader, cohort, task_index=step, n_tasks=n_steps, **kw)
-            carry.extend(np.load(cohort / "store" / f"{shard_name(i)}.npy").astype(np.float32) for i in shards)
+    carry: list[np.ndarray] = []  # stored ECGs not yet scored, float32 as CohortStore.signals gives them
+    threads = torch.get_num_threads()
+    try:
+        # the readers hold `readers` cores until the last shard is built: torch's threads spin-wait when they
+        # outnumber the free cores (micro ViT on 2 cores, 1 reader: 7.4 CPU ms per ECG with 2 threads, 4.6 with 1)
+        torch.set_num_threads(max(1, threads - readers))
+        for i in build_shards_in_order(src.inputs, src.reader, cohort, workers=readers, while_reading=while_reading,
+                                       **kw):
+            if i == last:
+                torch.set_num_threads(threads)
+            carry.append(np.load(cohort / "store" / f"{shard_name(i)}.npy").astype(np.float32))
             pending = np.concatenate(carry)
-            for s in range(0, len(pending) - len(pending) % CHUNK, CHUNK):  # the chunks score() would take
-                submit(pending[s:s + CHUNK])
-            carry = [pending[len(pending) - len(pending) % CHUNK:]]
-        if len(carry[0]):
-            submit(carry[0])
-        store = merge_store(src.inputs, cohort, **kw)
-        done.extend(f.result() for f in running)
+            whole = len(pending) - len(pending) % unit
+            done.extend(score_chunk(members, pending[s:s + unit], rendering, cfg.batch_size)
+                        for s in range(0, whole, unit))
+            carry = [pending[whole:]]
+        if carry and len(carry[0]):
+            done.append(score_chunk(members, carry[0], rendering, cfg.batch_size))
+    finally:
+        torch.set_num_threads(threads)
+    store = merge_store(src.inputs, cohort, **kw)
     return raw_inputs(cfg, src, store), np.concatenate(done, axis=1) if done else _no_scores(members, 0)
 
 
