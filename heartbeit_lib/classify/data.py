@@ -122,9 +122,9 @@ def device_images(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, channe
         if x.ndim == 3:
             x = x[:, None]
         x = x.float().div_(255.0)
-    if x.ndim == 4 and x.shape[1] != mean.shape[1]:
-        x = x.expand(-1, mean.shape[1], -1, -1)  # grey -> the model's channels (signals (B, leads, T) pass as they are)
-    x = (x - mean) / std
+    # grey (B, 1, H, W) broadcasts to the model's channels in the subtraction (signals (B, leads, T) pass as they
+    # are); the division in place: one (B, C', H, W) buffer instead of two, half the time on a CPU (bench_predict)
+    x = (x - mean).div_(std)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
