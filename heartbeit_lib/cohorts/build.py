@@ -338,21 +338,6 @@ def _holding_run_folder_lock(fn: Callable[..., Any]) -> Callable[..., Any]:
     return locked
 
 
-def _start_build(run_dir, task_cfg, shard_size: int, inputs: pd.DataFrame, salt: str | None,
-                 salt_file) -> tuple[Path, Any, pd.DataFrame, bool, str]:
-    """What every store build checks and prepares first: (run_dir, the task, the checked inputs, whether a salt
-    was given, the salt); creates ``store/parts``."""
-    run_dir = Path(run_dir)
-    task = load_task(task_cfg)
-    if shard_size < 1:
-        raise CohortError(f"shard_size must be >= 1, got {shard_size}")
-    df = _check_inputs(inputs)
-    given_salt = bool(salt)
-    salt = salt if salt else read_or_create_salt(run_dir, salt_file)
-    (run_dir / "store" / "parts").mkdir(parents=True, exist_ok=True)
-    return run_dir, task, df, given_salt, salt
-
-
 @_holding_run_folder_lock
 def build_store(inputs: pd.DataFrame, reader: Callable[[str], Any], run_dir: str | os.PathLike, *,
                 task_cfg: "TaskConfig | str" = "custom", seed: int = 0, shard_size: int = 512,
@@ -407,32 +392,16 @@ def build_store(inputs: pd.DataFrame, reader: Callable[[str], Any], run_dir: str
     -------
     CohortStore
     """
-    run_dir, task, df, given_salt, salt = _start_build(run_dir, task_cfg, shard_size, inputs, salt, salt_file)
-    store_dir = run_dir / "store"
-    # what the output depends on (not workers/progress): a resumed build must match it
-    params = {"task": task.to_dict(), "seed": int(seed), "shard_size": int(shard_size),
-              "preprocess_kw": None if preprocess_kw is None else dict(preprocess_kw),
-              "leads": list(store_layout(preprocess_kw)[0]), "format": STORE_FORMAT, "version": STORE_VERSION}
-    _check_or_write_build_spec(run_dir, _fingerprint(df, salt, params), params)
-    params["salt_file"] = None if given_salt else str(salt_path(run_dir, salt_file))  # recorded in store.json
-
-    extra = [c for c in df.columns if c not in (*INPUT_COLUMNS, "reject", "input_index")]
-    manifest_columns = ["record_id", "patient_hash", "patient_source", "site", "label", "shard", "offset",
-                        "source_path", "input_index", "fs_source", "n_samples_source", *extra]
-    dtypes = {**_CORE_DTYPES, **{c: df[c].dtype for c in extra}}
-    n_shards = max(1, math.ceil(len(df) / shard_size))
+    plan = plan_build(inputs, run_dir, task_cfg=task_cfg, seed=seed, shard_size=shard_size,
+                      preprocess_kw=preprocess_kw, salt=salt, salt_file=salt_file)
+    store_dir, df = plan.run_dir / "store", plan.df
     for stale in store_dir.rglob("*.tmp-*"):  # half-written files of a killed build
         stale.unlink()
-    def rows(i: int) -> list[dict]:
-        return df.iloc[i * shard_size:(i + 1) * shard_size].to_dict("records")
-
     # a resumed build redoes a shard whose inputs changed (size or mtime) since it was built
-    todo = [i for i in range(n_shards) if not _shard_done(store_dir, i, input_stamps(rows(i)))]
+    todo = [i for i in range(plan.n_shards) if not _shard_done(store_dir, i, input_stamps(plan.rows(i)))]
 
     def spec(i: int) -> ShardSpec:  # built lazily: at paper scale all rows at once would not fit
-        r = rows(i)
-        return ShardSpec(i, r, reader, str(store_dir), salt, params["preprocess_kw"], manifest_columns, dtypes,
-                         input_stamps(r))
+        return plan.spec(i, reader)
 
     def n_rows(i: int) -> int:
         return min(len(df), (i + 1) * shard_size) - i * shard_size
@@ -456,8 +425,8 @@ def build_store(inputs: pd.DataFrame, reader: Callable[[str], Any], run_dir: str
                         bar.update(n_rows(i))
                 finally:
                     probe.close()
-    _merge(run_dir, df, task, int(seed), n_shards, params)
-    return CohortStore(run_dir)
+    _merge(plan.run_dir, df, plan.task, plan.seed, plan.n_shards, plan.params)
+    return CohortStore(plan.run_dir)
 
 
 def _check_or_write_build_spec(run_dir: Path, fp: str, params: Mapping[str, Any]) -> None:
@@ -613,6 +582,18 @@ class BuildPlan:
     manifest_columns: list[str]
     dtypes: dict[str, Any]
 
+    def rows(self, i: int) -> list[dict]:
+        """The input rows of shard ``i``."""
+        size = self.params["shard_size"]
+        return self.df.iloc[i * size:(i + 1) * size].to_dict("records")
+
+    def spec(self, i: int, reader: Callable[[str], Any]) -> ShardSpec:
+        """What :func:`build_shard` needs to build shard ``i`` (made lazily: at paper scale all rows at once
+        would not fit in memory)."""
+        r = self.rows(i)
+        return ShardSpec(i, r, reader, str(self.run_dir / "store"), self.salt, self.params["preprocess_kw"],
+                         self.manifest_columns, self.dtypes, input_stamps(r))
+
 
 def plan_build(inputs: pd.DataFrame, run_dir: str | os.PathLike, *, task_cfg: "TaskConfig | str" = "custom",
                seed: int = 0, shard_size: int = 512, preprocess_kw: Mapping[str, Any] | None = None,
@@ -623,7 +604,15 @@ def plan_build(inputs: pd.DataFrame, run_dir: str | os.PathLike, *, task_cfg: "T
     ``salt``/``salt_file``, ``salt.txt``: call it once before starting the array tasks so they never race to
     create either.
     """
-    run_dir, task, df, given_salt, salt = _start_build(run_dir, task_cfg, shard_size, inputs, salt, salt_file)
+    run_dir = Path(run_dir)
+    task = load_task(task_cfg)
+    if shard_size < 1:
+        raise CohortError(f"shard_size must be >= 1, got {shard_size}")
+    df = _check_inputs(inputs)
+    given_salt = bool(salt)
+    salt = salt if salt else read_or_create_salt(run_dir, salt_file)
+    (run_dir / "store" / "parts").mkdir(parents=True, exist_ok=True)
+    # what the output depends on (not workers/progress): a resumed build must match it
     params = {"task": task.to_dict(), "seed": int(seed), "shard_size": int(shard_size),
               "preprocess_kw": None if preprocess_kw is None else dict(preprocess_kw),
               "leads": list(store_layout(preprocess_kw)[0]), "format": STORE_FORMAT, "version": STORE_VERSION}
@@ -657,22 +646,14 @@ def build_shard_range(inputs: pd.DataFrame, reader: Callable[[str], Any], run_di
     must be the same in every task and in :func:`merge_store`. Returns the counts of the shards built.
     """
     plan = plan_build(inputs, run_dir, **build_kw)
-    store_dir, size = plan.run_dir / "store", plan.params["shard_size"]
+    store_dir = plan.run_dir / "store"
     mine = shard_ranges(plan.n_shards, n_tasks)[task_index]
     for i in mine:  # half-written files of a killed task: only this task's shards (others may be writing)
         for folder in (store_dir, store_dir / "parts"):
             for stale in folder.glob(f"{shard_name(i)}.*.tmp-*"):
                 stale.unlink()
-    def rows(i: int) -> list[dict]:
-        return plan.df.iloc[i * size:(i + 1) * size].to_dict("records")
-
-    todo = [i for i in mine if not _shard_done(store_dir, i, input_stamps(rows(i)))]  # changed inputs: redone
-
-    def spec(i: int) -> ShardSpec:
-        r = rows(i)
-        return ShardSpec(i, r, reader, str(store_dir), plan.salt, plan.params["preprocess_kw"], plan.manifest_columns,
-                         plan.dtypes, input_stamps(r))
-
+    todo = [i for i in mine if not _shard_done(store_dir, i, input_stamps(plan.rows(i)))]  # changed inputs: redone
+    spec = functools.partial(plan.spec, reader=reader)
     if workers <= 1 or getattr(reader, "in_process", False) or len(todo) <= 1:
         return [build_shard(spec(i)) for i in todo]
     return list(_map_in_processes(build_shard, map(spec, todo), workers, min(workers, len(todo))))
@@ -698,17 +679,10 @@ def build_shards_in_order(inputs: pd.DataFrame, reader: Callable[[str], Any], ru
     first shard is awaited), else before building in this process: work that needs no ECG fills that wait.
     """
     plan = plan_build(inputs, run_dir, **build_kw)
-    store_dir, size = plan.run_dir / "store", plan.params["shard_size"]
+    store_dir = plan.run_dir / "store"
     for stale in store_dir.rglob("*.tmp-*"):  # half-written files of a killed build
         stale.unlink()
-
-    def rows(i: int) -> list[dict]:
-        return plan.df.iloc[i * size:(i + 1) * size].to_dict("records")
-
-    def spec(i: int) -> ShardSpec:
-        r = rows(i)
-        return ShardSpec(i, r, reader, str(store_dir), plan.salt, plan.params["preprocess_kw"], plan.manifest_columns,
-                         plan.dtypes, input_stamps(r))
+    rows, spec = plan.rows, functools.partial(plan.spec, reader=reader)
 
     # a shard with its files is redone when its inputs changed; the inputs' stamps (4 stat calls per file) only
     # for those: a fresh build starts its readers at once
