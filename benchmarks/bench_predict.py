@@ -41,6 +41,10 @@ the code of commit ea58da0, run from a copy of it in the same window): 07 end to
 CPU per ECG scoring + reading 4.75 + 5.07 ms (micro ViT), 6.06 + 4.49 ms (xresnet1d101). Stages: read 313 ECG/s
 (before 258), 2 forked readers 498 (1.59x one; 2 spawn processes 98), batched preprocessing 884 (2.47x per record;
 before 368, 0.66x), render 4,905, micro ViT 622, xresnet1d101 352. See docs/experiments.md.
+Then (quiet, 2 torch threads) with the micro ViT scored on grey images through its folded patch embedding
+(``predict.ensemble.grey_input_model``; the **model** stage below still times the 3-channel input): 07 micro ViT
+161.4 / 172.3 ECG/s with 1 reader, 180.1 / 213.5 with 2 (512 files), 167.7 and 197.2 on 2,048; scoring 3.1-4.1 CPU ms
+per ECG (before 4.1-4.6).
 """
 
 from __future__ import annotations

@@ -28,6 +28,10 @@ from .record import (FS_MAX_HZ, FS_MIN_HZ, MAX_XML_BYTES, ECGRecord, parse_numbe
 #: wrong: 50 Hz for a 500 Hz strip gives 100 s); shorter disagreements are only flagged.
 MAX_DURATION_FACTOR: int = 4
 _ASCII_SPACE = bytes(c for c in range(128) if chr(c).isspace())  # what str.split() drops from ASCII text
+# an XML declaration (first bytes of the document) naming an encoding that reads ASCII bytes as ASCII
+_ASCII_COMPATIBLE_DECL = re.compile(
+    rb"<\?xml\s[^>]*?encoding\s*=\s*[\"'](?:iso-8859-1|iso8859-1|latin-?1|us-ascii|ascii|utf-?8|windows-1252|cp1252)[\"']",
+    re.IGNORECASE)
 
 
 def _local(tag: Any) -> str:
@@ -135,7 +139,12 @@ def defused_fromstring(data: bytes) -> Element:
     ``{uri}local`` (this reader matches local names only, :func:`_local`). Tested equal to defusedxml's tree.
     """
     builder = TreeBuilder()
-    parser = DET.DefusedXMLParser(target=builder, forbid_dtd=False, forbid_entities=True, forbid_external=True)
+    # MUSE declares ISO-8859-1, which expat converts to UTF-8 byte by byte; a document of ASCII bytes (no NUL)
+    # declaring an ASCII-compatible single-byte encoding reads the same as UTF-8, which expat takes as it is:
+    # the same tree, 15 % less parsing (0.2 ms of a file's 1.4 ms, the shared MUSE files)
+    ascii_utf8 = data.isascii() and b"\x00" not in data and _ASCII_COMPATIBLE_DECL.match(data) is not None
+    parser = DET.DefusedXMLParser(target=builder, encoding="utf-8" if ascii_utf8 else None, forbid_dtd=False,
+                                  forbid_entities=True, forbid_external=True)
     expat = parser.parser
     expat.ordered_attributes = False
     expat.StartElementHandler = builder.start

@@ -478,9 +478,12 @@ NAMESPACED = (b'<?xml version="1.0"?>\n<!-- c --><r xmlns="urn:a" xmlns:b="urn:b
 def test_muse_parser_builds_defusedxmls_tree():
     """``muse.defused_fromstring`` (expat events straight to the C TreeBuilder) builds the tree of
     ``defusedxml.ElementTree.fromstring`` (oracle; same flags): the seed, a namespaced document with attributes,
-    character references, a PI, a comment and CRLF text, and every shared MUSE XML file when present."""
+    character references, a PI, a comment and CRLF text, Latin-1 documents with and without non-ASCII bytes (read
+    as UTF-8 when they are ASCII), and every shared MUSE XML file when present."""
     from heartbeit_lib.io.muse import defused_fromstring
-    docs = [(OK / "muse_mini.xml").read_bytes(), NAMESPACED]
+    latin1 = '<?xml version="1.0" encoding="ISO-8859-1"?>\n<r a="\u00e9"><n>Jos\u00e9 M\u00fcller</n>\u00b5V</r>'
+    docs = [(OK / "muse_mini.xml").read_bytes(), NAMESPACED, latin1.encode("latin-1"),
+            latin1.encode("ascii", "xmlcharrefreplace"), latin1.replace("ISO-8859-1", "US-ASCII").encode("ascii", "xmlcharrefreplace")]
     shared = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "muse"
     docs += [p.read_bytes() for p in sorted(shared.rglob("*.xml"))]
     for data in docs:
@@ -493,6 +496,9 @@ def test_muse_parser_builds_defusedxmls_tree():
     (b'<!DOCTYPE r SYSTEM "http://example.invalid/x.dtd"><r>&undefined;</r>', "ParseError"),
     (b'<r>&undefined;</r>', "ParseError"),
     (b'<r><a></r>', "ParseError"),
+    (b'<?xml version="1.0" encoding="bogus"?><r/>', "LookupError"),  # ASCII bytes, but no encoding to read them
+    (b'<?xml version="1.0" encoding="UTF-16"?><r/>', "ParseError"),
+    (b'<?xml version="1.0" encoding="latin-1"?><r>\x00</r>', "ParseError"),
 ])
 def test_muse_parser_refuses_what_defusedxml_refuses(doc, error):
     """The same documents are refused with the same exception type as ``defusedxml.ElementTree.fromstring``

@@ -3,6 +3,7 @@ scores its input (03's own scoring code)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -57,6 +58,7 @@ class Member:
     classes: tuple[str, ...] = ()  # a multi-label model's classes (one sigmoid each, model.json order); () binary
     crop_seconds: float | None = None  # signal models trained on crops: scored on windows of this length (as 03)
     window_aggregate: str = "mean"  # how the windows' outputs are combined (03's ``window_aggregate``)
+    grey_model: nn.Module | None = None  # ``model`` reading grey images directly (:func:`grey_input_model`)
 
     @property
     def multilabel(self) -> bool:
@@ -159,7 +161,8 @@ def load_ensemble(cfg: PredictConfig, device: str | torch.device = "cpu") -> tup
         family = str(info.get("family", "image"))
         rate = float(info.get("signal_rate") or 100.0) if family == "signal" else None
         members.append(Member(run_dir, run_dir.name, model, info["normalize"], info["config"], met, r, family, rate,
-                              **_recorded_outputs(run_dir, info)))
+                              **_recorded_outputs(run_dir, info),
+                              grey_model=grey_input_model(model, info["normalize"]) if family == "image" else None))
     first = members[0]
     for m in members[1:]:  # one store preprocessing and task for all; one rendering for the image members
         for key in ("preprocess_kw", "task", "fs"):
@@ -224,14 +227,54 @@ def member_windows(member: Member, n_samples: int) -> engine.Windows | None:
 
 
 @torch.no_grad()
+def grey_input_model(model: nn.Module, normalize: tuple) -> nn.Module | None:
+    """``model`` reading a grey image ``g`` in [0, 1], (B, 1, H, W), instead of its normalised 3-channel copy
+    ``(g - mean_c) / std_c``: the patch embedding's convolution with the normalisation folded into it, one input
+    channel (weights ``sum_c W_c / std_c``, bias ``b - sum_c mean_c / std_c * sum(W_c)``; exact algebra, float32
+    rounding aside). Its input is a third of the pixels and needs no normalising pass: 07 scores the micro ViT's
+    batch of 64 at 224 px in about half the time (``benchmarks/bench_predict.py``).
+
+    A shallow copy sharing every other module and parameter with ``model`` (no extra memory but the new
+    convolution). None where the algebra does not hold: no timm ``patch_embed.proj`` convolution with 3 input
+    channels and no padding (resnet152 and efficientnet_b4 pad their stem: padding zeros are not normalised).
+    """
+    pe = getattr(model, "patch_embed", None)
+    conv = getattr(pe, "proj", None)
+    if not (isinstance(conv, nn.Conv2d) and conv.in_channels == 3 and conv.groups == 1
+            and all(p == 0 for p in conv.padding) and conv.padding_mode == "zeros"):
+        return None
+    mean, std = normalize or ((0.0,), (1.0,))
+    w64 = conv.weight.detach().double()
+    scale = 1.0 / torch.as_tensor(std, dtype=torch.float64).expand(3)
+    shift = torch.as_tensor(mean, dtype=torch.float64).expand(3) * scale
+    grey = nn.Conv2d(1, conv.out_channels, conv.kernel_size, conv.stride, 0, conv.dilation, bias=True,
+                     device=conv.weight.device, dtype=conv.weight.dtype)
+    grey.weight.copy_((w64 * scale.view(1, 3, 1, 1)).sum(1, keepdim=True))
+    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros(conv.out_channels, dtype=torch.float64)
+    grey.bias.copy_(bias.to(w64.device) - (w64.sum((2, 3)) * shift.view(1, 3)).sum(1))
+    new_pe = copy.copy(pe)
+    new_pe._modules = dict(pe._modules)  # the copy's own children: replacing proj leaves ``model`` as it was
+    new_pe.proj = grey
+    out = copy.copy(model)
+    out._modules = dict(model._modules)
+    out.patch_embed = new_pe
+    return out.eval()
+
+
+@torch.no_grad()
 def member_probabilities(member: Member, x: torch.Tensor, batch_size: int) -> np.ndarray:
     """What 03 scored for ``member``'s inputs ``x`` (:func:`member_inputs`), with 03's own code
     (``classify.engine.predict``: its normalisation, test-time windows, softmax or sigmoid): (n,) float64 probability
     of class 1 (softmax over the two logits) of a binary model, (n, classes) float64 sigmoid per class of a
-    multi-label one."""
+    multi-label one. ``x`` may also be an image member's uint8 grey images (n, 1, H, W) when it has a
+    ``grey_model`` (:func:`grey_input_model`; 03's probabilities to float32 rounding, tested to 1e-5)."""
     device = next(member.model.parameters()).device
-    mean, std = member_normalization(member, device)
+    model = member.model
+    if x.dtype == torch.uint8 and x.ndim == 4 and x.shape[1] == 1 and member.grey_model is not None:
+        model, (mean, std) = member.grey_model, member_normalization(dataclasses.replace(member, normalize=()), device)
+    else:
+        mean, std = member_normalization(member, device)
     batches = ((x[i:i + batch_size], None) for i in range(0, len(x), batch_size))
-    out = engine.predict(member.model, batches, mean, std, device, multilabel=member.multilabel,
+    out = engine.predict(model, batches, mean, std, device, multilabel=member.multilabel,
                          windows=member_windows(member, x.shape[-1]))
     return out.reshape(0, len(member.classes)) if member.multilabel and not len(out) else out

@@ -44,7 +44,8 @@ def score_chunk(members: Sequence[Member], signals: np.ndarray, rendering: Rende
     """(n_members, n[, classes]) probabilities of the float32 store signals (n, leads, T) of one chunk (rendered once
     when an image model is among the members)."""
     grey = render_images(signals, rendering) if any(m.family == "image" for m in members) else None
-    return np.stack([member_probabilities(m, member_inputs(m, signals, grey, rendering), batch_size)
+    return np.stack([member_probabilities(m, torch.from_numpy(grey)[:, None] if m.grey_model is not None
+                                          else member_inputs(m, signals, grey, rendering), batch_size)
                      for m in members])
 
 
