@@ -54,7 +54,7 @@ class PredictConfig(runs.TypedConfig):
     saliency_method: str | None = "gradcam"  # map on the model input: fullgrad, gradcam, rollout (signal models: gradcam on 1-D CNNs, else integrated gradients); None: no map
     n_boot: int = 500  # bootstrap resamples of the AUROC/AUPRC confidence intervals
     batch_size: int = 64  # images per forward pass
-    workers: int = 1  # forked processes reading raw files (data_root) while this one scores (1 keeps 2 cores busy; 2 measured no faster on 2 cores: benchmarks/bench_predict.py)
+    workers: int = 2  # forked processes reading raw files (data_root) while this one scores (2 cores, micro ViT: 180-214 ECG/s with 2, 161-172 with 1; xresnet1d101 127-142 and 132-160: benchmarks/bench_predict.py)
     device: str | None = None  # cpu, cuda, cuda:N; None: cuda when available
     seed: int = 0  # bootstrap seed
     out_root: str = "outputs"  # root of the run folders
