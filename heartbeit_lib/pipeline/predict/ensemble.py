@@ -245,13 +245,13 @@ def grey_input_model(model: nn.Module, normalize: tuple) -> nn.Module | None:
         return None
     mean, std = normalize or ((0.0,), (1.0,))
     w64 = conv.weight.detach().double()
-    scale = 1.0 / torch.as_tensor(std, dtype=torch.float64).expand(3)
-    shift = torch.as_tensor(mean, dtype=torch.float64).expand(3) * scale
+    scale = 1.0 / torch.as_tensor(std, dtype=torch.float64, device=w64.device).expand(3)
+    shift = torch.as_tensor(mean, dtype=torch.float64, device=w64.device).expand(3) * scale
     grey = nn.Conv2d(1, conv.out_channels, conv.kernel_size, conv.stride, 0, conv.dilation, bias=True,
                      device=conv.weight.device, dtype=conv.weight.dtype)
     grey.weight.copy_((w64 * scale.view(1, 3, 1, 1)).sum(1, keepdim=True))
-    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros(conv.out_channels, dtype=torch.float64)
-    grey.bias.copy_(bias.to(w64.device) - (w64.sum((2, 3)) * shift.view(1, 3)).sum(1))
+    bias = conv.bias.detach().double() if conv.bias is not None else w64.new_zeros(conv.out_channels)
+    grey.bias.copy_(bias - (w64.sum((2, 3)) * shift.view(1, 3)).sum(1))
     new_pe = copy.copy(pe)
     new_pe._modules = dict(pe._modules)  # the copy's own children: replacing proj leaves ``model`` as it was
     new_pe.proj = grey
