@@ -206,32 +206,77 @@ class ThresholdInterval:
     n_used: int            # resamples with both classes and more than one score (the others are skipped)
 
 
+BOOT_ELEMENTS = 1 << 18  # resample x record counts held at once by threshold_interval (2 MiB int64 arrays: larger
+# ones are faulted in as huge pages, which stalled on this 2-core machine; see signals.WORK_BYTES)
+
+
 def threshold_interval(y, p, threshold: Threshold, *, n_boot: int = 500, seed: int = 0) -> ThresholdInterval:
     """How far ``threshold`` (chosen on ``(y, p)`` by :func:`choose_threshold`) moves, and how its sensitivity and
-    specificity vary, over ``n_boot`` bootstrap resamples of the same validation records."""
+    specificity vary, over ``n_boot`` bootstrap resamples of the same validation records.
+
+    Each resample's choice is :func:`choose_threshold`'s and its sensitivity / specificity at ``threshold`` are
+    :func:`operating_point`'s, the same numbers as a loop of those two calls (tested), without sorting each
+    resample: the records are sorted once and a resample is how many times it drew each of them, so its counts
+    of positives and negatives at or above every distinct score are cumulative sums over that one order (exact
+    integers, exact ties); :data:`BOOT_ELEMENTS` counts at a time. 07 runs this once per class of a multi-label
+    model."""
     ya, pa = check_scores(y, p, threshold.split, both_classes=True)
+    n = len(ya)
     rng = np.random.default_rng(seed)
+    draws = [rng.integers(0, n, n) for _ in range(n_boot)]  # one call per resample: the documented stream
+    order = np.argsort(-pa, kind="stable")
+    ps, ys = pa[order], ya[order]
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)  # record -> its position in the descending order
+    run_end = np.r_[ps[1:] != ps[:-1], True]  # the last position of each run of equal scores
+    n_at_or_above = int((ps >= threshold.value).sum())  # positions called positive at the threshold
     values, sens, spec = [], [], []
-    for _ in range(n_boot):
-        i = rng.integers(0, len(ya), len(ya))
-        yb, pb = ya[i], pa[i]
-        if yb.min() == yb.max() or pb.min() == pb.max():
-            continue
-        try:
-            t = choose_threshold(yb, pb, split=threshold.split, method=threshold.method,
-                                 target_sensitivity=threshold.target_sensitivity,
-                                 target_specificity=threshold.target_specificity)
-        except CalibrationError:  # e.g. no threshold reaches the target specificity in this resample
-            continue
-        values.append(t.value)
-        op = operating_point(yb, pb, threshold.value, split=threshold.split)
-        sens.append(op.sensitivity)
-        spec.append(op.specificity)
+    rows = max(1, BOOT_ELEMENTS // n)
+    for s0 in range(0, n_boot, rows):
+        idx = np.stack(draws[s0:s0 + rows])
+        b = len(idx)
+        counts = np.bincount((rank[idx] + n * np.arange(b)[:, None]).ravel(), minlength=b * n).reshape(b, n)
+        drawn = np.cumsum(counts, axis=1)  # (B, n) records drawn at or above each position's score
+        tp = np.cumsum(counts * ys, axis=1)
+        n_pos = tp[:, -1:]
+        n_neg = n - n_pos
+        at_end = drawn[:, run_end]
+        present = np.diff(at_end, axis=1, prepend=0) > 0  # (B, runs) scores the resample holds: the candidates
+        keep = (n_pos[:, 0] > 0) & (n_neg[:, 0] > 0) & (present.sum(1) > 1)  # one class / constant: skipped
+        v, ok = _choose_rows(ps[run_end], present, tp[:, run_end], at_end - tp[:, run_end], n_pos, n_neg, threshold)
+        ok &= keep
+        if n_at_or_above:
+            tp_t, fp_t = tp[:, n_at_or_above - 1], drawn[:, n_at_or_above - 1] - tp[:, n_at_or_above - 1]
+        else:
+            tp_t = fp_t = np.zeros(b, np.int64)
+        values.extend(v[ok].tolist())
+        sens.extend((tp_t / n_pos[:, 0])[ok].tolist())
+        spec.extend(((n_neg[:, 0] - fp_t) / n_neg[:, 0])[ok].tolist())
     if not values:
         raise CalibrationError(f"split {threshold.split!r}: none of {n_boot} bootstrap resamples admits a threshold")
     q = lambda v: np.percentile(v, [2.5, 97.5])  # noqa: E731
     (v0, v1), (s0, s1), (c0, c1) = q(values), q(sens), q(spec)
     return ThresholdInterval(float(v0), float(v1), float(s0), float(s1), float(c0), float(c1), n_boot, len(values))
+
+
+def _choose_rows(scores: np.ndarray, present: np.ndarray, tp: np.ndarray, fp: np.ndarray, n_pos: np.ndarray,
+                 n_neg: np.ndarray, threshold: Threshold) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`choose_threshold` with ``threshold``'s method and target, for each resample (row): candidate
+    ``scores`` (runs,) in decreasing order, ``present`` (B, runs) those the resample holds, ``tp`` / ``fp`` (B, runs)
+    its positives / negatives at or above each, ``n_pos`` / ``n_neg`` (B, 1). Returns (B,) chosen values and (B,)
+    bool, False where none was chosen (no candidate reaches the target specificity: the loop's skipped
+    :class:`CalibrationError`; rows of one class or one score are the caller's to drop)."""
+    with np.errstate(divide="ignore", invalid="ignore"):  # rows of one class, dropped by the caller
+        if threshold.method == "youden":
+            j = np.where(present, tp * n_neg - fp * n_pos, np.iinfo(np.int64).min)  # exact integers, exact ties
+            k, ok = np.argmax(j, axis=1), present.any(1)  # first maximum = highest threshold among ties
+        elif threshold.method == "sensitivity":
+            hit = present & (tp / n_pos >= threshold.target_sensitivity - 1e-12)
+            k, ok = np.argmax(hit, axis=1), hit.any(1)  # the highest candidate reaching it
+        else:
+            hit = present & ((n_neg - fp) / n_neg >= threshold.target_specificity - 1e-12)
+            k, ok = hit.shape[1] - 1 - np.argmax(hit[:, ::-1], axis=1), hit.any(1)  # the lowest candidate reaching it
+    return scores[k], ok
 
 
 @dataclass(frozen=True)

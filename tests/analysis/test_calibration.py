@@ -14,6 +14,8 @@ Oracles and tolerances:
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import scipy.optimize
@@ -331,3 +333,47 @@ def test_calibrator_refuses_its_fitted_records_whatever_the_scores(method):
     with pytest.raises(cal.SameSplitError, match="1 of its rows"):
         c.apply(p[:3], split="external", records=["x1", "x2", "r5"])
     assert c.apply(p[perm][:10], split="test", records=[f"t{i}" for i in range(10)]).shape == (10,)
+
+
+def _interval_by_loop(y, p, t, n_boot, seed):
+    """The definition, one resample at a time: choose_threshold and operating_point on each bootstrap resample
+    (skipping one-class / constant resamples and those where choose_threshold raises), then np.percentile."""
+    rng, vals, sens, spec = np.random.default_rng(seed), [], [], []
+    kw = {"method": t.method, "target_sensitivity": t.target_sensitivity, "target_specificity": t.target_specificity}
+    for _ in range(n_boot):
+        i = rng.integers(0, len(y), len(y))
+        yb, pb = np.asarray(y)[i], np.asarray(p)[i]
+        if yb.min() == yb.max() or pb.min() == pb.max():
+            continue
+        try:
+            vals.append(cal.choose_threshold(yb, pb, split="val", **kw).value)
+        except cal.CalibrationError:
+            continue
+        op = cal.operating_point(yb, pb, t.value, split="val")
+        sens.append(op.sensitivity)
+        spec.append(op.specificity)
+    q = lambda v: tuple(float(x) for x in np.percentile(v, [2.5, 97.5]))  # noqa: E731
+    return (*q(vals), *q(sens), *q(spec), n_boot, len(vals))
+
+
+@pytest.mark.parametrize("n, ties", [(12, True), (60, True), (300, False), (1500, True)])
+@pytest.mark.parametrize("method,target", [("youden", None), ("sensitivity", 0.9), ("specificity", 0.9),
+                                           ("specificity", 1.0)])
+def test_threshold_interval_equals_the_loop_of_choices(n, ties, method, target, monkeypatch):
+    """threshold_interval counts each resample's positives and negatives over one sorted order instead of sorting
+    every resample. Oracle: the loop of choose_threshold + operating_point on the same resamples (itself tested
+    against sklearn above); tolerance: none, every field equal (scores with many ties, tiny splits where
+    resamples of one class are skipped, a specificity target that some resamples cannot reach), and chunked
+    (BOOT_ELEMENTS) as one block."""
+    rng = np.random.default_rng(n)
+    y = (rng.random(n) < 0.3).astype(int)
+    y[:2] = [0, 1]
+    p = np.clip(0.4 * rng.random(n) + 0.3 * y, 0, 1)
+    if ties:
+        p = p.round(1)
+    kw = {"youden": {}, "sensitivity": {"target_sensitivity": target}, "specificity": {"target_specificity": target}}
+    t = cal.choose_threshold(y, p, split="val", method=method, **kw[method])
+    want = _interval_by_loop(y, p, t, 150, 5)
+    assert dataclasses.astuple(cal.threshold_interval(y, p, t, n_boot=150, seed=5)) == want
+    monkeypatch.setattr(cal, "BOOT_ELEMENTS", 7 * n)  # 7 resamples per block
+    assert dataclasses.astuple(cal.threshold_interval(y, p, t, n_boot=150, seed=5)) == want

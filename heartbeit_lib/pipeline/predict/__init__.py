@@ -194,7 +194,7 @@ def _threshold_and_report(members: Sequence[Member], cfg: PredictConfig) -> tupl
 def _run_steps(cfg: PredictConfig, run_dir: Path) -> dict:
     members, rendering = load_ensemble(cfg, resolve_device(cfg.device))
     chosen: list = []  # the threshold needs the training runs' validation scores only: chosen (its bootstrap:
-    # 0.15 s) while the readers read the first ECGs
+    # 0.02 s for 100 scores, 0.1 s per class of 2,156) while the readers read the first ECGs
     inputs, member_scores = prepare_and_score(cfg, run_dir, members, rendering,  # prepare_inputs, then score
                                               while_reading=lambda: chosen.extend(_threshold_and_report(members, cfg)))
     threshold, report = chosen
