@@ -19,7 +19,9 @@ timed on its own over the whole batch, the way 07_predict runs them:
 - **render**: ``render.render_ecg`` at 224 px, stack8 layout, batches of 256;
 - **model**: softmax probabilities of a randomly initialised ``vit_b16_scratch`` (weights do not change the speed),
   size ``micro`` (2 blocks, width 64) and ``base`` (the paper's ViT-B/16, 86 M parameters), batch 64, float32,
-  ``torch.no_grad``;
+  ``torch.no_grad``, on the normalised 3-channel images (as 03 feeds it), and side by side **model_grey_input** (as
+  07 scores it: ``predict.ensemble.grey_input_model``, one grey channel, the normalisation folded into the patch
+  embedding; the same probabilities to 1e-5, checked);
 - **signal model**: ``xresnet1d101`` (random init) on the same preprocessed signals, resampled to 100 Hz and scaled
   as 03/07 feed it (``classify.signal_data.prepare_signals``), batch 64;
 - **07 end to end**: ``predict.run`` itself (``pictures: none``; threshold, its bootstrap interval and the operating
@@ -76,6 +78,7 @@ if __name__ != "__mp_main__":  # spawn workers (read_2_processes) re-run this fi
     from heartbeit_lib.classify.signal_data import prepare_signals
     from heartbeit_lib.models import registry as models
     from heartbeit_lib.pipeline import predict
+    from heartbeit_lib.pipeline.predict.ensemble import grey_input_model
 
 REPO = Path(__file__).resolve().parents[1]
 MUSE = REPO.parent / "shared" / "data" / "muse"
@@ -148,6 +151,19 @@ def stage_model(model: torch.nn.Module, grey: np.ndarray, device: torch.device, 
         x = torch.from_numpy(grey[s:s + batch]).to(device).float().div(255.0)[:, None].expand(-1, 3, -1, -1)
         with torch.no_grad():
             out.append(torch.softmax(model((x - 0.5) / 0.5), dim=1)[:, 1].cpu())
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return torch.cat(out).numpy()
+
+
+def stage_model_grey(model: torch.nn.Module, grey: np.ndarray, device: torch.device, batch: int = 64) -> np.ndarray:
+    """:func:`stage_model` as 07 runs it: ``model`` is ``predict.ensemble.grey_input_model`` of the ViT (the
+    normalisation folded into its patch embedding), fed the (B, 1, H, W) grey images in [0, 1]."""
+    out = []
+    for s in range(0, len(grey), batch):
+        x = torch.from_numpy(grey[s:s + batch]).to(device)[:, None].float().div_(255.0)
+        with torch.no_grad():
+            out.append(torch.softmax(model(x), dim=1)[:, 1].cpu())
     if device.type == "cuda":
         torch.cuda.synchronize()
     return torch.cat(out).numpy()
@@ -258,9 +274,14 @@ def main() -> int:
         torch.manual_seed(0)
         model = models.create_model("vit_b16_scratch", num_classes=2, size=size, img_size=args.size).to(device).eval()
         stage_model(model, grey[:2], device)  # warm-up
-        _, t_model = timed(lambda: stage_model(model, grey[:n], device))
+        p3, t_model = timed(lambda: stage_model(model, grey[:n], device))
+        folded = grey_input_model(model, ((0.5,) * 3, (0.5,) * 3))
+        stage_model_grey(folded, grey[:2], device)  # warm-up
+        p1, t_grey = timed(lambda: stage_model_grey(folded, grey[:n], device))
+        np.testing.assert_allclose(p1, p3, atol=1e-5)  # the same probabilities (float32 rounding)
         per = {"read": t_read / args.n, "preprocess": t_pre / args.n, "render": t_render / args.n, "model": t_model / n}
         res[f"vit_{size}"] = {"model_ecg_per_s": n / t_model, "n_model": n,
+                              "model_grey_input_ecg_per_s": n / t_grey, "grey_input_vs_3_channels": t_model / t_grey,
                               "end_to_end_ecg_per_s": 1.0 / sum(per.values()),
                               "share": {k: v / sum(per.values()) for k, v in per.items()}}
     torch.manual_seed(0)
