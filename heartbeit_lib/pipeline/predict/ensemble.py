@@ -231,8 +231,8 @@ def grey_input_model(model: nn.Module, normalize: tuple) -> nn.Module | None:
     """``model`` reading a grey image ``g`` in [0, 1], (B, 1, H, W), instead of its normalised 3-channel copy
     ``(g - mean_c) / std_c``: the patch embedding's convolution with the normalisation folded into it, one input
     channel (weights ``sum_c W_c / std_c``, bias ``b - sum_c mean_c / std_c * sum(W_c)``; exact algebra, float32
-    rounding aside). Its input is a third of the pixels and needs no normalising pass: 07 scores the micro ViT's
-    batch of 64 at 224 px in about half the time (``benchmarks/bench_predict.py``).
+    rounding aside). Its input is a third of the pixels and needs no normalising pass: the micro ViT scores
+    1.70-1.74x as many ECGs per second at 224 px, ViT-B/16 1.01-1.04x (``benchmarks/bench_predict.py``, side by side).
 
     A shallow copy sharing every other module and parameter with ``model`` (no extra memory but the new
     convolution). None where the algebra does not hold: no timm ``patch_embed.proj`` convolution with 3 input
