@@ -28,7 +28,8 @@ timed on its own over the whole batch, the way 07_predict runs them:
   points included) on a folder of the MUSE files copied to ``--n-e2e`` names, for the micro ViT and for
   xresnet1d101 (finished run folders written here with random weights), with ``workers: 1`` and ``workers: 2``:
   that many forked reader processes build the store in shards of 64 files while this process scores each shard's
-  ECGs as it comes in (``predict.prepare_and_score``), side by side.
+  ECGs as it comes in (``predict.prepare_and_score``), side by side; ``--reps N`` repeats the four N times,
+  interleaved, and reports medians (every round's ECGs/s kept).
 
 ECGs/s per stage = n / seconds; end to end = n / (sum of the stages of that model: read in 2 processes, batched
 preprocessing); 07's ECGs/s = n / its wall time.
@@ -215,30 +216,41 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def end_to_end(files: list[Path], n: int, device: str) -> dict:
+def end_to_end(files: list[Path], n: int, device: str, reps: int = 1) -> dict:
     """07's ECGs/s (``predict.run``, pictures off) for the micro ViT and xresnet1d101, workers 1 and 2, and the CPU
-    milliseconds per ECG of this process (scoring) and of its readers."""
-    out: dict = {}
+    milliseconds per ECG of this process (scoring) and of its readers; ``reps`` rounds of the four, interleaved
+    (each figure is the median of its rounds, every round's ECGs/s under ``ecg_per_s_runs``: on a shared virtual
+    machine runs a minute apart differ by up to 30 %)."""
+    runs: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         folder = tmp / "muse"
         folder.mkdir()
         for i in range(n):
             shutil.copy(files[i % len(files)], folder / f"{i:05d}_{files[i % len(files)].name}")
-        for key, (name, size, img) in {"vit_micro": ("vit_b16_scratch", "micro", 224),
-                                       "xresnet1d101": ("xresnet1d101", "base", None)}.items():
-            run = finished_run(tmp, name, size, img)
-            for workers in (1, 2):
-                cfg = predict.PredictConfig(finetune_runs=(str(run),), data_root=str(folder), source="muse",
-                                            pictures="none", device=device, workers=workers, n_boot=500,
-                                            out_root=str(tmp / "out"), run_id=f"{key}-w{workers}")
-                t0, c0, k0 = time.perf_counter(), time.process_time(), _children_cpu()
-                res = predict.run(cfg)
-                wall = time.perf_counter() - t0
-                cpu = {"this_process": time.process_time() - c0, "readers": _children_cpu() - k0}
-                out[f"{key}_workers{workers}"] = {"ecg_per_s": res["n_scored"] / wall, "n_scored": res["n_scored"],
-                                                  "n_rejected": res["n_rejected"], "seconds": wall,
-                                                  "cpu_ms_per_ecg": {k: 1e3 * v / n for k, v in cpu.items()}}
+        models_ = {"vit_micro": ("vit_b16_scratch", "micro", 224), "xresnet1d101": ("xresnet1d101", "base", None)}
+        run_dirs = {key: finished_run(tmp, *spec) for key, spec in models_.items()}
+        for r in range(reps):
+            for key, run in run_dirs.items():
+                for workers in (1, 2):
+                    cfg = predict.PredictConfig(finetune_runs=(str(run),), data_root=str(folder), source="muse",
+                                                pictures="none", device=device, workers=workers, n_boot=500,
+                                                out_root=str(tmp / "out"), run_id=f"{key}-w{workers}-r{r}")
+                    t0, c0, k0 = time.perf_counter(), time.process_time(), _children_cpu()
+                    res = predict.run(cfg)
+                    wall = time.perf_counter() - t0
+                    cpu = {"this_process": time.process_time() - c0, "readers": _children_cpu() - k0}
+                    runs.setdefault(f"{key}_workers{workers}", []).append(
+                        {"ecg_per_s": res["n_scored"] / wall, "n_scored": res["n_scored"],
+                         "n_rejected": res["n_rejected"], "seconds": wall,
+                         "cpu_ms_per_ecg": {k: 1e3 * v / n for k, v in cpu.items()}})
+    out: dict = {}
+    for name, rs in runs.items():
+        med = lambda f: float(np.median([f(x) for x in rs]))  # noqa: E731
+        out[name] = {"ecg_per_s": med(lambda x: x["ecg_per_s"]), "n_scored": rs[0]["n_scored"],
+                     "n_rejected": rs[0]["n_rejected"], "seconds": med(lambda x: x["seconds"]),
+                     "cpu_ms_per_ecg": {k: med(lambda x: x["cpu_ms_per_ecg"][k]) for k in rs[0]["cpu_ms_per_ecg"]},
+                     "ecg_per_s_runs": [x["ecg_per_s"] for x in rs]}
     return out
 
 
@@ -249,6 +261,7 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--n-e2e", type=int, default=512, help="MUSE files (copies) scored by 07 end to end")
+    ap.add_argument("--reps", type=int, default=1, help="rounds of 07 end to end (medians reported)")
     ap.add_argument("--out", default=str(REPO / "outputs" / "predict" / "bench_predict.json"))
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -293,7 +306,7 @@ def main() -> int:
     res["xresnet1d101"] = {"model_ecg_per_s": args.n / t_sig, "n_model": args.n,
                            "end_to_end_ecg_per_s": 1.0 / sum(per.values()),
                            "share": {k: v / sum(per.values()) for k, v in per.items()}}
-    res["07_end_to_end"] = end_to_end(files, args.n_e2e, args.device)
+    res["07_end_to_end"] = end_to_end(files, args.n_e2e, args.device, args.reps)
     for key in ("vit_micro", "xresnet1d101"):
         one, two = (res["07_end_to_end"][f"{key}_workers{w}"]["ecg_per_s"] for w in (1, 2))
         res["07_end_to_end"][f"{key}_speedup_workers2"] = two / one
