@@ -54,7 +54,7 @@ class PredictConfig(runs.TypedConfig):
     saliency_method: str | None = "gradcam"  # map on the model input: fullgrad, gradcam, rollout (signal models: gradcam on 1-D CNNs, else integrated gradients); None: no map
     n_boot: int = 500  # bootstrap resamples of the AUROC/AUPRC confidence intervals
     batch_size: int = 64  # images per forward pass
-    workers: int = 2  # forked processes reading raw files (data_root) while this one scores (2 cores, micro ViT: 180-214 ECG/s with 2, 161-172 with 1; xresnet1d101 127-142 and 132-160: benchmarks/bench_predict.py)
+    workers: int = 2  # forked processes reading raw files (data_root) while this one scores (2 CPU cores, bench_predict: micro ViT 176-214 ECG/s with 2, 147-172 with 1; xresnet1d101 124-142 with 2, 132-169 with 1: give 1 for a signal model on 2 cores, more on a GPU node)
     device: str | None = None  # cpu, cuda, cuda:N; None: cuda when available
     seed: int = 0  # bootstrap seed
     out_root: str = "outputs"  # root of the run folders
