@@ -146,25 +146,16 @@ def stage_render(x: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([render.render_ecg(x[s:s + 256], size, "stack8") for s in range(0, len(x), 256)])
 
 
-def stage_model(model: torch.nn.Module, grey: np.ndarray, device: torch.device, batch: int = 64) -> np.ndarray:
+def stage_model(model: torch.nn.Module, grey: np.ndarray, device: torch.device, batch: int = 64,
+                folded: bool = False) -> np.ndarray:
+    """Probabilities of the uint8 images ``grey`` (n, H, W): normalised to the ViT's 3 channels (as 03 feeds it),
+    or, ``folded``, as 07 scores them: (B, 1, H, W) in [0, 1] into ``predict.ensemble.grey_input_model``."""
     out = []
     for s in range(0, len(grey), batch):
-        x = torch.from_numpy(grey[s:s + batch]).to(device).float().div(255.0)[:, None].expand(-1, 3, -1, -1)
+        x = torch.from_numpy(grey[s:s + batch]).to(device).float().div(255.0)[:, None]
         with torch.no_grad():
-            out.append(torch.softmax(model((x - 0.5) / 0.5), dim=1)[:, 1].cpu())
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return torch.cat(out).numpy()
-
-
-def stage_model_grey(model: torch.nn.Module, grey: np.ndarray, device: torch.device, batch: int = 64) -> np.ndarray:
-    """:func:`stage_model` as 07 runs it: ``model`` is ``predict.ensemble.grey_input_model`` of the ViT (the
-    normalisation folded into its patch embedding), fed the (B, 1, H, W) grey images in [0, 1]."""
-    out = []
-    for s in range(0, len(grey), batch):
-        x = torch.from_numpy(grey[s:s + batch]).to(device)[:, None].float().div_(255.0)
-        with torch.no_grad():
-            out.append(torch.softmax(model(x), dim=1)[:, 1].cpu())
+            logits = model(x) if folded else model((x.expand(-1, 3, -1, -1) - 0.5) / 0.5)
+        out.append(torch.softmax(logits, dim=1)[:, 1].cpu())
     if device.type == "cuda":
         torch.cuda.synchronize()
     return torch.cat(out).numpy()
@@ -289,8 +280,8 @@ def main() -> int:
         stage_model(model, grey[:2], device)  # warm-up
         p3, t_model = timed(lambda: stage_model(model, grey[:n], device))
         folded = grey_input_model(model, ((0.5,) * 3, (0.5,) * 3))
-        stage_model_grey(folded, grey[:2], device)  # warm-up
-        p1, t_grey = timed(lambda: stage_model_grey(folded, grey[:n], device))
+        stage_model(folded, grey[:2], device, folded=True)  # warm-up
+        p1, t_grey = timed(lambda: stage_model(folded, grey[:n], device, folded=True))
         np.testing.assert_allclose(p1, p3, atol=1e-5)  # the same probabilities (float32 rounding)
         per = {"read": t_read / args.n, "preprocess": t_pre / args.n, "render": t_render / args.n, "model": t_model / n}
         res[f"vit_{size}"] = {"model_ecg_per_s": n / t_model, "n_model": n,

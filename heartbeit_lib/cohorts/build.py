@@ -400,9 +400,7 @@ def build_store(inputs: pd.DataFrame, reader: Callable[[str], Any], run_dir: str
     # a resumed build redoes a shard whose inputs changed (size or mtime) since it was built
     todo = [i for i in range(plan.n_shards) if not _shard_done(store_dir, i, input_stamps(plan.rows(i)))]
 
-    def spec(i: int) -> ShardSpec:  # built lazily: at paper scale all rows at once would not fit
-        return plan.spec(i, reader)
-
+    spec = functools.partial(plan.spec, reader=reader)  # built lazily: at paper scale all rows would not fit
     def n_rows(i: int) -> int:
         return min(len(df), (i + 1) * shard_size) - i * shard_size
 

@@ -205,6 +205,15 @@ def member_inputs(member: Member, signals: np.ndarray, grey: np.ndarray | None, 
     return torch.from_numpy(grey).float().div(255.0)[:, None].expand(-1, 3, -1, -1)
 
 
+def member_score_inputs(member: Member, signals: np.ndarray, grey: np.ndarray | None, rendering: Rendering
+                        ) -> torch.Tensor:
+    """What :func:`member_probabilities` scores: the uint8 grey images (n, 1, H, W) for a member with a
+    ``grey_model`` (:func:`grey_input_model`), else :func:`member_inputs`."""
+    if member.grey_model is not None:
+        return torch.from_numpy(grey)[:, None]
+    return member_inputs(member, signals, grey, rendering)
+
+
 def member_normalization(member: Member, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """The member's input normalisation as 03 applied it on the device (``(x - mean) / std``): per channel
     (1, 3, 1, 1) of an image model's [0, 1] images, per lead (1, leads|1, 1) of a signal model's millivolts (its
@@ -267,13 +276,12 @@ def member_probabilities(member: Member, x: torch.Tensor, batch_size: int) -> np
     (``classify.engine.predict``: its normalisation, test-time windows, softmax or sigmoid): (n,) float64 probability
     of class 1 (softmax over the two logits) of a binary model, (n, classes) float64 sigmoid per class of a
     multi-label one. ``x`` may also be an image member's uint8 grey images (n, 1, H, W) when it has a
-    ``grey_model`` (:func:`grey_input_model`; 03's probabilities to float32 rounding, tested to 1e-5)."""
+    ``grey_model`` (:func:`member_score_inputs`; 03's probabilities to float32 rounding, tested to 1e-5)."""
     device = next(member.model.parameters()).device
-    model = member.model
-    if x.dtype == torch.uint8 and x.ndim == 4 and x.shape[1] == 1 and member.grey_model is not None:
-        model, (mean, std) = member.grey_model, member_normalization(dataclasses.replace(member, normalize=()), device)
+    if member.grey_model is not None and x.dtype == torch.uint8:  # member_score_inputs' grey images
+        model, mean, std = member.grey_model, torch.zeros(1, 1, 1, 1, device=device), torch.ones(1, 1, 1, 1, device=device)
     else:
-        mean, std = member_normalization(member, device)
+        model, (mean, std) = member.model, member_normalization(member, device)
     batches = ((x[i:i + batch_size], None) for i in range(0, len(x), batch_size))
     out = engine.predict(model, batches, mean, std, device, multilabel=member.multilabel,
                          windows=member_windows(member, x.shape[-1]))

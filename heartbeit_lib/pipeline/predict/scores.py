@@ -17,7 +17,7 @@ from heartbeit_lib.cohorts import LABEL_PREFIX, build_shards_in_order, merge_sto
 from heartbeit_lib.cohorts.store import shard_name
 
 from heartbeit_lib.pipeline.predict.config import CHUNK, DECISION_PREFIX, PredictConfig, Thresholds
-from heartbeit_lib.pipeline.predict.ensemble import (Member, Rendering, member_inputs, member_probabilities,
+from heartbeit_lib.pipeline.predict.ensemble import (Member, Rendering, member_probabilities, member_score_inputs,
                                                      render_images)
 from heartbeit_lib.pipeline.predict.inputs import Inputs, _relative, prepare_inputs, raw_inputs, raw_source, read_workers
 
@@ -44,8 +44,7 @@ def score_chunk(members: Sequence[Member], signals: np.ndarray, rendering: Rende
     """(n_members, n[, classes]) probabilities of the float32 store signals (n, leads, T) of one chunk (rendered once
     when an image model is among the members)."""
     grey = render_images(signals, rendering) if any(m.family == "image" for m in members) else None
-    return np.stack([member_probabilities(m, torch.from_numpy(grey)[:, None] if m.grey_model is not None
-                                          else member_inputs(m, signals, grey, rendering), batch_size)
+    return np.stack([member_probabilities(m, member_score_inputs(m, signals, grey, rendering), batch_size)
                      for m in members])
 
 
