@@ -144,8 +144,8 @@ def ptbxl_source(root: str | os.PathLike, task: TaskConfig, database: str = "ptb
     """PTB-XL inputs: one row per row of ``<root>/<database>`` (:func:`io.load_ptbxl`), labelled by ``task``.
 
     ``rate`` 100 reads ``records100`` (``filename_lr``), 500 ``records500`` (``filename_hr``);
-    None picks 500 when every row has a 500 Hz file, else 100 (``ptbxl_database_100hz.csv`` of the
-    shared subset). Rows without a file at the chosen rate are rejected with that reason.
+    None picks 500 when every row's 500 Hz header file exists on disk, else 100 (``ptbxl_database_100hz.csv``
+    of the shared subset; a copy holding only ``records100``, as ``ptbxl_full.py`` writes). Rows without a file at the chosen rate are rejected with that reason.
     Carried columns: ``ecg_id``, ``strat_fold``, ``scp_codes`` (text), ``infarction_stadium1/2``,
     ``age``, ``sex``.
     """
@@ -154,8 +154,8 @@ def ptbxl_source(root: str | os.PathLike, task: TaskConfig, database: str = "ptb
                         "use a ptbxl_scp task such as mi or stemi, or a ptbxl_<benchmark task>")
     root = Path(root)
     db = hio.load_ptbxl(root, rate or 500, database)
-    if rate is None:  # auto: 500 Hz when every row has a 500 Hz file
-        rate = 500 if db["path"].notna().all() else 100
+    if rate is None:  # auto: 500 Hz when every row's 500 Hz header is on disk (a 100 Hz-only copy: 100)
+        rate = 500 if all(p is not None and os.path.isfile(f"{p}.hea") for p in db["path"]) else 100
         if rate == 100:
             db = hio.load_ptbxl(root, 100, database)
     statements = hio.load_scp_statements(root)

@@ -30,7 +30,7 @@ class PreprocessConfig(runs.TypedConfig):
     data_root: str | None = None  # PTB-XL root, MUSE XML folder or WFDB folder (None for demo)
     labels_csv: str | None = None  # muse/wfdb labels CSV (None: <data_root>/labels.csv when the task needs labels)
     ptbxl_database: str = "ptbxl_database.csv"  # PTB-XL table; ptbxl_database_100hz.csv holds all 840 shared records
-    ptbxl_rate: int | None = None  # PTB-XL files: 100 or 500 Hz; None: 500 if every row has a 500 Hz file, else 100
+    ptbxl_rate: int | None = None  # PTB-XL files: 100 or 500 Hz; None: 500 if every row's 500 Hz file is on disk, else 100
     task: str = "demo"  # parameters/tasks/<task>.yaml: mi, stemi, lvef, hcm, demo, custom, unlabelled
     split: str | None = None  # override the task's split: group_shuffle | ptbxl_folds | none (None: the task's own)
     seed: int = 0  # split and fraction seed (constant: the same patients for every model); demo generator seed

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -284,6 +285,23 @@ def test_ptbxl_label_counts_match_readme(ptbxl_root):
         db = pd.read_csv(ptbxl_root / csv)
         assert cohorts.ptbxl_labels(db, st, cohorts.load_task("mi")).sum() == n_mi
         assert cohorts.ptbxl_labels(db, st, cohorts.load_task("stemi")).sum() == n_acute
+
+
+@pytest.mark.shared
+def test_ptbxl_auto_rate_checks_files_on_disk(ptbxl_root, tmp_path):
+    """rate=None picks 500 Hz only when every 500 Hz header is on disk: a copy holding only ``records100`` (what
+    ``ptbxl_full.py`` writes) reads its 100 Hz files instead of rejecting every row. Oracle: the files present."""
+    src = cohorts.ptbxl_source(ptbxl_root, cohorts.load_task("mi"), "ptbxl_database.csv")
+    assert src.inputs["source_path"].str.contains("records500").all()  # both rates on disk: 500
+    for name in ("ptbxl_database.csv", "scp_statements.csv"):
+        (tmp_path / name).write_bytes((ptbxl_root / name).read_bytes())
+    for f in pd.read_csv(ptbxl_root / "ptbxl_database.csv")["filename_lr"]:  # 100 Hz files only, no records500
+        for ext in (".hea", ".dat"):
+            (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(ptbxl_root / f"{f}{ext}", tmp_path / f"{f}{ext}")
+    src = cohorts.ptbxl_source(tmp_path, cohorts.load_task("mi"), "ptbxl_database.csv")
+    assert src.inputs["source_path"].str.contains("/records100/").all()
+    assert (src.inputs["reject"] == "").all()
 
 
 @pytest.mark.slow

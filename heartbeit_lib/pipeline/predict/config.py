@@ -38,7 +38,7 @@ class PredictConfig(runs.TypedConfig):
     source: str = "muse"  # format under data_root: muse, wfdb or ptbxl
     labels: str | None = None  # CSV: record_id (file stem or path without suffix), label 0/1 (multi-label models: one 0/1 column per class); None: unlabelled (ptbxl: task labels)
     ptbxl_database: str = "ptbxl_database.csv"  # source ptbxl: record table under data_root
-    ptbxl_rate: int | None = None  # source ptbxl: 100 or 500 Hz files; None: 500 if every record has one, else 100
+    ptbxl_rate: int | None = None  # source ptbxl: 100 or 500 Hz files; None: 500 if every record's 500 Hz file is on disk, else 100
     salt_file: str | None = None  # patient-hash salt file (the training store's); None: the per-user default salt (HEARTBEIT_SALT_FILE, else ~/.local/share/heartbeit/salt)
     image_size: int | None = None  # None: the size the model was trained at; another value is an error
     layout: str | None = None  # None: the layout the model was trained on; another value is an error
