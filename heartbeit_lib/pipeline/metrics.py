@@ -387,16 +387,20 @@ def pool_seeds(stats_by_split: dict, run_table: pd.DataFrame | None = None, seed
     too, Holm being the more powerful of the two).
 
     ``stats_by_split``: what :func:`evaluate_predictions` put into ``keep_stats``. ``run_table`` (:func:`list_runs`)
-    adds ``lr``: the runs' peak learning rate(s) of the cell ("1e-4" or "1e-4/1e-3" when seeds differ), and
-    ``family`` (image / signal), so pooled tables keep the family level.
+    adds ``lr``: the runs' peak learning rate(s) of the cell ("1e-4" or "1e-4/1e-3" when seeds differ),
+    ``family`` (image / signal), so pooled tables keep the family level, and ``select_on`` (the runs' epoch rule),
+    so their caption states it.
     Intervals: percentile (a single seed keeps its run's own interval, percentile as well).
     Returns (seed_results, seed_differences).
     """
-    lr_of, family_of = {}, {}
+    lr_of, family_of, select_of = {}, {}, {}
     if run_table is not None and "family" in run_table.columns:
         family_of = dict(zip(run_table["model"], run_table["family"]))
     if run_table is not None and "lr" in run_table.columns:
         lr_of = {tuple(r[k] for k in _RUN_KEYS): r["lr"] for _, r in run_table.iterrows() if pd.notna(r["lr"])}
+    if run_table is not None and "select_on" in run_table.columns:
+        select_of = {tuple(r[k] for k in _RUN_KEYS): r["select_on"] or "val" for _, r in run_table.iterrows()
+                     if pd.notna(r["select_on"])}
     rows, diffs = [], []
     for (task, split), stats in sorted(stats_by_split.items()):
         cells: dict[tuple, dict[int, BootstrapStats]] = {}
@@ -416,6 +420,9 @@ def pool_seeds(stats_by_split: dict, run_table: pd.DataFrame | None = None, seed
                 row[f"{m}_seed_sd"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
             lrs = sorted({lr_of[(task, model, fraction, s)] for s in seeds if (task, model, fraction, s) in lr_of})
             row["lr"] = "/".join(f"{v:g}" for v in lrs) if lrs else None
+            rules = sorted({select_of[k] for k in ((task, model, fraction, s) for s in seeds) if k in select_of})
+            if rules:  # the tables' caption states each model's epoch rule (report.tables.epoch_rule_caption)
+                row["select_on"] = "/".join(rules)
             rows.append(row)
         family = []
         for (model, fraction), by_seed in sorted(cells.items()):

@@ -335,9 +335,13 @@ def test_pool_seeds_mean_interval_over_test_and_seeds_and_paired_differences():
     res, _ = PM.evaluate_predictions(preds, n_boot=200, seed=0, keep_stats=stats)
     run_table = pd.DataFrame({"task": "mi", "model": ["heartbeit"] * 3 + ["resnet152"] * 3, "fraction": 0.1,
                               "seed": [0, 1, 2] * 2, "lr": [1e-4, 1e-4, 1e-3, 3e-4, 3e-4, 3e-4],
-                              "family": ["image"] * 3 + ["signal"] * 3})
+                              "family": ["image"] * 3 + ["signal"] * 3, "select_on": ["val"] * 3 + ["last"] * 3})
     pooled, diffs = PM.pool_seeds(stats, run_table, seed=0)
     assert len(pooled) == 2 and len(diffs) == 1
+    # the pooled tables' caption names each model's epoch rule (oracle: the run table's select_on, by hand)
+    assert dict(zip(pooled.model, pooled.select_on)) == {"heartbeit": "val", "resnet152": "last"}
+    from heartbeit_lib.report import tables
+    assert "except resnet152: the last epoch, no selection" in tables.metric_table(pooled, "auroc").caption
     assert dict(zip(pooled.model, pooled.family)) == {"heartbeit": "image", "resnet152": "signal"}  # table level
     hb = pooled.set_index("model").loc["heartbeit"]
     per_seed = [roc_auc_score(labels, preds[(preds.model == "heartbeit") & (preds.seed == s)].score) for s in range(3)]
