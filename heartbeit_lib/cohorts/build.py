@@ -401,6 +401,7 @@ def build_store(inputs: pd.DataFrame, reader: Callable[[str], Any], run_dir: str
     todo = [i for i in range(plan.n_shards) if not _shard_done(store_dir, i, input_stamps(plan.rows(i)))]
 
     spec = functools.partial(plan.spec, reader=reader)  # built lazily: at paper scale all rows would not fit
+
     def n_rows(i: int) -> int:
         return min(len(df), (i + 1) * shard_size) - i * shard_size
 

@@ -145,7 +145,8 @@ def ptbxl_source(root: str | os.PathLike, task: TaskConfig, database: str = "ptb
 
     ``rate`` 100 reads ``records100`` (``filename_lr``), 500 ``records500`` (``filename_hr``);
     None picks 500 when every row's 500 Hz header file exists on disk, else 100 (``ptbxl_database_100hz.csv``
-    of the shared subset; a copy holding only ``records100``, as ``ptbxl_full.py`` writes). Rows without a file at the chosen rate are rejected with that reason.
+    of the shared subset; a copy holding only ``records100``, as ``ptbxl_full.py`` writes). Rows without a file
+    at the chosen rate are rejected with that reason.
     Carried columns: ``ecg_id``, ``strat_fold``, ``scp_codes`` (text), ``infarction_stadium1/2``,
     ``age``, ``sex``.
     """
