@@ -370,3 +370,49 @@ def test_listed_folders_refuse_and_keep_what_per_path_checks_do(tmp_path):
     assert got == _outside_root_per_path(paths, root)
     assert [bool(w) for w in got] == [False, False, True, True, False, False, True, False, True, False, True, False]
     assert sources._record_files(paths) == _record_files_per_path(paths)
+
+
+def _input_stamps_per_path(paths):
+    """The per-path definition of ``build.input_stamps``: a stat of the file and of each sibling."""
+    out = []
+    for s in paths:
+        p, stamp = Path(s), []
+        for f in dict.fromkeys([p, *(p.with_suffix(e) for e in (".hea", ".dat", ".mat"))]):
+            try:
+                st = f.stat()
+            except OSError:
+                continue
+            stamp.append([str(f), st.st_size, st.st_mtime_ns])
+        out.append(stamp or [[str(p), -1, -1]])
+    return out
+
+
+def test_listed_folders_stamp_what_per_path_stats_do(tmp_path):
+    """``build.input_stamps`` skips the stat of a sibling its folder listing shows absent; oracle: a stat of every
+    file and sibling, on MUSE files, WFDB records, a link, a dangling link, a sibling in capitals (another
+    spelling on a case-insensitive file system: still asked), a missing file and an in-memory path."""
+    from heartbeit_lib.cohorts import build
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    for name in ("a.xml", "f.hea", "f.dat", "sub/g.hea", "sub/g.mat", "k.xml", "K.HEA"):
+        (root / name).write_bytes(b"x" * len(name))
+    (root / "b.xml").symlink_to(root / "a.xml")
+    (root / "b.dat").symlink_to(tmp_path / "nowhere")
+    paths = [str(root / n) for n in ("a.xml", "b.xml", "f.hea", "sub/g.hea", "k.xml", "none.xml")] + ["demo:3"]
+    assert build.input_stamps([{"source_path": p} for p in paths]) == _input_stamps_per_path(paths)
+
+
+def test_a_sibling_is_skipped_only_when_surely_absent():
+    """``build.may_exist`` (False: no stat call) and ``build.sibling_names``; oracle: ``Path.with_suffix``."""
+    from heartbeit_lib.cohorts import build
+    names = {n: None for n in ("k.xml", "K.HEA", "straße.xml")}
+    folded = frozenset(n.casefold() for n in names)
+    assert not build.may_exist("k.dat", names, folded)
+    assert build.may_exist("k.hea", names, folded)  # K.HEA: the same file where case does not count
+    assert build.may_exist("k.xml", names, folded) and build.may_exist("é.hea", names, folded)  # listed; not ASCII
+    assert build.may_exist("k.dat", {}, None)  # unreadable folder: always asked
+    for name in ("a.xml", "a.tar.gz", ".bashrc", "noext", "x.", "sub/r.hea"):
+        p = Path(name)
+        assert build.sibling_names(p, (".hea", ".dat")) == [p.with_suffix(e).name for e in (".hea", ".dat")]
+    with pytest.raises(ValueError):
+        build.sibling_names(Path("."), (".hea",))

@@ -17,7 +17,7 @@ import pandas as pd
 from heartbeit_lib import io as hio
 from heartbeit_lib import signals
 
-from .build import build_store, output_leads
+from .build import build_store, folder_entries, may_exist, output_leads, sibling_names
 from .errors import CohortError, TaskError
 from .evaluation import eval_patient_hashes
 from .ids import clean_id
@@ -75,31 +75,19 @@ class Source:
         return self.inputs.drop(columns=["patient_id"], errors="ignore").head(n)
 
 
-def _entries(listing: dict[str, tuple[str, dict[str, os.DirEntry]]], folder: str) -> tuple[str, dict[str, os.DirEntry]]:
-    """``(real path, {name: entry})`` of ``folder``, listed once (``os.scandir``) and kept in ``listing``: a
-    folder of N record files costs one listing, not ~4 stat calls per file and sibling ({} when unreadable)."""
-    if folder not in listing:
-        try:
-            with os.scandir(folder) as it:
-                names = {e.name: e for e in it}
-        except OSError:
-            names = {}
-        listing[folder] = (os.path.realpath(folder), names)
-    return listing[folder]
-
-
 def _record_files(paths: Iterable[str]) -> list[Path]:
     """Existing files of each record: the path itself and its siblings with the same stem (.dat, .mat)."""
     out: set[Path] = set()
     listing: dict = {}
     for s in paths:
         p = Path(s)
-        names = _entries(listing, str(p.parent))[1]
-        for q in (p, p.with_suffix(".dat"), p.with_suffix(".mat")):
-            e = names.get(q.name)  # None: absent, or another spelling (a case-insensitive file system): ask
-            if e.is_file() if e is not None else q.is_file():  # regular files only (a FIFO would hang the hashing)
-                out.add(q)
-            elif q is p:
+        _, names, folded = folder_entries(listing, str(p.parent))
+        for k, name in enumerate([p.name, *sibling_names(p, (".dat", ".mat"))]):
+            q = p if k == 0 else p.parent / name
+            e = names.get(name)  # None: absent, or another spelling (a case-insensitive file system): ask
+            if e.is_file() if e is not None else may_exist(name, names, folded) and q.is_file():
+                out.add(q)  # regular files only (a FIFO would hang the hashing)
+            elif k == 0:
                 break
     return sorted(out)
 
@@ -109,25 +97,31 @@ def _outside_root(paths: Iterable[str], root: Path, rejects: Iterable[str] | Non
     its record's ``.hea`` / ``.dat`` / ``.mat`` siblings resolve (symlinks, ``..``) outside ``root``: a symlink
     to a secret (the salt file) must not be read, nor its content quoted into a reject.
 
-    Each folder is listed and resolved once; a name that is not a symlink resolves to its folder's real path plus
-    the name, a symlink is resolved on its own (``Path.resolve``)."""
+    Each folder is listed, resolved and placed (inside ``root`` or not) once; a name that is not a symlink
+    resolves to its folder's real path plus the name, so it is inside when its folder is; a symlink is resolved on
+    its own (``Path.resolve``)."""
     top = root.resolve()
     listing: dict = {}
+    folder_inside: dict[str, bool] = {}
     out = []
     for s, why in zip(paths, rejects if rejects is not None else itertools.repeat("")):
         if not why:
             p = Path(s)
-            real_dir, names = _entries(listing, str(p.parent))
-            for f in (p, *(p.with_suffix(e) for e in (".hea", ".dat", ".mat") if e != p.suffix)):
-                e = names.get(f.name)
-                if e is None:
-                    if not os.path.lexists(f):  # no such file nor link: nothing to read
-                        continue
-                    real = f.resolve()  # another spelling of an entry (a case-insensitive file system)
+            parent = str(p.parent)
+            real_dir, names, folded = folder_entries(listing, parent)
+            if real_dir not in folder_inside:
+                folder_inside[real_dir] = top in Path(real_dir, "x").parents
+            for name in [p.name, *sibling_names(p, [e for e in (".hea", ".dat", ".mat") if e != p.suffix])]:
+                e = names.get(name)
+                if e is not None and not e.is_symlink():
+                    inside = folder_inside[real_dir]
                 else:
-                    real = f.resolve() if e.is_symlink() else Path(real_dir) / f.name
-                if top not in real.parents:
-                    why = f"{f.name} resolves outside data_root {root} (a symlink or '..' leaving it): not read"
+                    f = p.parent / name
+                    if e is None and not (may_exist(name, names, folded) and os.path.lexists(f)):  # nothing to read
+                        continue
+                    inside = top in f.resolve().parents  # a symlink, or another spelling of an entry
+                if not inside:
+                    why = f"{name} resolves outside data_root {root} (a symlink or '..' leaving it): not read"
                     break
         out.append(why)
     return out
