@@ -36,7 +36,8 @@ preprocessing); 07's ECGs/s = n / its wall time.
 Wall time on a shared machine: the load average before and after and the torch threads are printed with the
 figures (ratios measured in the same run travel; absolute rates under load do not).
 A CUDA device, when present (``--device cuda``), runs the model stages there.
-Writes ``outputs/predict/bench_predict.json``.
+Writes ``outputs/predict/bench_predict.json``. What a change is worth: ``benchmarks/ab_predict.py`` runs 07 for two
+checkouts in interleaved rounds (the paired ratio travels; this machine's absolute rates drift by 15-30 %).
 
 Measured 2026-12-07 (2 cores, training paused, two other nice-19 jobs: load 2.9-3.3, 2 torch threads; "before" is
 the code of commit ea58da0, run from a copy of it in the same window): 07 end to end micro ViT
