@@ -402,13 +402,30 @@ def test_listed_folders_stamp_what_per_path_stats_do(tmp_path):
     assert build.input_stamps([{"source_path": p} for p in paths]) == _input_stamps_per_path(paths)
 
 
+class _Listing(list):
+    """What ``os.scandir`` gives for a folder of ``names`` (entries with a ``name``), as a context manager."""
+
+    def __init__(self, names):
+        super().__init__(type("Entry", (), {"name": n})() for n in names)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
 def test_a_sibling_is_skipped_only_when_surely_absent():
     """``build.may_exist`` (False: no stat call) and ``build.sibling_names``; oracle: ``Path.with_suffix``."""
     from heartbeit_lib.cohorts import build
-    names = {n: None for n in ("k.xml", "K.HEA", "straße.xml")}
-    folded = frozenset(n.casefold() for n in names)
+    listed = ("k.xml", "K.HEA", "straße.xml", "x\u037ey.dat", "\u212a.mat")
+    with pytest.MonkeyPatch.context() as mp:  # the listing of a folder holding those names
+        mp.setattr(os, "scandir", lambda folder: _Listing(listed))
+        _, names, folded = build.folder_entries({}, "any")
     assert not build.may_exist("k.dat", names, folded)
     assert build.may_exist("k.hea", names, folded)  # K.HEA: the same file where case does not count
+    assert build.may_exist("x;y.dat", names, folded)  # U+037E is ';' to a normalisation-insensitive file system
+    assert build.may_exist("K.mat", names, folded) and build.may_exist("k.mat", names, folded)  # the Kelvin sign
     assert build.may_exist("k.xml", names, folded) and build.may_exist("é.hea", names, folded)  # listed; not ASCII
     assert build.may_exist("k.dat", {}, None)  # unreadable folder: always asked
     for name in ("a.xml", "a.tar.gz", ".bashrc", "noext", "x.", "sub/r.hea"):

@@ -16,6 +16,7 @@ import math
 import multiprocessing
 import os
 import signal as _signal_mod  # `signals` is the ECG module
+import unicodedata
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -95,15 +96,22 @@ def _write_parquet(path: Path, df: pd.DataFrame) -> None:
     atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False, engine="pyarrow"))
 
 
+def _loose(name: str) -> str:
+    """``name`` with case and Unicode compatibility forms folded: two names a case- or normalisation-insensitive
+    file system (APFS, HFS+, NTFS) may take for one fold to the same text (more, never fewer: U+037E and ``;``,
+    the Kelvin sign and ``k``)."""
+    return unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", name).casefold())
+
+
 def folder_entries(listing: dict, folder: str) -> tuple[str, dict[str, os.DirEntry], frozenset[str] | None]:
-    """``(real path, {name: entry}, casefolded names)`` of ``folder``, listed once (``os.scandir``) and kept in
+    """``(real path, {name: entry}, loosely folded names)`` of ``folder``, listed once (``os.scandir``) and kept in
     ``listing``: a folder of N record files costs one listing, not ~4 stat calls per file and sibling ({} and None
     when unreadable)."""
     if folder not in listing:
         try:
             with os.scandir(folder) as it:
                 names = {e.name: e for e in it}
-            folded = frozenset(n.casefold() for n in names)
+            folded = frozenset(_loose(n) for n in names)
         except OSError:
             names, folded = {}, None
         listing[folder] = (os.path.realpath(folder), names, folded)
@@ -112,8 +120,9 @@ def folder_entries(listing: dict, folder: str) -> tuple[str, dict[str, os.DirEnt
 
 def may_exist(name: str, names: dict[str, os.DirEntry], folded: frozenset[str] | None) -> bool:
     """False only when ``name`` is surely absent from a folder listed by :func:`folder_entries`: not listed, ASCII,
-    and no listed name equal to it ignoring case (a case-insensitive file system finds another spelling): the
-    failing stat call of each missing sibling (``.hea`` / ``.dat`` / ``.mat`` of a MUSE file) is skipped."""
+    and no listed name the same once case and compatibility forms are folded (another spelling a case- or
+    normalisation-insensitive file system would open): the failing stat call of each missing sibling (``.hea`` /
+    ``.dat`` / ``.mat`` of a MUSE file) is skipped; anything else is asked of the file system."""
     return folded is None or name in names or not name.isascii() or name.casefold() in folded
 
 
