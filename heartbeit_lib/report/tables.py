@@ -243,6 +243,8 @@ def epoch_rule_caption(results: pd.DataFrame) -> str:
               for r in sorted(set(rules) - {"val"})]
     if not others:
         return ". Each run's epoch is " + VALIDATION_RULE
+    if len(set(rules)) == 1:  # one rule for every run: no model list ("Each run's epoch is inception1d: ...")
+        return ". Each run's epoch is " + OTHER_RULES.get(rules.iloc[0], rules.iloc[0])
     if not (rules == "val").any():
         return ". Each run's epoch is " + "; ".join(others)
     return ". Each run's epoch is " + VALIDATION_RULE + ", except " + "; ".join(others)
