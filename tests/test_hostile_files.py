@@ -372,34 +372,25 @@ def test_listed_folders_refuse_and_keep_what_per_path_checks_do(tmp_path):
     assert sources._record_files(paths) == _record_files_per_path(paths)
 
 
-def _input_stamps_per_path(paths):
-    """The per-path definition of ``build.input_stamps``: a stat of the file and of each sibling."""
-    out = []
-    for s in paths:
-        p, stamp = Path(s), []
-        for f in dict.fromkeys([p, *(p.with_suffix(e) for e in (".hea", ".dat", ".mat"))]):
-            try:
-                st = f.stat()
-            except OSError:
-                continue
-            stamp.append([str(f), st.st_size, st.st_mtime_ns])
-        out.append(stamp or [[str(p), -1, -1]])
-    return out
-
-
-def test_listed_folders_stamp_what_per_path_stats_do(tmp_path):
-    """``build.input_stamps`` skips the stat of a sibling its folder listing shows absent; oracle: a stat of every
-    file and sibling, on MUSE files, WFDB records, a link, a dangling link, a sibling in capitals (another
-    spelling on a case-insensitive file system: still asked), a missing file and an in-memory path."""
+def test_input_stamps_stat_each_file_and_list_no_folder(tmp_path, monkeypatch):
+    """``build.input_stamps`` (taken per shard) stats the files of its rows and lists no folder: a listing per shard
+    of a folder of a million records would cost the whole folder for each shard. Oracle: ``os.stat`` of the files
+    that exist, by hand; a missing record, a dangling link and an in-memory path give what the docstring says."""
     from heartbeit_lib.cohorts import build
     root = tmp_path / "root"
-    (root / "sub").mkdir(parents=True)
-    for name in ("a.xml", "f.hea", "f.dat", "sub/g.hea", "sub/g.mat", "k.xml", "K.HEA"):
+    root.mkdir()
+    for name in ("a.xml", "f.hea", "f.dat"):
         (root / name).write_bytes(b"x" * len(name))
-    (root / "b.xml").symlink_to(root / "a.xml")
-    (root / "b.dat").symlink_to(tmp_path / "nowhere")
-    paths = [str(root / n) for n in ("a.xml", "b.xml", "f.hea", "sub/g.hea", "k.xml", "none.xml")] + ["demo:3"]
-    assert build.input_stamps([{"source_path": p} for p in paths]) == _input_stamps_per_path(paths)
+    (root / "a.dat").symlink_to(tmp_path / "nowhere")
+    monkeypatch.setattr(os, "scandir", lambda *a: pytest.fail("input_stamps listed a folder"))
+    rows = [{"source_path": str(root / n)} for n in ("a.xml", "f.hea", "none.xml")] + [{"source_path": "demo:3"}]
+
+    def stamp(name):
+        st = os.stat(root / name)
+        return [str(root / name), st.st_size, st.st_mtime_ns]
+
+    assert build.input_stamps(rows) == [[stamp("a.xml")], [stamp("f.hea"), stamp("f.dat")],
+                                        [[str(root / "none.xml"), -1, -1]], [["demo:3", -1, -1]]]
 
 
 class _Listing(list):
@@ -416,20 +407,20 @@ class _Listing(list):
 
 
 def test_a_sibling_is_skipped_only_when_surely_absent():
-    """``build.may_exist`` (False: no stat call) and ``build.sibling_names``; oracle: ``Path.with_suffix``."""
-    from heartbeit_lib.cohorts import build
+    """``sources._may_exist`` (False: no stat call) and ``sources._sibling_names``; oracle: ``Path.with_suffix``."""
+    from heartbeit_lib.cohorts import sources
     listed = ("k.xml", "K.HEA", "straße.xml", "x\u037ey.dat", "\u212a.mat")
     with pytest.MonkeyPatch.context() as mp:  # the listing of a folder holding those names
         mp.setattr(os, "scandir", lambda folder: _Listing(listed))
-        _, names, folded = build.folder_entries({}, "any")
-    assert not build.may_exist("k.dat", names, folded)
-    assert build.may_exist("k.hea", names, folded)  # K.HEA: the same file where case does not count
-    assert build.may_exist("x;y.dat", names, folded)  # U+037E is ';' to a normalisation-insensitive file system
-    assert build.may_exist("K.mat", names, folded) and build.may_exist("k.mat", names, folded)  # the Kelvin sign
-    assert build.may_exist("k.xml", names, folded) and build.may_exist("é.hea", names, folded)  # listed; not ASCII
-    assert build.may_exist("k.dat", {}, None)  # unreadable folder: always asked
+        _, names, folded = sources._folder_entries({}, "any")
+    assert not sources._may_exist("k.dat", names, folded)
+    assert sources._may_exist("k.hea", names, folded)  # K.HEA: the same file where case does not count
+    assert sources._may_exist("x;y.dat", names, folded)  # U+037E is ';' to a normalisation-insensitive file system
+    assert sources._may_exist("K.mat", names, folded) and sources._may_exist("k.mat", names, folded)  # the Kelvin sign
+    assert sources._may_exist("k.xml", names, folded) and sources._may_exist("é.hea", names, folded)  # listed; not ASCII
+    assert sources._may_exist("k.dat", {}, None)  # unreadable folder: always asked
     for name in ("a.xml", "a.tar.gz", ".bashrc", "noext", "x.", "sub/r.hea"):
         p = Path(name)
-        assert build.sibling_names(p, (".hea", ".dat")) == [p.with_suffix(e).name for e in (".hea", ".dat")]
+        assert sources._sibling_names(p, (".hea", ".dat")) == [p.with_suffix(e).name for e in (".hea", ".dat")]
     with pytest.raises(ValueError):
-        build.sibling_names(Path("."), (".hea",))
+        sources._sibling_names(Path("."), (".hea",))

@@ -16,9 +16,8 @@ import math
 import multiprocessing
 import os
 import signal as _signal_mod  # `signals` is the ECG module
-import unicodedata
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -96,59 +95,16 @@ def _write_parquet(path: Path, df: pd.DataFrame) -> None:
     atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False, engine="pyarrow"))
 
 
-def _loose(name: str) -> str:
-    """``name`` with case and Unicode compatibility forms folded: two names a case- or normalisation-insensitive
-    file system (APFS, HFS+, NTFS) may take for one fold to the same text (more, never fewer: U+037E and ``;``,
-    the Kelvin sign and ``k``)."""
-    return unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", name).casefold())
-
-
-def folder_entries(listing: dict, folder: str) -> tuple[str, dict[str, os.DirEntry], frozenset[str] | None]:
-    """``(real path, {name: entry}, loosely folded names)`` of ``folder``, listed once (``os.scandir``) and kept in
-    ``listing``: a folder of N record files costs one listing, not ~4 stat calls per file and sibling ({} and None
-    when unreadable)."""
-    if folder not in listing:
-        try:
-            with os.scandir(folder) as it:
-                names = {e.name: e for e in it}
-            folded = frozenset(_loose(n) for n in names)
-        except OSError:
-            names, folded = {}, None
-        listing[folder] = (os.path.realpath(folder), names, folded)
-    return listing[folder]
-
-
-def may_exist(name: str, names: dict[str, os.DirEntry], folded: frozenset[str] | None) -> bool:
-    """False only when ``name`` is surely absent from a folder listed by :func:`folder_entries`: not listed, ASCII,
-    and no listed name the same once case and compatibility forms are folded (another spelling a case- or
-    normalisation-insensitive file system would open): the failing stat call of each missing sibling (``.hea`` /
-    ``.dat`` / ``.mat`` of a MUSE file) is skipped; anything else is asked of the file system."""
-    return folded is None or name in names or not name.isascii() or name.casefold() in folded
-
-
-def sibling_names(p: Path, suffixes: Sequence[str]) -> list[str]:
-    """``p.with_suffix(e).name`` for each ``e`` in ``suffixes``, as text (no Path built per sibling)."""
-    name, old = p.name, p.suffix
-    if not name:
-        return [p.with_suffix(e).name for e in suffixes]  # raises as with_suffix does
-    stem = name[:len(name) - len(old)] if old else name
-    return [stem + e for e in suffixes]
-
-
 def input_stamps(rows: list[dict]) -> list[list]:
     """Per input row, ``[path, size, mtime_ns]`` of each file of its record that exists (the source path and
     its ``.hea`` / ``.dat`` / ``.mat`` siblings; ``[path, -1, -1]`` when there is none, e.g. an in-memory
     reader's path): what a resumed build compares to notice an input that changed after its shard was built."""
-    out = []
-    listing: dict = {}
+    out = []  # a stat per file, no folder listing: a shard of a folder of a million files lists nothing
     for row in rows:
         p = Path(str(row["source_path"]))
-        _, names, folded = folder_entries(listing, str(p.parent))
+        files = dict.fromkeys([p, *(p.with_suffix(e) for e in (".hea", ".dat", ".mat"))])
         stamp = []
-        for name in dict.fromkeys([p.name, *sibling_names(p, (".hea", ".dat", ".mat"))]):
-            if not may_exist(name, names, folded):
-                continue
-            f = p.parent / name
+        for f in files:
             try:
                 st = f.stat()
             except (OSError, ValueError):

@@ -8,6 +8,7 @@ import hashlib
 import itertools
 import json
 import os
+import unicodedata
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -17,7 +18,7 @@ import pandas as pd
 from heartbeit_lib import io as hio
 from heartbeit_lib import signals
 
-from .build import build_store, folder_entries, may_exist, output_leads, sibling_names
+from .build import build_store, output_leads
 from .errors import CohortError, TaskError
 from .evaluation import eval_patient_hashes
 from .ids import clean_id
@@ -75,17 +76,56 @@ class Source:
         return self.inputs.drop(columns=["patient_id"], errors="ignore").head(n)
 
 
+def _loose(name: str) -> str:
+    """``name`` with case and Unicode compatibility forms folded: two names a case- or normalisation-insensitive
+    file system (APFS, HFS+, NTFS) may take for one fold to the same text (more, never fewer: U+037E and ``;``,
+    the Kelvin sign and ``k``)."""
+    return unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", name).casefold())
+
+
+def _folder_entries(listing: dict, folder: str) -> tuple[str, dict[str, os.DirEntry], frozenset[str] | None]:
+    """``(real path, {name: entry}, loosely folded names)`` of ``folder``, listed once (``os.scandir``) and kept in
+    ``listing``: a folder of N record files costs one listing, not ~4 stat calls per file and sibling ({} and None
+    when unreadable)."""
+    if folder not in listing:
+        try:
+            with os.scandir(folder) as it:
+                names = {e.name: e for e in it}
+            folded = frozenset(_loose(n) for n in names)
+        except OSError:
+            names, folded = {}, None
+        listing[folder] = (os.path.realpath(folder), names, folded)
+    return listing[folder]
+
+
+def _may_exist(name: str, names: dict[str, os.DirEntry], folded: frozenset[str] | None) -> bool:
+    """False only when ``name`` is surely absent from a folder listed by :func:`_folder_entries`: not listed, ASCII,
+    and no listed name the same once case and compatibility forms are folded (another spelling a case- or
+    normalisation-insensitive file system would open): the failing stat call of each missing sibling (``.hea`` /
+    ``.dat`` / ``.mat`` of a MUSE file) is skipped; anything else is asked of the file system."""
+    return folded is None or name in names or not name.isascii() or name.casefold() in folded
+
+
+def _sibling_names(p: Path, suffixes: Sequence[str]) -> list[str]:
+    """``p.with_suffix(e).name`` for each ``e`` in ``suffixes``, as text (no Path built per sibling)."""
+    name, old = p.name, p.suffix
+    if not name:
+        return [p.with_suffix(e).name for e in suffixes]  # raises as with_suffix does
+    stem = name[:len(name) - len(old)] if old else name
+    return [stem + e for e in suffixes]
+
+
 def _record_files(paths: Iterable[str]) -> list[Path]:
     """Existing files of each record: the path itself and its siblings with the same stem (.dat, .mat)."""
     out: set[Path] = set()
     listing: dict = {}
     for s in paths:
         p = Path(s)
-        _, names, folded = folder_entries(listing, str(p.parent))
-        for k, name in enumerate([p.name, *sibling_names(p, (".dat", ".mat"))]):
+        _, names, folded = _folder_entries(listing, str(p.parent))
+        for k, name in enumerate([p.name, *_sibling_names(p, (".dat", ".mat"))]):
             q = p if k == 0 else p.parent / name
             e = names.get(name)  # None: absent, or another spelling (a case-insensitive file system): ask
-            if e.is_file() if e is not None else may_exist(name, names, folded) and q.is_file():
+            if e.is_file() if e is not None else _may_exist(name, names, folded) and q.is_file():
                 out.add(q)  # regular files only (a FIFO would hang the hashing)
             elif k == 0:
                 break
@@ -107,17 +147,16 @@ def _outside_root(paths: Iterable[str], root: Path, rejects: Iterable[str] | Non
     for s, why in zip(paths, rejects if rejects is not None else itertools.repeat("")):
         if not why:
             p = Path(s)
-            parent = str(p.parent)
-            real_dir, names, folded = folder_entries(listing, parent)
+            real_dir, names, folded = _folder_entries(listing, str(p.parent))
             if real_dir not in folder_inside:
                 folder_inside[real_dir] = top in Path(real_dir, "x").parents
-            for name in [p.name, *sibling_names(p, [e for e in (".hea", ".dat", ".mat") if e != p.suffix])]:
+            for name in [p.name, *_sibling_names(p, [e for e in (".hea", ".dat", ".mat") if e != p.suffix])]:
                 e = names.get(name)
                 if e is not None and not e.is_symlink():
                     inside = folder_inside[real_dir]
                 else:
                     f = p.parent / name
-                    if e is None and not (may_exist(name, names, folded) and os.path.lexists(f)):  # nothing to read
+                    if e is None and not (_may_exist(name, names, folded) and os.path.lexists(f)):  # nothing to read
                         continue
                     inside = top in f.resolve().parents  # a symlink, or another spelling of an entry
                 if not inside:

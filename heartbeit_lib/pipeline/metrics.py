@@ -372,6 +372,14 @@ def evaluate_predictions(preds, n_boot: int = 500, seed: int = 0, alpha: float =
     return pd.DataFrame(results), pd.DataFrame(diffs)
 
 
+def _by_run(run_table: pd.DataFrame | None, column: str) -> dict[tuple, Any]:
+    """``{(task, model, fraction, seed): value}`` of ``column`` in a :func:`list_runs` table, where it is set ({}
+    without the table or the column)."""
+    if run_table is None or column not in run_table.columns:
+        return {}
+    return {tuple(r[k] for k in _RUN_KEYS): r[column] for _, r in run_table.iterrows() if pd.notna(r[column])}
+
+
 def pool_seeds(stats_by_split: dict, run_table: pd.DataFrame | None = None, seed: int = 0, alpha: float = 0.05,
                reference_model: str = "heartbeit") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Tables 2-3 cells over fine-tuning seeds: per (task, split, model, fraction) the seed-mean AUROC/AUPRC with
@@ -393,14 +401,11 @@ def pool_seeds(stats_by_split: dict, run_table: pd.DataFrame | None = None, seed
     Intervals: percentile (a single seed keeps its run's own interval, percentile as well).
     Returns (seed_results, seed_differences).
     """
-    lr_of, family_of, select_of = {}, {}, {}
+    family_of = {}
     if run_table is not None and "family" in run_table.columns:
         family_of = dict(zip(run_table["model"], run_table["family"]))
-    if run_table is not None and "lr" in run_table.columns:
-        lr_of = {tuple(r[k] for k in _RUN_KEYS): r["lr"] for _, r in run_table.iterrows() if pd.notna(r["lr"])}
-    if run_table is not None and "select_on" in run_table.columns:
-        select_of = {tuple(r[k] for k in _RUN_KEYS): r["select_on"] or "val" for _, r in run_table.iterrows()
-                     if pd.notna(r["select_on"])}
+    lr_of = _by_run(run_table, "lr")
+    select_of = {k: v or "val" for k, v in _by_run(run_table, "select_on").items()}
     rows, diffs = [], []
     for (task, split), stats in sorted(stats_by_split.items()):
         cells: dict[tuple, dict[int, BootstrapStats]] = {}

@@ -239,13 +239,12 @@ def epoch_rule_caption(results: pd.DataFrame) -> str:
     the validation rule, with the models that used another rule named after it."""
     rules = (results["select_on"].fillna("val").replace("", "val") if "select_on" in results.columns
              else pd.Series("val", index=results.index))
+    used = sorted(set(rules)) or ["val"]
+    if len(used) == 1:  # one rule for every run: no model list
+        return ". Each run's epoch is " + (VALIDATION_RULE if used == ["val"] else OTHER_RULES.get(used[0], used[0]))
     others = [f"{', '.join(sorted(results.loc[rules == r, 'model'].astype(str).unique()))}: {OTHER_RULES.get(r, r)}"
-              for r in sorted(set(rules) - {"val"})]
-    if not others:
-        return ". Each run's epoch is " + VALIDATION_RULE
-    if len(set(rules)) == 1:  # one rule for every run: no model list ("Each run's epoch is inception1d: ...")
-        return ". Each run's epoch is " + OTHER_RULES.get(rules.iloc[0], rules.iloc[0])
-    if not (rules == "val").any():
+              for r in used if r != "val"]
+    if "val" not in used:
         return ". Each run's epoch is " + "; ".join(others)
     return ". Each run's epoch is " + VALIDATION_RULE + ", except " + "; ".join(others)
 
